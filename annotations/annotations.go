@@ -1,0 +1,364 @@
+// Package annotations is the microscaling.com/* contract: the keys a user puts
+// on a Deployment, their defaults, and Parse, which turns them into a typed
+// Spec or reports every problem at once, each naming the key, the bad value
+// and what would be valid. It does no I/O.
+package annotations
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	utilerrors "k8s.io/apimachinery/pkg/util/errors"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Prefix starts every key of the contract.
+const Prefix = "microscaling.com/"
+
+// The keys of the contract.
+const (
+	Group             = Prefix + "group"
+	Priority          = Prefix + "priority"
+	Rule              = Prefix + "rule"
+	Queue             = Prefix + "queue"
+	TargetQueueLength = Prefix + "target-queue-length"
+	MinReplicas       = Prefix + "min-replicas"
+	MaxReplicas       = Prefix + "max-replicas"
+	MaxDelta          = Prefix + "max-delta"
+	ScaleDownDelay    = Prefix + "scale-down-delay"
+	GroupMaxReplicas  = Prefix + "group-max-replicas"
+	Paused            = Prefix + "paused"
+	SyncLabels        = Prefix + "sync-labels"
+)
+
+// Keys lists every key of the contract, in the order the docs give them.
+var Keys = []string{
+	Group, Priority, Rule, Queue, TargetQueueLength, MinReplicas, MaxReplicas,
+	MaxDelta, ScaleDownDelay, GroupMaxReplicas, Paused, SyncLabels,
+}
+
+// Limits on values, so that no input can overflow the arithmetic downstream.
+const (
+	MaxPriority       = 1000
+	MaxReplicaCount   = 100000
+	MaxTarget         = 1 << 40
+	MaxScaleDownDelay = 24 * time.Hour
+	MaxValueLength    = 2048
+	maxQueues         = 16
+)
+
+// DefaultScaleDownDelay applies when scale-down-delay is not set.
+const DefaultScaleDownDelay = 30 * time.Second
+
+// RuleKind says how a member's replicas are decided.
+type RuleKind string
+
+const (
+	// RuleQueue holds the member's queue backlog near its target.
+	RuleQueue RuleKind = "queue"
+	// RuleRemainder fills the room its group leaves spare.
+	RuleRemainder RuleKind = "remainder"
+)
+
+// QueueRef is one queue address: an nsqd or an nsqlookupd, a topic and a channel.
+type QueueRef struct {
+	// Scheme is "nsq" (one nsqd) or "nsqlookupd" (every nsqd carrying the topic).
+	Scheme  string
+	Host    string // host:port of the HTTP API
+	Topic   string
+	Channel string
+}
+
+// String renders the reference in the form Parse accepts.
+func (q QueueRef) String() string {
+	return q.Scheme + "://" + q.Host + "/" + q.Topic + "/" + q.Channel
+}
+
+// Spec is the parsed, validated contract of one Deployment.
+type Spec struct {
+	Group             string
+	Priority          int32
+	Rule              RuleKind
+	Queues            []QueueRef
+	TargetQueueLength int64
+	MinReplicas       int32
+	MaxReplicas       int32
+	MaxDelta          int32 // 0: no limit
+	ScaleDownDelay    time.Duration
+	GroupMaxReplicas  int32 // 0: no group budget
+	Paused            bool
+	SyncLabels        bool
+}
+
+// FieldError is one problem with one annotation.
+type FieldError struct {
+	Key   string
+	Value string
+	Want  string
+}
+
+func (e *FieldError) Error() string {
+	v := e.Value
+	if len(v) > 64 {
+		v = v[:64] + "..."
+	}
+	return fmt.Sprintf("%s=%q: %s", e.Key, v, e.Want)
+}
+
+// Managed reports whether a Deployment with these annotations is managed:
+// it carries microscaling.com/rule or microscaling.com/queue.
+func Managed(ann map[string]string) bool {
+	_, rule := ann[Rule]
+	_, queue := ann[Queue]
+	return rule || queue
+}
+
+// Parse reads the microscaling.com/* annotations of a Deployment named name
+// (the default group). It returns every problem at once as an aggregate of
+// *FieldError; the Spec is only meaningful when the error is nil.
+func Parse(name string, ann map[string]string) (Spec, error) {
+	p := parser{ann: ann}
+	s := Spec{
+		Group:          name,
+		Priority:       1,
+		ScaleDownDelay: DefaultScaleDownDelay,
+	}
+	for _, k := range slices.Sorted(maps.Keys(ann)) {
+		v := ann[k]
+		if strings.HasPrefix(k, Prefix) && !slices.Contains(Keys, k) {
+			p.fail(k, v, "unknown key"+suggest(k))
+		} else if slices.Contains(Keys, k) && len(v) > MaxValueLength {
+			p.fail(k, v, fmt.Sprintf("at most %d bytes", MaxValueLength))
+		}
+	}
+	if v, ok := p.get(Group); ok {
+		if errs := validation.IsDNS1123Label(v); len(errs) > 0 {
+			p.fail(Group, v, "a DNS-1123 label (lower case letters, digits and '-', at most 63): "+strings.Join(errs, "; "))
+		} else {
+			s.Group = v
+		}
+	}
+	s.Priority = int32(p.integer(Priority, 1, 1, MaxPriority))
+	if v, ok := p.get(Queue); ok {
+		s.Queues = p.queues(v)
+	}
+	switch v, ok := p.get(Rule); {
+	case !ok && len(s.Queues) > 0, ok && v == string(RuleQueue):
+		s.Rule = RuleQueue
+	case ok && v == string(RuleRemainder):
+		s.Rule = RuleRemainder
+	case ok:
+		p.fail(Rule, v, `one of "queue", "remainder"`)
+	}
+	_, hasTarget := p.get(TargetQueueLength)
+	switch {
+	case s.Rule == RuleQueue && !hasTarget:
+		p.fail(TargetQueueLength, "", "required with rule queue: a whole number of messages, at least 1")
+	case hasTarget:
+		s.TargetQueueLength = p.integer(TargetQueueLength, 0, 1, MaxTarget)
+	}
+	_, hasQueue := p.get(Queue)
+	if s.Rule == RuleQueue && !hasQueue {
+		p.fail(Queue, "", "required with rule queue: nsq://HOST:PORT/TOPIC/CHANNEL or nsqlookupd://HOST:PORT/TOPIC/CHANNEL")
+	}
+	if s.Rule == RuleRemainder && hasQueue {
+		p.fail(Queue, ann[Queue], "not used with rule remainder: remove it or use rule queue")
+	}
+	s.MinReplicas = int32(p.integer(MinReplicas, 0, 0, MaxReplicaCount))
+	if _, ok := p.get(MaxReplicas); !ok {
+		p.fail(MaxReplicas, "", fmt.Sprintf("required: a whole number from 1 to %d", MaxReplicaCount))
+	} else {
+		s.MaxReplicas = int32(p.integer(MaxReplicas, 0, 1, MaxReplicaCount))
+		if s.MaxReplicas > 0 && s.MinReplicas > s.MaxReplicas {
+			p.fail(MinReplicas, ann[MinReplicas], fmt.Sprintf("at most max-replicas (%d)", s.MaxReplicas))
+		}
+	}
+	s.MaxDelta = int32(p.integer(MaxDelta, 0, 1, MaxReplicaCount))
+	s.GroupMaxReplicas = int32(p.integer(GroupMaxReplicas, 0, 1, MaxReplicaCount))
+	if v, ok := p.get(ScaleDownDelay); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > MaxScaleDownDelay {
+			p.fail(ScaleDownDelay, v, "a Go duration from 0s to 24h, for example 30s or 2m")
+		} else {
+			s.ScaleDownDelay = d
+		}
+	}
+	s.Paused = p.boolean(Paused)
+	s.SyncLabels = p.boolean(SyncLabels)
+	return s, utilerrors.NewAggregate(p.errs)
+}
+
+type parser struct {
+	ann  map[string]string
+	errs []error
+}
+
+func (p *parser) fail(key, value, want string) {
+	p.errs = append(p.errs, &FieldError{Key: key, Value: value, Want: want})
+}
+
+// get returns the value of key, unless it is absent or already reported as too long.
+func (p *parser) get(key string) (string, bool) {
+	v, ok := p.ann[key]
+	if !ok || len(v) > MaxValueLength {
+		return "", false
+	}
+	return v, true
+}
+
+func (p *parser) integer(key string, def, lo, hi int64) int64 {
+	v, ok := p.get(key)
+	if !ok {
+		return def
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < lo || n > hi {
+		p.fail(key, v, fmt.Sprintf("a whole number from %d to %d", lo, hi))
+		return def
+	}
+	return n
+}
+
+func (p *parser) boolean(key string) bool {
+	v, ok := p.get(key)
+	if !ok {
+		return false
+	}
+	switch v {
+	case "true":
+		return true
+	case "false":
+		return false
+	}
+	p.fail(key, v, `"true" or "false"`)
+	return false
+}
+
+// nsqName is the NSQ rule for topic and channel names.
+var nsqName = regexp.MustCompile(`^[.a-zA-Z0-9_-]{1,64}(#ephemeral)?$`)
+
+func (p *parser) queues(v string) []QueueRef {
+	const want = "comma-separated nsq://HOST:PORT/TOPIC/CHANNEL or nsqlookupd://HOST:PORT/TOPIC/CHANNEL, topic and channel of 1-64 characters [.a-zA-Z0-9_-]"
+	var refs []QueueRef
+	parts := strings.Split(v, ",")
+	if len(parts) > maxQueues {
+		p.fail(Queue, v, fmt.Sprintf("at most %d queues", maxQueues))
+		return nil
+	}
+	for _, part := range parts {
+		part = strings.TrimSpace(part)
+		scheme, rest, ok := strings.Cut(part, "://")
+		if !ok || (scheme != "nsq" && scheme != "nsqlookupd") {
+			p.fail(Queue, part, want)
+			continue
+		}
+		hostPort, path, _ := strings.Cut(rest, "/")
+		host, port, err := net.SplitHostPort(hostPort)
+		if n, perr := strconv.Atoi(port); err != nil || host == "" || strings.ContainsAny(host, "@?#") || perr != nil || n < 1 || n > 65535 {
+			p.fail(Queue, part, want+" (HOST:PORT must name a port from 1 to 65535)")
+			continue
+		}
+		segs := strings.Split(path, "/")
+		if len(segs) != 2 || !nsqName.MatchString(segs[0]) || !nsqName.MatchString(segs[1]) {
+			p.fail(Queue, part, want)
+			continue
+		}
+		ref := QueueRef{Scheme: scheme, Host: hostPort, Topic: segs[0], Channel: segs[1]}
+		if slices.Contains(refs, ref) {
+			p.fail(Queue, part, "each queue once")
+			continue
+		}
+		refs = append(refs, ref)
+	}
+	return refs
+}
+
+// suggest names the known key closest to an unknown one, if any is close.
+func suggest(key string) string {
+	best, bestDist := "", 4
+	for _, k := range Keys {
+		if d := distance(key, k); d < bestDist {
+			best, bestDist = k, d
+		}
+	}
+	if best == "" {
+		return fmt.Sprintf(" (known keys: %s)", strings.Join(Keys, ", "))
+	}
+	return fmt.Sprintf(" (did you mean %s?)", best)
+}
+
+// distance is the Levenshtein edit distance between a and b.
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// Annotations renders s as the annotations Parse reads back to s. Defaults
+// are written out, so the result is explicit.
+func (s Spec) Annotations() map[string]string {
+	a := map[string]string{
+		Group:          s.Group,
+		Priority:       strconv.Itoa(int(s.Priority)),
+		Rule:           string(s.Rule),
+		MinReplicas:    strconv.Itoa(int(s.MinReplicas)),
+		MaxReplicas:    strconv.Itoa(int(s.MaxReplicas)),
+		ScaleDownDelay: s.ScaleDownDelay.String(),
+		Paused:         strconv.FormatBool(s.Paused),
+		SyncLabels:     strconv.FormatBool(s.SyncLabels),
+	}
+	if len(s.Queues) > 0 {
+		qs := make([]string, len(s.Queues))
+		for i, q := range s.Queues {
+			qs[i] = q.String()
+		}
+		a[Queue] = strings.Join(qs, ",")
+	}
+	if s.TargetQueueLength > 0 {
+		a[TargetQueueLength] = strconv.FormatInt(s.TargetQueueLength, 10)
+	}
+	if s.MaxDelta > 0 {
+		a[MaxDelta] = strconv.Itoa(int(s.MaxDelta))
+	}
+	if s.GroupMaxReplicas > 0 {
+		a[GroupMaxReplicas] = strconv.Itoa(int(s.GroupMaxReplicas))
+	}
+	return a
+}
+
+// FieldErrors returns the problems in an error returned by Parse.
+func FieldErrors(err error) []*FieldError {
+	var agg utilerrors.Aggregate
+	if !errors.As(err, &agg) {
+		return nil
+	}
+	var out []*FieldError
+	for _, e := range agg.Errors() {
+		var fe *FieldError
+		if errors.As(e, &fe) {
+			out = append(out, fe)
+		}
+	}
+	return out
+}

@@ -1,0 +1,168 @@
+package annotations
+
+import (
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseValid(t *testing.T) {
+	tests := []struct {
+		name string
+		ann  map[string]string
+		want Spec
+	}{
+		{
+			name: "queue member with defaults",
+			ann:  map[string]string{Queue: "nsq://nsq:4151/jobs/work", TargetQueueLength: "50", MaxReplicas: "10"},
+			want: Spec{Group: "consumer", Priority: 1, Rule: RuleQueue, TargetQueueLength: 50, MaxReplicas: 10,
+				ScaleDownDelay: DefaultScaleDownDelay,
+				Queues:         []QueueRef{{Scheme: "nsq", Host: "nsq:4151", Topic: "jobs", Channel: "work"}}},
+		},
+		{
+			name: "remainder with every optional key",
+			ann: map[string]string{Rule: "remainder", Group: "demo", Priority: "2", MinReplicas: "1", MaxReplicas: "20",
+				MaxDelta: "3", ScaleDownDelay: "1m", GroupMaxReplicas: "10", Paused: "true", SyncLabels: "false"},
+			want: Spec{Group: "demo", Priority: 2, Rule: RuleRemainder, MinReplicas: 1, MaxReplicas: 20, MaxDelta: 3,
+				ScaleDownDelay: time.Minute, GroupMaxReplicas: 10, Paused: true},
+		},
+		{
+			name: "several queues, lookupd and ephemeral channel",
+			ann: map[string]string{Rule: "queue", Queue: "nsqlookupd://lookup:4161/a/b, nsq://10.0.0.1:4151/a/c#ephemeral",
+				TargetQueueLength: "1", MaxReplicas: "1"},
+			want: Spec{Group: "consumer", Priority: 1, Rule: RuleQueue, TargetQueueLength: 1, MaxReplicas: 1,
+				ScaleDownDelay: DefaultScaleDownDelay, Queues: []QueueRef{
+					{Scheme: "nsqlookupd", Host: "lookup:4161", Topic: "a", Channel: "b"},
+					{Scheme: "nsq", Host: "10.0.0.1:4151", Topic: "a", Channel: "c#ephemeral"}}},
+		},
+		{
+			name: "other annotations are ignored",
+			ann:  map[string]string{Rule: "remainder", MaxReplicas: "2", "deployment.kubernetes.io/revision": "3", "example.com/microscaling.com/x": "y"},
+			want: Spec{Group: "consumer", Priority: 1, Rule: RuleRemainder, MaxReplicas: 2, ScaleDownDelay: DefaultScaleDownDelay},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Parse("consumer", tc.ann)
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Parse =\n%+v\nwant\n%+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseInvalid(t *testing.T) {
+	tests := []struct {
+		name string
+		ann  map[string]string
+		// wantKeys are the keys the errors must name, in order.
+		wantKeys []string
+		// wantText must appear in the message.
+		wantText string
+	}{
+		{name: "missing target and max", ann: map[string]string{Queue: "nsq://h:1/t/c"}, wantKeys: []string{TargetQueueLength, MaxReplicas}, wantText: "required"},
+		{name: "rule queue without queue", ann: map[string]string{Rule: "queue", TargetQueueLength: "5", MaxReplicas: "1"}, wantKeys: []string{Queue}, wantText: "nsq://"},
+		{name: "unknown rule", ann: map[string]string{Rule: "fifo", MaxReplicas: "1"}, wantKeys: []string{Rule}, wantText: `"remainder"`},
+		{name: "typo in key", ann: map[string]string{Rule: "remainder", MaxReplicas: "1", Prefix + "max-replica": "3"}, wantKeys: []string{Prefix + "max-replica"}, wantText: "did you mean microscaling.com/max-replicas"},
+		{name: "min above max", ann: map[string]string{Rule: "remainder", MinReplicas: "5", MaxReplicas: "2"}, wantKeys: []string{MinReplicas}, wantText: "at most max-replicas (2)"},
+		{name: "negative min", ann: map[string]string{Rule: "remainder", MinReplicas: "-1", MaxReplicas: "2"}, wantKeys: []string{MinReplicas}, wantText: "from 0 to"},
+		{name: "overflow", ann: map[string]string{Rule: "remainder", MaxReplicas: "99999999999999999999"}, wantKeys: []string{MaxReplicas}, wantText: "whole number"},
+		{name: "float priority", ann: map[string]string{Rule: "remainder", MaxReplicas: "1", Priority: "1.5"}, wantKeys: []string{Priority}, wantText: "from 1 to 1000"},
+		{name: "zero priority", ann: map[string]string{Rule: "remainder", MaxReplicas: "1", Priority: "0"}, wantKeys: []string{Priority}},
+		{name: "bad duration", ann: map[string]string{Rule: "remainder", MaxReplicas: "1", ScaleDownDelay: "30"}, wantKeys: []string{ScaleDownDelay}, wantText: "Go duration"},
+		{name: "negative duration", ann: map[string]string{Rule: "remainder", MaxReplicas: "1", ScaleDownDelay: "-1s"}, wantKeys: []string{ScaleDownDelay}},
+		{name: "bad bool", ann: map[string]string{Rule: "remainder", MaxReplicas: "1", Paused: "yes"}, wantKeys: []string{Paused}, wantText: `"true" or "false"`},
+		{name: "bad group", ann: map[string]string{Rule: "remainder", MaxReplicas: "1", Group: "Demo Group"}, wantKeys: []string{Group}, wantText: "DNS-1123"},
+		{name: "queue on remainder", ann: map[string]string{Rule: "remainder", MaxReplicas: "1", Queue: "nsq://h:1/t/c"}, wantKeys: []string{Queue}, wantText: "not used with rule remainder"},
+		{name: "queue scheme", ann: map[string]string{Queue: "http://h:1/t/c", TargetQueueLength: "1", MaxReplicas: "1"}, wantKeys: []string{Queue}},
+		{name: "queue without port", ann: map[string]string{Queue: "nsq://h/t/c", TargetQueueLength: "1", MaxReplicas: "1"}, wantKeys: []string{Queue}, wantText: "port"},
+		{name: "queue without channel", ann: map[string]string{Queue: "nsq://h:4151/t", TargetQueueLength: "1", MaxReplicas: "1"}, wantKeys: []string{Queue}},
+		{name: "queue bad topic", ann: map[string]string{Queue: "nsq://h:4151/t!/c", TargetQueueLength: "1", MaxReplicas: "1"}, wantKeys: []string{Queue}},
+		{name: "queue twice", ann: map[string]string{Queue: "nsq://h:4151/t/c,nsq://h:4151/t/c", TargetQueueLength: "1", MaxReplicas: "1"}, wantKeys: []string{Queue}, wantText: "once"},
+		{name: "very long value", ann: map[string]string{Rule: "remainder", MaxReplicas: "1", Group: strings.Repeat("a", MaxValueLength+1)}, wantKeys: []string{Group}, wantText: "at most 2048 bytes"},
+		{name: "every problem at once", ann: map[string]string{Rule: "remainder", MaxReplicas: "x", Priority: "-3", Paused: "1", MaxDelta: "0"},
+			wantKeys: []string{Priority, MaxReplicas, MaxDelta, Paused}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("d", tc.ann)
+			if err == nil {
+				t.Fatal("Parse accepted invalid annotations")
+			}
+			var keys []string
+			for _, fe := range FieldErrors(err) {
+				keys = append(keys, fe.Key)
+			}
+			if !reflect.DeepEqual(keys, tc.wantKeys) {
+				t.Errorf("errors name keys %v, want %v (%v)", keys, tc.wantKeys, err)
+			}
+			if !strings.Contains(err.Error(), tc.wantText) {
+				t.Errorf("error %q does not say %q", err, tc.wantText)
+			}
+		})
+	}
+}
+
+func TestManaged(t *testing.T) {
+	tests := []struct {
+		name string
+		ann  map[string]string
+		want bool
+	}{
+		{name: "none", ann: nil, want: false},
+		{name: "only max", ann: map[string]string{MaxReplicas: "3"}, want: false},
+		{name: "rule", ann: map[string]string{Rule: "remainder"}, want: true},
+		{name: "queue", ann: map[string]string{Queue: "x"}, want: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Managed(tc.ann); got != tc.want {
+				t.Errorf("Managed = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestEveryKeyDocumented fails when a key exists in code but not in the reference.
+func TestEveryKeyDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../docs/annotations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range Keys {
+		if !strings.Contains(string(doc), "| `"+k+"` |") {
+			t.Errorf("%s is not a row of docs/annotations.md", k)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add("remainder", "", "", "", "3", "1", "2", "30s", "", "false")
+	f.Add("", "nsq://h:4151/t/c", "50", "demo", "10", "0", "", "1m", "10", "true")
+	f.Add("queue", "nsqlookupd://[::1]:4161/t/c#ephemeral,nsq://a:1/b/c", "1", "", "1", "", "1", "0s", "", "")
+	f.Fuzz(func(t *testing.T, rule, queue, target, group, maxR, minR, delta, delay, budget, paused string) {
+		ann := map[string]string{}
+		for k, v := range map[string]string{Rule: rule, Queue: queue, TargetQueueLength: target, Group: group,
+			MaxReplicas: maxR, MinReplicas: minR, MaxDelta: delta, ScaleDownDelay: delay, GroupMaxReplicas: budget, Paused: paused} {
+			if v != "" {
+				ann[k] = v
+			}
+		}
+		s, err := Parse("fuzz", ann)
+		if err != nil {
+			return
+		}
+		again, err := Parse("other", s.Annotations())
+		if err != nil {
+			t.Fatalf("accepted %v but not its own rendering %v: %v", ann, s.Annotations(), err)
+		}
+		if !reflect.DeepEqual(s, again) {
+			t.Fatalf("round trip changed the spec:\n%+v\n%+v", s, again)
+		}
+	})
+}

@@ -22,10 +22,14 @@ BIN="$CACHE/bin-$KEY"
 WORK="$CACHE/src-$KEY"
 mkdir -p "$BIN" "$WORK"
 
+# One build at a time per cache: concurrent test packages may all ask.
+exec 9>"$CACHE/.lock"
+flock 9
+
 log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # need NAME... : true when any binary is missing.
-need() { for b in "$@"; do [ -x "$BIN/$b" ] || return 0; done; return 1; }
+need() { for b in "$@"; do [ -e "$BIN/$b" ] || return 0; done; return 1; }
 
 build_k8s() {
   need kube-apiserver kube-controller-manager kube-scheduler kubectl || return 0

@@ -1,0 +1,26 @@
+# The two commands that matter: `make demo` and `make test`.
+GO ?= go
+
+
+.PHONY: test demo binaries cluster simulate fuzz
+
+# Builds the real parts once (cached outside the clone), then runs every test
+# with the race detector against them.
+test: binaries
+	MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -race -count=1 -timeout 45m ./...
+
+binaries:
+	@test/tools/build.sh >/dev/null
+
+demo: binaries
+	MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) run ./test/demo
+
+# A local control plane and nsqd for a person, until Ctrl-C.
+cluster: binaries
+	MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) run ./test/cluster
+
+simulate:
+	$(GO) run ./test/simulate
+
+fuzz:
+	$(GO) test ./annotations -run '^$$' -fuzz FuzzParse -fuzztime 10m

@@ -1,0 +1,212 @@
+package scaler
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+)
+
+// Resources are the requests of one pod (all containers summed) or the free
+// allocatable of a node.
+type Resources struct {
+	MilliCPU int64
+	Memory   int64 // bytes
+	Pods     int64 // a pod takes 1
+}
+
+func (r Resources) fits(pod Resources) bool {
+	return pod.MilliCPU <= r.MilliCPU && pod.Memory <= r.Memory && pod.Pods <= r.Pods
+}
+
+func (r *Resources) take(pod Resources) {
+	r.MilliCPU -= pod.MilliCPU
+	r.Memory -= pod.Memory
+	r.Pods -= pod.Pods
+}
+
+// Member is one Deployment of a group, as the allocation sees it.
+type Member struct {
+	Name      string
+	Priority  int32
+	Remainder bool
+	// Want is what the queue rule decided; remainders want Max.
+	Want     int32
+	Current  int32
+	Min, Max int32
+	// Pending counts pods that cannot be scheduled now.
+	Pending int32
+	Pod     Resources
+	// Nodes are the indexes of the group's Nodes this member's pods may land
+	// on (selectors, affinity, taints); nil means every node.
+	Nodes []int
+}
+
+// Group is the input of one allocation.
+type Group struct {
+	Members []Member
+	// Free is each schedulable node's allocatable minus the requests of pods
+	// that are not in this group.
+	Free []Resources
+	// CapacityKnown is false until the node and pod caches are synced.
+	CapacityKnown bool
+	// Budget is group-max-replicas; 0 means none.
+	Budget int32
+}
+
+// Allocate shares the group's room by priority and returns the replicas of
+// each member, in the order of g.Members. Every member gets its Min first.
+// Queue members then grow towards Want in priority order (equal priorities
+// take turns); a queue member is not held back by node room, so its Pending
+// pods can ask a cluster autoscaler for nodes, but once one does not fit, no
+// lower priority grows. Remainders come last and take only room that is
+// verified free, up to Max. The group's own pods do not count against its
+// room, so room held by a remainder is handed to a consumer in one decision.
+func Allocate(g Group) []Decision {
+	out := make([]Decision, len(g.Members))
+	got := make([]int32, len(g.Members))
+	free := slices.Clone(g.Free)
+	total := int32(0)
+	overflow := false
+
+	place := func(i int) bool {
+		if !g.CapacityKnown {
+			return true // nothing to pack against; remainders are held instead
+		}
+		m := &g.Members[i]
+		if m.Nodes == nil {
+			for n := range free {
+				if free[n].fits(m.Pod) {
+					free[n].take(m.Pod)
+					return true
+				}
+			}
+			return false
+		}
+		for _, n := range m.Nodes {
+			if n >= 0 && n < len(free) && free[n].fits(m.Pod) {
+				free[n].take(m.Pod)
+				return true
+			}
+		}
+		return false
+	}
+
+	order := make([]int, len(g.Members))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		ma, mb := &g.Members[a], &g.Members[b]
+		if ma.Remainder != mb.Remainder {
+			if ma.Remainder {
+				return 1
+			}
+			return -1
+		}
+		return cmp.Or(cmp.Compare(ma.Priority, mb.Priority), cmp.Compare(ma.Name, mb.Name))
+	})
+
+	// Minimums are owed to every member.
+	for _, i := range order {
+		m := &g.Members[i]
+		for got[i] < m.Min {
+			if !place(i) {
+				overflow = true
+			}
+			got[i]++
+			total++
+		}
+	}
+	budgetLeft := func() bool { return g.Budget == 0 || total < g.Budget }
+
+	// grow hands out one replica at a time, round robin among members of one
+	// priority, while limit(i) allows and room and budget remain.
+	grow := func(level []int, limit func(int) int32, mustFit bool) {
+		for {
+			progressed := false
+			for _, i := range level {
+				if got[i] >= limit(i) || !budgetLeft() {
+					continue
+				}
+				if !place(i) {
+					if mustFit {
+						continue
+					}
+					overflow = true
+				}
+				got[i]++
+				total++
+				progressed = true
+			}
+			if !progressed {
+				return
+			}
+		}
+	}
+	for _, level := range levels(g.Members, order) {
+		if g.Members[level[0]].Remainder {
+			if overflow {
+				break
+			}
+			grow(level, func(i int) int32 { return remainderLimit(&g.Members[i], g.CapacityKnown) }, true)
+			continue
+		}
+		if overflow {
+			// A higher priority has pods without room: hold lower ones at their min.
+			continue
+		}
+		grow(level, func(i int) int32 { return min(g.Members[i].Want, g.Members[i].Max) }, false)
+	}
+
+	for i := range g.Members {
+		m := &g.Members[i]
+		out[i] = Decision{Replicas: got[i], Reason: allocReason(m, got[i], g)}
+	}
+	return out
+}
+
+// remainderLimit is the most a remainder may have: Max, but no growth into
+// unverified room, and fewer when some of its pods are already Pending.
+func remainderLimit(m *Member, capacityKnown bool) int32 {
+	limit := m.Max
+	if !capacityKnown {
+		limit = min(limit, m.Current)
+	}
+	if m.Pending > 0 {
+		limit = min(limit, m.Current-m.Pending)
+	}
+	return max(limit, m.Min)
+}
+
+// levels splits order into runs of equal (Remainder, Priority).
+func levels(ms []Member, order []int) [][]int {
+	var out [][]int
+	for k, i := range order {
+		if k == 0 || ms[i].Priority != ms[order[k-1]].Priority || ms[i].Remainder != ms[order[k-1]].Remainder {
+			out = append(out, nil)
+		}
+		out[len(out)-1] = append(out[len(out)-1], i)
+	}
+	return out
+}
+
+func allocReason(m *Member, got int32, g Group) string {
+	want := min(m.Want, m.Max)
+	if m.Remainder {
+		want = m.Max
+	}
+	switch {
+	case got >= want:
+		return ""
+	case got <= m.Min && m.Min > 0:
+		return fmt.Sprintf("held at min %d: room taken by higher priorities", m.Min)
+	case m.Remainder && !g.CapacityKnown:
+		return "spare room unverified: not growing"
+	case m.Remainder && m.Pending > 0:
+		return fmt.Sprintf("%d pods pending: giving their room back", m.Pending)
+	case g.Budget > 0:
+		return fmt.Sprintf("cut to %d of %d wanted: group room (budget %d) taken by higher priorities", got, want, g.Budget)
+	default:
+		return fmt.Sprintf("cut to %d of %d wanted: node room taken by higher priorities", got, want)
+	}
+}

@@ -1,0 +1,84 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// NSQ is a running nsqlookupd and one nsqd registered with it.
+type NSQ struct {
+	// HTTPAddr and TCPAddr are the nsqd's addresses (host:port).
+	HTTPAddr string
+	TCPAddr  string
+	// LookupdHTTPAddr is nsqlookupd's HTTP address.
+	LookupdHTTPAddr string
+
+	nsqd    *process
+	lookupd *process
+}
+
+func startNSQ(ctx context.Context, bin, dir string) (*NSQ, error) {
+	ports, err := freePorts(4)
+	if err != nil {
+		return nil, err
+	}
+	n := &NSQ{HTTPAddr: addr(ports[0]), TCPAddr: addr(ports[1]), LookupdHTTPAddr: addr(ports[2])}
+	lookupdTCP := addr(ports[3])
+	data := filepath.Join(dir, "nsqd")
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return nil, fmt.Errorf("making nsqd data dir: %w", err)
+	}
+	n.lookupd = &process{
+		name: "nsqlookupd", bin: filepath.Join(bin, "nsqlookupd"), log: filepath.Join(dir, "nsqlookupd.log"),
+		args: []string{"--http-address=" + n.LookupdHTTPAddr, "--tcp-address=" + lookupdTCP, "--broadcast-address=127.0.0.1"},
+	}
+	n.nsqd = &process{
+		name: "nsqd", bin: filepath.Join(bin, "nsqd"), log: filepath.Join(dir, "nsqd.log"),
+		args: []string{
+			"--http-address=" + n.HTTPAddr, "--tcp-address=" + n.TCPAddr, "--broadcast-address=127.0.0.1",
+			"--data-path=" + data, "--lookupd-tcp-address=" + lookupdTCP, "--log-level=warn",
+		},
+	}
+	if err := n.lookupd.start(); err != nil {
+		return n, err
+	}
+	if err := waitHTTP(ctx, n.lookupd, http.DefaultClient, "http://"+n.LookupdHTTPAddr+"/ping"); err != nil {
+		return n, err
+	}
+	return n, n.Start(ctx)
+}
+
+// Start starts nsqd (again, after Stop) with the same ports and data.
+func (n *NSQ) Start(ctx context.Context) error {
+	if err := n.nsqd.start(); err != nil {
+		return err
+	}
+	return waitHTTP(ctx, n.nsqd, http.DefaultClient, "http://"+n.HTTPAddr+"/ping")
+}
+
+// Stop stops nsqd and waits until it has exited, so its ports are free.
+func (n *NSQ) Stop() { n.nsqd.stop(15 * time.Second) }
+
+// PID is nsqd's process id, 0 when it is not running.
+func (n *NSQ) PID() int { return n.nsqd.pid() }
+
+// HTTPPort is the port of nsqd's HTTP address.
+func (n *NSQ) HTTPPort() int {
+	_, p, _ := splitHostPort(n.HTTPAddr)
+	return p
+}
+
+func splitHostPort(a string) (string, int, error) {
+	for i := len(a) - 1; i >= 0; i-- {
+		if a[i] == ':' {
+			p, err := strconv.Atoi(a[i+1:])
+			return a[:i], p, err
+		}
+	}
+	return a, 0, fmt.Errorf("no port in %q", a)
+}

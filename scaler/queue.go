@@ -17,7 +17,7 @@ type QueuePolicy struct {
 }
 
 // DefaultHorizon is the drain horizon of the rate-aware rule.
-const DefaultHorizon = 10 * time.Second
+const DefaultHorizon = 5 * time.Second
 
 // downBand is the dead band: shrink only while backlog <= downBand * target.
 const downBand = 0.7
@@ -66,7 +66,11 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	}
 	target := float64(p.Target)
 	backlog := float64(in.Backlog)
-	var raw float64
+	// raw is what the rule wants now; floor is the part of it that stands for
+	// demand (arrivals), which alone is held through the scale-down delay, so
+	// that a drained surplus is given back at once but a lull is not believed
+	// until it lasts.
+	var raw, floor float64
 	var basis string
 	switch {
 	case in.Rates.ServiceKnown && in.Rates.Service > 0:
@@ -74,13 +78,18 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 		if in.Rates.ArrivalKnown {
 			arrival = in.Rates.Arrival
 		}
-		raw = (arrival + (backlog-target)/horizon.Seconds()) / in.Rates.Service
+		demand := arrival / in.Rates.Service
+		raw = demand + (backlog-target)/horizon.Seconds()/in.Rates.Service
+		// The least the rule wants at this demand, even with an empty queue.
+		floor = demand - target/horizon.Seconds()/in.Rates.Service
 		basis = fmt.Sprintf("in %.1f/s, out %.1f/s per replica", arrival, in.Rates.Service)
 	case cur == 0:
 		raw = backlog / target
+		floor = raw
 		basis = "service rate unknown"
 	default:
 		raw = float64(cur) * backlog / target
+		floor = raw
 		basis = "service rate unknown"
 	}
 	want := ceilReplicas(raw)
@@ -94,8 +103,8 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	case want < cur && backlog > downBand*target:
 		want = cur // shrink only at or below 0.7 x target
 	}
-	// Scale-down delay: the highest recommendation of the window wins.
-	st.recs = append(st.recs, recommendation{at: in.Now, replicas: want})
+	// Scale-down delay: no shrink below the highest demand of the window.
+	st.recs = append(st.recs, recommendation{at: in.Now, replicas: ceilReplicas(floor)})
 	keep := st.recs[:0]
 	for _, r := range st.recs {
 		if in.Now.Sub(r.at) <= p.ScaleDownDelay {

@@ -54,7 +54,9 @@ func (r *Rates) Observe(s QueueSample) {
 	}
 	alpha := 1 - math.Exp(-dt/rateTau.Seconds())
 	in := float64(arrived) / dt
-	if r.ArrivalKnown {
+	if r.ArrivalKnown && in < r.Arrival {
+		// Fast attack, slow decay: a surge is acted on at once, a lull is
+		// believed only once it lasts.
 		r.Arrival += alpha * (in - r.Arrival)
 	} else {
 		r.Arrival, r.ArrivalKnown = in, true
@@ -67,6 +69,10 @@ func (r *Rates) Observe(s QueueSample) {
 		} else if per > 0 {
 			r.Service, r.ServiceKnown = per, true
 		}
+	}
+	if r.last.Backlog == 0 && s.Backlog == 0 && s.Ready > 0 && r.ServiceKnown {
+		// Idle replicas kept up with every arrival: each serves at least this.
+		r.Service = max(r.Service, float64(arrived)/dt/float64(s.Ready))
 	}
 	r.last = s
 }

@@ -1,0 +1,137 @@
+package sim
+
+import (
+	"math"
+	"time"
+
+	"github.com/microscaling/microscaling/scaler"
+)
+
+// Microscaling is this project's decision: scaler.Rates and scaler.DecideQueue
+// at a 1 s tick.
+type Microscaling struct {
+	Policy scaler.QueuePolicy
+	rates  scaler.Rates
+	state  scaler.QueueState
+	epoch  time.Time
+	name   string
+}
+
+// NewMicroscaling returns the project's policy for world w.
+func NewMicroscaling(w World) *Microscaling {
+	return &Microscaling{
+		Policy: scaler.QueuePolicy{Target: w.Target, Max: w.Max, ScaleDownDelay: 30 * time.Second},
+		epoch:  time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		name:   "microscaling",
+	}
+}
+
+func (m *Microscaling) Name() string            { return m.name }
+func (m *Microscaling) Interval() time.Duration { return time.Second }
+
+func (m *Microscaling) Decide(o Observation) int32 {
+	now := m.epoch.Add(o.Now)
+	m.rates.Observe(scaler.QueueSample{Time: now, Backlog: o.Backlog, Arrived: o.Arrived, Ready: o.Ready})
+	d := scaler.DecideQueue(m.Policy, scaler.QueueInput{
+		Now: now, Current: o.Current, Ready: o.Ready, BacklogKnown: true, Backlog: o.Backlog, Rates: m.rates,
+	}, &m.state)
+	return d.Replicas
+}
+
+// KEDAHPA is the HPA as KEDA drives it with defaults: the scaler is polled
+// every 30 s, the HPA syncs every 15 s with desired = ceil(backlog /
+// threshold) (AverageValue), a 0.1 tolerance, scale-up of at most max(4 pods,
+// 100%) per 15 s, and a 300 s scale-down stabilization window.
+type KEDAHPA struct {
+	// Threshold is the per-replica backlog (KEDA's depthThreshold).
+	Threshold float64
+	Max       int32
+
+	metric   int64
+	lastPoll time.Duration
+	polled   bool
+	recs     []rec
+}
+
+type rec struct {
+	at time.Duration
+	n  int32
+}
+
+func (k *KEDAHPA) Name() string            { return "keda-hpa" }
+func (k *KEDAHPA) Interval() time.Duration { return 15 * time.Second }
+
+func (k *KEDAHPA) Decide(o Observation) int32 {
+	if !k.polled || o.Now-k.lastPoll >= 30*time.Second {
+		k.metric, k.lastPoll, k.polled = o.Backlog, o.Now, true
+	}
+	cur := o.Current
+	var want int32
+	switch {
+	case cur == 0:
+		// KEDA activates 0 -> 1 on a non-zero metric.
+		want = 0
+		if k.metric > 0 {
+			want = 1
+		}
+	default:
+		ratio := float64(k.metric) / (k.Threshold * float64(cur))
+		want = cur
+		if math.Abs(ratio-1) > 0.1 {
+			want = int32(math.Ceil(float64(k.metric) / k.Threshold))
+		}
+	}
+	// Scale-down stabilization: the highest recommendation of 300 s.
+	k.recs = append(k.recs, rec{o.Now, want})
+	keep := k.recs[:0]
+	for _, r := range k.recs {
+		if o.Now-r.at <= 300*time.Second {
+			keep = append(keep, r)
+		}
+	}
+	k.recs = keep
+	if want < cur {
+		for _, r := range k.recs {
+			want = max(want, min(r.n, cur))
+		}
+	}
+	if want > cur {
+		want = min(want, max(cur+4, 2*cur))
+	}
+	return min(want, k.Max)
+}
+
+// Engine is the original Microscaling Engine's queue rule: a 500 ms tick,
+// delta = kP*(len - target) + kD*velocity (velocity in messages per tick),
+// grow only while len > target, shrink only while len <= 0.7*target,
+// at most MaxDelta per tick.
+type Engine struct {
+	Target   int64
+	Max      int32
+	MaxDelta int32
+
+	prev    int64
+	started bool
+}
+
+func (e *Engine) Name() string            { return "engine-pd" }
+func (e *Engine) Interval() time.Duration { return 500 * time.Millisecond }
+
+func (e *Engine) Decide(o Observation) int32 {
+	const kP, kD = 0.04, 1.25
+	vel := 0.0
+	if e.started {
+		vel = float64(o.Backlog - e.prev)
+	}
+	e.prev, e.started = o.Backlog, true
+	delta := kP*float64(o.Backlog-e.Target) + kD*vel
+	d := int32(math.Round(delta))
+	switch {
+	case d > 0 && o.Backlog <= e.Target:
+		d = 0
+	case d < 0 && float64(o.Backlog) > 0.7*float64(e.Target):
+		d = 0
+	}
+	d = min(max(d, -e.MaxDelta), e.MaxDelta)
+	return min(max(o.Current+d, 0), e.Max)
+}

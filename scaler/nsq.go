@@ -1,0 +1,247 @@
+package scaler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/microscaling/microscaling/annotations"
+)
+
+// maxStatsBytes bounds one /stats answer; a larger one is an error, not an OOM.
+const maxStatsBytes = 64 << 20
+
+// nsqStats is the part of nsqd's GET /stats?format=json that we read. nsqd
+// 1.x returns it bare; before 1.0 it was wrapped in {"data": ...}.
+type nsqStats struct {
+	Data   *nsqStats  `json:"data"`
+	Topics []nsqTopic `json:"topics"`
+}
+
+type nsqTopic struct {
+	Name         string       `json:"topic_name"`
+	Depth        int64        `json:"depth"`
+	MessageCount int64        `json:"message_count"`
+	Channels     []nsqChannel `json:"channels"`
+}
+
+type nsqChannel struct {
+	Name         string `json:"channel_name"`
+	Depth        int64  `json:"depth"`
+	InFlight     int64  `json:"in_flight_count"`
+	Deferred     int64  `json:"deferred_count"`
+	MessageCount int64  `json:"message_count"`
+}
+
+// QueueReading is the sum over every nsqd of one queue reference.
+type QueueReading struct {
+	Backlog int64
+	Arrived int64
+}
+
+// NSQReader reads nsqd /stats, once per nsqd per Read however many queues
+// name it, and resolves nsqlookupd addresses to the nsqds that carry a topic.
+type NSQReader struct {
+	Client  *http.Client
+	Timeout time.Duration // per request
+	// Metrics, when set, records each request's latency and failures.
+	Metrics *Metrics
+}
+
+// Snapshot is one tick's reading of every nsqd that some queue names.
+type Snapshot struct {
+	// stats by nsqd host:port; errs by nsqd or nsqlookupd host:port.
+	stats map[string]*nsqStats
+	errs  map[string]error
+	// producers by nsqlookupd host:port and topic.
+	producers map[lookupKey][]string
+}
+
+type lookupKey struct{ lookupd, topic string }
+
+// Read fetches the stats that refs need, in parallel.
+func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) Readings {
+	s := &Snapshot{stats: map[string]*nsqStats{}, errs: map[string]error{}, producers: map[lookupKey][]string{}}
+	var mu sync.Mutex // guards s while the fetches run
+	var wg sync.WaitGroup
+	// First resolve lookupd topics to nsqds.
+	lookups := map[lookupKey]bool{}
+	nsqds := map[string]bool{}
+	for _, q := range refs {
+		if q.Scheme == "nsqlookupd" {
+			lookups[lookupKey{q.Host, q.Topic}] = true
+		} else {
+			nsqds[q.Host] = true
+		}
+	}
+	for k := range lookups {
+		wg.Go(func() {
+			t0 := time.Now()
+			ps, err := r.lookup(ctx, k.lookupd, k.topic)
+			r.observe(k.lookupd, time.Since(t0), err)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				s.errs[k.lookupd] = err
+				return
+			}
+			s.producers[k] = ps
+		})
+	}
+	wg.Wait()
+	for _, ps := range s.producers {
+		for _, p := range ps {
+			nsqds[p] = true
+		}
+	}
+	for host := range nsqds {
+		wg.Go(func() {
+			t0 := time.Now()
+			st, err := r.stats(ctx, host)
+			r.observe(host, time.Since(t0), err)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				s.errs[host] = err
+				return
+			}
+			s.stats[host] = st
+		})
+	}
+	wg.Wait()
+	return s
+}
+
+func (r *NSQReader) observe(host string, d time.Duration, err error) {
+	if r.Metrics == nil {
+		return
+	}
+	r.Metrics.QueueReadLatency.WithLabelValues(host).Observe(d.Seconds())
+	if err != nil {
+		r.Metrics.QueueReadErrors.WithLabelValues(host).Inc()
+	}
+}
+
+// Reading sums a queue over its nsqds. Any nsqd that could not be read makes
+// the whole reading fail: a partial sum would look like a shrinking backlog.
+func (s *Snapshot) Reading(q annotations.QueueRef) (QueueReading, error) {
+	hosts := []string{q.Host}
+	if q.Scheme == "nsqlookupd" {
+		if err := s.errs[q.Host]; err != nil {
+			return QueueReading{}, err
+		}
+		hosts = s.producers[lookupKey{q.Host, q.Topic}]
+	}
+	var out QueueReading
+	for _, h := range hosts {
+		if err := s.errs[h]; err != nil {
+			return QueueReading{}, err
+		}
+		st, ok := s.stats[h]
+		if !ok {
+			return QueueReading{}, fmt.Errorf("nsqd %s: not read", h)
+		}
+		for _, t := range st.Topics {
+			if t.Name != q.Topic {
+				continue
+			}
+			i := slices.IndexFunc(t.Channels, func(c nsqChannel) bool { return c.Name == q.Channel })
+			if i < 0 {
+				// No channel yet: messages wait in the topic.
+				out.Backlog += t.Depth
+				out.Arrived += t.MessageCount
+				continue
+			}
+			c := t.Channels[i]
+			out.Backlog += c.Depth + c.InFlight + c.Deferred
+			out.Arrived += c.MessageCount
+		}
+	}
+	return out, nil
+}
+
+func (r *NSQReader) get(ctx context.Context, u string, into any) error {
+	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	c := r.Client
+	if c == nil {
+		c = http.DefaultClient
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxStatsBytes+1))
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", u, err)
+	}
+	if len(body) > maxStatsBytes {
+		return fmt.Errorf("%s: answer larger than %d bytes", u, maxStatsBytes)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return &httpError{status: resp.StatusCode, body: string(body[:min(len(body), 200)])}
+	}
+	if err := json.Unmarshal(body, into); err != nil {
+		return fmt.Errorf("decoding %s: %w", u, err)
+	}
+	return nil
+}
+
+type httpError struct {
+	status int
+	body   string
+}
+
+func (e *httpError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.status, e.body) }
+
+func (r *NSQReader) stats(ctx context.Context, host string) (*nsqStats, error) {
+	var st nsqStats
+	u := "http://" + host + "/stats?format=json&include_clients=false&include_mem=false"
+	if err := r.get(ctx, u, &st); err != nil {
+		return nil, fmt.Errorf("nsqd %s stats: %w", host, err)
+	}
+	if st.Data != nil {
+		return st.Data, nil
+	}
+	return &st, nil
+}
+
+func (r *NSQReader) lookup(ctx context.Context, lookupd, topic string) ([]string, error) {
+	var res struct {
+		Data      *json.RawMessage `json:"data"`
+		Producers []struct {
+			Broadcast string `json:"broadcast_address"`
+			HTTPPort  int    `json:"http_port"`
+		} `json:"producers"`
+	}
+	err := r.get(ctx, "http://"+lookupd+"/lookup?topic="+url.QueryEscape(topic), &res)
+	var he *httpError
+	if errors.As(err, &he) && he.status == http.StatusNotFound {
+		return nil, nil // no nsqd carries the topic yet: an empty queue
+	}
+	if err != nil {
+		return nil, fmt.Errorf("nsqlookupd %s lookup %s: %w", lookupd, topic, err)
+	}
+	if res.Data != nil { // pre-1.0 wrapper
+		if err := json.Unmarshal(*res.Data, &res); err != nil {
+			return nil, fmt.Errorf("nsqlookupd %s lookup %s: decoding data: %w", lookupd, topic, err)
+		}
+	}
+	var out []string
+	for _, p := range res.Producers {
+		out = append(out, fmt.Sprintf("%s:%d", p.Broadcast, p.HTTPPort))
+	}
+	return out, nil
+}

@@ -122,9 +122,10 @@ func run(ctx context.Context, o options) error {
 	}
 
 	// Caches fill whether or not this process leads, so a standby is ready
-	// and takes over warm.
-	defer inf.Shutdown()
-	if !inf.Run(ctx) {
+	// and takes over warm. They stop (cancel, then wait) when run returns.
+	infCtx, cancelInf := context.WithCancel(ctx)
+	defer func() { cancelInf(); inf.Shutdown() }()
+	if !inf.Run(infCtx) {
 		return ctx.Err()
 	}
 	logger.Info("caches synced")

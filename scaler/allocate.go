@@ -66,7 +66,6 @@ func Allocate(g Group) []Decision {
 	got := make([]int32, len(g.Members))
 	free := slices.Clone(g.Free)
 	total := int32(0)
-	overflow := false
 
 	place := func(i int) bool {
 		if !g.CapacityKnown {
@@ -106,25 +105,30 @@ func Allocate(g Group) []Decision {
 		return cmp.Or(cmp.Compare(ma.Priority, mb.Priority), cmp.Compare(ma.Name, mb.Name))
 	})
 
+	lv := levels(g.Members, order)
+	// overflow is the first level where a pod did not fit; levels after it
+	// do not grow.
+	overflow := len(lv)
 	// Minimums are owed to every member.
-	for _, i := range order {
-		m := &g.Members[i]
-		for got[i] < m.Min {
-			if !place(i) {
-				overflow = true
+	for k, level := range lv {
+		for _, i := range level {
+			for got[i] < g.Members[i].Min {
+				if !place(i) {
+					overflow = min(overflow, k)
+				}
+				got[i]++
+				total++
 			}
-			got[i]++
-			total++
 		}
 	}
 	budgetLeft := func() bool { return g.Budget == 0 || total < g.Budget }
 
-	// grow hands out one replica at a time, round robin among members of one
-	// priority, while limit(i) allows and room and budget remain.
-	grow := func(level []int, limit func(int) int32, mustFit bool) {
+	// grow hands out one replica at a time, round robin among the members of
+	// level k, while limit(i) allows and room and budget remain.
+	grow := func(k int, limit func(int) int32, mustFit bool) {
 		for {
 			progressed := false
-			for _, i := range level {
+			for _, i := range lv[k] {
 				if got[i] >= limit(i) || !budgetLeft() {
 					continue
 				}
@@ -132,7 +136,7 @@ func Allocate(g Group) []Decision {
 					if mustFit {
 						continue
 					}
-					overflow = true
+					overflow = min(overflow, k)
 				}
 				got[i]++
 				total++
@@ -143,19 +147,15 @@ func Allocate(g Group) []Decision {
 			}
 		}
 	}
-	for _, level := range levels(g.Members, order) {
+	for k, level := range lv {
+		if k > overflow {
+			break // a higher priority has pods without room: lower ones stay at min
+		}
 		if g.Members[level[0]].Remainder {
-			if overflow {
-				break
-			}
-			grow(level, func(i int) int32 { return remainderLimit(&g.Members[i], g.CapacityKnown) }, true)
-			continue
+			grow(k, func(i int) int32 { return remainderLimit(&g.Members[i], g.CapacityKnown) }, true)
+		} else {
+			grow(k, func(i int) int32 { return min(g.Members[i].Want, g.Members[i].Max) }, false)
 		}
-		if overflow {
-			// A higher priority has pods without room: hold lower ones at their min.
-			continue
-		}
-		grow(level, func(i int) int32 { return min(g.Members[i].Want, g.Members[i].Max) }, false)
 	}
 
 	for i := range g.Members {

@@ -74,6 +74,13 @@ func TestAllocate(t *testing.T) {
 			want: []int32{6, 0, 0},
 		},
 		{
+			name: "lone queue member with no node data grows to want",
+			group: Group{CapacityKnown: true, Members: []Member{
+				{Name: "consumer", Priority: 1, Want: 5, Current: 1, Min: 1, Max: 10, Pod: pod500m},
+			}},
+			want: []int32{5},
+		},
+		{
 			name: "two remainders by priority",
 			group: Group{CapacityKnown: true, Free: nodes(1, 4000), Members: []Member{
 				{Name: "consumer", Priority: 1, Want: 2, Current: 2, Max: 10, Pod: pod500m},

@@ -123,8 +123,10 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	want = min(max(want, p.Min), p.Max)
 	var why string
 	switch {
-	case want > cur:
+	case want > cur && in.Backlog > p.Target:
 		why = fmt.Sprintf("backlog %d > target %d", in.Backlog, p.Target)
+	case want > cur:
+		why = fmt.Sprintf("backlog %d waiting, target %d", in.Backlog, p.Target)
 	case want < cur:
 		why = fmt.Sprintf("backlog %d <= %.0f%% of target %d", in.Backlog, downBand*100, p.Target)
 	default:

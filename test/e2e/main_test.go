@@ -1,0 +1,319 @@
+// Package e2e runs the controller binary against the harness's real control
+// plane and nsqd, and checks what a user would see with kubectl.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+
+	"github.com/microscaling/microscaling/test/harness"
+	"github.com/microscaling/microscaling/test/workload"
+)
+
+// controllerBin is the controller built once for every test.
+var controllerBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "microscaling-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	controllerBin = filepath.Join(dir, "microscaling")
+	build := exec.Command("go", "build", "-race", "-o", controllerBin, "github.com/microscaling/microscaling")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building the controller:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func startStack(t *testing.T, opts harness.Options) *harness.Stack {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	opts.Log = t.Logf
+	s, err := harness.Start(ctx, opts)
+	if err != nil {
+		t.Fatalf("starting stack: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("stack logs:\n%s", s.Logs(1500))
+		}
+		s.Stop()
+	})
+	return s
+}
+
+// controller is one running controller process.
+type controller struct {
+	cmd     *exec.Cmd
+	metrics string // host:port
+	log     *bytes.Buffer
+	done    chan struct{}
+}
+
+func startController(t *testing.T, s *harness.Stack, args ...string) *controller {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	c := &controller{metrics: addr, log: &bytes.Buffer{}, done: make(chan struct{})}
+	c.cmd = exec.Command(controllerBin, append([]string{"--kubeconfig=" + s.Kubeconfig, "--metrics-addr=" + addr, "--v=2"}, args...)...)
+	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = c.cmd.Wait(); close(c.done) }()
+	t.Cleanup(func() {
+		c.stop()
+		if t.Failed() {
+			t.Logf("controller %s log:\n%s", addr, tail(c.log.String(), 6000))
+		}
+	})
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		_, err := c.get(ctx, "/readyz")
+		return err
+	})
+	return c
+}
+
+func (c *controller) stop() {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+func (c *controller) kill() {
+	_ = c.cmd.Process.Kill()
+	<-c.done
+}
+
+func (c *controller) get(ctx context.Context, path string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.metrics+path, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return string(b), nil
+}
+
+// metric returns the sum of the samples of a metric whose labels contain every
+// one of match ("name" alone sums all).
+func (c *controller) metric(ctx context.Context, name string, match ...string) (float64, error) {
+	body, err := c.get(ctx, "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	sum := 0.0
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for _, m := range match {
+			ok = ok && strings.Contains(line, m)
+		}
+		if !ok {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, err
+		}
+		sum += v
+	}
+	return sum, nil
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func eventually(t *testing.T, timeout time.Duration, cond func(context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	defer cancel()
+	for {
+		err := cond(ctx)
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("not within %s: %v", timeout, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// deployment makes a Deployment with one container per cpu request given.
+func deployment(ns, name string, replicas int32, ann map[string]string, cpus ...string) *appsv1.Deployment {
+	labels := map[string]string{"app": name}
+	if len(cpus) == 0 {
+		cpus = []string{"100m"}
+	}
+	var cs []corev1.Container
+	for i, cpu := range cpus {
+		cs = append(cs, corev1.Container{
+			Name: fmt.Sprintf("c%d", i), Image: "example.com/" + name + ":1",
+			Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+				corev1.ResourceCPU: resource.MustParse(cpu), corev1.ResourceMemory: resource.MustParse("64Mi")}},
+		})
+	}
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: ann},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{Containers: cs},
+			},
+		},
+	}
+}
+
+func create(t *testing.T, s *harness.Stack, d *appsv1.Deployment) {
+	t.Helper()
+	if _, err := s.Client.AppsV1().Deployments(d.Namespace).Create(t.Context(), d, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating %s: %v", d.Name, err)
+	}
+}
+
+func replicas(ctx context.Context, s *harness.Stack, ns, name string) (int32, error) {
+	d, err := s.Client.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return 0, err
+	}
+	return *d.Spec.Replicas, nil
+}
+
+// waitReplicas waits until ok(spec.replicas) holds.
+func waitReplicas(t *testing.T, s *harness.Stack, ns, name string, timeout time.Duration, what string, ok func(int32) bool) {
+	t.Helper()
+	eventually(t, timeout, func(ctx context.Context) error {
+		n, err := replicas(ctx, s, ns, name)
+		if err != nil {
+			return err
+		}
+		if !ok(n) {
+			return fmt.Errorf("%s has %d replicas, want %s", name, n, what)
+		}
+		return nil
+	})
+}
+
+// events lists the Events of a Deployment as "Type Reason: message".
+func events(ctx context.Context, s *harness.Stack, ns, name string) ([]string, error) {
+	list, err := s.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{
+		FieldSelector: fields.Set{"involvedObject.name": name, "involvedObject.kind": "Deployment"}.String()})
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range list.Items {
+		out = append(out, e.Type+" "+e.Reason+": "+e.Message)
+	}
+	return out, nil
+}
+
+func waitEvent(t *testing.T, s *harness.Stack, ns, name, substr string, timeout time.Duration) {
+	t.Helper()
+	eventually(t, timeout, func(ctx context.Context) error {
+		evs, err := events(ctx, s, ns, name)
+		if err != nil {
+			return err
+		}
+		for _, e := range evs {
+			if strings.Contains(e, substr) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no event of %s says %q; events: %q", name, substr, evs)
+	})
+}
+
+// consumers starts NSQ consumers for the Running pods of a Deployment.
+func consumers(t *testing.T, s *harness.Stack, ns, app, topic, channel string, per time.Duration) *workload.Consumers {
+	ctx, cancel := context.WithCancel(t.Context())
+	c := &workload.Consumers{Client: s.Client, Namespace: ns, Selector: "app=" + app, NSQDTCPAddr: s.NSQ.TCPAddr,
+		Topic: topic, Channel: channel, PerMessage: per}
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return c
+}
+
+func queueAnn(s *harness.Stack, topic, channel string, kv ...string) map[string]string {
+	ann := map[string]string{"microscaling.com/queue": fmt.Sprintf("nsq://%s/%s/%s", s.NSQ.HTTPAddr, topic, channel)}
+	for i := 0; i+1 < len(kv); i += 2 {
+		ann["microscaling.com/"+kv[i]] = kv[i+1]
+	}
+	return ann
+}
+
+func ensureChannel(t *testing.T, s *harness.Stack, topic, channel string) {
+	t.Helper()
+	for _, path := range []string{"/topic/create?topic=" + topic, "/channel/create?topic=" + topic + "&channel=" + channel} {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+s.NSQ.HTTPAddr+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("POST %s: %s", path, resp.Status)
+		}
+	}
+}

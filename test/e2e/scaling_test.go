@@ -175,7 +175,7 @@ func TestPausedIsLeftAlone(t *testing.T) {
 	}
 	evs, _ := events(t.Context(), s, "default", "paused")
 	for _, e := range evs {
-		if strings.Contains(e, "Scaled") {
+		if strings.HasPrefix(e, "Normal Scaled:") {
 			t.Errorf("paused Deployment got event %q", e)
 		}
 	}
@@ -250,9 +250,11 @@ func TestQueueUnreadable(t *testing.T) {
 	if err := s.NSQ.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	// nsqd keeps its messages on disk across a clean stop; consume nothing,
-	// so only a read can explain a change: drain them and watch it shrink.
+	// nsqd kept its messages on disk across the stop. Once it is read again,
+	// normal scaling resumes: drained by consumers, the queue goes to 0.
 	waitEvent(t, s, "default", "consumer", "QueueReadable", 10*time.Second)
+	consumers(t, s, "default", "consumer", "jobs", "work", time.Millisecond)
+	waitReplicas(t, s, "default", "consumer", 30*time.Second, "0", func(n int32) bool { return n == 0 })
 }
 
 // Scenario 8: a multi-container remainder is packed by the sum of its

@@ -1,0 +1,82 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/microscaling/microscaling/test/harness"
+	"github.com/microscaling/microscaling/test/workload"
+)
+
+func waitLeader(t *testing.T, c *controller, want float64, timeout time.Duration) {
+	t.Helper()
+	eventually(t, timeout, func(ctx context.Context) error {
+		v, err := c.metric(ctx, "microscaling_leader")
+		if err != nil || v != want {
+			return fmt.Errorf("microscaling_leader %v (%v), want %v", v, err, want)
+		}
+		return nil
+	})
+}
+
+// Scenario 7: with --leader-elect only the leader writes; SIGKILL hands over
+// within the lease, the handover changes no replicas, and scaling resumes.
+func TestLeaderElectionHandover(t *testing.T) {
+	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	ensureChannel(t, s, "jobs", "work")
+	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work",
+		"target-queue-length", "10", "max-replicas", "8", "scale-down-delay", "0s")))
+	args := []string{"--leader-elect", "--leader-elect-lease-namespace=default"}
+	a := startController(t, s, append(args, "--leader-elect-identity=a")...)
+	waitLeader(t, a, 1, 20*time.Second)
+	b := startController(t, s, append(args, "--leader-elect-identity=b")...)
+	waitLeader(t, b, 0, 5*time.Second)
+
+	// No consumers: the backlog stays, and the leader holds the max.
+	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 500); err != nil {
+		t.Fatal(err)
+	}
+	waitReplicas(t, s, "default", "consumer", 10*time.Second, "8", func(n int32) bool { return n == 8 })
+	if ops, _ := a.metric(t.Context(), "microscaling_scale_operations_total", `result="ok"`); ops == 0 {
+		t.Errorf("leader a made no writes")
+	}
+	if ops, _ := b.metric(t.Context(), "microscaling_scale_operations_total"); ops != 0 {
+		t.Errorf("standby b wrote %v times", ops)
+	}
+
+	a.kill()
+	killed := time.Now()
+	// Until b leads, and right after, the replicas stay as they were.
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		n, err := replicas(ctx, s, "default", "consumer")
+		if err != nil {
+			return err
+		}
+		if n != 8 {
+			t.Fatalf("replicas changed to %d during the handover", n)
+		}
+		v, err := b.metric(ctx, "microscaling_leader")
+		if err != nil || v != 1 {
+			return fmt.Errorf("b not leader yet (%v, %v)", v, err)
+		}
+		return nil
+	})
+	t.Logf("b took over %s after a was killed", time.Since(killed).Round(100*time.Millisecond))
+	if n, _ := replicas(t.Context(), s, "default", "consumer"); n != 8 {
+		t.Errorf("replicas %d after the handover, want 8", n)
+	}
+	// Scaling resumes under b: the queue is emptied and it shrinks to 0.
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+s.NSQ.HTTPAddr+"/channel/empty?topic=jobs&channel=work", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	waitReplicas(t, s, "default", "consumer", 10*time.Second, "0", func(n int32) bool { return n == 0 })
+	if ops, _ := b.metric(t.Context(), "microscaling_scale_operations_total", `result="ok"`); ops == 0 {
+		t.Errorf("new leader b made no writes")
+	}
+}

@@ -2,7 +2,7 @@
 GO ?= go
 
 
-.PHONY: test demo binaries cluster simulate fuzz
+.PHONY: test demo binaries cluster simulate fuzz bench-reaction
 
 # Builds the real parts once (cached outside the clone), then runs every test
 # with the race detector against them.
@@ -24,3 +24,7 @@ simulate:
 
 fuzz:
 	$(GO) test ./annotations -run '^$$' -fuzz FuzzParse -fuzztime 10m
+
+# Reaction time of the controller on the real stack (25 trials); see BENCHMARKS.md.
+bench-reaction: binaries
+	MICROSCALING_BENCH=1 MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -count=1 -v -run TestReactionTime ./test/e2e | grep -E 'REACTION|reaction time|^(ok|FAIL|---)'

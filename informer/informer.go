@@ -221,4 +221,3 @@ func slim(obj any) (any, error) {
 	}
 	return out, nil
 }
-

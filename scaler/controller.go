@@ -266,9 +266,9 @@ func (c *Controller) forgetExcept(seen map[string]bool) {
 
 // member is one Deployment's part in a group decision.
 type member struct {
-	d     *appsv1.Deployment
-	st    *memberState
-	spec  annotations.Spec
+	d      *appsv1.Deployment
+	st     *memberState
+	spec   annotations.Spec
 	cur    int32
 	alloc  Member
 	reason string // the queue rule's

@@ -68,7 +68,7 @@ type Result struct {
 	ScaleOps, Reversals int
 	// LateReversals counts reversals in the second half, after warm-up.
 	LateReversals int
-	Points              []Point
+	Points        []Point
 }
 
 // Run simulates policy p on trace tr in world w, from one replica and an
@@ -79,8 +79,8 @@ func Run(w World, tr Trace, p Policy) Result {
 		backlog  float64
 		arrived  float64
 		starting []time.Duration // start times of replicas not yet ready
-		ready    int32 = 1
-		current  int32 = 1
+		ready    int32           = 1
+		current  int32           = 1
 		nextTick time.Duration
 		lastDir  int
 		errSum   float64

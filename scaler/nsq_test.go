@@ -1,0 +1,108 @@
+package scaler
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/microscaling/microscaling/annotations"
+)
+
+const stats1x = `{"version":"1.3.0","health":"OK","start_time":1,"topics":[
+ {"topic_name":"jobs","depth":0,"message_count":120,"channels":[
+   {"channel_name":"work","depth":30,"in_flight_count":5,"deferred_count":2,"message_count":110}]},
+ {"topic_name":"fresh","depth":7,"message_count":7,"channels":[]}]}`
+
+const statsPre1 = `{"status_code":200,"status_txt":"OK","data":{"topics":[
+ {"topic_name":"jobs","depth":0,"message_count":50,"channels":[
+   {"channel_name":"work","depth":10,"in_flight_count":0,"deferred_count":0,"message_count":50}]}]}}`
+
+func TestNSQReader(t *testing.T) {
+	tests := []struct {
+		name           string
+		body           string
+		status         int
+		delay          time.Duration
+		topic, channel string
+		want           QueueReading
+		wantErr        string
+	}{
+		{name: "1.x bare stats: depth + in flight + deferred", body: stats1x, topic: "jobs", channel: "work", want: QueueReading{Backlog: 37, Arrived: 110}},
+		{name: "pre-1.0 data wrapper", body: statsPre1, topic: "jobs", channel: "work", want: QueueReading{Backlog: 10, Arrived: 50}},
+		{name: "topic without the channel yet counts topic depth", body: stats1x, topic: "fresh", channel: "work", want: QueueReading{Backlog: 7, Arrived: 7}},
+		{name: "unknown topic is an empty queue", body: `{"topics":null}`, topic: "nope", channel: "work", want: QueueReading{}},
+		{name: "garbage JSON is an error", body: `<html>oops`, topic: "jobs", channel: "work", wantErr: "decoding"},
+		{name: "HTTP error is an error", body: `boom`, status: 500, topic: "jobs", channel: "work", wantErr: "HTTP 500"},
+		{name: "slow nsqd times out", body: stats1x, delay: 300 * time.Millisecond, topic: "jobs", channel: "work", wantErr: "deadline"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			calls := 0
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				calls++
+				if tc.delay > 0 {
+					select {
+					case <-time.After(tc.delay):
+					case <-r.Context().Done():
+						return
+					}
+				}
+				if tc.status != 0 {
+					w.WriteHeader(tc.status)
+				}
+				w.Write([]byte(tc.body))
+			}))
+			defer srv.Close()
+			host := strings.TrimPrefix(srv.URL, "http://")
+			r := &NSQReader{Timeout: 100 * time.Millisecond}
+			q := annotations.QueueRef{Scheme: "nsq", Host: host, Topic: tc.topic, Channel: tc.channel}
+			other := annotations.QueueRef{Scheme: "nsq", Host: host, Topic: "other", Channel: "c"}
+			got, err := r.Read(context.Background(), []annotations.QueueRef{q, other}).Reading(q)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one saying %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("reading = %+v, want %+v", got, tc.want)
+			}
+			if calls != 1 {
+				t.Errorf("%d /stats calls for two queues on one nsqd, want 1", calls)
+			}
+		})
+	}
+}
+
+func TestNSQLookupd(t *testing.T) {
+	nsqd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte(stats1x)) }))
+	defer nsqd.Close()
+	nsqdHost, nsqdPort, _ := strings.Cut(strings.TrimPrefix(nsqd.URL, "http://"), ":")
+	lookupd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("topic") != "jobs" {
+			w.WriteHeader(http.StatusNotFound)
+			w.Write([]byte(`{"message":"TOPIC_NOT_FOUND"}`))
+			return
+		}
+		// Two nsqds carry the topic: the same one twice sums twice.
+		w.Write([]byte(`{"channels":["work"],"producers":[{"broadcast_address":"` + nsqdHost + `","http_port":` + nsqdPort + `},{"broadcast_address":"` + nsqdHost + `","http_port":` + nsqdPort + `}]}`))
+	}))
+	defer lookupd.Close()
+	r := &NSQReader{Timeout: time.Second}
+	host := strings.TrimPrefix(lookupd.URL, "http://")
+	jobs := annotations.QueueRef{Scheme: "nsqlookupd", Host: host, Topic: "jobs", Channel: "work"}
+	unknown := annotations.QueueRef{Scheme: "nsqlookupd", Host: host, Topic: "unknown", Channel: "work"}
+	snap := r.Read(context.Background(), []annotations.QueueRef{jobs, unknown})
+	if got, err := snap.Reading(jobs); err != nil || got.Backlog != 74 {
+		t.Errorf("jobs via lookupd = %+v, %v; want backlog 74 (37 on each of 2 nsqds)", got, err)
+	}
+	if got, err := snap.Reading(unknown); err != nil || got.Backlog != 0 {
+		t.Errorf("unknown topic via lookupd = %+v, %v; want an empty queue", got, err)
+	}
+}

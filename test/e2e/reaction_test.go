@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+
+	"github.com/microscaling/microscaling/test/harness"
+	"github.com/microscaling/microscaling/test/workload"
+)
+
+// TestReactionTime measures, at the default 1 s interval, the time from the
+// backlog crossing its target to the /scale write being visible on a watch.
+// It is a benchmark, not a pass/fail check: run it with
+// MICROSCALING_BENCH=1 (make bench-reaction) and copy the figures to
+// BENCHMARKS.md.
+func TestReactionTime(t *testing.T) {
+	if os.Getenv("MICROSCALING_BENCH") == "" {
+		t.Skip("benchmark: set MICROSCALING_BENCH=1")
+	}
+	trials := 25
+	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	ensureChannel(t, s, "jobs", "work")
+	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work",
+		"target-queue-length", "50", "min-replicas", "1", "max-replicas", "10", "scale-down-delay", "0s")))
+	startController(t, s)
+	var got []time.Duration
+	for i := range trials {
+		emptyChannel(t, s)
+		waitReplicas(t, s, "default", "consumer", 10*time.Second, "1", func(n int32) bool { return n == 1 })
+		d, err := s.Client.AppsV1().Deployments("default").Get(t.Context(), "consumer", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := s.Client.AppsV1().Deployments("default").Watch(t.Context(), metav1.ListOptions{
+			FieldSelector: fields.OneTermEqualSelector("metadata.name", "consumer").String(), ResourceVersion: d.ResourceVersion})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A random phase against the controller's tick.
+		time.Sleep(time.Duration(rand.IntN(1000)) * time.Millisecond)
+		t0 := time.Now()
+		if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 60); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		var took time.Duration
+	watch:
+		for {
+			select {
+			case ev := <-w.ResultChan():
+				if dd, ok := ev.Object.(*appsv1.Deployment); ok && *dd.Spec.Replicas > 1 {
+					took = time.Since(t0)
+					break watch
+				}
+			case <-ctx.Done():
+				t.Fatalf("trial %d: no scale-up within 10s", i)
+			}
+		}
+		cancel()
+		w.Stop()
+		got = append(got, took)
+	}
+	slices.Sort(got)
+	p := func(q float64) time.Duration { return got[min(len(got)-1, int(q*float64(len(got))))] }
+	t.Logf("reaction time over %d trials: median %s, p90 %s, worst %s",
+		len(got), p(0.5).Round(time.Millisecond), p(0.9).Round(time.Millisecond), got[len(got)-1].Round(time.Millisecond))
+	fmt.Printf("REACTION trials=%d median=%s p90=%s worst=%s all=%v\n", len(got), p(0.5).Round(time.Millisecond),
+		p(0.9).Round(time.Millisecond), got[len(got)-1].Round(time.Millisecond), got)
+}
+
+func emptyChannel(t *testing.T, s *harness.Stack) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+s.NSQ.HTTPAddr+"/channel/empty?topic=jobs&channel=work", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+}

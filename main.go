@@ -14,9 +14,12 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -34,10 +37,16 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/microscaling/microscaling/informer"
+	"github.com/microscaling/microscaling/labels"
 	"github.com/microscaling/microscaling/scaler"
 )
 
 type options struct {
+	syncLabels    bool
+	labelInterval time.Duration
+	platform      string
+	prefixes      string
+
 	kubeconfig     string
 	namespace      string
 	interval       time.Duration
@@ -51,9 +60,37 @@ type options struct {
 	dryRun         bool
 }
 
+const usage = `usage: microscaling [controller] [flags]   run the controller (the default)
+       microscaling sync-labels [flags]    fill annotations from image labels once, then exit
+       microscaling COMMAND -h             the flags of a command`
+
 func main() {
+	cmd, args := "controller", os.Args[1:]
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch cmd {
+	case "controller":
+		err = controllerMain(ctx, args)
+	case "sync-labels":
+		err = syncLabelsMain(ctx, args)
+	default:
+		fmt.Fprintf(os.Stderr, "microscaling: unknown command %q\n%s\n", cmd, usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		klog.ErrorS(err, "microscaling "+cmd+" failed")
+		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
+	}
+	klog.Flush()
+}
+
+func controllerMain(ctx context.Context, args []string) error {
 	var o options
-	fs := flag.CommandLine
+	fs := flag.NewFlagSet("controller", flag.ExitOnError)
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "path to a kubeconfig; in-cluster config when empty")
 	fs.StringVar(&o.namespace, "namespace", "", "namespace to watch; all when empty")
 	fs.DurationVar(&o.interval, "interval", time.Second, "how often every group is decided")
@@ -65,30 +102,86 @@ func main() {
 	fs.StringVar(&o.identity, "leader-elect-identity", "", "identity in the Lease; hostname_pid when empty")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8080", "address of /metrics, /healthz and /readyz; empty: none")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "decide, log and emit Events, but write nothing")
+	fs.BoolVar(&o.syncLabels, "sync-labels", false, "fill annotations from image labels for Deployments with microscaling.com/sync-labels: \"true\" (needs secrets get)")
+	fs.DurationVar(&o.labelInterval, "label-sync-interval", 5*time.Minute, "how often label sync re-reads every image (a moved tag is picked up)")
+	labelFlags(fs, &o.platform, &o.prefixes)
 	klog.InitFlags(fs)
-	flag.Parse()
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, o); err != nil {
-		klog.ErrorS(err, "microscaling failed")
-		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
+	if err := fs.Parse(args); err != nil {
+		return err
 	}
-	klog.Flush()
+	return run(ctx, o)
+}
+
+func labelFlags(fs *flag.FlagSet, platform, prefixes *string) {
+	fs.StringVar(platform, "platform", "linux/amd64", "platform picked from a multi-arch image index")
+	fs.StringVar(prefixes, "image-label-prefixes", strings.Join(labels.DefaultPrefixes, ","), "label prefixes exposed as image-labels.microscaling.com/<container>")
+}
+
+func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, platform, prefixes string, timeout time.Duration) (*labels.Syncer, error) {
+	p, err := v1.ParsePlatform(platform)
+	if err != nil {
+		return nil, fmt.Errorf("--platform %q: %w", platform, err)
+	}
+	return &labels.Syncer{Client: client, Recorder: recorder, Resolver: labels.NewResolver(*p, timeout),
+		Prefixes: strings.Split(prefixes, ",")}, nil
+}
+
+// syncLabelsMain is the one-shot label sync, for a Job or CronJob.
+func syncLabelsMain(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("sync-labels", flag.ExitOnError)
+	var kubeconfig, namespace, platform, prefixes string
+	var dryRun bool
+	var workers int
+	var timeout time.Duration
+	fs.StringVar(&kubeconfig, "kubeconfig", "", "path to a kubeconfig; in-cluster config when empty")
+	fs.StringVar(&namespace, "namespace", "", "namespace to sync; all when empty")
+	fs.BoolVar(&dryRun, "dry-run", false, "print each patch instead of applying it")
+	fs.IntVar(&workers, "workers", 8, "Deployments synced in parallel")
+	fs.DurationVar(&timeout, "registry-timeout", 10*time.Second, "timeout of one registry request")
+	labelFlags(fs, &platform, &prefixes)
+	klog.InitFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	client, err := newClient(kubeconfig, 200, 400)
+	if err != nil {
+		return err
+	}
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "microscaling-sync-labels"})
+	s, err := newSyncer(client, recorder, platform, prefixes, timeout)
+	if err != nil {
+		return err
+	}
+	s.DryRun, s.Out = dryRun, os.Stdout
+	t0 := time.Now()
+	st, err := s.SyncAll(ctx, namespace, workers)
+	fmt.Fprintf(os.Stderr, "sync-labels: %d Deployments, %d patched, %d failed in %s\n", st.Deployments, st.Patched, st.Failed, time.Since(t0).Round(time.Millisecond))
+	return err
+}
+
+func newClient(kubeconfig string, qps float32, burst int) (kubernetes.Interface, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("loading client config: %w", err)
+	}
+	cfg = rest.CopyConfig(cfg)
+	cfg.UserAgent = "microscaling"
+	cfg.QPS, cfg.Burst = qps, burst
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("making client: %w", err)
+	}
+	return client, nil
 }
 
 func run(ctx context.Context, o options) error {
 	logger := klog.FromContext(ctx)
-	cfg, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	client, err := newClient(o.kubeconfig, 50, 100)
 	if err != nil {
-		return fmt.Errorf("loading client config: %w", err)
-	}
-	cfg = rest.CopyConfig(cfg)
-	cfg.UserAgent = "microscaling"
-	cfg.QPS, cfg.Burst = 50, 100
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("making client: %w", err)
+		return err
 	}
 	identity := o.identity
 	if identity == "" {
@@ -105,6 +198,7 @@ func run(ctx context.Context, o options) error {
 	defer broadcaster.Shutdown()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "microscaling", Host: identity})
 
+	var labelRun func(context.Context) // label sync, when on: only the leader runs it
 	inf, err := informer.New(client, o.namespace, nil)
 	if err != nil {
 		return err
@@ -112,6 +206,18 @@ func run(ctx context.Context, o options) error {
 	ctrl := scaler.New(scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun},
 		inf, &scaler.NSQReader{Timeout: o.queueTimeout, Metrics: metrics},
 		scaler.ScaleWriter{Client: client}, recorder, metrics, clock.RealClock{})
+
+	if o.syncLabels {
+		syncer, err := newSyncer(client, recorder, o.platform, o.prefixes, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		lc := &labels.Controller{Syncer: syncer, Lister: inf.Deployments, Interval: o.labelInterval}
+		if err := inf.AddDeploymentHandler(lc.Handler()); err != nil {
+			return err
+		}
+		labelRun = func(ctx context.Context) { lc.Run(ctx, 2) }
+	}
 
 	if o.metricsAddr != "" {
 		srv, err := serve(ctx, o.metricsAddr, reg, inf)
@@ -132,7 +238,12 @@ func run(ctx context.Context, o options) error {
 	work := func(ctx context.Context) {
 		metrics.Leader.Set(1)
 		defer metrics.Leader.Set(0)
+		var wg sync.WaitGroup
+		if labelRun != nil {
+			wg.Go(func() { labelRun(ctx) })
+		}
 		ctrl.Run(ctx)
+		wg.Wait()
 	}
 	if !o.leaderElect {
 		work(ctx)

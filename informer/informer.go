@@ -131,6 +131,14 @@ func (inf *Informers) Shutdown() {
 	}
 }
 
+// AddDeploymentHandler adds another handler to the Deployment informer.
+func (inf *Informers) AddDeploymentHandler(h cache.ResourceEventHandler) error {
+	if _, err := inf.deployments.AddEventHandler(h); err != nil {
+		return fmt.Errorf("adding deployment handler: %w", err)
+	}
+	return nil
+}
+
 // GroupKeys lists every group key.
 func (inf *Informers) GroupKeys() []string {
 	return inf.deployments.GetIndexer().ListIndexFuncValues(GroupIndex)

@@ -1,0 +1,183 @@
+// Package labels makes image labels visible to Kubernetes: it reads each
+// container image's Docker/OCI labels from its registry (cached by digest),
+// maps com.microscaling.* labels to microscaling.com/* annotations (the
+// user's own annotations always win), and exposes other labels under chosen
+// prefixes as one image-labels.microscaling.com/<container> annotation.
+// Labels are unsigned input, so only known keys with valid values are
+// copied, sizes are capped, and nothing outside the two prefixes is written.
+package labels
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/microscaling/microscaling/annotations"
+)
+
+const (
+	// LabelPrefix starts the image labels that carry scaling rules.
+	LabelPrefix = "com.microscaling."
+	// ImageLabelsPrefix starts the per-container annotations of other labels.
+	ImageLabelsPrefix = "image-labels.microscaling.com/"
+	// MaxLabelValue caps one copied label value.
+	MaxLabelValue = 256
+	// MaxImageLabelsJSON caps one image-labels annotation.
+	MaxImageLabelsJSON = 8192
+)
+
+// DefaultPrefixes are the label prefixes exposed per container by default.
+var DefaultPrefixes = []string{"org.opencontainers.image.", "org.label-schema."}
+
+// legacy maps the original engine's label names to the contract's keys.
+var legacy = map[string]string{
+	"min-containers": annotations.MinReplicas,
+	"max-containers": annotations.MaxReplicas,
+}
+
+// copyable are the contract's keys an image may set. sync-labels is the
+// user's switch and paused comes only through is-scalable.
+var copyable = map[string]bool{
+	annotations.Group: true, annotations.Priority: true, annotations.Rule: true, annotations.Queue: true,
+	annotations.TargetQueueLength: true, annotations.MinReplicas: true, annotations.MaxReplicas: true,
+	annotations.MaxDelta: true, annotations.ScaleDownDelay: true, annotations.GroupMaxReplicas: true,
+}
+
+// Image is what was read of one container's image.
+type Image struct {
+	Container string
+	Digest    string
+	Labels    map[string]string
+}
+
+// Problem is one label that was not copied, and why.
+type Problem struct {
+	Container, Label, Value, Why string
+}
+
+func (p Problem) String() string {
+	v := p.Value
+	if len(v) > 64 {
+		v = v[:64] + "..."
+	}
+	return fmt.Sprintf("container %s label %s=%q not copied: %s", p.Container, p.Label, v, p.Why)
+}
+
+// Derive returns the annotations to set on a Deployment whose annotations are
+// existing and whose containers' images are imgs (in container order): only
+// keys that differ from existing, none outside the two allowed prefixes.
+func Derive(existing map[string]string, imgs []Image, prefixes []string) (map[string]string, []Problem) {
+	var problems []Problem
+	fromLabels := map[string]string{}
+	source := map[string]Problem{} // where each derived key came from
+	for _, img := range imgs {
+		for _, l := range slices.Sorted(maps.Keys(img.Labels)) {
+			v := img.Labels[l]
+			name, ok := strings.CutPrefix(l, LabelPrefix)
+			if !ok {
+				continue
+			}
+			p := Problem{Container: img.Container, Label: l, Value: v}
+			key := annotations.Prefix + name
+			if k, ok := legacy[name]; ok {
+				key = k
+			}
+			if name == "is-scalable" {
+				switch v {
+				case "false":
+					key, v = annotations.Paused, "true"
+				case "true":
+					continue
+				default:
+					p.Why = `want "true" or "false"`
+					problems = append(problems, p)
+					continue
+				}
+			} else if !copyable[key] {
+				p.Why = "not a key an image may set"
+				problems = append(problems, p)
+				continue
+			}
+			if len(v) > MaxLabelValue {
+				p.Why = fmt.Sprintf("longer than %d bytes", MaxLabelValue)
+				problems = append(problems, p)
+				continue
+			}
+			if _, user := existing[key]; user {
+				continue // the user's annotation wins
+			}
+			if _, dup := fromLabels[key]; dup {
+				p.Why = "an earlier container's image already set " + key
+				problems = append(problems, p)
+				continue
+			}
+			fromLabels[key] = v
+			source[key] = p
+		}
+	}
+	// Validate the result as a whole; drop the label-derived keys it blames.
+	for len(fromLabels) > 0 {
+		merged := maps.Clone(existing)
+		maps.Copy(merged, fromLabels)
+		_, err := annotations.Parse("deployment", merged)
+		blamed := false
+		for _, fe := range annotations.FieldErrors(err) {
+			if p, ok := source[fe.Key]; ok && fromLabels[fe.Key] != "" {
+				p.Why = fe.Want
+				problems = append(problems, p)
+				delete(fromLabels, fe.Key)
+				blamed = true
+			}
+		}
+		if !blamed {
+			break // what is left is valid, or the problems are the user's own
+		}
+	}
+	out := map[string]string{}
+	for k, v := range fromLabels {
+		if existing[k] != v {
+			out[k] = v
+		}
+	}
+	for _, img := range imgs {
+		key := ImageLabelsPrefix + img.Container
+		exposed := map[string]string{}
+		for l, v := range img.Labels {
+			if !hasAnyPrefix(l, prefixes) {
+				continue
+			}
+			if len(v) > MaxLabelValue {
+				problems = append(problems, Problem{Container: img.Container, Label: l, Value: v, Why: fmt.Sprintf("longer than %d bytes", MaxLabelValue)})
+				continue
+			}
+			exposed[l] = v
+		}
+		b, err := json.Marshal(struct {
+			Digest string            `json:"digest"`
+			Labels map[string]string `json:"labels"`
+		}{img.Digest, exposed})
+		if err != nil || len(b) > MaxImageLabelsJSON {
+			problems = append(problems, Problem{Container: img.Container, Label: strings.Join(prefixes, ","), Why: fmt.Sprintf("exposed labels exceed %d bytes", MaxImageLabelsJSON)})
+			continue
+		}
+		if existing[key] != string(b) {
+			out[key] = string(b)
+		}
+	}
+	// Belt and braces: nothing outside the two prefixes, ever.
+	maps.DeleteFunc(out, func(k, _ string) bool {
+		return !strings.HasPrefix(k, annotations.Prefix) && !strings.HasPrefix(k, ImageLabelsPrefix)
+	})
+	return out, problems
+}
+
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,152 @@
+package labels
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Resolver reads image labels from registries. A digest is read once; a tag
+// is resolved again on every call (one HEAD) and its labels re-read only when
+// the digest moved.
+type Resolver struct {
+	Platform v1.Platform
+	Timeout  time.Duration // per registry request
+
+	mu      sync.Mutex                   // guards the maps below
+	byDig   map[string]map[string]string // digest -> labels
+	tags    map[string]string            // tag reference -> last digest
+	pullers map[string]*remote.Puller    // credentials hash -> puller
+}
+
+// NewResolver returns a Resolver for platform (for example linux/amd64).
+func NewResolver(platform v1.Platform, timeout time.Duration) *Resolver {
+	return &Resolver{Platform: platform, Timeout: timeout,
+		byDig: map[string]map[string]string{}, tags: map[string]string{}, pullers: map[string]*remote.Puller{}}
+}
+
+// puller reuses one Puller (its pings and tokens) per set of credentials.
+func (r *Resolver) puller(kc *Keychain) (*remote.Puller, error) {
+	id := kc.id()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p, ok := r.pullers[id]; ok {
+		return p, nil
+	}
+	t := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: r.Timeout}).DialContext,
+		TLSHandshakeTimeout:   r.Timeout,
+		ResponseHeaderTimeout: r.Timeout,
+		MaxIdleConnsPerHost:   16,
+	}
+	p, err := remote.NewPuller(remote.WithAuthFromKeychain(kc), remote.WithPlatform(r.Platform), remote.WithTransport(t))
+	if err != nil {
+		return nil, fmt.Errorf("making registry client: %w", err)
+	}
+	r.pullers[id] = p
+	return p, nil
+}
+
+// Labels returns the digest and labels of image for r.Platform.
+func (r *Resolver) Labels(ctx context.Context, image string, kc *Keychain) (string, map[string]string, error) {
+	ref, err := name.ParseReference(image)
+	if err != nil {
+		return "", nil, fmt.Errorf("image %q: %w", image, err)
+	}
+	p, err := r.puller(kc)
+	if err != nil {
+		return "", nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 4*r.Timeout)
+	defer cancel()
+	key := ref.Name()
+	if d, ok := ref.(name.Digest); ok {
+		if l, ok := r.cached(d.DigestStr()); ok {
+			return d.DigestStr(), l, nil
+		}
+	} else if last, seen := r.lastDigest(key); seen {
+		// A tag seen before: one HEAD says whether it moved.
+		desc, err := p.Head(ctx, ref)
+		if err != nil {
+			return "", nil, fmt.Errorf("resolving %s: %w", image, err)
+		}
+		if desc.Digest.String() == last {
+			if l, ok := r.cached(last); ok {
+				return last, l, nil
+			}
+		}
+	}
+	desc, err := p.Get(ctx, ref)
+	if err != nil {
+		return "", nil, fmt.Errorf("reading manifest of %s: %w", image, err)
+	}
+	img, err := desc.Image() // an index resolves to its child for r.Platform
+	if err != nil {
+		return "", nil, fmt.Errorf("image %s for %s: %w", image, r.Platform.String(), err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return "", nil, fmt.Errorf("reading config of %s: %w", image, err)
+	}
+	top := desc.Digest.String()
+	r.mu.Lock()
+	r.byDig[top] = cf.Config.Labels
+	if _, ok := ref.(name.Tag); ok {
+		r.tags[key] = top
+	}
+	r.mu.Unlock()
+	return top, cf.Config.Labels, nil
+}
+
+func (r *Resolver) cached(digest string) (map[string]string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l, ok := r.byDig[digest]
+	return l, ok
+}
+
+func (r *Resolver) lastDigest(tag string) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d, ok := r.tags[tag]
+	return d, ok
+}
+
+// Keychain serves credentials from imagePullSecrets: registry host -> auth.
+type Keychain struct {
+	auths map[string]authn.AuthConfig
+}
+
+// Resolve implements authn.Keychain; a registry without credentials is anonymous.
+func (k *Keychain) Resolve(res authn.Resource) (authn.Authenticator, error) {
+	if k != nil {
+		if a, ok := k.auths[res.RegistryStr()]; ok {
+			return authn.FromConfig(a), nil
+		}
+	}
+	return authn.Anonymous, nil
+}
+
+// id identifies the credentials without revealing them.
+func (k *Keychain) id() string {
+	if k == nil || len(k.auths) == 0 {
+		return "anonymous"
+	}
+	h := sha256.New()
+	for _, host := range sortedKeys(k.auths) {
+		a := k.auths[host]
+		fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s\n", host, a.Username, a.Password, a.Auth, a.IdentityToken)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}

@@ -2,7 +2,7 @@
 GO ?= go
 
 
-.PHONY: test demo binaries cluster simulate fuzz bench-reaction
+.PHONY: test demo binaries cluster simulate fuzz bench-reaction bench-labels
 
 # Builds the real parts once (cached outside the clone), then runs every test
 # with the race detector against them.
@@ -28,3 +28,7 @@ fuzz:
 # Reaction time of the controller on the real stack (25 trials); see BENCHMARKS.md.
 bench-reaction: binaries
 	MICROSCALING_BENCH=1 MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -count=1 -v -run TestReactionTime ./test/e2e | grep -E 'REACTION|reaction time|^(ok|FAIL|---)'
+
+# One label-sync pass over 1,000 Deployments and 20 images; see BENCHMARKS.md.
+bench-labels: binaries
+	MICROSCALING_BENCH=1 MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -count=1 -v -run TestLabelSyncRequests ./test/e2e | grep -E 'LABELSYNC|^(ok|FAIL|---)'

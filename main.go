@@ -117,12 +117,12 @@ func labelFlags(fs *flag.FlagSet, platform, prefixes *string) {
 	fs.StringVar(prefixes, "image-label-prefixes", strings.Join(labels.DefaultPrefixes, ","), "label prefixes exposed as image-labels.microscaling.com/<container>")
 }
 
-func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, platform, prefixes string, timeout time.Duration) (*labels.Syncer, error) {
+func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, platform, prefixes string, timeout, tagTTL time.Duration) (*labels.Syncer, error) {
 	p, err := v1.ParsePlatform(platform)
 	if err != nil {
 		return nil, fmt.Errorf("--platform %q: %w", platform, err)
 	}
-	return &labels.Syncer{Client: client, Recorder: recorder, Resolver: labels.NewResolver(*p, timeout),
+	return &labels.Syncer{Client: client, Recorder: recorder, Resolver: labels.NewResolver(*p, timeout, tagTTL),
 		Prefixes: strings.Split(prefixes, ",")}, nil
 }
 
@@ -147,11 +147,9 @@ func syncLabelsMain(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	defer broadcaster.Shutdown()
-	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "microscaling-sync-labels"})
-	s, err := newSyncer(client, recorder, platform, prefixes, timeout)
+	recorder := labels.NewSyncRecorder(ctx, client, "microscaling-sync-labels")
+	// One pass: each tag is resolved once however many Deployments use it.
+	s, err := newSyncer(client, recorder, platform, prefixes, timeout, time.Hour)
 	if err != nil {
 		return err
 	}
@@ -208,7 +206,7 @@ func run(ctx context.Context, o options) error {
 		scaler.ScaleWriter{Client: client}, recorder, metrics, clock.RealClock{})
 
 	if o.syncLabels {
-		syncer, err := newSyncer(client, recorder, o.platform, o.prefixes, 10*time.Second)
+		syncer, err := newSyncer(client, recorder, o.platform, o.prefixes, 10*time.Second, o.labelInterval/2)
 		if err != nil {
 			return err
 		}

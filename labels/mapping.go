@@ -26,6 +26,9 @@ const (
 	MaxLabelValue = 256
 	// MaxImageLabelsJSON caps one image-labels annotation.
 	MaxImageLabelsJSON = 8192
+	// SyncedKey records which microscaling.com/* values came from labels, so
+	// that a re-pushed image may change them while a user's edit still wins.
+	SyncedKey = ImageLabelsPrefix + "synced"
 )
 
 // DefaultPrefixes are the label prefixes exposed per container by default.
@@ -67,9 +70,19 @@ func (p Problem) String() string {
 
 // Derive returns the annotations to set on a Deployment whose annotations are
 // existing and whose containers' images are imgs (in container order): only
-// keys that differ from existing, none outside the two allowed prefixes.
-func Derive(existing map[string]string, imgs []Image, prefixes []string) (map[string]string, []Problem) {
-	var problems []Problem
+// keys that differ from existing, none outside the two allowed prefixes. A
+// key is the user's, and wins, unless SyncedKey shows that the label sync
+// wrote its current value. remove lists earlier label values whose label is
+// gone.
+func Derive(existing map[string]string, imgs []Image, prefixes []string) (set map[string]string, remove []string, problems []Problem) {
+	var synced map[string]string
+	_ = json.Unmarshal([]byte(existing[SyncedKey]), &synced) // absent or mangled: nothing is ours
+	user := map[string]string{}
+	for k, v := range existing {
+		if prev, ok := synced[k]; !ok || prev != v {
+			user[k] = v
+		}
+	}
 	fromLabels := map[string]string{}
 	source := map[string]Problem{} // where each derived key came from
 	for _, img := range imgs {
@@ -105,7 +118,7 @@ func Derive(existing map[string]string, imgs []Image, prefixes []string) (map[st
 				problems = append(problems, p)
 				continue
 			}
-			if _, user := existing[key]; user {
+			if _, mine := user[key]; mine {
 				continue // the user's annotation wins
 			}
 			if _, dup := fromLabels[key]; dup {
@@ -119,7 +132,7 @@ func Derive(existing map[string]string, imgs []Image, prefixes []string) (map[st
 	}
 	// Validate the result as a whole; drop the label-derived keys it blames.
 	for len(fromLabels) > 0 {
-		merged := maps.Clone(existing)
+		merged := maps.Clone(user)
 		maps.Copy(merged, fromLabels)
 		_, err := annotations.Parse("deployment", merged)
 		blamed := false
@@ -140,6 +153,18 @@ func Derive(existing map[string]string, imgs []Image, prefixes []string) (map[st
 		if existing[k] != v {
 			out[k] = v
 		}
+	}
+	for k := range synced {
+		_, isUser := user[k]
+		if _, still := fromLabels[k]; !still && !isUser && strings.HasPrefix(k, annotations.Prefix) {
+			if _, ok := existing[k]; ok {
+				remove = append(remove, k)
+			}
+		}
+	}
+	slices.Sort(remove)
+	if b, err := json.Marshal(fromLabels); err == nil && existing[SyncedKey] != string(b) {
+		out[SyncedKey] = string(b)
 	}
 	for _, img := range imgs {
 		key := ImageLabelsPrefix + img.Container
@@ -170,7 +195,7 @@ func Derive(existing map[string]string, imgs []Image, prefixes []string) (map[st
 	maps.DeleteFunc(out, func(k, _ string) bool {
 		return !strings.HasPrefix(k, annotations.Prefix) && !strings.HasPrefix(k, ImageLabelsPrefix)
 	})
-	return out, problems
+	return out, remove, problems
 }
 
 func hasAnyPrefix(s string, prefixes []string) bool {

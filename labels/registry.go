@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"golang.org/x/sync/singleflight"
 )
 
 // Resolver reads image labels from registries. A digest is read once; a tag
@@ -22,17 +23,27 @@ import (
 type Resolver struct {
 	Platform v1.Platform
 	Timeout  time.Duration // per registry request
+	// TagTTL is how long a tag's digest is trusted without asking again, so
+	// that one pass over many Deployments resolves each tag once.
+	TagTTL time.Duration
+
+	flight singleflight.Group // one resolution per image and credentials at a time
 
 	mu      sync.Mutex                   // guards the maps below
 	byDig   map[string]map[string]string // digest -> labels
-	tags    map[string]string            // tag reference -> last digest
+	tags    map[string]tagSeen           // tag reference -> last digest
 	pullers map[string]*remote.Puller    // credentials hash -> puller
 }
 
+type tagSeen struct {
+	digest string
+	at     time.Time
+}
+
 // NewResolver returns a Resolver for platform (for example linux/amd64).
-func NewResolver(platform v1.Platform, timeout time.Duration) *Resolver {
-	return &Resolver{Platform: platform, Timeout: timeout,
-		byDig: map[string]map[string]string{}, tags: map[string]string{}, pullers: map[string]*remote.Puller{}}
+func NewResolver(platform v1.Platform, timeout, tagTTL time.Duration) *Resolver {
+	return &Resolver{Platform: platform, Timeout: timeout, TagTTL: tagTTL,
+		byDig: map[string]map[string]string{}, tags: map[string]tagSeen{}, pullers: map[string]*remote.Puller{}}
 }
 
 // puller reuses one Puller (its pings and tokens) per set of credentials.
@@ -60,6 +71,22 @@ func (r *Resolver) puller(kc *Keychain) (*remote.Puller, error) {
 
 // Labels returns the digest and labels of image for r.Platform.
 func (r *Resolver) Labels(ctx context.Context, image string, kc *Keychain) (string, map[string]string, error) {
+	type result struct {
+		digest string
+		labels map[string]string
+	}
+	v, err, _ := r.flight.Do(kc.id()+"\x00"+image, func() (any, error) {
+		d, l, err := r.resolve(ctx, image, kc)
+		return result{d, l}, err
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	res := v.(result)
+	return res.digest, res.labels, nil
+}
+
+func (r *Resolver) resolve(ctx context.Context, image string, kc *Keychain) (string, map[string]string, error) {
 	ref, err := name.ParseReference(image)
 	if err != nil {
 		return "", nil, fmt.Errorf("image %q: %w", image, err)
@@ -76,14 +103,22 @@ func (r *Resolver) Labels(ctx context.Context, image string, kc *Keychain) (stri
 			return d.DigestStr(), l, nil
 		}
 	} else if last, seen := r.lastDigest(key); seen {
+		if time.Since(last.at) < r.TagTTL {
+			if l, ok := r.cached(last.digest); ok {
+				return last.digest, l, nil
+			}
+		}
 		// A tag seen before: one HEAD says whether it moved.
 		desc, err := p.Head(ctx, ref)
 		if err != nil {
 			return "", nil, fmt.Errorf("resolving %s: %w", image, err)
 		}
-		if desc.Digest.String() == last {
-			if l, ok := r.cached(last); ok {
-				return last, l, nil
+		if desc.Digest.String() == last.digest {
+			if l, ok := r.cached(last.digest); ok {
+				r.mu.Lock()
+				r.tags[key] = tagSeen{last.digest, time.Now()}
+				r.mu.Unlock()
+				return last.digest, l, nil
 			}
 		}
 	}
@@ -103,7 +138,7 @@ func (r *Resolver) Labels(ctx context.Context, image string, kc *Keychain) (stri
 	r.mu.Lock()
 	r.byDig[top] = cf.Config.Labels
 	if _, ok := ref.(name.Tag); ok {
-		r.tags[key] = top
+		r.tags[key] = tagSeen{top, time.Now()}
 	}
 	r.mu.Unlock()
 	return top, cf.Config.Labels, nil
@@ -116,7 +151,7 @@ func (r *Resolver) cached(digest string) (map[string]string, bool) {
 	return l, ok
 }
 
-func (r *Resolver) lastDigest(tag string) (string, bool) {
+func (r *Resolver) lastDigest(tag string) (tagSeen, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	d, ok := r.tags[tag]

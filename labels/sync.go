@@ -58,12 +58,19 @@ func (s *Syncer) Sync(ctx context.Context, d *appsv1.Deployment) (bool, error) {
 		}
 		imgs = append(imgs, Image{Container: c.Name, Digest: digest, Labels: l})
 	}
-	patch, problems := Derive(d.Annotations, imgs, s.Prefixes)
+	set, remove, problems := Derive(d.Annotations, imgs, s.Prefixes)
 	for _, p := range problems {
 		s.Recorder.Event(d, corev1.EventTypeWarning, "InvalidImageLabel", p.String())
 	}
-	if len(patch) == 0 {
+	if len(set)+len(remove) == 0 {
 		return false, nil
+	}
+	patch := map[string]any{}
+	for k, v := range set {
+		patch[k] = v
+	}
+	for _, k := range remove {
+		patch[k] = nil // a merge patch deletes a null
 	}
 	body, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": patch}})
 	if err != nil {

@@ -1,0 +1,354 @@
+package e2e
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/microscaling/microscaling/test/harness"
+)
+
+// testRegistry is go-containerregistry's in-process registry behind a
+// handler that counts requests and asks for basic auth under /v2/private/.
+type testRegistry struct {
+	host string
+	mu   sync.Mutex // guards count
+	// count is the requests seen, by path.
+	count map[string]int
+}
+
+const regUser, regPass = "puller", "s3cret"
+
+func newRegistry(t *testing.T) *testRegistry {
+	r := &testRegistry{count: map[string]int{}}
+	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.mu.Lock()
+		r.count[req.URL.Path]++
+		r.mu.Unlock()
+		if strings.HasPrefix(req.URL.Path, "/v2/private/") {
+			if u, p, ok := req.BasicAuth(); !ok || u != regUser || p != regPass {
+				w.Header().Set("WWW-Authenticate", `Basic realm="microscaling-test"`)
+				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+				return
+			}
+		}
+		inner.ServeHTTP(w, req)
+	}))
+	t.Cleanup(srv.Close)
+	r.host = strings.TrimPrefix(srv.URL, "http://")
+	return r
+}
+
+func (r *testRegistry) requests() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, c := range r.count {
+		n += c
+	}
+	return n
+}
+
+func labeledImage(t *testing.T, labels map[string]string) v1.Image {
+	t.Helper()
+	img, err := random.Image(64, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.Config.Labels = labels
+	cf.OS, cf.Architecture = "linux", "amd64"
+	img, err = mutate.ConfigFile(img, cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// push writes an image with labels to host/repo and returns its reference.
+func push(t *testing.T, host, repo string, labels map[string]string) string {
+	t.Helper()
+	ref := host + "/" + repo
+	auth := remote.WithAuth(&authn.Basic{Username: regUser, Password: regPass})
+	if err := remote.Write(mustRef(t, ref), labeledImage(t, labels), auth); err != nil {
+		t.Fatalf("pushing %s: %v", ref, err)
+	}
+	return ref
+}
+
+
+func mustRef(t *testing.T, s string) name.Reference {
+	ref, err := name.ParseReference(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+func syncLabels(t *testing.T, s *harness.Stack, args ...string) string {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), controllerBin, append([]string{"sync-labels", "--kubeconfig=" + s.Kubeconfig, "--registry-timeout=5s"}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "failed") {
+		t.Fatalf("sync-labels: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+func annotationsOf(t *testing.T, s *harness.Stack, name string) map[string]string {
+	t.Helper()
+	d, err := s.Client.AppsV1().Deployments("default").Get(t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.Annotations
+}
+
+func syncedDeployment(name, image string, ann map[string]string) *appsv1.Deployment {
+	if ann == nil {
+		ann = map[string]string{}
+	}
+	ann["microscaling.com/sync-labels"] = "true"
+	d := deployment("default", name, 0, ann)
+	d.Spec.Template.Spec.Containers[0].Image = image
+	return d
+}
+
+func TestLabelSync(t *testing.T) {
+	s := startStack(t, harness.Options{Nodes: bigNodes})
+	reg := newRegistry(t)
+	app := push(t, reg.host, "team/app:v1", map[string]string{
+		"com.microscaling.priority": "2", "com.microscaling.max-containers": "7",
+		"org.opencontainers.image.title": "App", "org.opencontainers.image.revision": "abc123", "maintainer": "someone"})
+	create(t, s, syncedDeployment("app", app, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"}))
+
+	t.Run("labels become annotations and the user's win", func(t *testing.T) {
+		out := syncLabels(t, s, "--namespace=default")
+		ann := annotationsOf(t, s, "app")
+		if ann["microscaling.com/priority"] != "2" {
+			t.Errorf("priority = %q, want 2 from the label (%s)", ann["microscaling.com/priority"], out)
+		}
+		if ann["microscaling.com/max-replicas"] != "3" {
+			t.Errorf("max-replicas = %q, want the user's 3", ann["microscaling.com/max-replicas"])
+		}
+		var il struct {
+			Digest string            `json:"digest"`
+			Labels map[string]string `json:"labels"`
+		}
+		if err := json.Unmarshal([]byte(ann["image-labels.microscaling.com/c0"]), &il); err != nil {
+			t.Fatalf("image-labels annotation: %v (%v)", err, ann)
+		}
+		if il.Labels["org.opencontainers.image.title"] != "App" || il.Labels["maintainer"] != "" || !strings.HasPrefix(il.Digest, "sha256:") {
+			t.Errorf("image-labels = %+v", il)
+		}
+		waitEvent(t, s, "default", "app", "LabelsSynced", 5*time.Second)
+	})
+
+	t.Run("a re-pushed tag is picked up", func(t *testing.T) {
+		push(t, reg.host, "team/app:v1", map[string]string{"com.microscaling.priority": "5"})
+		syncLabels(t, s, "--namespace=default")
+		if p := annotationsOf(t, s, "app")["microscaling.com/priority"]; p != "5" {
+			t.Errorf("priority = %q after the re-push, want 5", p)
+		}
+	})
+
+	t.Run("a multi-arch index resolves to linux/amd64", func(t *testing.T) {
+		idx := mutate.AppendManifests(empty.Index,
+			mutate.IndexAddendum{Add: labeledImage(t, map[string]string{"com.microscaling.priority": "4"}),
+				Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+			mutate.IndexAddendum{Add: labeledImage(t, map[string]string{"com.microscaling.priority": "9"}),
+				Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}})
+		ref := reg.host + "/team/multi:v1"
+		if err := remote.WriteIndex(mustRef(t, ref), idx); err != nil {
+			t.Fatal(err)
+		}
+		create(t, s, syncedDeployment("multi", ref, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"}))
+		syncLabels(t, s, "--namespace=default")
+		if p := annotationsOf(t, s, "multi")["microscaling.com/priority"]; p != "4" {
+			t.Errorf("priority = %q, want 4 from the linux/amd64 child", p)
+		}
+	})
+
+	t.Run("a private repository needs its imagePullSecret", func(t *testing.T) {
+		ref := push(t, reg.host, "private/app:v1", map[string]string{"com.microscaling.priority": "3"})
+		cfg := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, reg.host, base64.StdEncoding.EncodeToString([]byte(regUser+":"+regPass)))
+		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "regcred", Namespace: "default"},
+			Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{corev1.DockerConfigJsonKey: []byte(cfg)}}
+		if _, err := s.Client.CoreV1().Secrets("default").Create(t.Context(), secret, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		withSecret := syncedDeployment("priv-ok", ref, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"})
+		withSecret.Spec.Template.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
+		create(t, s, withSecret)
+		create(t, s, syncedDeployment("priv-no", ref, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"}))
+		out := syncLabels(t, s, "--namespace=default")
+		if p := annotationsOf(t, s, "priv-ok")["microscaling.com/priority"]; p != "3" {
+			t.Errorf("priv-ok priority = %q, want 3 (%s)", p, out)
+		}
+		if p, ok := annotationsOf(t, s, "priv-no")["microscaling.com/priority"]; ok {
+			t.Errorf("priv-no got priority %q without credentials", p)
+		}
+		waitEvent(t, s, "default", "priv-no", "Warning LabelSyncFailed", 5*time.Second)
+		waitEvent(t, s, "default", "priv-no", "UNAUTHORIZED", time.Second)
+		if strings.Contains(out, regPass) {
+			t.Errorf("the output shows the registry password")
+		}
+	})
+
+	t.Run("hostile labels are reported, not written", func(t *testing.T) {
+		ref := push(t, reg.host, "team/hostile:v1", map[string]string{
+			"com.microscaling.max-delta": "99999999999", "com.microscaling.scale-down-delay": "forever", "com.microscaling.sync-labels": "false",
+			"com.microscaling.group": strings.Repeat("g", 300), "com.microscaling.priority": "urgent",
+			"com.microscaling.../../kubernetes.io/evil": "1", "kubernetes.io/evil": "1",
+			"org.opencontainers.image.description": strings.Repeat("d", 5000)})
+		create(t, s, syncedDeployment("hostile", ref, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"}))
+		syncLabels(t, s, "--namespace=default")
+		ann := annotationsOf(t, s, "hostile")
+		for k, v := range ann {
+			if strings.HasPrefix(k, "microscaling.com/") && k != "microscaling.com/rule" && k != "microscaling.com/max-replicas" && k != "microscaling.com/sync-labels" {
+				t.Errorf("hostile label wrote %s=%q", k, v)
+			}
+			if strings.Contains(k, "evil") {
+				t.Errorf("wrote %s outside the allowed prefixes", k)
+			}
+		}
+		for _, label := range []string{"max-delta", "scale-down-delay", "sync-labels", "com.microscaling.group", "priority", "kubernetes.io/evil", "image.description"} {
+			waitEvent(t, s, "default", "hostile", label, 5*time.Second)
+		}
+	})
+
+	t.Run("a third-party registry process (crane registry serve)", func(t *testing.T) {
+		host := startCrane(t, s)
+		ref := push(t, host, "team/crane:v1", map[string]string{"com.microscaling.priority": "6"})
+		create(t, s, syncedDeployment("crane", ref, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"}))
+		syncLabels(t, s, "--namespace=default")
+		if p := annotationsOf(t, s, "crane")["microscaling.com/priority"]; p != "6" {
+			t.Errorf("priority = %q, want 6 from the crane registry", p)
+		}
+	})
+
+	t.Run("dry run prints the patch and writes nothing", func(t *testing.T) {
+		push(t, reg.host, "team/app:v1", map[string]string{"com.microscaling.priority": "8"})
+		out := syncLabels(t, s, "--namespace=default", "--dry-run")
+		if !strings.Contains(out, `deployment default/app: merge patch`) || !strings.Contains(out, `"microscaling.com/priority":"8"`) {
+			t.Errorf("dry run printed:\n%s", out)
+		}
+		if p := annotationsOf(t, s, "app")["microscaling.com/priority"]; p != "5" {
+			t.Errorf("dry run wrote priority %q", p)
+		}
+	})
+
+	t.Run("in the controller: synced on create and when the tag moves", func(t *testing.T) {
+		ref := push(t, reg.host, "team/live:v1", map[string]string{"com.microscaling.priority": "2"})
+		startController(t, s, "--sync-labels", "--label-sync-interval=1s")
+		create(t, s, syncedDeployment("live", ref, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"}))
+		eventually(t, 15*time.Second, func(ctx context.Context) error {
+			if p := annotationsOf(t, s, "live")["microscaling.com/priority"]; p != "2" {
+				return fmt.Errorf("priority %q, want 2", p)
+			}
+			return nil
+		})
+		push(t, reg.host, "team/live:v1", map[string]string{"com.microscaling.priority": "3"})
+		eventually(t, 15*time.Second, func(ctx context.Context) error {
+			if p := annotationsOf(t, s, "live")["microscaling.com/priority"]; p != "3" {
+				return fmt.Errorf("priority %q, want 3", p)
+			}
+			return nil
+		})
+	})
+}
+
+// TestLabelSyncRequests: one pass over many Deployments costs at most 3
+// registry requests per unique image (ping, manifest, config). With
+// MICROSCALING_BENCH set it is the 1,000-Deployment benchmark of BENCHMARKS.md.
+func TestLabelSyncRequests(t *testing.T) {
+	s := startStack(t, harness.Options{})
+	reg := newRegistry(t)
+	images, deployments := 20, 100
+	if os.Getenv("MICROSCALING_BENCH") != "" {
+		deployments = 1000
+	}
+	var refs []string
+	for i := range images {
+		refs = append(refs, push(t, reg.host, fmt.Sprintf("fleet/img%d:v1", i), map[string]string{"com.microscaling.priority": fmt.Sprint(i%5 + 1)}))
+	}
+	for i := range deployments {
+		create(t, s, syncedDeployment(fmt.Sprintf("d%d", i), refs[i%images], map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"}))
+	}
+	before := reg.requests()
+	out := syncLabels(t, s, "--namespace=default")
+	got := reg.requests() - before
+	t.Logf("%d registry requests for %d Deployments over %d images: %s", got, deployments, images, strings.TrimSpace(out))
+	fmt.Printf("LABELSYNC requests=%d images=%d deployments=%d %s\n", got, images, deployments, strings.TrimSpace(out))
+	if got > 3*images {
+		t.Errorf("%d registry requests, more than 3 per unique image (%d)", got, 3*images)
+	}
+	if !strings.Contains(out, fmt.Sprintf("%d Deployments, %d patched, 0 failed", deployments, deployments)) {
+		t.Errorf("sync-labels said %q", out)
+	}
+}
+
+// startCrane runs `crane registry serve` on a free port until the test ends.
+func startCrane(t *testing.T, s *harness.Stack) string {
+	t.Helper()
+	bins, err := filepath.Glob(filepath.Join(s.Bin, "crane-*"))
+	if err != nil || len(bins) == 0 {
+		t.Fatalf("no crane binary in %s: %v", s.Bin, err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(bins[0], "registry", "serve", "--address", host)
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	eventually(t, 10*time.Second, func(ctx context.Context) error {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+host+"/v2/", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
+	return host
+}

@@ -131,19 +131,22 @@ func syncLabelsMain(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("sync-labels", flag.ExitOnError)
 	var kubeconfig, namespace, platform, prefixes string
 	var dryRun bool
-	var workers int
+	var workers, burst int
+	var qps float64
 	var timeout time.Duration
 	fs.StringVar(&kubeconfig, "kubeconfig", "", "path to a kubeconfig; in-cluster config when empty")
 	fs.StringVar(&namespace, "namespace", "", "namespace to sync; all when empty")
 	fs.BoolVar(&dryRun, "dry-run", false, "print each patch instead of applying it")
 	fs.IntVar(&workers, "workers", 8, "Deployments synced in parallel")
+	fs.Float64Var(&qps, "kube-api-qps", 500, "requests per second to the API server")
+	fs.IntVar(&burst, "kube-api-burst", 1000, "burst of requests to the API server")
 	fs.DurationVar(&timeout, "registry-timeout", 10*time.Second, "timeout of one registry request")
 	labelFlags(fs, &platform, &prefixes)
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	client, err := newClient(kubeconfig, 200, 400)
+	client, err := newClient(kubeconfig, float32(qps), burst)
 	if err != nil {
 		return err
 	}

@@ -35,6 +35,14 @@ type Syncer struct {
 	// DryRun prints each patch to Out instead of applying it.
 	DryRun bool
 	Out    io.Writer
+
+	mu        sync.Mutex // guards keychains
+	keychains map[string]keychainSeen
+}
+
+type keychainSeen struct {
+	kc *Keychain
+	at time.Time
 }
 
 // Enabled reports whether d asks for label sync.
@@ -92,8 +100,31 @@ func (s *Syncer) Sync(ctx context.Context, d *appsv1.Deployment) (bool, error) {
 	return true, nil
 }
 
-// keychain gathers the pod template's and its service account's imagePullSecrets.
+// keychain gathers the pod template's and its service account's
+// imagePullSecrets, read again after the Resolver's TagTTL.
 func (s *Syncer) keychain(ctx context.Context, d *appsv1.Deployment) (*Keychain, error) {
+	spec := &d.Spec.Template.Spec
+	key := d.Namespace + "/" + spec.ServiceAccountName + "/" + fmt.Sprint(spec.ImagePullSecrets)
+	s.mu.Lock()
+	seen, ok := s.keychains[key]
+	s.mu.Unlock()
+	if ok && time.Since(seen.at) < s.Resolver.TagTTL {
+		return seen.kc, nil
+	}
+	kc, err := s.readKeychain(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.keychains == nil {
+		s.keychains = map[string]keychainSeen{}
+	}
+	s.keychains[key] = keychainSeen{kc, time.Now()}
+	s.mu.Unlock()
+	return kc, nil
+}
+
+func (s *Syncer) readKeychain(ctx context.Context, d *appsv1.Deployment) (*Keychain, error) {
 	spec := &d.Spec.Template.Spec
 	var names []string
 	for _, r := range spec.ImagePullSecrets {

@@ -352,3 +352,38 @@ func startCrane(t *testing.T, s *harness.Stack) string {
 	})
 	return host
 }
+
+// TestSyncLabelsJobRBAC applies manifests/sync-labels with the real kubectl
+// and runs the one-shot as its service account: the ClusterRole is enough,
+// and no more than it needs.
+func TestSyncLabelsJobRBAC(t *testing.T) {
+	s := startStack(t, harness.Options{})
+	out, err := s.Kubectl(t.Context(), "apply", "-k", "../../manifests/sync-labels")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(out)
+	reg := newRegistry(t)
+	ref := push(t, reg.host, "team/rbac:v1", map[string]string{"com.microscaling.priority": "2"})
+	create(t, s, syncedDeployment("rbac", ref, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"}))
+	kc, err := s.ServiceAccountKubeconfig("microscaling-system", "microscaling-sync-labels")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(t.Context(), controllerBin, "sync-labels", "--kubeconfig="+kc)
+	res, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("sync-labels as the service account: %v\n%s", err, res)
+	}
+	if p := annotationsOf(t, s, "rbac")["microscaling.com/priority"]; p != "2" {
+		t.Errorf("priority = %q, want 2: %s", p, res)
+	}
+	waitEvent(t, s, "default", "rbac", "LabelsSynced", 5*time.Second)
+	as := "--as=system:serviceaccount:microscaling-system:microscaling-sync-labels"
+	for _, verb := range []string{"delete deployments", "update deployments", "patch deployments --subresource=scale", "list secrets", "create pods"} {
+		out, _ := s.Kubectl(t.Context(), append([]string{"auth", "can-i", as}, strings.Fields(verb)...)...)
+		if strings.TrimSpace(out) != "no" {
+			t.Errorf("the sync-labels account can %s: %q", verb, out)
+		}
+	}
+}

@@ -343,11 +343,25 @@ func (s *Stack) UserConfig(u User) *rest.Config {
 	return c
 }
 
-// WriteKubeconfig writes a kubeconfig for the given bearer token to path.
-func (s *Stack) writeKubeconfig(path, user, token string) error {
+// ServiceAccountKubeconfig writes a kubeconfig that acts as the service
+// account namespace/name (admin impersonating it), so a process run with it
+// has exactly that account's RBAC permissions.
+func (s *Stack) ServiceAccountKubeconfig(namespace, name string) (string, error) {
+	path := filepath.Join(s.Dir, "kubeconfig-"+namespace+"-"+name)
+	return path, s.writeKubeconfig(path, "sa", s.Config.BearerToken,
+		"system:serviceaccount:"+namespace+":"+name, "system:serviceaccounts", "system:serviceaccounts:"+namespace, "system:authenticated")
+}
+
+// writeKubeconfig writes a kubeconfig for the given bearer token to path,
+// impersonating as (and its groups) when as is set.
+func (s *Stack) writeKubeconfig(path, user, token string, as ...string) error {
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["harness"] = &clientcmdapi.Cluster{Server: s.apiURL, CertificateAuthorityData: s.pki.caPEM}
 	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: token}
+	if len(as) > 0 {
+		cfg.AuthInfos[user].Impersonate = as[0]
+		cfg.AuthInfos[user].ImpersonateGroups = as[1:]
+	}
 	cfg.Contexts["harness"] = &clientcmdapi.Context{Cluster: "harness", AuthInfo: user}
 	cfg.CurrentContext = "harness"
 	if err := clientcmd.WriteToFile(*cfg, path); err != nil {

@@ -39,6 +39,7 @@ import (
 	"github.com/microscaling/microscaling/informer"
 	"github.com/microscaling/microscaling/labels"
 	"github.com/microscaling/microscaling/scaler"
+	"github.com/microscaling/microscaling/test/workload"
 )
 
 type options struct {
@@ -62,6 +63,9 @@ type options struct {
 
 const usage = `usage: microscaling [controller] [flags]   run the controller (the default)
        microscaling sync-labels [flags]    fill annotations from image labels once, then exit
+       microscaling producer [flags]       demo: publish on a rising and falling schedule
+       microscaling consumer [flags]       demo: consume, working a fixed time per message
+       microscaling background [flags]     demo: low-priority work that fills spare room
        microscaling COMMAND -h             the flags of a command`
 
 func main() {
@@ -77,6 +81,8 @@ func main() {
 		err = controllerMain(ctx, args)
 	case "sync-labels":
 		err = syncLabelsMain(ctx, args)
+	case "producer", "consumer", "background":
+		err = demoMain(ctx, cmd, args)
 	default:
 		fmt.Fprintf(os.Stderr, "microscaling: unknown command %q\n%s\n", cmd, usage)
 		os.Exit(2)
@@ -100,7 +106,7 @@ func controllerMain(ctx context.Context, args []string) error {
 	fs.StringVar(&o.leaseName, "leader-elect-lease-name", "microscaling", "name of the Lease")
 	fs.StringVar(&o.leaseNamespace, "leader-elect-lease-namespace", "microscaling-system", "namespace of the Lease")
 	fs.StringVar(&o.identity, "leader-elect-identity", "", "identity in the Lease; hostname_pid when empty")
-	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8080", "address of /metrics, /healthz and /readyz; empty: none")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8080", "address of /metrics, /healthz, /readyz and the dashboard (/); empty: none")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "decide, log and emit Events, but write nothing")
 	fs.BoolVar(&o.syncLabels, "sync-labels", false, "fill annotations from image labels for Deployments with microscaling.com/sync-labels: \"true\" (needs secrets get)")
 	fs.DurationVar(&o.labelInterval, "label-sync-interval", 5*time.Minute, "how often label sync re-reads every image (a moved tag is picked up)")
@@ -163,6 +169,33 @@ func syncLabelsMain(ctx context.Context, args []string) error {
 	return err
 }
 
+// demoMain runs one role of the demo in a pod.
+func demoMain(ctx context.Context, role string, args []string) error {
+	fs := flag.NewFlagSet(role, flag.ExitOnError)
+	nsqd := fs.String("nsqd", "nsq:4150", "nsqd TCP address")
+	lookupd := fs.String("lookupd", "", "nsqlookupd HTTP address (consumer; instead of --nsqd)")
+	topic := fs.String("topic", "jobs", "topic")
+	channel := fs.String("channel", "work", "channel (consumer)")
+	work := fs.Duration("work", 100*time.Millisecond, "time a consumer spends on one message")
+	minRate := fs.Float64("min-rate", 5, "lowest producer rate, messages per second")
+	maxRate := fs.Float64("max-rate", 80, "highest producer rate, messages per second")
+	period := fs.Duration("period", 4*time.Minute, "one rise and fall of the producer rate")
+	klog.InitFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch role {
+	case "producer":
+		return workload.Produce(ctx, *nsqd, *topic, workload.Schedule{Min: *minRate, Max: *maxRate, Period: *period})
+	case "consumer":
+		return workload.Consume(ctx, *nsqd, *lookupd, *topic, *channel, *work)
+	default:
+		// Background work has nothing to consume: it holds its place until told to stop.
+		<-ctx.Done()
+		return nil
+	}
+}
+
 func newClient(kubeconfig string, qps float32, burst int) (kubernetes.Interface, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
@@ -204,7 +237,8 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	ctrl := scaler.New(scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun},
+	history := scaler.NewHistory(600, 100)
+	ctrl := scaler.New(scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun, History: history},
 		inf, &scaler.NSQReader{Timeout: o.queueTimeout, Metrics: metrics},
 		scaler.ScaleWriter{Client: client}, recorder, metrics, clock.RealClock{})
 
@@ -221,7 +255,7 @@ func run(ctx context.Context, o options) error {
 	}
 
 	if o.metricsAddr != "" {
-		srv, err := serve(ctx, o.metricsAddr, reg, inf)
+		srv, err := serve(ctx, o.metricsAddr, reg, inf, scaler.Dashboard(history))
 		if err != nil {
 			return err
 		}
@@ -283,9 +317,10 @@ func run(ctx context.Context, o options) error {
 	return nil
 }
 
-// serve starts /metrics, /healthz and /readyz on addr.
-func serve(ctx context.Context, addr string, reg *prometheus.Registry, inf *informer.Informers) (*http.Server, error) {
+// serve starts /metrics, /healthz, /readyz and the dashboard (/) on addr.
+func serve(ctx context.Context, addr string, reg *prometheus.Registry, inf *informer.Informers, dashboard http.Handler) (*http.Server, error) {
 	mux := http.NewServeMux()
+	mux.Handle("/", dashboard)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {

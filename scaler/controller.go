@@ -58,6 +58,8 @@ type Config struct {
 	Interval time.Duration
 	Workers  int
 	DryRun   bool
+	// History, when set, keeps recent decisions for the dashboard.
+	History *History
 }
 
 // Controller runs one decision per group per tick.
@@ -260,6 +262,7 @@ func (c *Controller) forgetExcept(seen map[string]bool) {
 			delete(c.members, k)
 			ns, name, _ := strings.Cut(k, "/")
 			c.metrics.forget(ns, name)
+			c.cfg.History.forget(ns, name)
 		}
 	}
 }
@@ -345,10 +348,15 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) error {
 		m, d := ms[i], decisions[i]
 		c.metrics.Desired.WithLabelValues(m.d.Namespace, m.d.Name).Set(float64(d.Replicas))
 		c.metrics.Current.WithLabelValues(m.d.Namespace, m.d.Name).Set(float64(m.cur))
+		c.mu.Lock()
+		backlog := m.st.backlog
+		c.mu.Unlock()
+		c.cfg.History.record(key, m.d.Namespace, m.d.Name, string(m.spec.Rule), m.spec.Priority, Point{
+			T: t.at.UnixMilli(), Backlog: float64(backlog), Target: float64(m.spec.TargetQueueLength), Desired: d.Replicas, Current: m.cur})
 		if m.spec.Paused || d.Replicas == m.cur {
 			continue
 		}
-		c.write(ctx, logger, m, d)
+		c.write(ctx, logger, m, d, key)
 	}
 	return nil
 }
@@ -421,7 +429,7 @@ func (c *Controller) fillRoom(ctx context.Context, g *Group, ms []*member, t *ti
 	klog.FromContext(ctx).Info("capacity unknown: remainders hold", "err", err)
 }
 
-func (c *Controller) write(ctx context.Context, logger klog.Logger, m *member, d Decision) {
+func (c *Controller) write(ctx context.Context, logger klog.Logger, m *member, d Decision, group string) {
 	dir := "up"
 	if d.Replicas < m.cur {
 		dir = "down"
@@ -436,6 +444,7 @@ func (c *Controller) write(ctx context.Context, logger klog.Logger, m *member, d
 	msg := fmt.Sprintf("%s %d -> %d: %s", m.d.Name, m.cur, d.Replicas, why)
 	if c.cfg.DryRun {
 		c.recorder.Event(m.d, corev1.EventTypeNormal, "ScaledDryRun", "dry run, not written: "+msg)
+		c.cfg.History.event(group, "dry run: "+msg, c.clock.Now())
 		logger.Info("would scale", "deployment", klog.KObj(m.d), "from", m.cur, "to", d.Replicas, "reason", why)
 		c.metrics.ScaleOps.WithLabelValues(m.d.Namespace, m.d.Name, dir, "dry-run").Inc()
 		return
@@ -448,6 +457,7 @@ func (c *Controller) write(ctx context.Context, logger klog.Logger, m *member, d
 	}
 	c.metrics.ScaleOps.WithLabelValues(m.d.Namespace, m.d.Name, dir, "ok").Inc()
 	c.recorder.Event(m.d, corev1.EventTypeNormal, "Scaled", msg)
+	c.cfg.History.event(group, msg, c.clock.Now())
 	logger.Info("scaled", "deployment", klog.KObj(m.d), "from", m.cur, "to", d.Replicas, "reason", why)
 }
 

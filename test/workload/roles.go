@@ -1,0 +1,89 @@
+package workload
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/nsqio/go-nsq"
+	"k8s.io/klog/v2"
+)
+
+// Schedule is a producer rate that rises and falls between Min and Max
+// messages per second over Period.
+type Schedule struct {
+	Min, Max float64
+	Period   time.Duration
+}
+
+// Rate is the schedule's rate at t since the start.
+func (s Schedule) Rate(t time.Duration) float64 {
+	if s.Period <= 0 {
+		return s.Max
+	}
+	return s.Min + (s.Max-s.Min)*(1-math.Cos(2*math.Pi*t.Seconds()/s.Period.Seconds()))/2
+}
+
+// Produce publishes to topic on schedule until ctx ends, in 100 ms batches.
+// progress, if not nil, is called with the messages sent so far.
+func Produce(ctx context.Context, addr, topic string, s Schedule) error {
+	p, err := nsq.NewProducer(addr, nsq.NewConfig())
+	if err != nil {
+		return fmt.Errorf("producer: %w", err)
+	}
+	p.SetLoggerLevel(nsq.LogLevelError)
+	defer p.Stop()
+	start := time.Now()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	owed := 0.0
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		owed += s.Rate(time.Since(start)) / 10
+		n := int(owed)
+		if n == 0 {
+			continue
+		}
+		owed -= float64(n)
+		batch := make([][]byte, n)
+		for i := range batch {
+			batch[i] = []byte("job")
+		}
+		if err := p.MultiPublish(topic, batch); err != nil {
+			klog.FromContext(ctx).Info("publish failed; retrying next batch", "err", err)
+		}
+	}
+}
+
+// Consume takes messages from topic/channel, working per on each, until ctx
+// ends. lookupd, when set, finds the nsqds; otherwise nsqd is used.
+func Consume(ctx context.Context, nsqd, lookupd, topic, channel string, per time.Duration) error {
+	cfg := nsq.NewConfig()
+	cfg.MaxInFlight = 1
+	c, err := nsq.NewConsumer(topic, channel, cfg)
+	if err != nil {
+		return fmt.Errorf("consumer: %w", err)
+	}
+	c.SetLoggerLevel(nsq.LogLevelError)
+	c.AddHandler(nsq.HandlerFunc(func(*nsq.Message) error {
+		time.Sleep(per) // the demo's work on a message
+		return nil
+	}))
+	if lookupd != "" {
+		err = c.ConnectToNSQLookupd(lookupd)
+	} else {
+		err = c.ConnectToNSQD(nsqd)
+	}
+	if err != nil {
+		return fmt.Errorf("connecting consumer: %w", err)
+	}
+	<-ctx.Done()
+	c.Stop()
+	<-c.StopChan
+	return nil
+}

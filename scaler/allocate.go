@@ -204,6 +204,8 @@ func allocReason(m *Member, got int32, g Group) string {
 		return "spare room unverified: not growing"
 	case m.Remainder && m.Pending > 0:
 		return fmt.Sprintf("%d pods pending: giving their room back", m.Pending)
+	case m.Remainder && got > m.Current:
+		return fmt.Sprintf("spare room for %d of max %d", got, want)
 	case g.Budget > 0:
 		return fmt.Sprintf("cut to %d of %d wanted: group room (budget %d) taken by higher priorities", got, want, g.Budget)
 	default:

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -122,12 +123,15 @@ func run(duration time.Duration, nodes int, nodeCPU, dashboard string, maxRate f
 
 	cons := &workload.Consumers{Client: s.Client, Namespace: "demo", Selector: "app=consumer", NSQDTCPAddr: s.NSQ.TCPAddr,
 		Topic: "jobs", Channel: "work", PerMessage: 100 * time.Millisecond}
-	go cons.Run(ctx)
-	go func() {
+	// The workload stops before the stack does (defers run last-first).
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { cons.Run(ctx) })
+	wg.Go(func() {
 		if err := workload.Produce(ctx, s.NSQ.TCPAddr, "jobs", workload.Schedule{Min: 5, Max: maxRate, Period: period}); err != nil {
 			say("producer: %v", err)
 		}
-	}()
+	})
 	say("producer: 5 to %.0f messages/s and back every %s; each consumer pod works 100 ms per message", maxRate, period)
 	say("Ctrl-C stops everything")
 	return watch(ctx, "http://"+dashboard, cons, time.Now(), maxRate, period)

@@ -15,6 +15,7 @@ KWOK_VERSION=v0.8.0
 NSQ_VERSION=v1.3.0
 # crane's version is in its file name, so changing it rebuilds crane alone.
 GGCR_VERSION=v0.22.1
+HELM_VERSION=v3.22.0
 GO_SVC_FORK=github.com/mreiferson/go-svc@v1.2.2-0.20210815184239-7a96e00010f6
 
 PINS="k8s=${K8S_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION} nsq=${NSQ_VERSION} go=$(go env GOVERSION)"
@@ -137,11 +138,22 @@ build_crane() {
   rmdir "$tmp"
 }
 
+build_helm() {
+  need "helm-$HELM_VERSION" || return 0
+  log "helm $HELM_VERSION (lint and template of the chart): about 2 minutes cold"
+  local tmp
+  tmp=$(mktemp -d)
+  GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
+  mv "$tmp/helm" "$BIN/helm-$HELM_VERSION"
+  rmdir "$tmp"
+}
+
 t0=$SECONDS
 build_nsq
 build_etcd
 build_kwok
 build_k8s
 build_crane
+build_helm
 log "all binaries ready in $BIN ($((SECONDS - t0)) s)"
 echo "$BIN"

@@ -2,15 +2,20 @@
 GO ?= go
 
 
-.PHONY: test demo binaries cluster simulate fuzz bench-reaction bench-labels
+.PHONY: test deps demo binaries cluster simulate fuzz bench-reaction bench-labels
 
 # Builds the real parts once (cached outside the clone), then runs every test
 # with the race detector against them.
-test: binaries
+test: binaries deps
 	MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -race -count=1 -timeout 45m ./...
 
 binaries:
 	@test/tools/build.sh >/dev/null
+
+# Debian's Chromium, for the dashboard's browser test.
+deps:
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium (the dashboard's browser test)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 demo: binaries
 	MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) run ./test/demo

@@ -11,6 +11,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
@@ -87,6 +88,13 @@ type memberState struct {
 	queue      QueueState
 	unreadable bool
 	backlog    int64
+	// written is the replica count this controller last wrote; a different
+	// spec.replicas later means someone else scaled the Deployment.
+	written    int32
+	hasWritten bool
+	// staleRV is the resourceVersion the last write replaced: while the cache
+	// still shows it, the cache has not caught up with the write.
+	staleRV string
 }
 
 type tick struct {
@@ -298,7 +306,13 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) error {
 		if d.Spec.Replicas != nil {
 			cur = *d.Spec.Replicas
 		}
+		c.mu.Lock()
+		if st.hasWritten && d.ResourceVersion == st.staleRV {
+			cur = st.written // the cache lags behind our own write
+		}
+		c.mu.Unlock()
 		m := &member{d: d, st: st, spec: spec, cur: cur}
+		c.noticeExternalScale(d, st, spec, cur)
 		m.alloc = Member{Name: d.Name, Priority: spec.Priority, Remainder: spec.Rule == annotations.RuleRemainder,
 			Current: cur, Min: spec.MinReplicas, Max: spec.MaxReplicas, Want: cur}
 		if spec.Paused {
@@ -359,6 +373,29 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) error {
 		c.write(ctx, logger, m, d, key)
 	}
 	return nil
+}
+
+// noticeExternalScale tells, once per change, that someone else set the
+// replicas of a managed Deployment; the decision then starts from their count
+// and corrects it if the rules say otherwise.
+func (c *Controller) noticeExternalScale(d *appsv1.Deployment, st *memberState, spec annotations.Spec, cur int32) {
+	c.mu.Lock()
+	external := st.hasWritten && st.written != cur
+	prev := st.written
+	if external {
+		st.written = cur // report each outside change once
+	}
+	c.mu.Unlock()
+	if !external {
+		return
+	}
+	if spec.Paused {
+		c.recorder.Eventf(d, corev1.EventTypeNormal, "ExternalScale", "replicas set to %d by someone else; paused, so left as they are", cur)
+		return
+	}
+	c.recorder.Eventf(d, corev1.EventTypeNormal, "ExternalScale",
+		"replicas set to %d by someone else (microscaling last set %d); microscaling manages this Deployment and decides again from %d on this tick: annotate %s=true to scale it by hand",
+		cur, prev, cur, annotations.Paused)
 }
 
 func needsRoom(ms []*member) bool {
@@ -450,11 +487,18 @@ func (c *Controller) write(ctx context.Context, logger klog.Logger, m *member, d
 		return
 	}
 	if err := c.writer.Scale(ctx, m.d, d.Replicas); err != nil {
+		if apierrors.IsNotFound(err) {
+			logger.V(2).Info("deployment deleted while deciding", "deployment", klog.KObj(m.d))
+			return
+		}
 		c.metrics.ScaleOps.WithLabelValues(m.d.Namespace, m.d.Name, dir, "error").Inc()
 		c.recorder.Eventf(m.d, corev1.EventTypeWarning, "ScaleFailed", "%s: %v", msg, err)
 		logger.Error(err, "scaling", "deployment", klog.KObj(m.d))
 		return
 	}
+	c.mu.Lock()
+	m.st.written, m.st.hasWritten, m.st.staleRV = d.Replicas, true, m.d.ResourceVersion
+	c.mu.Unlock()
 	c.metrics.ScaleOps.WithLabelValues(m.d.Namespace, m.d.Name, dir, "ok").Inc()
 	c.recorder.Event(m.d, corev1.EventTypeNormal, "Scaled", msg)
 	c.cfg.History.event(group, msg, c.clock.Now())

@@ -43,5 +43,5 @@ func (w ScaleWriter) Scale(ctx context.Context, d *appsv1.Deployment, replicas i
 	if err != nil {
 		return fmt.Errorf("writing /scale of %s/%s to %d: %w", d.Namespace, d.Name, replicas, err)
 	}
-	return nil
+	return nil // the error wraps the API status, so apierrors.IsNotFound works on it
 }

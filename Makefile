@@ -2,7 +2,7 @@
 GO ?= go
 
 
-.PHONY: test deps demo binaries cluster simulate fuzz bench-reaction bench-labels
+.PHONY: test deps demo binaries cluster simulate fuzz bench-reaction bench-labels bench-scale
 
 # Builds the real parts once (cached outside the clone), then runs every test
 # with the race detector against them.
@@ -37,3 +37,7 @@ bench-reaction: binaries
 # One label-sync pass over 1,000 Deployments and 20 images; see BENCHMARKS.md.
 bench-labels: binaries
 	MICROSCALING_BENCH=1 MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -count=1 -v -run TestLabelSyncRequests ./test/e2e | grep -E 'LABELSYNC|^(ok|FAIL|---)'
+
+# The controller at 100, 1,000 and 10,000 Deployments; see BENCHMARKS.md.
+bench-scale: binaries
+	MICROSCALING_BENCH=1 MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -count=1 -v -timeout 60m -run TestScaleBenchmark ./test/e2e | grep -E 'SCALE|created in|^(ok|FAIL|---)'

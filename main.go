@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -58,6 +59,7 @@ type options struct {
 	leaseNamespace string
 	identity       string
 	metricsAddr    string
+	profiling      bool
 	dryRun         bool
 }
 
@@ -107,6 +109,7 @@ func controllerMain(ctx context.Context, args []string) error {
 	fs.StringVar(&o.leaseNamespace, "leader-elect-lease-namespace", "microscaling-system", "namespace of the Lease")
 	fs.StringVar(&o.identity, "leader-elect-identity", "", "identity in the Lease; hostname_pid when empty")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8080", "address of /metrics, /healthz, /readyz and the dashboard (/); empty: none")
+	fs.BoolVar(&o.profiling, "profiling", false, "serve Go's pprof profiles under /debug/pprof/ on --metrics-addr")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "decide, log and emit Events, but write nothing")
 	fs.BoolVar(&o.syncLabels, "sync-labels", false, "fill annotations from image labels for Deployments with microscaling.com/sync-labels: \"true\" (needs secrets get)")
 	fs.DurationVar(&o.labelInterval, "label-sync-interval", 5*time.Minute, "how often label sync re-reads every image (a moved tag is picked up)")
@@ -196,7 +199,7 @@ func demoMain(ctx context.Context, role string, args []string) error {
 	}
 }
 
-func newClient(kubeconfig string, qps float32, burst int) (kubernetes.Interface, error) {
+func newClient(kubeconfig string, qps float32, burst int, wrap ...func(http.RoundTripper) http.RoundTripper) (kubernetes.Interface, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("loading client config: %w", err)
@@ -204,6 +207,9 @@ func newClient(kubeconfig string, qps float32, burst int) (kubernetes.Interface,
 	cfg = rest.CopyConfig(cfg)
 	cfg.UserAgent = "microscaling"
 	cfg.QPS, cfg.Burst = qps, burst
+	for _, w := range wrap {
+		cfg.Wrap(w)
+	}
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("making client: %w", err)
@@ -213,7 +219,10 @@ func newClient(kubeconfig string, qps float32, burst int) (kubernetes.Interface,
 
 func run(ctx context.Context, o options) error {
 	logger := klog.FromContext(ctx)
-	client, err := newClient(o.kubeconfig, 50, 100)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := scaler.NewMetrics(reg)
+	client, err := newClient(o.kubeconfig, 50, 100, metrics.CountRequests)
 	if err != nil {
 		return err
 	}
@@ -222,10 +231,6 @@ func run(ctx context.Context, o options) error {
 		host, _ := os.Hostname() // an empty hostname still leaves the pid
 		identity = fmt.Sprintf("%s_%d", host, os.Getpid())
 	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := scaler.NewMetrics(reg)
 
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
@@ -255,7 +260,7 @@ func run(ctx context.Context, o options) error {
 	}
 
 	if o.metricsAddr != "" {
-		srv, err := serve(ctx, o.metricsAddr, reg, inf, scaler.Dashboard(history))
+		srv, err := serve(ctx, o.metricsAddr, reg, inf, scaler.Dashboard(history), o.profiling)
 		if err != nil {
 			return err
 		}
@@ -318,9 +323,15 @@ func run(ctx context.Context, o options) error {
 }
 
 // serve starts /metrics, /healthz, /readyz and the dashboard (/) on addr.
-func serve(ctx context.Context, addr string, reg *prometheus.Registry, inf *informer.Informers, dashboard http.Handler) (*http.Server, error) {
+func serve(ctx context.Context, addr string, reg *prometheus.Registry, inf *informer.Informers, dashboard http.Handler, profiling bool) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/", dashboard)
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {

@@ -321,12 +321,14 @@ func (s Spec) Annotations() map[string]string {
 	a := map[string]string{
 		Group:          s.Group,
 		Priority:       strconv.Itoa(int(s.Priority)),
-		Rule:           string(s.Rule),
 		MinReplicas:    strconv.Itoa(int(s.MinReplicas)),
 		MaxReplicas:    strconv.Itoa(int(s.MaxReplicas)),
 		ScaleDownDelay: s.ScaleDownDelay.String(),
 		Paused:         strconv.FormatBool(s.Paused),
 		SyncLabels:     strconv.FormatBool(s.SyncLabels),
+	}
+	if s.Rule != "" {
+		a[Rule] = string(s.Rule)
 	}
 	if len(s.Queues) > 0 {
 		qs := make([]string, len(s.Queues))

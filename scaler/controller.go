@@ -81,6 +81,7 @@ type Controller struct {
 
 // memberState is what the controller remembers of one Deployment.
 type memberState struct {
+	rv         string // resourceVersion last looked at: unchanged, nothing to parse
 	raw        string // the microscaling.com/* annotations last parsed
 	spec       annotations.Spec
 	good       bool // spec is a valid spec (the last good one)
@@ -140,9 +141,9 @@ func (c *Controller) Run(ctx context.Context) {
 	next := c.clock.Now()
 	for ctx.Err() == nil {
 		start := c.clock.Now()
-		c.metrics.TickLag.Set(max(0, start.Sub(next).Seconds()))
 		c.runTick(ctx, start)
 		c.metrics.TickDuration.Observe(c.clock.Since(start).Seconds())
+		c.metrics.TickLag.Observe(c.clock.Since(next).Seconds())
 		next = next.Add(c.cfg.Interval)
 		if now := c.clock.Now(); next.Before(now) {
 			next = now // overran: start the next at once, do not pile up
@@ -220,15 +221,21 @@ func (c *Controller) processNext(ctx context.Context) bool {
 // Event per key; the last good spec stays in force.
 func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberState {
 	key := d.Namespace + "/" + d.Name
-	raw := rawAnnotations(d.Annotations)
 	c.mu.Lock()
 	st, ok := c.members[key]
+	if ok && st.rv == d.ResourceVersion {
+		c.mu.Unlock()
+		return st
+	}
+	c.mu.Unlock()
+	raw := rawAnnotations(d.Annotations)
+	c.mu.Lock()
 	if !ok {
 		st = &memberState{}
 		c.members[key] = st
 	}
 	changed := st.raw != raw || !ok
-	st.raw = raw
+	st.raw, st.rv = raw, d.ResourceVersion
 	c.mu.Unlock()
 	if !changed {
 		return st

@@ -7,10 +7,12 @@ import (
 )
 
 // History keeps the recent decisions of every member and the recent scale
-// events, for the dashboard. It is bounded: Points per member, Events in all.
+// events, for the dashboard. It is bounded: Points per member (fewer when
+// there are so many members that TotalPoints would be passed), Events in all.
 type History struct {
-	Points int // per member
-	Events int
+	Points      int // per member
+	TotalPoints int // over all members
+	Events      int
 
 	mu      sync.Mutex // guards members and events
 	members map[string]*MemberHistory
@@ -19,7 +21,7 @@ type History struct {
 
 // NewHistory keeps points per member and events in all.
 func NewHistory(points, events int) *History {
-	return &History{Points: points, Events: events, members: map[string]*MemberHistory{}}
+	return &History{Points: points, TotalPoints: 200000, Events: events, members: map[string]*MemberHistory{}}
 }
 
 // Point is one decision of one member.
@@ -61,10 +63,13 @@ func (h *History) record(group, ns, name, rule string, priority int32, p Point) 
 		h.members[key] = m
 	}
 	m.Group, m.Rule, m.Priority = group, rule, priority
-	m.Points = append(m.Points, p)
-	if len(m.Points) > h.Points {
-		m.Points = slices.Delete(m.Points, 0, len(m.Points)-h.Points)
+	limit := max(10, min(h.Points, h.TotalPoints/len(h.members)))
+	if len(m.Points) >= limit {
+		// Shift in place: the slice never grows past limit.
+		n := copy(m.Points, m.Points[len(m.Points)-limit+1:])
+		m.Points = m.Points[:n]
 	}
+	m.Points = append(m.Points, p)
 }
 
 func (h *History) event(group, msg string, at time.Time) {

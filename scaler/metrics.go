@@ -1,6 +1,11 @@
 package scaler
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"net/http"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics are the controller's Prometheus metrics, all named microscaling_*.
 type Metrics struct {
@@ -13,7 +18,8 @@ type Metrics struct {
 	QueueReadLatency *prometheus.HistogramVec
 	AnnotationErrors *prometheus.CounterVec
 	TickDuration     prometheus.Histogram
-	TickLag          prometheus.Gauge
+	TickLag          prometheus.Histogram
+	APIRequests      *prometheus.CounterVec
 	Leader           prometheus.Gauge
 }
 
@@ -30,12 +36,53 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		QueueReadLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "microscaling_queue_read_seconds", Help: "Latency of reading an nsqd or nsqlookupd.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"host"}),
 		AnnotationErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "microscaling_annotation_errors_total", Help: "Invalid microscaling.com/* annotations seen, by key."}, append(member, "key")),
 		TickDuration:     prometheus.NewHistogram(prometheus.HistogramOpts{Name: "microscaling_tick_duration_seconds", Help: "From the start of a tick to the last group decided.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
-		TickLag:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "microscaling_tick_lag_seconds", Help: "How late the last tick started against its schedule."}),
+		TickLag:          prometheus.NewHistogram(prometheus.HistogramOpts{Name: "microscaling_tick_lag_seconds", Help: "From a tick's scheduled start to its last group decided.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		APIRequests:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "microscaling_api_requests_total", Help: "Requests to the Kubernetes API, by verb and resource."}, []string{"verb", "resource"}),
 		Leader:           prometheus.NewGauge(prometheus.GaugeOpts{Name: "microscaling_leader", Help: "1 while this process holds the lease (or runs without election)."}),
 	}
 	reg.MustRegister(m.Backlog, m.Target, m.Desired, m.Current, m.ScaleOps, m.QueueReadErrors, m.QueueReadLatency,
-		m.AnnotationErrors, m.TickDuration, m.TickLag, m.Leader)
+		m.AnnotationErrors, m.TickDuration, m.TickLag, m.Leader, m.APIRequests)
 	return m
+}
+
+// CountRequests wraps a client transport so that every API request is counted.
+func (m *Metrics) CountRequests(rt http.RoundTripper) http.RoundTripper {
+	return roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+		m.APIRequests.WithLabelValues(r.Method, apiResource(r.URL.Path)).Inc()
+		return rt.RoundTrip(r)
+	})
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// apiResource names the resource of an API path, without names or
+// namespaces, to keep the label's values few: /apis/apps/v1/namespaces/x/deployments/y/scale -> deployments/scale.
+func apiResource(path string) string {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	switch {
+	case len(parts) > 0 && parts[0] == "api":
+		parts = parts[min(2, len(parts)):]
+	case len(parts) > 0 && parts[0] == "apis":
+		parts = parts[min(3, len(parts)):]
+	default:
+		return "other"
+	}
+	if len(parts) >= 2 && parts[0] == "namespaces" {
+		if len(parts) == 2 {
+			return "namespaces"
+		}
+		parts = parts[2:]
+	}
+	switch len(parts) {
+	case 0:
+		return "discovery"
+	case 1, 2:
+		return parts[0]
+	default:
+		return parts[0] + "/" + parts[2]
+	}
 }
 
 func (m *Metrics) forget(ns, name string) {

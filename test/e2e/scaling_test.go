@@ -238,7 +238,7 @@ func TestQueueUnreadable(t *testing.T) {
 	}
 	waitReplicas(t, s, "default", "consumer", 10*time.Second, "more than 0", func(n int32) bool { return n > 0 })
 	held, _ := replicas(t.Context(), s, "default", "consumer")
-	s.NSQ.Stop()
+	s.NSQ.Kill() // a crash: no goodbye, in-memory messages lost
 	waitEvent(t, s, "default", "consumer", "Warning QueueUnreadable", 10*time.Second)
 	for range 5 {
 		n, _ := replicas(t.Context(), s, "default", "consumer")
@@ -250,8 +250,8 @@ func TestQueueUnreadable(t *testing.T) {
 	if err := s.NSQ.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	// nsqd kept its messages on disk across the stop. Once it is read again,
-	// normal scaling resumes: drained by consumers, the queue goes to 0.
+	// Once nsqd is read again, normal scaling resumes: drained by consumers,
+	// the queue goes to 0 and so do the replicas.
 	waitEvent(t, s, "default", "consumer", "QueueReadable", 10*time.Second)
 	consumers(t, s, "default", "consumer", "jobs", "work", time.Millisecond)
 	waitReplicas(t, s, "default", "consumer", 30*time.Second, "0", func(n int32) bool { return n == 0 })

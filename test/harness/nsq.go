@@ -64,6 +64,9 @@ func (n *NSQ) Start(ctx context.Context) error {
 // Stop stops nsqd and waits until it has exited, so its ports are free.
 func (n *NSQ) Stop() { n.nsqd.stop(15 * time.Second) }
 
+// Kill ends nsqd with SIGKILL, as a crash would, and waits for it.
+func (n *NSQ) Kill() { n.nsqd.kill() }
+
 // PID is nsqd's process id, 0 when it is not running.
 func (n *NSQ) PID() int { return n.nsqd.pid() }
 

@@ -1,0 +1,245 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+
+	"github.com/microscaling/microscaling/test/harness"
+	"github.com/microscaling/microscaling/test/workload"
+)
+
+// TestScaleBenchmark is the benchmark of BENCHMARKS.md's scale section, not a
+// pass/fail check: MICROSCALING_BENCH=1, sizes in MICROSCALING_SCALE_SIZES
+// (default 100,1000,10000). Per size: a fresh stack, N Deployments in N/5
+// groups (4 queue members and a remainder that fits no node) over 2
+// namespaces, one nsqd with a topic per group.
+func TestScaleBenchmark(t *testing.T) {
+	if os.Getenv("MICROSCALING_BENCH") == "" {
+		t.Skip("benchmark: set MICROSCALING_BENCH=1")
+	}
+	sizes := "100,1000,10000"
+	if v := os.Getenv("MICROSCALING_SCALE_SIZES"); v != "" {
+		sizes = v
+	}
+	for _, f := range strings.Split(sizes, ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Run(f, func(t *testing.T) { scaleRun(t, n) })
+	}
+}
+
+func scaleRun(t *testing.T, n int) {
+	s := startStack(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "64", Memory: "256Gi", Pods: 1000}}})
+	groups := n / 5
+	t0 := time.Now()
+	for _, ns := range []string{"bench-a", "bench-b"} {
+		if _, err := s.Kubectl(t.Context(), "create", "namespace", ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Topics and channels first, so every queue reads as empty, not missing.
+	for g := range groups {
+		for _, path := range []string{"/topic/create?topic=t" + strconv.Itoa(g), "/channel/create?topic=t" + strconv.Itoa(g) + "&channel=c"} {
+			resp, err := http.Post("http://"+s.NSQ.HTTPAddr+path, "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+		}
+	}
+	var wg sync.WaitGroup
+	work := make(chan *appsv1.Deployment)
+	var mu sync.Mutex
+	var createErr error
+	for range 16 {
+		wg.Go(func() {
+			for d := range work {
+				if _, err := s.Client.AppsV1().Deployments(d.Namespace).Create(context.Background(), d, metav1.CreateOptions{}); err != nil {
+					mu.Lock()
+					createErr = err
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for g := range groups {
+		ns := []string{"bench-a", "bench-b"}[g%2]
+		group := "g" + strconv.Itoa(g)
+		for p := 1; p <= 4; p++ {
+			work <- deployment(ns, fmt.Sprintf("%s-q%d", group, p), 0, map[string]string{
+				"microscaling.com/group": group, "microscaling.com/priority": strconv.Itoa(p),
+				"microscaling.com/queue":               fmt.Sprintf("nsq://%s/t%d/c", s.NSQ.HTTPAddr, g),
+				"microscaling.com/target-queue-length": "50", "microscaling.com/max-replicas": "5"})
+		}
+		rem := deployment(ns, group+"-rem", 0, map[string]string{"microscaling.com/group": group, "microscaling.com/priority": "9",
+			"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "5"})
+		rem.Spec.Template.Spec.NodeSelector = map[string]string{"pool": "none"} // fits no node: no pods, full capacity path
+		work <- rem
+	}
+	close(work)
+	wg.Wait()
+	if createErr != nil {
+		t.Fatal(createErr)
+	}
+	t.Logf("%d Deployments created in %s", n, time.Since(t0).Round(time.Second))
+
+	start := time.Now()
+	c := startController(t, s)
+	ready := time.Since(start)
+	eventually(t, 5*time.Minute, func(ctx context.Context) error {
+		v, err := c.metric(ctx, "microscaling_tick_duration_seconds_count")
+		if err != nil || v < 1 {
+			return fmt.Errorf("%v ticks", v)
+		}
+		return nil
+	})
+	firstTick := time.Since(start)
+	// Let the first ticks settle, then measure 30 s of steady state.
+	time.Sleep(5 * time.Second) // warm-up before the measured window
+	m0 := scrape(t, c)
+	samples := sampleRSS(t, c, 30*time.Second)
+	m1 := scrape(t, c)
+	ticks := m1["microscaling_tick_duration_seconds_count"] - m0["microscaling_tick_duration_seconds_count"]
+	per := func(k string) float64 { return (m1[k] - m0[k]) / ticks }
+	writes := 0.0
+	reads := 0.0
+	for k := range m1 {
+		if strings.HasPrefix(k, "microscaling_api_requests_total") {
+			if strings.Contains(k, `verb="GET"`) {
+				reads += m1[k] - m0[k]
+			} else if !strings.Contains(k, `resource="events"`) && !strings.Contains(k, `resource="leases"`) {
+				writes += m1[k] - m0[k]
+			}
+		}
+	}
+	p50, p99 := histQuantile(m0, m1, "microscaling_tick_lag_seconds", 0.5), histQuantile(m0, m1, "microscaling_tick_lag_seconds", 0.99)
+
+	// Reaction under load: a backlog step on one group among all of them.
+	var reactions []time.Duration
+	for i := range 5 {
+		g := i * (groups / 5)
+		ns := []string{"bench-a", "bench-b"}[g%2]
+		name := fmt.Sprintf("g%d-q1", g)
+		d, err := s.Client.AppsV1().Deployments(ns).Get(t.Context(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := s.Client.AppsV1().Deployments(ns).Watch(t.Context(), metav1.ListOptions{
+			FieldSelector: fields.OneTermEqualSelector("metadata.name", name).String(), ResourceVersion: d.ResourceVersion})
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(rand.IntN(1000)) * time.Millisecond) // a random phase against the tick
+		sent := time.Now()
+		if err := workload.Publish(s.NSQ.TCPAddr, "t"+strconv.Itoa(g), 100); err != nil {
+			t.Fatal(err)
+		}
+		timeout := time.After(30 * time.Second)
+	wait:
+		for {
+			select {
+			case ev := <-w.ResultChan():
+				if dd, ok := ev.Object.(*appsv1.Deployment); ok && *dd.Spec.Replicas > 0 {
+					reactions = append(reactions, time.Since(sent))
+					break wait
+				}
+			case <-timeout:
+				t.Fatalf("group g%d: no scale-up within 30 s", g)
+			}
+		}
+		w.Stop()
+	}
+	slices.Sort(reactions)
+	line := fmt.Sprintf("SCALE deployments=%d groups=%d ready=%s first-tick=%s rss-mib=%.0f (max %.0f) cpu-ms-per-tick=%.1f lag-p50-ms=%.0f lag-p99-ms=%.0f "+
+		"api-reads-per-tick=%.2f api-writes-per-tick=%.2f nsq-stats-per-tick=%.2f ticks=%.0f reaction-median=%s reaction-worst=%s",
+		n, groups, ready.Round(10*time.Millisecond), firstTick.Round(10*time.Millisecond), samples.median/(1<<20), samples.max/(1<<20),
+		1000*per("process_cpu_seconds_total"), 1000*p50, 1000*p99, reads/ticks, writes/ticks,
+		per(`microscaling_queue_read_seconds_count{host="`+s.NSQ.HTTPAddr+`"}`), ticks,
+		reactions[len(reactions)/2].Round(time.Millisecond), reactions[len(reactions)-1].Round(time.Millisecond))
+	t.Log(line)
+	fmt.Println(line)
+}
+
+// scrape reads every sample of the controller's /metrics by its full name.
+func scrape(t *testing.T, c *controller) map[string]float64 {
+	t.Helper()
+	body, err := c.get(t.Context(), "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(body, "\n") {
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
+
+type rssStats struct{ median, max float64 }
+
+func sampleRSS(t *testing.T, c *controller, d time.Duration) rssStats {
+	var vs []float64
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		m := scrape(t, c)
+		vs = append(vs, m["process_resident_memory_bytes"])
+		time.Sleep(time.Second) // one sample a second
+	}
+	slices.Sort(vs)
+	return rssStats{median: vs[len(vs)/2], max: vs[len(vs)-1]}
+}
+
+// histQuantile estimates a quantile of a histogram's observations between
+// two scrapes, as the upper bound of the bucket it falls in.
+func histQuantile(m0, m1 map[string]float64, name string, q float64) float64 {
+	type bucket struct{ le, n float64 }
+	var bs []bucket
+	for k, v := range m1 {
+		if !strings.HasPrefix(k, name+"_bucket{le=") {
+			continue
+		}
+		le := strings.TrimSuffix(strings.TrimPrefix(k, name+`_bucket{le="`), `"}`)
+		f, err := strconv.ParseFloat(le, 64)
+		if err != nil {
+			continue
+		}
+		bs = append(bs, bucket{f, v - m0[k]})
+	}
+	slices.SortFunc(bs, func(a, b bucket) int {
+		if a.le < b.le {
+			return -1
+		}
+		return 1
+	})
+	if len(bs) == 0 || bs[len(bs)-1].n == 0 {
+		return 0
+	}
+	total := bs[len(bs)-1].n
+	for _, b := range bs {
+		if b.n >= q*total {
+			return b.le
+		}
+	}
+	return bs[len(bs)-1].le
+}

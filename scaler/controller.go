@@ -72,11 +72,16 @@ type Controller struct {
 	recorder record.EventRecorder
 	metrics  *Metrics
 	clock    clock.Clock
-	queue    workqueue.TypedInterface[string]
+	queue    workqueue.TypedInterface[work]
 
-	mu      sync.Mutex // guards members and tick
+	mu      sync.Mutex // guards members
 	members map[string]*memberState
-	tick    *tick
+}
+
+// work is one group to decide on one tick.
+type work struct {
+	key  string
+	tick *tick
 }
 
 // memberState is what the controller remembers of one Deployment.
@@ -120,7 +125,7 @@ func New(cfg Config, cluster Cluster, queues Queues, writer Writer, recorder rec
 	}
 	return &Controller{
 		cfg: cfg, cluster: cluster, queues: queues, writer: writer, recorder: recorder, metrics: metrics, clock: clk,
-		queue:   workqueue.NewTypedWithConfig(workqueue.TypedQueueConfig[string]{Name: "microscaling"}),
+		queue:   workqueue.NewTypedWithConfig(workqueue.TypedQueueConfig[work]{Name: "microscaling"}),
 		members: map[string]*memberState{},
 	}
 }
@@ -182,11 +187,8 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 	readings := c.queues.Read(ctx, slices.Collect(maps.Keys(refs)))
 	t := &tick{at: now, readings: readings}
 	t.pending.Add(len(keys))
-	c.mu.Lock()
-	c.tick = t
-	c.mu.Unlock()
 	for _, k := range keys {
-		c.queue.Add(k)
+		c.queue.Add(work{key: k, tick: t})
 	}
 	// Wait for this tick's groups so that ticks never overlap.
 	done := make(chan struct{})
@@ -198,20 +200,17 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 }
 
 func (c *Controller) processNext(ctx context.Context) bool {
-	key, quit := c.queue.Get()
+	w, quit := c.queue.Get()
 	if quit {
 		return false
 	}
-	defer c.queue.Done(key)
-	c.mu.Lock()
-	t := c.tick
-	c.mu.Unlock()
-	defer t.pending.Done()
+	defer c.queue.Done(w)
+	defer w.tick.pending.Done()
 	if ctx.Err() != nil {
 		return true
 	}
-	if err := c.sync(ctx, key, t); err != nil {
-		utilruntime.HandleErrorWithContext(ctx, err, "deciding group", "group", key)
+	if err := c.sync(ctx, w.key, w.tick); err != nil {
+		utilruntime.HandleErrorWithContext(ctx, err, "deciding group", "group", w.key)
 	}
 	return true
 }

@@ -99,7 +99,7 @@ func scaleRun(t *testing.T, n int) {
 	t.Logf("%d Deployments created in %s", n, time.Since(t0).Round(time.Second))
 
 	start := time.Now()
-	c := startController(t, s)
+	c := startController(t, s, "--profiling")
 	ready := time.Since(start)
 	eventually(t, 5*time.Minute, func(ctx context.Context) error {
 		v, err := c.metric(ctx, "microscaling_tick_duration_seconds_count")
@@ -111,8 +111,21 @@ func scaleRun(t *testing.T, n int) {
 	firstTick := time.Since(start)
 	// Let the first ticks settle, then measure 30 s of steady state.
 	time.Sleep(5 * time.Second) // warm-up before the measured window
+	if path := os.Getenv("MICROSCALING_PROFILE"); path != "" {
+		prof, err := c.get(t.Context(), "/debug/pprof/profile?seconds=15")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(fmt.Sprintf("%s.%d", path, n), []byte(prof), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// RSS and CPU come from /proc, so that measuring does not cost the
+	// controller a /metrics rendering a second.
 	m0 := scrape(t, c)
-	samples := sampleRSS(t, c, 30*time.Second)
+	cpu0 := procCPU(t, c.cmd.Process.Pid)
+	samples := sampleRSS(t, c.cmd.Process.Pid, 30*time.Second)
+	cpu1 := procCPU(t, c.cmd.Process.Pid)
 	m1 := scrape(t, c)
 	ticks := m1["microscaling_tick_duration_seconds_count"] - m0["microscaling_tick_duration_seconds_count"]
 	per := func(k string) float64 { return (m1[k] - m0[k]) / ticks }
@@ -168,7 +181,7 @@ func scaleRun(t *testing.T, n int) {
 	line := fmt.Sprintf("SCALE deployments=%d groups=%d ready=%s first-tick=%s rss-mib=%.0f (max %.0f) cpu-ms-per-tick=%.1f lag-p50-ms=%.0f lag-p99-ms=%.0f "+
 		"api-reads-per-tick=%.2f api-writes-per-tick=%.2f nsq-stats-per-tick=%.2f ticks=%.0f reaction-median=%s reaction-worst=%s",
 		n, groups, ready.Round(10*time.Millisecond), firstTick.Round(10*time.Millisecond), samples.median/(1<<20), samples.max/(1<<20),
-		1000*per("process_cpu_seconds_total"), 1000*p50, 1000*p99, reads/ticks, writes/ticks,
+		1000*(cpu1-cpu0)/ticks, 1000*p50, 1000*p99, reads/ticks, writes/ticks,
 		per(`microscaling_queue_read_seconds_count{host="`+s.NSQ.HTTPAddr+`"}`), ticks,
 		reactions[len(reactions)/2].Round(time.Millisecond), reactions[len(reactions)-1].Round(time.Millisecond))
 	t.Log(line)
@@ -198,12 +211,32 @@ func scrape(t *testing.T, c *controller) map[string]float64 {
 
 type rssStats struct{ median, max float64 }
 
-func sampleRSS(t *testing.T, c *controller, d time.Duration) rssStats {
+// procCPU is the user+system CPU seconds the process has used.
+func procCPU(t *testing.T, pid int) float64 {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // clock ticks; USER_HZ is 100 on Linux
+}
+
+func sampleRSS(t *testing.T, pid int, d time.Duration) rssStats {
 	var vs []float64
 	end := time.Now().Add(d)
 	for time.Now().Before(end) {
-		m := scrape(t, c)
-		vs = append(vs, m["process_resident_memory_bytes"])
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+				kb, _ := strconv.ParseFloat(f[1], 64)
+				vs = append(vs, kb*1024)
+			}
+		}
 		time.Sleep(time.Second) // one sample a second
 	}
 	slices.Sort(vs)

@@ -156,3 +156,53 @@ func TestDashboardInBrowser(t *testing.T) {
 		}
 	}
 }
+
+// TestHelmChartInstall renders the chart with helm, applies it with kubectl
+// to the real control plane, and runs the controller as the chart's
+// ServiceAccount: the chart's RBAC is enough to scale the demo.
+func TestHelmChartInstall(t *testing.T) {
+	s := startStack(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "2", Memory: "8Gi"}}})
+	helm, err := filepath.Glob(filepath.Join(s.Bin, "helm-*"))
+	if err != nil || len(helm) == 0 {
+		t.Fatalf("no helm in %s", s.Bin)
+	}
+	if _, err := s.Kubectl(t.Context(), "create", "namespace", "ms"); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(t.Context(), helm[0], "template", "ms", "../../manifests/helm/microscaling", "--namespace", "ms")
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+	rendered, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helm template: %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "chart.yaml")
+	if err := os.WriteFile(path, rendered, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := s.Kubectl(t.Context(), "apply", "-f", path); err != nil {
+		t.Fatal(err)
+	} else {
+		t.Logf("kubectl apply (helm template):\n%s", out)
+	}
+	for _, args := range [][]string{{"apply", "-k", "../../manifests/demo"}, {"-n", "demo", "annotate", "deployment", "consumer", "--overwrite",
+		fmt.Sprintf("microscaling.com/queue=nsq://%s/jobs/work", s.NSQ.HTTPAddr)}} {
+		if _, err := s.Kubectl(t.Context(), args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kc, err := s.ServiceAccountKubeconfig("ms", "ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	startController(t, &harness.Stack{Kubeconfig: kc}, "--leader-elect", "--leader-elect-lease-namespace=ms", "--leader-elect-lease-name=microscaling")
+	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 300); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, func(ctx context.Context) error {
+		n, err := demoReplicas(ctx, s, "consumer")
+		if err != nil || n < 2 {
+			return fmt.Errorf("consumer replicas %d (%v), want > 1", n, err)
+		}
+		return nil
+	})
+}

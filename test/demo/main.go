@@ -60,7 +60,7 @@ func run(duration time.Duration, nodes int, nodeCPU, dashboard string, maxRate f
 	root := filepath.Join(filepath.Dir(file), "..", "..")
 
 	say("starting the control plane (etcd, kube-apiserver, controller-manager, scheduler, %d kwok nodes of %s CPU) and nsqd", nodes, nodeCPU)
-	say("the first run builds them from the Go module proxy: about 9 minutes on 2 cores; later runs start in seconds")
+	say("the first run builds them from the Go module proxy: about 10 minutes on 2 cores; later runs start in seconds")
 	opts := harness.Options{NSQ: true}
 	for i := range nodes {
 		opts.Nodes = append(opts.Nodes, harness.Node{Name: fmt.Sprintf("node-%d", i+1), CPU: nodeCPU, Memory: "8Gi"})

@@ -2,6 +2,7 @@ package informer
 
 import (
 	"fmt"
+	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -20,6 +21,8 @@ type Usage struct {
 	free  []scaler.Resources // allocatable minus every pod's requests
 	index map[string]int
 	pods  corelistersPodLister
+	// selectors is the Informers' cache of compiled selectors, by UID.
+	selectors *sync.Map
 }
 
 type corelistersPodLister interface {
@@ -36,7 +39,7 @@ func (inf *Informers) Capacity() (scaler.Capacity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing nodes: %w", err)
 	}
-	u := &Usage{index: map[string]int{}, pods: podLister{inf}}
+	u := &Usage{index: map[string]int{}, pods: podLister{inf}, selectors: &inf.selectors}
 	for _, n := range nodes {
 		if n.Spec.Unschedulable || !ready(n) {
 			continue
@@ -60,6 +63,23 @@ func (inf *Informers) Capacity() (scaler.Capacity, error) {
 
 type podLister struct{ inf *Informers }
 
+// selector compiles a Deployment's selector once per resourceVersion.
+func (u *Usage) selector(d *appsv1.Deployment) (labels.Selector, error) {
+	type cached struct {
+		rv  string
+		sel labels.Selector
+	}
+	if v, ok := u.selectors.Load(d.UID); ok && v.(cached).rv == d.ResourceVersion {
+		return v.(cached).sel, nil
+	}
+	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	if err != nil {
+		return nil, fmt.Errorf("deployment %s/%s selector: %w", d.Namespace, d.Name, err)
+	}
+	u.selectors.Store(d.UID, cached{d.ResourceVersion, sel})
+	return sel, nil
+}
+
 func (l podLister) Pods(ns string) podNamespaceLister { return l.inf.Pods.Pods(ns) }
 
 // Room returns the room the group's members share: each node's free
@@ -68,9 +88,9 @@ func (l podLister) Pods(ns string) podNamespaceLister { return l.inf.Pods.Pods(n
 func (u *Usage) Room(members []*appsv1.Deployment) (scaler.Room, error) {
 	r := scaler.Room{Free: append([]scaler.Resources(nil), u.free...)}
 	for _, d := range members {
-		sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+		sel, err := u.selector(d)
 		if err != nil {
-			return r, fmt.Errorf("deployment %s/%s selector: %w", d.Namespace, d.Name, err)
+			return r, err
 		}
 		pods, err := u.pods.Pods(d.Namespace).List(sel)
 		if err != nil {

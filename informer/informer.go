@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
+	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -56,6 +58,7 @@ type Informers struct {
 	Nodes       corelisters.NodeLister
 	Pods        corelisters.PodLister
 	synced      []cache.InformerSynced
+	selectors   sync.Map // Deployment UID -> compiled selector at a resourceVersion
 }
 
 // New makes the informers; namespace "" watches all. onGroup, if not nil, is
@@ -201,11 +204,16 @@ func ours(ann map[string]string) map[string]string {
 }
 
 // slim drops what the controller never reads, to keep the caches small:
-// managedFields everywhere, and all of a Pod but its placement, requests,
-// phase and scheduling condition.
+// managedFields everywhere; all of a Deployment but its identity, our
+// annotations, replicas, selector and what placement and label sync need of
+// its pod template; all of a Pod but its placement, requests, phase and
+// scheduling condition.
 func slim(obj any) (any, error) {
 	if a, ok := obj.(metav1.ObjectMetaAccessor); ok {
 		a.GetObjectMeta().SetManagedFields(nil)
+	}
+	if d, ok := obj.(*appsv1.Deployment); ok {
+		return slimDeployment(d), nil
 	}
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -229,3 +237,39 @@ func slim(obj any) (any, error) {
 	}
 	return out, nil
 }
+
+func slimDeployment(d *appsv1.Deployment) *appsv1.Deployment {
+	var ann map[string]string
+	for k, v := range d.Annotations {
+		if strings.HasPrefix(k, annotations.Prefix) || strings.HasPrefix(k, imageLabelsPrefix) {
+			if ann == nil {
+				ann = map[string]string{}
+			}
+			ann[k] = v
+		}
+	}
+	t := &d.Spec.Template.Spec
+	out := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: d.Name, Namespace: d.Namespace, UID: d.UID, ResourceVersion: d.ResourceVersion,
+			Generation: d.Generation, Annotations: ann, DeletionTimestamp: d.DeletionTimestamp,
+		},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: d.Spec.Replicas,
+			Selector: d.Spec.Selector,
+			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+				NodeSelector: t.NodeSelector, Affinity: t.Affinity, Tolerations: t.Tolerations,
+				ImagePullSecrets: t.ImagePullSecrets, ServiceAccountName: t.ServiceAccountName,
+			}},
+		},
+		Status: appsv1.DeploymentStatus{ReadyReplicas: d.Status.ReadyReplicas},
+	}
+	for _, c := range t.Containers {
+		out.Spec.Template.Spec.Containers = append(out.Spec.Template.Spec.Containers, corev1.Container{
+			Name: c.Name, Image: c.Image, Resources: corev1.ResourceRequirements{Requests: c.Resources.Requests}})
+	}
+	return out
+}
+
+// imageLabelsPrefix is labels.ImageLabelsPrefix, which label sync compares.
+const imageLabelsPrefix = "image-labels.microscaling.com/"

@@ -18,6 +18,8 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/microscaling/microscaling/annotations"
 )
 
@@ -101,6 +103,18 @@ type memberState struct {
 	// staleRV is the resourceVersion the last write replaced: while the cache
 	// still shows it, the cache has not caught up with the write.
 	staleRV string
+	gauges  *memberGauges // looked up once: a label lookup per tick adds up
+}
+
+type memberGauges struct{ backlog, target, desired, current prometheus.Gauge }
+
+func (c *Controller) gauges(st *memberState, ns, name string) *memberGauges {
+	if st.gauges == nil {
+		st.gauges = &memberGauges{
+			backlog: c.metrics.Backlog.WithLabelValues(ns, name), target: c.metrics.Target.WithLabelValues(ns, name),
+			desired: c.metrics.Desired.WithLabelValues(ns, name), current: c.metrics.Current.WithLabelValues(ns, name)}
+	}
+	return st.gauges
 }
 
 type tick struct {
@@ -366,11 +380,12 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) error {
 	})
 	for _, i := range order {
 		m, d := ms[i], decisions[i]
-		c.metrics.Desired.WithLabelValues(m.d.Namespace, m.d.Name).Set(float64(d.Replicas))
-		c.metrics.Current.WithLabelValues(m.d.Namespace, m.d.Name).Set(float64(m.cur))
 		c.mu.Lock()
 		backlog := m.st.backlog
+		g := c.gauges(m.st, m.d.Namespace, m.d.Name)
 		c.mu.Unlock()
+		g.desired.Set(float64(d.Replicas))
+		g.current.Set(float64(m.cur))
 		c.cfg.History.record(key, m.d.Namespace, m.d.Name, string(m.spec.Rule), m.spec.Priority, Point{
 			T: t.at.UnixMilli(), Backlog: float64(backlog), Target: float64(m.spec.TargetQueueLength), Desired: d.Replicas, Current: m.cur})
 		if m.spec.Paused || d.Replicas == m.cur {
@@ -438,9 +453,9 @@ func (c *Controller) decideQueue(m *member, t *tick) {
 		st.rates.Observe(QueueSample{Time: t.at, Backlog: sum.Backlog, Arrived: sum.Arrived, Ready: m.d.Status.ReadyReplicas})
 		in.BacklogKnown, in.Backlog, in.Rates = true, sum.Backlog, st.rates
 		st.backlog = sum.Backlog
-		c.metrics.Backlog.WithLabelValues(m.d.Namespace, m.d.Name).Set(float64(sum.Backlog))
+		c.gauges(st, m.d.Namespace, m.d.Name).backlog.Set(float64(sum.Backlog))
 	}
-	c.metrics.Target.WithLabelValues(m.d.Namespace, m.d.Name).Set(float64(m.spec.TargetQueueLength))
+	c.gauges(st, m.d.Namespace, m.d.Name).target.Set(float64(m.spec.TargetQueueLength))
 	d := DecideQueue(QueuePolicy{Target: m.spec.TargetQueueLength, Min: m.spec.MinReplicas, Max: m.spec.MaxReplicas,
 		MaxDelta: m.spec.MaxDelta, ScaleDownDelay: m.spec.ScaleDownDelay}, in, &st.queue)
 	m.alloc.Want = d.Replicas

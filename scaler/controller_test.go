@@ -18,7 +18,9 @@ import (
 	"github.com/microscaling/microscaling/annotations"
 )
 
-type fakeCluster struct{ groups map[string][]*appsv1.Deployment }
+type fakeCluster struct {
+	groups map[string][]*appsv1.Deployment
+}
 
 func (f *fakeCluster) GroupKeys() []string {
 	var out []string
@@ -28,7 +30,7 @@ func (f *fakeCluster) GroupKeys() []string {
 	return out
 }
 func (f *fakeCluster) Members(k string) ([]*appsv1.Deployment, error) { return f.groups[k], nil }
-func (f *fakeCluster) Capacity() (Capacity, error)                   { return nil, errors.New("no nodes in this test") }
+func (f *fakeCluster) Capacity() (Capacity, error)                    { return nil, errors.New("no nodes in this test") }
 
 type fakeQueues struct {
 	mu      sync.Mutex // guards backlog and err

@@ -21,7 +21,7 @@ type History struct {
 
 // NewHistory keeps points per member and events in all.
 func NewHistory(points, events int) *History {
-	return &History{Points: points, TotalPoints: 200000, Events: events, members: map[string]*MemberHistory{}}
+	return &History{Points: points, TotalPoints: 100000, Events: events, members: map[string]*MemberHistory{}}
 }
 
 // Point is one decision of one member.

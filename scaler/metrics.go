@@ -35,8 +35,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		QueueReadErrors:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "microscaling_queue_read_errors_total", Help: "Failed reads of an nsqd or nsqlookupd."}, []string{"host"}),
 		QueueReadLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "microscaling_queue_read_seconds", Help: "Latency of reading an nsqd or nsqlookupd.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"host"}),
 		AnnotationErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "microscaling_annotation_errors_total", Help: "Invalid microscaling.com/* annotations seen, by key."}, append(member, "key")),
-		TickDuration:     prometheus.NewHistogram(prometheus.HistogramOpts{Name: "microscaling_tick_duration_seconds", Help: "From the start of a tick to the last group decided.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
-		TickLag:          prometheus.NewHistogram(prometheus.HistogramOpts{Name: "microscaling_tick_lag_seconds", Help: "From a tick's scheduled start to its last group decided.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		TickDuration:     prometheus.NewHistogram(prometheus.HistogramOpts{Name: "microscaling_tick_duration_seconds", Help: "From the start of a tick to the last group decided.", Buckets: prometheus.ExponentialBuckets(0.001, 1.25, 40)}),
+		TickLag:          prometheus.NewHistogram(prometheus.HistogramOpts{Name: "microscaling_tick_lag_seconds", Help: "From a tick's scheduled start to its last group decided.", Buckets: prometheus.ExponentialBuckets(0.001, 1.25, 40)}),
 		APIRequests:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "microscaling_api_requests_total", Help: "Requests to the Kubernetes API, by verb and resource."}, []string{"verb", "resource"}),
 		Leader:           prometheus.NewGauge(prometheus.GaugeOpts{Name: "microscaling_leader", Help: "1 while this process holds the lease (or runs without election)."}),
 	}

@@ -23,6 +23,16 @@ const maxStatsBytes = 64 << 20
 type nsqStats struct {
 	Data   *nsqStats  `json:"data"`
 	Topics []nsqTopic `json:"topics"`
+
+	byName map[string]*nsqTopic // Topics by name, built once per read
+}
+
+func (st *nsqStats) index() *nsqStats {
+	st.byName = make(map[string]*nsqTopic, len(st.Topics))
+	for i := range st.Topics {
+		st.byName[st.Topics[i].Name] = &st.Topics[i]
+	}
+	return st
 }
 
 type nsqTopic struct {
@@ -148,21 +158,20 @@ func (s *Snapshot) Reading(q annotations.QueueRef) (QueueReading, error) {
 		if !ok {
 			return QueueReading{}, fmt.Errorf("nsqd %s: not read", h)
 		}
-		for _, t := range st.Topics {
-			if t.Name != q.Topic {
-				continue
-			}
-			i := slices.IndexFunc(t.Channels, func(c nsqChannel) bool { return c.Name == q.Channel })
-			if i < 0 {
-				// No channel yet: messages wait in the topic.
-				out.Backlog += t.Depth
-				out.Arrived += t.MessageCount
-				continue
-			}
-			c := t.Channels[i]
-			out.Backlog += c.Depth + c.InFlight + c.Deferred
-			out.Arrived += c.MessageCount
+		t, ok := st.byName[q.Topic]
+		if !ok {
+			continue // no such topic on this nsqd: nothing waits there
 		}
+		i := slices.IndexFunc(t.Channels, func(c nsqChannel) bool { return c.Name == q.Channel })
+		if i < 0 {
+			// No channel yet: messages wait in the topic.
+			out.Backlog += t.Depth
+			out.Arrived += t.MessageCount
+			continue
+		}
+		c := t.Channels[i]
+		out.Backlog += c.Depth + c.InFlight + c.Deferred
+		out.Arrived += c.MessageCount
 	}
 	return out, nil
 }
@@ -213,9 +222,9 @@ func (r *NSQReader) stats(ctx context.Context, host string) (*nsqStats, error) {
 		return nil, fmt.Errorf("nsqd %s stats: %w", host, err)
 	}
 	if st.Data != nil {
-		return st.Data, nil
+		return st.Data.index(), nil
 	}
-	return &st, nil
+	return st.index(), nil
 }
 
 func (r *NSQReader) lookup(ctx context.Context, lookupd, topic string) ([]string, error) {

@@ -119,6 +119,13 @@ func scaleRun(t *testing.T, n int) {
 		if err := os.WriteFile(fmt.Sprintf("%s.%d", path, n), []byte(prof), 0o644); err != nil {
 			t.Fatal(err)
 		}
+		heap, err := c.get(t.Context(), "/debug/pprof/heap")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(fmt.Sprintf("%s.heap.%d", path, n), []byte(heap), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// RSS and CPU come from /proc, so that measuring does not cost the
 	// controller a /metrics rendering a second.

@@ -76,7 +76,7 @@ type Controller struct {
 	clock    clock.Clock
 	queue    workqueue.TypedInterface[work]
 
-	mu      sync.Mutex // guards members
+	mu      sync.RWMutex // guards members and each memberState's fields but those under its own mu
 	members map[string]*memberState
 }
 
@@ -88,6 +88,10 @@ type work struct {
 
 // memberState is what the controller remembers of one Deployment.
 type memberState struct {
+	// mu guards rates, queue, unreadable, backlog and gauges, which only the
+	// group's decision uses; the rest is guarded by Controller.mu.
+	mu sync.Mutex
+
 	rv         string // resourceVersion last looked at: unchanged, nothing to parse
 	raw        string // the microscaling.com/* annotations last parsed
 	spec       annotations.Spec
@@ -108,8 +112,10 @@ type memberState struct {
 
 type memberGauges struct{ backlog, target, desired, current prometheus.Gauge }
 
-func (c *Controller) gauges(st *memberState, ns, name string) *memberGauges {
+// memberGauges returns st's gauges; callers hold st.mu.
+func (c *Controller) memberGauges(st *memberState, d *appsv1.Deployment) *memberGauges {
 	if st.gauges == nil {
+		ns, name := d.Namespace, d.Name
 		st.gauges = &memberGauges{
 			backlog: c.metrics.Backlog.WithLabelValues(ns, name), target: c.metrics.Target.WithLabelValues(ns, name),
 			desired: c.metrics.Desired.WithLabelValues(ns, name), current: c.metrics.Current.WithLabelValues(ns, name)}
@@ -234,13 +240,13 @@ func (c *Controller) processNext(ctx context.Context) bool {
 // Event per key; the last good spec stays in force.
 func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberState {
 	key := d.Namespace + "/" + d.Name
-	c.mu.Lock()
+	c.mu.RLock()
 	st, ok := c.members[key]
 	if ok && st.rv == d.ResourceVersion {
-		c.mu.Unlock()
+		c.mu.RUnlock()
 		return st
 	}
-	c.mu.Unlock()
+	c.mu.RUnlock()
 	raw := rawAnnotations(d.Annotations)
 	c.mu.Lock()
 	if !ok {
@@ -316,9 +322,9 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) error {
 	budget := int32(0)
 	for _, d := range ds {
 		st := c.state(ctx, d)
-		c.mu.Lock()
+		c.mu.RLock()
 		good, spec := st.good, st.spec
-		c.mu.Unlock()
+		c.mu.RUnlock()
 		if !good {
 			continue // never had valid annotations: left alone
 		}
@@ -380,10 +386,10 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) error {
 	})
 	for _, i := range order {
 		m, d := ms[i], decisions[i]
-		c.mu.Lock()
+		m.st.mu.Lock()
 		backlog := m.st.backlog
-		g := c.gauges(m.st, m.d.Namespace, m.d.Name)
-		c.mu.Unlock()
+		g := c.memberGauges(m.st, m.d)
+		m.st.mu.Unlock()
 		g.desired.Set(float64(d.Replicas))
 		g.current.Set(float64(m.cur))
 		c.cfg.History.record(key, m.d.Namespace, m.d.Name, string(m.spec.Rule), m.spec.Priority, Point{
@@ -436,9 +442,9 @@ func (c *Controller) decideQueue(m *member, t *tick) {
 		sum.Backlog += r.Backlog
 		sum.Arrived += r.Arrived
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	st := m.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
 	in := QueueInput{Now: t.at, Current: m.cur, Ready: m.d.Status.ReadyReplicas}
 	if readErr != nil {
 		if !st.unreadable {
@@ -453,9 +459,9 @@ func (c *Controller) decideQueue(m *member, t *tick) {
 		st.rates.Observe(QueueSample{Time: t.at, Backlog: sum.Backlog, Arrived: sum.Arrived, Ready: m.d.Status.ReadyReplicas})
 		in.BacklogKnown, in.Backlog, in.Rates = true, sum.Backlog, st.rates
 		st.backlog = sum.Backlog
-		c.gauges(st, m.d.Namespace, m.d.Name).backlog.Set(float64(sum.Backlog))
+		c.memberGauges(st, m.d).backlog.Set(float64(sum.Backlog))
 	}
-	c.gauges(st, m.d.Namespace, m.d.Name).target.Set(float64(m.spec.TargetQueueLength))
+	c.memberGauges(st, m.d).target.Set(float64(m.spec.TargetQueueLength))
 	d := DecideQueue(QueuePolicy{Target: m.spec.TargetQueueLength, Min: m.spec.MinReplicas, Max: m.spec.MaxReplicas,
 		MaxDelta: m.spec.MaxDelta, ScaleDownDelay: m.spec.ScaleDownDelay}, in, &st.queue)
 	m.alloc.Want = d.Replicas

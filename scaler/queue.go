@@ -82,7 +82,7 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 		raw = demand + (backlog-target)/horizon.Seconds()/in.Rates.Service
 		// The least the rule wants at this demand, even with an empty queue.
 		floor = demand - target/horizon.Seconds()/in.Rates.Service
-		basis = fmt.Sprintf("in %.1f/s, out %.1f/s per replica", arrival, in.Rates.Service)
+		basis = "rates"
 	case cur == 0:
 		raw = backlog / target
 		floor = raw
@@ -121,6 +121,16 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 		want = min(max(want, cur-p.MaxDelta), cur+p.MaxDelta)
 	}
 	want = min(max(want, p.Min), p.Max)
+	if want == cur {
+		return Decision{Replicas: want} // steady: no reason needed, none built
+	}
+	if basis == "rates" {
+		arrival := 0.0
+		if in.Rates.ArrivalKnown {
+			arrival = in.Rates.Arrival
+		}
+		basis = fmt.Sprintf("in %.1f/s, out %.1f/s per replica", arrival, in.Rates.Service)
+	}
 	var why string
 	switch {
 	case want > cur && in.Backlog > p.Target:

@@ -91,6 +91,9 @@ func startController(t *testing.T, s *harness.Stack, args ...string) *controller
 	c := &controller{metrics: addr, log: &bytes.Buffer{}, done: make(chan struct{})}
 	c.cmd = exec.Command(controllerBin, append([]string{"--kubeconfig=" + s.Kubeconfig, "--metrics-addr=" + addr, "--v=2"}, args...)...)
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
+	if v := os.Getenv("MICROSCALING_CONTROLLER_GOMEMLIMIT"); v != "" {
+		c.cmd.Env = append(os.Environ(), "GOMEMLIMIT="+v) // as manifests/install sets it
+	}
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -200,4 +200,3 @@ func indent(s string) string {
 	}
 	return b.String()
 }
-

@@ -47,7 +47,7 @@ func demoReplicas(ctx context.Context, s *harness.Stack, name string) (int32, er
 // manifests/install (not admin), scales the demo of manifests/demo; and that
 // account can do no more than it needs.
 func TestInstallManifests(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: []harness.Node{
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{
 		{Name: "n1", CPU: "2", Memory: "8Gi"}, {Name: "n2", CPU: "2", Memory: "8Gi"}}})
 	installDemo(t, s)
 	kc, err := s.ServiceAccountKubeconfig("microscaling-system", "microscaling")
@@ -99,7 +99,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal("chromium not found: install Debian's chromium (.ci/run does)")
 	}
-	s := startStack(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "2", Memory: "8Gi"}}})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "2", Memory: "8Gi"}}})
 	installDemo(t, s)
 	c := startController(t, s)
 	// Steady state: the remainder has filled the room and stays there.
@@ -161,7 +161,7 @@ func TestDashboardInBrowser(t *testing.T) {
 // to the real control plane, and runs the controller as the chart's
 // ServiceAccount: the chart's RBAC is enough to scale the demo.
 func TestHelmChartInstall(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "2", Memory: "8Gi"}}})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "2", Memory: "8Gi"}}})
 	helm, err := filepath.Glob(filepath.Join(s.Bin, "helm-*"))
 	if err != nil || len(helm) == 0 {
 		t.Fatalf("no helm in %s", s.Bin)

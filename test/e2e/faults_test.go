@@ -46,7 +46,7 @@ func guard(t *testing.T, s *harness.Stack, ns, name, what string, ok func(int32)
 // An nsqd that answers after the timeout, or with garbage, holds its members
 // and is reported; a healthy group keeps scaling meanwhile.
 func TestSlowAndGarbageNSQD(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-time.After(2 * time.Second):
@@ -93,7 +93,7 @@ func TestSlowAndGarbageNSQD(t *testing.T) {
 // kube-apiserver and then etcd restart under load: nothing is lost, no
 // spurious scale-down, and decisions resume.
 func TestControlPlaneRestarts(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work",
 		"target-queue-length", "10", "min-replicas", "1", "max-replicas", "6", "scale-down-delay", "0s")))
@@ -123,7 +123,7 @@ func TestControlPlaneRestarts(t *testing.T) {
 // A person runs kubectl scale on a managed Deployment: the controller says
 // so in an Event and decides again from there; a paused one is left alone.
 func TestKubectlScale(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "managed", 1, queueAnn(s, "jobs", "work",
 		"target-queue-length", "10", "min-replicas", "1", "max-replicas", "10", "scale-down-delay", "0s")))
@@ -161,7 +161,7 @@ func TestKubectlScale(t *testing.T) {
 // to another group, a lowered max: each takes effect on the next tick with no
 // error Events.
 func TestChangesMidDecision(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "2", Memory: "8Gi"}}})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "2", Memory: "8Gi"}}})
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "group", "g1",
 		"target-queue-length", "10", "min-replicas", "1", "max-replicas", "10"), "200m"))
@@ -206,7 +206,7 @@ func TestChangesMidDecision(t *testing.T) {
 // A Deployment in namespace b naming namespace a's group neither joins it
 // nor takes its budget.
 func TestGroupsNeverCrossNamespaces(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	for _, ns := range []string{"a", "b"} {
 		if _, err := s.Kubectl(t.Context(), "create", "namespace", ns); err != nil {
 			t.Fatal(err)

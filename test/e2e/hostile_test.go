@@ -24,7 +24,7 @@ var hostileValues = []string{
 // TestHostileAnnotations: every invalid value of every key gets a Warning
 // Event naming that key and leaves its Deployment untouched.
 func TestHostileAnnotations(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	q := "nsq://" + s.NSQ.HTTPAddr + "/jobs/work"
 	type tc struct{ name, key, value string }
 	var corpus []tc

@@ -107,7 +107,6 @@ func push(t *testing.T, host, repo string, labels map[string]string) string {
 	return ref
 }
 
-
 func mustRef(t *testing.T, s string) name.Reference {
 	ref, err := name.ParseReference(s)
 	if err != nil {
@@ -147,7 +146,7 @@ func syncedDeployment(name, image string, ann map[string]string) *appsv1.Deploym
 }
 
 func TestLabelSync(t *testing.T) {
-	s := startStack(t, harness.Options{Nodes: bigNodes})
+	s := harness.StartT(t, harness.Options{Nodes: bigNodes})
 	reg := newRegistry(t)
 	app := push(t, reg.host, "team/app:v1", map[string]string{
 		"com.microscaling.priority": "2", "com.microscaling.max-containers": "7",
@@ -294,7 +293,7 @@ func TestLabelSync(t *testing.T) {
 // registry requests per unique image (ping, manifest, config). With
 // MICROSCALING_BENCH set it is the 1,000-Deployment benchmark of BENCHMARKS.md.
 func TestLabelSyncRequests(t *testing.T) {
-	s := startStack(t, harness.Options{})
+	s := harness.StartT(t, harness.Options{})
 	reg := newRegistry(t)
 	images, deployments := 20, 100
 	if os.Getenv("MICROSCALING_BENCH") != "" {
@@ -357,7 +356,7 @@ func startCrane(t *testing.T, s *harness.Stack) string {
 // and runs the one-shot as its service account: the ClusterRole is enough,
 // and no more than it needs.
 func TestSyncLabelsJobRBAC(t *testing.T) {
-	s := startStack(t, harness.Options{})
+	s := harness.StartT(t, harness.Options{})
 	out, err := s.Kubectl(t.Context(), "apply", "-k", "../../manifests/sync-labels")
 	if err != nil {
 		t.Fatal(err)

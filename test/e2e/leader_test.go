@@ -25,7 +25,7 @@ func waitLeader(t *testing.T, c *controller, want float64, timeout time.Duration
 // Scenario 7: with --leader-elect only the leader writes; SIGKILL hands over
 // within the lease, the handover changes no replicas, and scaling resumes.
 func TestLeaderElectionHandover(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work",
 		"target-queue-length", "10", "max-replicas", "8", "scale-down-delay", "0s")))

@@ -54,23 +54,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func startStack(t *testing.T, opts harness.Options) *harness.Stack {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	opts.Log = t.Logf
-	s, err := harness.Start(ctx, opts)
-	if err != nil {
-		t.Fatalf("starting stack: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("stack logs:\n%s", s.Logs(1500))
-		}
-		s.Stop()
-	})
-	return s
-}
 
 // controller is one running controller process.
 type controller struct {

@@ -28,7 +28,7 @@ func TestReactionTime(t *testing.T) {
 		t.Skip("benchmark: set MICROSCALING_BENCH=1")
 	}
 	trials := 25
-	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work",
 		"target-queue-length", "50", "min-replicas", "1", "max-replicas", "10", "scale-down-delay", "0s")))

@@ -44,7 +44,7 @@ func TestScaleBenchmark(t *testing.T) {
 }
 
 func scaleRun(t *testing.T, n int) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "64", Memory: "256Gi", Pods: 1000}}})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "64", Memory: "256Gi", Pods: 1000}}})
 	groups := n / 5
 	t0 := time.Now()
 	for _, ns := range []string{"bench-a", "bench-b"} {

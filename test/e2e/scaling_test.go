@@ -19,7 +19,7 @@ var bigNodes = []harness.Node{{Name: "node-1", CPU: "16", Memory: "32Gi"}}
 
 // Scenario 1: a consumer scales up with its backlog and back down to min.
 func TestConsumerFollowsBacklog(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work",
 		"target-queue-length", "50", "min-replicas", "1", "max-replicas", "10", "scale-down-delay", "2s")))
@@ -45,7 +45,7 @@ func TestConsumerFollowsBacklog(t *testing.T) {
 // tick when the backlog rises, and takes it back when the backlog clears.
 func TestRemainderGivesWayToConsumer(t *testing.T) {
 	// Two nodes of 1 CPU, pods of 200m: room for 10 pods.
-	s := startStack(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "1", Memory: "8Gi"}, {Name: "n2", CPU: "1", Memory: "8Gi"}}})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "1", Memory: "8Gi"}, {Name: "n2", CPU: "1", Memory: "8Gi"}}})
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "group", "demo", "priority", "1",
 		"target-queue-length", "20", "min-replicas", "1", "max-replicas", "10", "scale-down-delay", "2s"), "200m"))
@@ -120,7 +120,7 @@ func assertNoPending(t *testing.T, s *harness.Stack, app string) {
 
 // Scenario 3: group-max-replicas caps the group's total.
 func TestGroupBudget(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "group", "capped", "group-max-replicas", "6",
 		"target-queue-length", "10", "min-replicas", "1", "max-replicas", "20")))
@@ -148,7 +148,7 @@ func TestGroupBudget(t *testing.T) {
 
 // Scenario 4: a paused Deployment is never written, even with a huge backlog.
 func TestPausedIsLeftAlone(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "paused", 2, queueAnn(s, "jobs", "work", "paused", "true",
 		"target-queue-length", "10", "max-replicas", "20")))
@@ -184,7 +184,7 @@ func TestPausedIsLeftAlone(t *testing.T) {
 // Scenario 5: every invalid annotation gets a Warning Event naming its key,
 // the Deployment is untouched, and a valid group keeps scaling meanwhile.
 func TestInvalidAnnotations(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	ensureChannel(t, s, "jobs", "work")
 	q := "nsq://" + s.NSQ.HTTPAddr + "/jobs/work"
 	bad := []struct {
@@ -226,7 +226,7 @@ func TestInvalidAnnotations(t *testing.T) {
 
 // Scenario 6: nsqd down: no scale-down, a Warning; back: scaling resumes.
 func TestQueueUnreadable(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "consumer", 4, queueAnn(s, "jobs", "work",
 		"target-queue-length", "10", "max-replicas", "10", "scale-down-delay", "0s")))
@@ -260,7 +260,7 @@ func TestQueueUnreadable(t *testing.T) {
 // Scenario 8: a multi-container remainder is packed by the sum of its
 // containers' requests: 300m + 200m on a 2-CPU node fits 4, none Pending.
 func TestMultiContainerCapacity(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "2", Memory: "8Gi"}}})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "2", Memory: "8Gi"}}})
 	create(t, s, deployment("default", "background", 0, map[string]string{"microscaling.com/rule": "remainder",
 		"microscaling.com/max-replicas": "20"}, "300m", "200m"))
 	startController(t, s)
@@ -271,7 +271,7 @@ func TestMultiContainerCapacity(t *testing.T) {
 
 // Scenario 9: --dry-run writes nothing and still emits the Events.
 func TestDryRun(t *testing.T) {
-	s := startStack(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "target-queue-length", "10", "max-replicas", "10")))
 	startController(t, s, "--dry-run")

@@ -25,26 +25,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// startT starts a stack for one test and stops it when the test ends,
-// whether it passed, failed or panicked.
-func startT(t *testing.T, opts Options) *Stack {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	opts.Log = t.Logf
-	s, err := Start(ctx, opts)
-	if err != nil {
-		t.Fatalf("starting stack: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("process logs:\n%s", s.Logs(2000))
-		}
-		s.Stop()
-	})
-	return s
-}
-
 // eventually polls cond every 100 ms until it returns nil or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, cond func(context.Context) error) {
 	t.Helper()
@@ -97,7 +77,7 @@ func podPhases(ctx context.Context, c kubernetes.Interface, app string) (map[cor
 }
 
 func TestDeploymentScalesOnKwokNodes(t *testing.T) {
-	s := startT(t, Options{Nodes: []Node{{Name: "node-1", CPU: "8", Memory: "16Gi"}}})
+	s := StartT(t, Options{Nodes: []Node{{Name: "node-1", CPU: "8", Memory: "16Gi"}}})
 	ctx := t.Context()
 	if _, err := s.Client.AppsV1().Deployments("default").Create(ctx, deployment("web", 3, "100m"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -129,7 +109,7 @@ func TestDeploymentScalesOnKwokNodes(t *testing.T) {
 }
 
 func TestCapacityIsReal(t *testing.T) {
-	s := startT(t, Options{Nodes: []Node{{Name: "small-1", CPU: "2", Memory: "8Gi"}}})
+	s := StartT(t, Options{Nodes: []Node{{Name: "small-1", CPU: "2", Memory: "8Gi"}}})
 	ctx := t.Context()
 	// 2 CPU fits four pods of 500m; the other two stay Pending.
 	if _, err := s.Client.AppsV1().Deployments("default").Create(ctx, deployment("big", 6, "500m"), metav1.CreateOptions{}); err != nil {
@@ -179,7 +159,7 @@ func unschedulable(p *corev1.Pod) bool {
 }
 
 func TestNonAdminIsForbidden(t *testing.T) {
-	s := startT(t, Options{})
+	s := StartT(t, Options{})
 	ctx := t.Context()
 	alice := s.Users[0]
 	if _, err := s.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team"}}, metav1.CreateOptions{}); err != nil {
@@ -277,7 +257,7 @@ func channelBacklog(ctx context.Context, httpAddr, topic, channel string) (int64
 }
 
 func TestNSQMessageDepth(t *testing.T) {
-	s := startT(t, Options{NSQ: true})
+	s := StartT(t, Options{NSQ: true})
 	ctx := t.Context()
 	// Create the channel first, so the messages land in it.
 	for _, path := range []string{"/topic/create?topic=jobs", "/channel/create?topic=jobs&channel=work"} {

@@ -128,23 +128,15 @@ build_nsq() {
   )
 }
 
-build_crane() {
-  need "crane-$GGCR_VERSION" || return 0
-  log "crane $GGCR_VERSION (a third-party registry for tests): about 30 s cold"
+# install_versioned NAME VERSION PACKAGE WHY: go install a tool into BIN as
+# NAME-VERSION, so that changing its version rebuilds it alone.
+install_versioned() {
+  need "$1-$2" || return 0
+  log "$1 $2 ($4)"
   local tmp
   tmp=$(mktemp -d)
-  GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "github.com/google/go-containerregistry/cmd/crane@$GGCR_VERSION" >&2
-  mv "$tmp/crane" "$BIN/crane-$GGCR_VERSION"
-  rmdir "$tmp"
-}
-
-build_helm() {
-  need "helm-$HELM_VERSION" || return 0
-  log "helm $HELM_VERSION (lint and template of the chart): about 2 minutes cold"
-  local tmp
-  tmp=$(mktemp -d)
-  GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
-  mv "$tmp/helm" "$BIN/helm-$HELM_VERSION"
+  GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "$3@$2" >&2
+  mv "$tmp/$1" "$BIN/$1-$2"
   rmdir "$tmp"
 }
 
@@ -153,7 +145,7 @@ build_nsq
 build_etcd
 build_kwok
 build_k8s
-build_crane
-build_helm
+install_versioned crane "$GGCR_VERSION" github.com/google/go-containerregistry/cmd/crane "a third-party registry for tests: about 30 s cold"
+install_versioned helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "lint and template of the chart: about 1 minute cold"
 log "all binaries ready in $BIN ($((SECONDS - t0)) s)"
 echo "$BIN"

@@ -54,7 +54,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-
 // controller is one running controller process.
 type controller struct {
 	cmd     *exec.Cmd
@@ -296,15 +295,7 @@ func queueAnn(s *harness.Stack, topic, channel string, kv ...string) map[string]
 
 func ensureChannel(t *testing.T, s *harness.Stack, topic, channel string) {
 	t.Helper()
-	for _, path := range []string{"/topic/create?topic=" + topic, "/channel/create?topic=" + topic + "&channel=" + channel} {
-		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+s.NSQ.HTTPAddr+path, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("POST %s: %s", path, resp.Status)
-		}
+	if err := s.NSQ.CreateChannel(t.Context(), topic, channel); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -15,10 +13,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 
 	"github.com/microscaling/microscaling/test/harness"
-	"github.com/microscaling/microscaling/test/workload"
 )
 
 // TestScaleBenchmark is the benchmark of BENCHMARKS.md's scale section, not a
@@ -54,13 +50,7 @@ func scaleRun(t *testing.T, n int) {
 	}
 	// Topics and channels first, so every queue reads as empty, not missing.
 	for g := range groups {
-		for _, path := range []string{"/topic/create?topic=t" + strconv.Itoa(g), "/channel/create?topic=t" + strconv.Itoa(g) + "&channel=c"} {
-			resp, err := http.Post("http://"+s.NSQ.HTTPAddr+path, "", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-		}
+		ensureChannel(t, s, "t"+strconv.Itoa(g), "c")
 	}
 	var wg sync.WaitGroup
 	work := make(chan *appsv1.Deployment)
@@ -99,7 +89,7 @@ func scaleRun(t *testing.T, n int) {
 	t.Logf("%d Deployments created in %s", n, time.Since(t0).Round(time.Second))
 
 	start := time.Now()
-	c := startController(t, s, "--profiling")
+	c := startController(t, s, append([]string{"--profiling"}, strings.Fields(os.Getenv("MICROSCALING_CONTROLLER_ARGS"))...)...)
 	ready := time.Since(start)
 	eventually(t, 5*time.Minute, func(ctx context.Context) error {
 		v, err := c.metric(ctx, "microscaling_tick_duration_seconds_count")
@@ -153,36 +143,7 @@ func scaleRun(t *testing.T, n int) {
 	var reactions []time.Duration
 	for i := range 5 {
 		g := i * (groups / 5)
-		ns := []string{"bench-a", "bench-b"}[g%2]
-		name := fmt.Sprintf("g%d-q1", g)
-		d, err := s.Client.AppsV1().Deployments(ns).Get(t.Context(), name, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		w, err := s.Client.AppsV1().Deployments(ns).Watch(t.Context(), metav1.ListOptions{
-			FieldSelector: fields.OneTermEqualSelector("metadata.name", name).String(), ResourceVersion: d.ResourceVersion})
-		if err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(time.Duration(rand.IntN(1000)) * time.Millisecond) // a random phase against the tick
-		sent := time.Now()
-		if err := workload.Publish(s.NSQ.TCPAddr, "t"+strconv.Itoa(g), 100); err != nil {
-			t.Fatal(err)
-		}
-		timeout := time.After(30 * time.Second)
-	wait:
-		for {
-			select {
-			case ev := <-w.ResultChan():
-				if dd, ok := ev.Object.(*appsv1.Deployment); ok && *dd.Spec.Replicas > 0 {
-					reactions = append(reactions, time.Since(sent))
-					break wait
-				}
-			case <-timeout:
-				t.Fatalf("group g%d: no scale-up within 30 s", g)
-			}
-		}
-		w.Stop()
+		reactions = append(reactions, reaction(t, s, []string{"bench-a", "bench-b"}[g%2], fmt.Sprintf("g%d-q1", g), 0, "t"+strconv.Itoa(g), 100))
 	}
 	slices.Sort(reactions)
 	line := fmt.Sprintf("SCALE deployments=%d groups=%d ready=%s first-tick=%s rss-mib=%.0f (max %.0f) cpu-ms-per-tick=%.1f lag-p50-ms=%.0f lag-p99-ms=%.0f "+

@@ -260,16 +260,8 @@ func TestNSQMessageDepth(t *testing.T) {
 	s := StartT(t, Options{NSQ: true})
 	ctx := t.Context()
 	// Create the channel first, so the messages land in it.
-	for _, path := range []string{"/topic/create?topic=jobs", "/channel/create?topic=jobs&channel=work"} {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+s.NSQ.HTTPAddr+path, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("POST %s: %s", path, resp.Status)
-		}
+	if err := s.NSQ.CreateChannel(ctx, "jobs", "work"); err != nil {
+		t.Fatal(err)
 	}
 	p, err := nsq.NewProducer(s.NSQ.TCPAddr, nsq.NewConfig())
 	if err != nil {

@@ -64,6 +64,26 @@ func (n *NSQ) Start(ctx context.Context) error {
 // Stop stops nsqd and waits until it has exited, so its ports are free.
 func (n *NSQ) Stop() { n.nsqd.stop(15 * time.Second) }
 
+// CreateChannel creates a topic and a channel on nsqd, so that messages
+// published before any consumer connects wait in the channel.
+func (n *NSQ) CreateChannel(ctx context.Context, topic, channel string) error {
+	for _, path := range []string{"/topic/create?topic=" + topic, "/channel/create?topic=" + topic + "&channel=" + channel} {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+n.HTTPAddr+path, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return fmt.Errorf("POST %s: %w", path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("POST %s: %s", path, resp.Status)
+		}
+	}
+	return nil
+}
+
 // Kill ends nsqd with SIGKILL, as a crash would, and waits for it.
 func (n *NSQ) Kill() { n.nsqd.kill() }
 

@@ -2,6 +2,7 @@ package informer
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -23,6 +24,13 @@ type Usage struct {
 	pods  corelistersPodLister
 	// selectors is the Informers' cache of compiled selectors, by UID.
 	selectors *sync.Map
+	// generation is the count of node and pod events this Usage reflects.
+	generation uint64
+
+	roomsMu sync.Mutex // guards rooms
+	// rooms are the rooms computed from this Usage, by the members' UIDs and
+	// resourceVersions.
+	rooms map[string]scaler.Room
 }
 
 type corelistersPodLister interface {
@@ -34,12 +42,21 @@ type podNamespaceLister interface {
 }
 
 // Capacity reads nodes and pods from the caches, for one tick.
+//
+// While no node or pod has changed, the last Usage (and the rooms it has
+// computed for unchanged groups) is reused.
 func (inf *Informers) Capacity() (scaler.Capacity, error) {
+	gen := inf.generation.Load()
+	inf.usageMu.Lock()
+	defer inf.usageMu.Unlock()
+	if inf.usage != nil && inf.usage.generation == gen {
+		return inf.usage, nil
+	}
 	nodes, err := inf.Nodes.List(labels.Everything())
 	if err != nil {
 		return nil, fmt.Errorf("listing nodes: %w", err)
 	}
-	u := &Usage{index: map[string]int{}, pods: podLister{inf}, selectors: &inf.selectors}
+	u := &Usage{index: map[string]int{}, pods: podLister{inf}, selectors: &inf.selectors, generation: gen, rooms: map[string]scaler.Room{}}
 	for _, n := range nodes {
 		if n.Spec.Unschedulable || !ready(n) {
 			continue
@@ -58,6 +75,7 @@ func (inf *Informers) Capacity() (scaler.Capacity, error) {
 			u.free[i] = sub(u.free[i], scaler.PodResources(&p.Spec))
 		}
 	}
+	inf.usage = u
 	return u, nil
 }
 
@@ -86,6 +104,27 @@ func (l podLister) Pods(ns string) podNamespaceLister { return l.inf.Pods.Pods(n
 // allocatable with the members' own pods given back, the nodes each member
 // may land on, and each member's Pending pods.
 func (u *Usage) Room(members []*appsv1.Deployment) (scaler.Room, error) {
+	var key strings.Builder
+	for _, d := range members {
+		key.WriteString(string(d.UID) + "@" + d.ResourceVersion + ",")
+	}
+	u.roomsMu.Lock()
+	r, ok := u.rooms[key.String()]
+	u.roomsMu.Unlock()
+	if ok {
+		return r, nil // shared: callers only read it
+	}
+	r, err := u.room(members)
+	if err != nil {
+		return r, err
+	}
+	u.roomsMu.Lock()
+	u.rooms[key.String()] = r
+	u.roomsMu.Unlock()
+	return r, nil
+}
+
+func (u *Usage) room(members []*appsv1.Deployment) (scaler.Room, error) {
 	r := scaler.Room{Free: append([]scaler.Resources(nil), u.free...)}
 	for _, d := range members {
 		sel, err := u.selector(d)

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -59,6 +60,10 @@ type Informers struct {
 	Pods        corelisters.PodLister
 	synced      []cache.InformerSynced
 	selectors   sync.Map // Deployment UID -> compiled selector at a resourceVersion
+
+	generation atomic.Uint64 // counts node and pod events: capacity is stale when it moves
+	usageMu    sync.Mutex    // guards usage
+	usage      *Usage        // the last capacity read, at some generation
 }
 
 // New makes the informers; namespace "" watches all. onGroup, if not nil, is
@@ -100,6 +105,16 @@ func New(client kubernetes.Interface, namespace string, onGroup func(key string)
 	nodes := nf.Core().V1().Nodes()
 	pods := f.Core().V1().Pods()
 	inf.Nodes, inf.Pods = nodes.Lister(), pods.Lister()
+	bump := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { inf.generation.Add(1) },
+		UpdateFunc: func(any, any) { inf.generation.Add(1) },
+		DeleteFunc: func(any) { inf.generation.Add(1) },
+	}
+	for _, i := range []cache.SharedIndexInformer{nodes.Informer(), pods.Informer()} {
+		if _, err := i.AddEventHandler(bump); err != nil {
+			return nil, fmt.Errorf("adding capacity handler: %w", err)
+		}
+	}
 	inf.synced = []cache.InformerSynced{inf.deployments.HasSynced, nodes.Informer().HasSynced, pods.Informer().HasSynced}
 	inf.factories = []informers.SharedInformerFactory{f}
 	if nf != f {

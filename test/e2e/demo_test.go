@@ -102,11 +102,16 @@ func TestDashboardInBrowser(t *testing.T) {
 	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "2", Memory: "8Gi"}}})
 	installDemo(t, s)
 	c := startController(t, s)
-	// Steady state: the remainder has filled the room and stays there.
-	eventually(t, 20*time.Second, func(ctx context.Context) error {
-		n, err := demoReplicas(ctx, s, "remainder")
-		if err != nil || n == 0 {
-			return fmt.Errorf("remainder replicas %d (%v)", n, err)
+	// Steady state: the remainder has filled the room, and the last decision
+	// of each member found what it asked for, so the page and the metrics
+	// agree whichever tick each reads.
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		for _, name := range []string{"consumer", "remainder"} {
+			cur, err1 := c.metric(ctx, "microscaling_current_replicas", `deployment="`+name+`"`)
+			want, err2 := c.metric(ctx, "microscaling_desired_replicas", `deployment="`+name+`"`)
+			if err1 != nil || err2 != nil || cur != want || (name == "remainder" && cur == 0) {
+				return fmt.Errorf("%s: current %v, desired %v (%v %v)", name, cur, want, err1, err2)
+			}
 		}
 		return nil
 	})

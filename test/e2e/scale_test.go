@@ -121,7 +121,15 @@ func scaleRun(t *testing.T, n int) {
 	// controller a /metrics rendering a second.
 	m0 := scrape(t, c)
 	cpu0 := procCPU(t, c.cmd.Process.Pid)
-	samples := sampleRSS(t, c.cmd.Process.Pid, 30*time.Second)
+	window := 30 * time.Second
+	if v := os.Getenv("MICROSCALING_SCALE_WINDOW"); v != "" {
+		w, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		window = w
+	}
+	samples := sampleRSS(t, c.cmd.Process.Pid, window)
 	cpu1 := procCPU(t, c.cmd.Process.Pid)
 	m1 := scrape(t, c)
 	ticks := m1["microscaling_tick_duration_seconds_count"] - m0["microscaling_tick_duration_seconds_count"]
@@ -154,6 +162,7 @@ func scaleRun(t *testing.T, n int) {
 		reactions[len(reactions)/2].Round(time.Millisecond), reactions[len(reactions)-1].Round(time.Millisecond))
 	t.Log(line)
 	fmt.Println(line)
+	fmt.Println("LAG-BUCKETS", lagBuckets(m0, m1, "microscaling_tick_lag_seconds"))
 }
 
 // scrape reads every sample of the controller's /metrics by its full name.
@@ -243,4 +252,38 @@ func histQuantile(m0, m1 map[string]float64, name string, q float64) float64 {
 		}
 	}
 	return bs[len(bs)-1].le
+}
+
+// lagBuckets lists how many ticks of the window fell in each histogram bucket.
+func lagBuckets(m0, m1 map[string]float64, name string) string {
+	type bucket struct {
+		le string
+		f  float64
+		n  float64
+	}
+	var bs []bucket
+	for k, v := range m1 {
+		le, ok := strings.CutPrefix(k, name+`_bucket{le="`)
+		if !ok {
+			continue
+		}
+		le = strings.TrimSuffix(le, `"}`)
+		f, _ := strconv.ParseFloat(le, 64)
+		bs = append(bs, bucket{le, f, v - m0[k]})
+	}
+	slices.SortFunc(bs, func(a, b bucket) int {
+		if a.f < b.f {
+			return -1
+		}
+		return 1
+	})
+	var out []string
+	prev := 0.0
+	for _, b := range bs {
+		if b.n > prev {
+			out = append(out, fmt.Sprintf("<=%sms:%.0f", strconv.FormatFloat(b.f*1000, 'f', 0, 64), b.n-prev))
+		}
+		prev = b.n
+	}
+	return strings.Join(out, " ")
 }

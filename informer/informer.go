@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/labels"
 )
 
 // GroupIndex is the name of the Deployment index by namespace/group.
@@ -211,7 +212,7 @@ func ptrEq(a, b *int32) bool { return (a == nil) == (b == nil) && (a == nil || *
 func ours(ann map[string]string) map[string]string {
 	out := map[string]string{}
 	for k, v := range ann {
-		if len(k) > len(annotations.Prefix) && k[:len(annotations.Prefix)] == annotations.Prefix {
+		if strings.HasPrefix(k, annotations.Prefix) {
 			out[k] = v
 		}
 	}
@@ -256,7 +257,7 @@ func slim(obj any) (any, error) {
 func slimDeployment(d *appsv1.Deployment) *appsv1.Deployment {
 	var ann map[string]string
 	for k, v := range d.Annotations {
-		if strings.HasPrefix(k, annotations.Prefix) || strings.HasPrefix(k, imageLabelsPrefix) {
+		if strings.HasPrefix(k, annotations.Prefix) || strings.HasPrefix(k, labels.ImageLabelsPrefix) {
 			if ann == nil {
 				ann = map[string]string{}
 			}
@@ -285,6 +286,3 @@ func slimDeployment(d *appsv1.Deployment) *appsv1.Deployment {
 	}
 	return out
 }
-
-// imageLabelsPrefix is labels.ImageLabelsPrefix, which label sync compares.
-const imageLabelsPrefix = "image-labels.microscaling.com/"

@@ -248,13 +248,16 @@ func images(d *appsv1.Deployment) []string {
 }
 
 // Run works the queue and re-adds every enabled Deployment each Interval.
+// It returns once its workers have finished: nothing is patched after.
 func (c *Controller) Run(ctx context.Context, workers int) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	defer c.queue.ShutDown()
 	for range max(1, workers) {
-		go func() {
+		wg.Go(func() {
 			for c.next(ctx) {
 			}
-		}()
+		})
 	}
 	t := time.NewTicker(c.Interval)
 	defer t.Stop()

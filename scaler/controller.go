@@ -126,7 +126,9 @@ func (c *Controller) memberGauges(st *memberState, d *appsv1.Deployment) *member
 type tick struct {
 	at       time.Time
 	readings Readings
-	pending  sync.WaitGroup // groups of this tick not decided yet
+	// members of each group, listed once for the whole tick; read-only.
+	members map[string][]*appsv1.Deployment
+	pending sync.WaitGroup // groups of this tick not decided yet
 
 	capOnce sync.Once
 	cap     Capacity
@@ -188,11 +190,14 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 	keys := c.cluster.GroupKeys()
 	refs := map[annotations.QueueRef]bool{}
 	seen := map[string]bool{}
+	members := make(map[string][]*appsv1.Deployment, len(keys))
 	for _, k := range keys {
 		ms, err := c.cluster.Members(k)
 		if err != nil {
+			utilruntime.HandleErrorWithContext(ctx, err, "listing group members", "group", k)
 			continue
 		}
+		members[k] = ms
 		for _, d := range ms {
 			st := c.state(ctx, d)
 			seen[d.Namespace+"/"+d.Name] = true
@@ -205,7 +210,7 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 	}
 	c.forgetExcept(seen)
 	readings := c.queues.Read(ctx, slices.Collect(maps.Keys(refs)))
-	t := &tick{at: now, readings: readings}
+	t := &tick{at: now, readings: readings, members: members}
 	t.pending.Add(len(keys))
 	for _, k := range keys {
 		c.queue.Add(work{key: k, tick: t})
@@ -229,9 +234,7 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	if ctx.Err() != nil {
 		return true
 	}
-	if err := c.sync(ctx, w.key, w.tick); err != nil {
-		utilruntime.HandleErrorWithContext(ctx, err, "deciding group", "group", w.key)
-	}
+	c.sync(ctx, w.key, w.tick)
 	return true
 }
 
@@ -312,12 +315,9 @@ type member struct {
 }
 
 // sync decides one group on tick t and writes what changed.
-func (c *Controller) sync(ctx context.Context, key string, t *tick) error {
+func (c *Controller) sync(ctx context.Context, key string, t *tick) {
 	logger := klog.FromContext(ctx).WithValues("group", key)
-	ds, err := c.cluster.Members(key)
-	if err != nil {
-		return err
-	}
+	ds := t.members[key]
 	var ms []*member
 	budget := int32(0)
 	for _, d := range ds {
@@ -357,7 +357,7 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) error {
 		ms = append(ms, m)
 	}
 	if len(ms) == 0 {
-		return nil
+		return
 	}
 	for _, m := range ms {
 		if m.spec.Rule == annotations.RuleQueue && !m.spec.Paused {
@@ -399,7 +399,6 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) error {
 		}
 		c.write(ctx, logger, m, d, key)
 	}
-	return nil
 }
 
 // noticeExternalScale tells, once per change, that someone else set the

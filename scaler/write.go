@@ -41,7 +41,8 @@ func (w ScaleWriter) Scale(ctx context.Context, d *appsv1.Deployment, replicas i
 		s.ResourceVersion = cur.ResourceVersion
 	}
 	if err != nil {
+		// Wrapped with %w: callers still see apierrors.IsNotFound and the like.
 		return fmt.Errorf("writing /scale of %s/%s to %d: %w", d.Namespace, d.Name, replicas, err)
 	}
-	return nil // the error wraps the API status, so apierrors.IsNotFound works on it
+	return nil
 }

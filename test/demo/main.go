@@ -94,19 +94,15 @@ func run(duration time.Duration, nodes int, nodeCPU, dashboard string, maxRate f
 	if err := build.Run(); err != nil {
 		return fmt.Errorf("building the controller: %w", err)
 	}
-	if l, err := net.Listen("tcp", dashboard); err != nil {
-		dashboard = "127.0.0.1:0" // taken: pick a free port
-	} else {
-		l.Close()
-	}
-	if dashboard == "127.0.0.1:0" {
-		l, err := net.Listen("tcp", dashboard)
-		if err != nil {
+	// The asked-for port if it is free, another free one if not.
+	l, err := net.Listen("tcp", dashboard)
+	if err != nil {
+		if l, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 			return err
 		}
-		dashboard = l.Addr().String()
-		l.Close()
 	}
+	dashboard = l.Addr().String()
+	l.Close()
 	ctrl := exec.Command(bin, "--kubeconfig="+s.Kubeconfig, "--metrics-addr="+dashboard, "--namespace=demo")
 	logFile, err := os.Create(filepath.Join(s.Dir, "controller.log"))
 	if err != nil {

@@ -54,8 +54,7 @@ func TestInstallManifests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &harness.Stack{Kubeconfig: kc}
-	startController(t, c, "--leader-elect", "--leader-elect-lease-namespace=microscaling-system")
+	startController(t, kc, "--leader-elect", "--leader-elect-lease-namespace=microscaling-system")
 
 	// Spare room goes to the remainder, without Pending pods.
 	eventually(t, 20*time.Second, func(ctx context.Context) error {
@@ -101,7 +100,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "2", Memory: "8Gi"}}})
 	installDemo(t, s)
-	c := startController(t, s)
+	c := startController(t, s.Kubeconfig)
 	// Steady state: the remainder has filled the room, and the last decision
 	// of each member found what it asked for, so the page and the metrics
 	// agree whichever tick each reads.
@@ -199,7 +198,7 @@ func TestHelmChartInstall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	startController(t, &harness.Stack{Kubeconfig: kc}, "--leader-elect", "--leader-elect-lease-namespace=ms", "--leader-elect-lease-name=microscaling")
+	startController(t, kc, "--leader-elect", "--leader-elect-lease-namespace=ms", "--leader-elect-lease-name=microscaling")
 	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 300); err != nil {
 		t.Fatal(err)
 	}

@@ -69,7 +69,7 @@ func TestSlowAndGarbageNSQD(t *testing.T) {
 	create(t, s, deployment("default", "healthy", 1, queueAnn(s, "jobs", "work", "target-queue-length", "10", "max-replicas", "10")))
 	stopSlow := guard(t, s, "default", "slow", "3 (held)", func(n int32) bool { return n == 3 })
 	stopGarbage := guard(t, s, "default", "garbage", "3 (held)", func(n int32) bool { return n == 3 })
-	c := startController(t, s, "--queue-timeout=300ms")
+	c := startController(t, s.Kubeconfig, "--queue-timeout=300ms")
 	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 500); err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestControlPlaneRestarts(t *testing.T) {
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work",
 		"target-queue-length", "10", "min-replicas", "1", "max-replicas", "6", "scale-down-delay", "0s")))
-	startController(t, s)
+	startController(t, s.Kubeconfig)
 	// No consumers: the backlog stays, so the only right answer is max.
 	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 500); err != nil {
 		t.Fatal(err)
@@ -129,7 +129,7 @@ func TestKubectlScale(t *testing.T) {
 		"target-queue-length", "10", "min-replicas", "1", "max-replicas", "10", "scale-down-delay", "0s")))
 	create(t, s, deployment("default", "paused", 1, queueAnn(s, "jobs", "work",
 		"target-queue-length", "10", "min-replicas", "1", "max-replicas", "10", "paused", "true")))
-	c := startController(t, s)
+	c := startController(t, s.Kubeconfig)
 	// A first write makes the controller the owner of the count.
 	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 30); err != nil {
 		t.Fatal(err)
@@ -169,7 +169,7 @@ func TestChangesMidDecision(t *testing.T) {
 		"microscaling.com/rule": "remainder", "microscaling.com/priority": "2", "microscaling.com/max-replicas": "20"}, "200m"))
 	create(t, s, deployment("default", "doomed", 0, map[string]string{"microscaling.com/group": "g1",
 		"microscaling.com/rule": "remainder", "microscaling.com/priority": "3", "microscaling.com/max-replicas": "20"}, "200m"))
-	startController(t, s)
+	startController(t, s.Kubeconfig)
 	waitReplicas(t, s, "default", "bg", 15*time.Second, "9", func(n int32) bool { return n == 9 })
 	// Delete a member: the group goes on.
 	if err := s.Client.AppsV1().Deployments("default").Delete(t.Context(), "doomed", metav1.DeleteOptions{}); err != nil {
@@ -223,7 +223,7 @@ func TestGroupsNeverCrossNamespaces(t *testing.T) {
 		"microscaling.com/rule": "remainder", "microscaling.com/priority": "2", "microscaling.com/max-replicas": "20"}))
 	create(t, s, deployment("b", "intruder", 0, map[string]string{"microscaling.com/group": "shared",
 		"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "7"}))
-	startController(t, s)
+	startController(t, s.Kubeconfig)
 	get := func(ns, name string) int32 {
 		d, err := s.Client.AppsV1().Deployments(ns).Get(t.Context(), name, metav1.GetOptions{})
 		if err != nil {

@@ -48,7 +48,7 @@ func TestHostileAnnotations(t *testing.T) {
 		create(t, s, deployment("default", c.name, 2, map[string]string{annotations.Queue: q,
 			annotations.TargetQueueLength: "5", annotations.MaxReplicas: "5", c.key: c.value}))
 	}
-	startController(t, s)
+	startController(t, s.Kubeconfig)
 	eventually(t, 60*time.Second, func(ctx context.Context) error {
 		missing := 0
 		var first string

@@ -271,7 +271,7 @@ func TestLabelSync(t *testing.T) {
 
 	t.Run("in the controller: synced on create and when the tag moves", func(t *testing.T) {
 		ref := push(t, reg.host, "team/live:v1", map[string]string{"com.microscaling.priority": "2"})
-		startController(t, s, "--sync-labels", "--label-sync-interval=1s")
+		startController(t, s.Kubeconfig, "--sync-labels", "--label-sync-interval=1s")
 		create(t, s, syncedDeployment("live", ref, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"}))
 		eventually(t, 15*time.Second, func(ctx context.Context) error {
 			if p := annotationsOf(t, s, "live")["microscaling.com/priority"]; p != "2" {

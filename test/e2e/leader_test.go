@@ -30,9 +30,9 @@ func TestLeaderElectionHandover(t *testing.T) {
 	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work",
 		"target-queue-length", "10", "max-replicas", "8", "scale-down-delay", "0s")))
 	args := []string{"--leader-elect", "--leader-elect-lease-namespace=default"}
-	a := startController(t, s, append(args, "--leader-elect-identity=a")...)
+	a := startController(t, s.Kubeconfig, append(args, "--leader-elect-identity=a")...)
 	waitLeader(t, a, 1, 20*time.Second)
-	b := startController(t, s, append(args, "--leader-elect-identity=b")...)
+	b := startController(t, s.Kubeconfig, append(args, "--leader-elect-identity=b")...)
 	waitLeader(t, b, 0, 5*time.Second)
 
 	// No consumers: the backlog stays, and the leader holds the max.

@@ -62,7 +62,9 @@ type controller struct {
 	done    chan struct{}
 }
 
-func startController(t *testing.T, s *harness.Stack, args ...string) *controller {
+// startController runs the controller binary with kubeconfig (an admin one, or
+// one acting as a ServiceAccount) and waits until it is ready.
+func startController(t *testing.T, kubeconfig string, args ...string) *controller {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -71,7 +73,7 @@ func startController(t *testing.T, s *harness.Stack, args ...string) *controller
 	addr := l.Addr().String()
 	l.Close()
 	c := &controller{metrics: addr, log: &bytes.Buffer{}, done: make(chan struct{})}
-	c.cmd = exec.Command(controllerBin, append([]string{"--kubeconfig=" + s.Kubeconfig, "--metrics-addr=" + addr, "--v=2"}, args...)...)
+	c.cmd = exec.Command(controllerBin, append([]string{"--kubeconfig=" + kubeconfig, "--metrics-addr=" + addr, "--v=2"}, args...)...)
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
 	if v := os.Getenv("MICROSCALING_CONTROLLER_GOMEMLIMIT"); v != "" {
 		c.cmd.Env = append(os.Environ(), "GOMEMLIMIT="+v) // as manifests/install sets it

@@ -31,7 +31,7 @@ func TestReactionTime(t *testing.T) {
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work",
 		"target-queue-length", "50", "min-replicas", "1", "max-replicas", "10", "scale-down-delay", "0s")))
-	startController(t, s)
+	startController(t, s.Kubeconfig)
 	var got []time.Duration
 	for range trials {
 		emptyChannel(t, s)

@@ -89,7 +89,7 @@ func scaleRun(t *testing.T, n int) {
 	t.Logf("%d Deployments created in %s", n, time.Since(t0).Round(time.Second))
 
 	start := time.Now()
-	c := startController(t, s, append([]string{"--profiling"}, strings.Fields(os.Getenv("MICROSCALING_CONTROLLER_ARGS"))...)...)
+	c := startController(t, s.Kubeconfig, append([]string{"--profiling"}, strings.Fields(os.Getenv("MICROSCALING_CONTROLLER_ARGS"))...)...)
 	ready := time.Since(start)
 	eventually(t, 5*time.Minute, func(ctx context.Context) error {
 		v, err := c.metric(ctx, "microscaling_tick_duration_seconds_count")

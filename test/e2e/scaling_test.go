@@ -23,7 +23,7 @@ func TestConsumerFollowsBacklog(t *testing.T) {
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work",
 		"target-queue-length", "50", "min-replicas", "1", "max-replicas", "10", "scale-down-delay", "2s")))
-	c := startController(t, s)
+	c := startController(t, s.Kubeconfig)
 	consumers(t, s, "default", "consumer", "jobs", "work", 20*time.Millisecond)
 	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 1000); err != nil {
 		t.Fatal(err)
@@ -51,7 +51,7 @@ func TestRemainderGivesWayToConsumer(t *testing.T) {
 		"target-queue-length", "20", "min-replicas", "1", "max-replicas", "10", "scale-down-delay", "2s"), "200m"))
 	create(t, s, deployment("default", "background", 0, map[string]string{"microscaling.com/group": "demo",
 		"microscaling.com/priority": "2", "microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "20"}, "200m"))
-	startController(t, s)
+	startController(t, s.Kubeconfig)
 	waitReplicas(t, s, "default", "background", 15*time.Second, "9 (the spare room)", func(n int32) bool { return n == 9 })
 	assertNoPending(t, s, "background")
 
@@ -127,7 +127,7 @@ func TestGroupBudget(t *testing.T) {
 	create(t, s, deployment("default", "background", 0, map[string]string{"microscaling.com/group": "capped",
 		"microscaling.com/rule": "remainder", "microscaling.com/priority": "2", "microscaling.com/max-replicas": "20",
 		"microscaling.com/group-max-replicas": "6"}))
-	startController(t, s)
+	startController(t, s.Kubeconfig)
 	waitReplicas(t, s, "default", "background", 15*time.Second, "5", func(n int32) bool { return n == 5 })
 	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 2000); err != nil {
 		t.Fatal(err)
@@ -154,7 +154,7 @@ func TestPausedIsLeftAlone(t *testing.T) {
 		"target-queue-length", "10", "max-replicas", "20")))
 	create(t, s, deployment("default", "witness", 1, queueAnn(s, "jobs", "work",
 		"target-queue-length", "10", "max-replicas", "20")))
-	c := startController(t, s)
+	c := startController(t, s.Kubeconfig)
 	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 1000); err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +205,7 @@ func TestInvalidAnnotations(t *testing.T) {
 		create(t, s, deployment("default", b.name, 3, b.ann))
 	}
 	create(t, s, deployment("default", "good", 1, queueAnn(s, "jobs", "work", "target-queue-length", "10", "max-replicas", "10")))
-	startController(t, s)
+	startController(t, s.Kubeconfig)
 	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 500); err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestQueueUnreadable(t *testing.T) {
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "consumer", 4, queueAnn(s, "jobs", "work",
 		"target-queue-length", "10", "max-replicas", "10", "scale-down-delay", "0s")))
-	startController(t, s, "--queue-timeout=300ms")
+	startController(t, s.Kubeconfig, "--queue-timeout=300ms")
 	// An empty queue takes it down to 0 at once: proof the rule acts.
 	waitReplicas(t, s, "default", "consumer", 10*time.Second, "0", func(n int32) bool { return n == 0 })
 	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 300); err != nil {
@@ -263,7 +263,7 @@ func TestMultiContainerCapacity(t *testing.T) {
 	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "2", Memory: "8Gi"}}})
 	create(t, s, deployment("default", "background", 0, map[string]string{"microscaling.com/rule": "remainder",
 		"microscaling.com/max-replicas": "20"}, "300m", "200m"))
-	startController(t, s)
+	startController(t, s.Kubeconfig)
 	waitReplicas(t, s, "default", "background", 15*time.Second, "4", func(n int32) bool { return n == 4 })
 	assertNoPending(t, s, "background")
 	waitEvent(t, s, "default", "background", "0 -> 4", 5*time.Second)
@@ -274,7 +274,7 @@ func TestDryRun(t *testing.T) {
 	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	ensureChannel(t, s, "jobs", "work")
 	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "target-queue-length", "10", "max-replicas", "10")))
-	startController(t, s, "--dry-run")
+	startController(t, s.Kubeconfig, "--dry-run")
 	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 500); err != nil {
 		t.Fatal(err)
 	}

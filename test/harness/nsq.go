@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 )
 
@@ -89,19 +88,3 @@ func (n *NSQ) Kill() { n.nsqd.kill() }
 
 // PID is nsqd's process id, 0 when it is not running.
 func (n *NSQ) PID() int { return n.nsqd.pid() }
-
-// HTTPPort is the port of nsqd's HTTP address.
-func (n *NSQ) HTTPPort() int {
-	_, p, _ := splitHostPort(n.HTTPAddr)
-	return p
-}
-
-func splitHostPort(a string) (string, int, error) {
-	for i := len(a) - 1; i >= 0; i-- {
-		if a[i] == ':' {
-			p, err := strconv.Atoi(a[i+1:])
-			return a[:i], p, err
-		}
-	}
-	return a, 0, fmt.Errorf("no port in %q", a)
-}

@@ -473,4 +473,3 @@ func randomToken() string {
 	_, _ = rand.Read(b) // crypto/rand.Read never fails
 	return hex.EncodeToString(b)
 }
-

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -207,6 +208,11 @@ func newClient(kubeconfig string, qps float32, burst int, wrap ...func(http.Roun
 	cfg = rest.CopyConfig(cfg)
 	cfg.UserAgent = "microscaling"
 	cfg.QPS, cfg.Burst = qps, burst
+	// Protobuf, as the Kubernetes controllers use: lists of 10,000
+	// Deployments decode in a fraction of the time and memory of JSON.
+	// Custom resources fall back to JSON.
+	cfg.ContentType = runtime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
 	for _, w := range wrap {
 		cfg.Wrap(w)
 	}
@@ -246,6 +252,7 @@ func run(ctx context.Context, o options) error {
 	ctrl := scaler.New(scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun, History: history},
 		inf, &scaler.NSQReader{Timeout: o.queueTimeout, Metrics: metrics},
 		scaler.ScaleWriter{Client: client}, recorder, metrics, clock.RealClock{})
+	reg.MustRegister(ctrl) // the per-Deployment gauges
 
 	if o.syncLabels {
 		syncer, err := newSyncer(client, recorder, o.platform, o.prefixes, 10*time.Second, o.labelInterval/2)

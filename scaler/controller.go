@@ -18,8 +18,6 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/microscaling/microscaling/annotations"
 )
 
@@ -65,7 +63,9 @@ type Config struct {
 	History *History
 }
 
-// Controller runs one decision per group per tick.
+// Controller runs one decision per group per tick. It is also the
+// prometheus.Collector of the per-Deployment gauges, read from its state at
+// scrape time: 10,000 members cost no stored series and no work per tick.
 type Controller struct {
 	cfg      Config
 	cluster  Cluster
@@ -75,10 +75,15 @@ type Controller struct {
 	metrics  *Metrics
 	clock    clock.Clock
 	queue    workqueue.TypedInterface[work]
+	ticks    uint64 // ticks begun; only Run's goroutine touches it
+	// lastRefs are the queues the last tick read; only Run's goroutine touches it.
+	lastRefs map[annotations.QueueRef]bool
 
-	mu      sync.RWMutex // guards members and each memberState's fields but those under its own mu
-	members map[string]*memberState
+	mu      sync.RWMutex // guards members and each memberState's fields before rates
+	members map[memberKey]*memberState
 }
+
+type memberKey struct{ namespace, name string }
 
 // work is one group to decide on one tick.
 type work struct {
@@ -88,18 +93,19 @@ type work struct {
 
 // memberState is what the controller remembers of one Deployment.
 type memberState struct {
-	// mu guards rates, queue, unreadable, backlog and gauges, which only the
-	// group's decision uses; the rest is guarded by Controller.mu.
+	// mu guards the fields from rates on, which only the group's decision
+	// and Collect use; those before rates are guarded by Controller.mu.
 	mu sync.Mutex
 
-	rv         string // resourceVersion last looked at: unchanged, nothing to parse
-	raw        string // the microscaling.com/* annotations last parsed
-	spec       annotations.Spec
-	good       bool // spec is a valid spec (the last good one)
+	rv   string            // resourceVersion last looked at: unchanged, nothing to parse
+	ann  map[string]string // the annotations last parsed (of the cached object: no copy)
+	spec *annotations.Spec // the last good spec, never changed in place; nil while there was none
+	pod  Resources         // what one pod of the template requests, at rv
+	seen uint64            // the last tick that listed it
+
 	rates      Rates
 	queue      QueueState
 	unreadable bool
-	backlog    int64
 	// written is the replica count this controller last wrote; a different
 	// spec.replicas later means someone else scaled the Deployment.
 	written    int32
@@ -107,27 +113,29 @@ type memberState struct {
 	// staleRV is the resourceVersion the last write replaced: while the cache
 	// still shows it, the cache has not caught up with the write.
 	staleRV string
-	gauges  *memberGauges // looked up once: a label lookup per tick adds up
+	hist    *MemberHistory
+	gauges  memberGauges
 }
 
-type memberGauges struct{ backlog, target, desired, current prometheus.Gauge }
+// memberGauges are the last values of a member's gauges; the has* flags tell
+// which have been set.
+type memberGauges struct {
+	backlog, target                int64
+	desired, current               int32
+	hasBacklog, hasTarget, decided bool
+}
 
-// memberGauges returns st's gauges; callers hold st.mu.
-func (c *Controller) memberGauges(st *memberState, d *appsv1.Deployment) *memberGauges {
-	if st.gauges == nil {
-		ns, name := d.Namespace, d.Name
-		st.gauges = &memberGauges{
-			backlog: c.metrics.Backlog.WithLabelValues(ns, name), target: c.metrics.Target.WithLabelValues(ns, name),
-			desired: c.metrics.Desired.WithLabelValues(ns, name), current: c.metrics.Current.WithLabelValues(ns, name)}
-	}
-	return st.gauges
+// memberRef is a listed member of a group with its state.
+type memberRef struct {
+	d  *appsv1.Deployment
+	st *memberState
 }
 
 type tick struct {
 	at       time.Time
 	readings Readings
 	// members of each group, listed once for the whole tick; read-only.
-	members map[string][]*appsv1.Deployment
+	members map[string][]memberRef
 	pending sync.WaitGroup // groups of this tick not decided yet
 
 	capOnce sync.Once
@@ -148,7 +156,7 @@ func New(cfg Config, cluster Cluster, queues Queues, writer Writer, recorder rec
 	return &Controller{
 		cfg: cfg, cluster: cluster, queues: queues, writer: writer, recorder: recorder, metrics: metrics, clock: clk,
 		queue:   workqueue.NewTypedWithConfig(workqueue.TypedQueueConfig[work]{Name: "microscaling"}),
-		members: map[string]*memberState{},
+		members: map[memberKey]*memberState{},
 	}
 }
 
@@ -187,29 +195,44 @@ func (c *Controller) Run(ctx context.Context) {
 
 // runTick reads every queue once, then decides every group.
 func (c *Controller) runTick(ctx context.Context, now time.Time) {
+	c.ticks++
+	// Read the queues the last tick read while the members are listed; read
+	// again only when this tick needs one that read does not cover.
+	var early chan Readings
+	if prev := c.lastRefs; len(prev) > 0 {
+		early = make(chan Readings, 1)
+		go func() { early <- c.queues.Read(ctx, slices.Collect(maps.Keys(prev))) }()
+	}
 	keys := c.cluster.GroupKeys()
 	refs := map[annotations.QueueRef]bool{}
-	seen := map[string]bool{}
-	members := make(map[string][]*appsv1.Deployment, len(keys))
+	members := make(map[string][]memberRef, len(keys))
 	for _, k := range keys {
-		ms, err := c.cluster.Members(k)
+		ds, err := c.cluster.Members(k)
 		if err != nil {
 			utilruntime.HandleErrorWithContext(ctx, err, "listing group members", "group", k)
 			continue
 		}
-		members[k] = ms
-		for _, d := range ms {
+		ms := make([]memberRef, len(ds))
+		for i, d := range ds {
 			st := c.state(ctx, d)
-			seen[d.Namespace+"/"+d.Name] = true
-			if st.good {
+			ms[i] = memberRef{d, st}
+			if st.spec != nil {
 				for _, q := range st.spec.Queues {
 					refs[q] = true
 				}
 			}
 		}
+		members[k] = ms
 	}
-	c.forgetExcept(seen)
-	readings := c.queues.Read(ctx, slices.Collect(maps.Keys(refs)))
+	c.forgetUnseen()
+	var readings Readings
+	if early != nil {
+		readings = <-early
+	}
+	if early == nil || !covers(c.lastRefs, refs) {
+		readings = c.queues.Read(ctx, slices.Collect(maps.Keys(refs)))
+	}
+	c.lastRefs = refs
 	t := &tick{at: now, readings: readings, members: members}
 	t.pending.Add(len(keys))
 	for _, k := range keys {
@@ -222,6 +245,15 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 	case <-done:
 	case <-ctx.Done():
 	}
+}
+
+func covers(read, need map[annotations.QueueRef]bool) bool {
+	for q := range need {
+		if !read[q] {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *Controller) processNext(ctx context.Context) bool {
@@ -238,26 +270,25 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	return true
 }
 
-// state returns the remembered state of d, parsing its annotations again
-// when they changed. A bad value is reported once per change with a Warning
-// Event per key; the last good spec stays in force.
+// state returns the remembered state of d, marked seen on this tick,
+// parsing its annotations again when they changed. A bad value is reported
+// once per change with a Warning Event per key; the last good spec stays in
+// force.
 func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberState {
-	key := d.Namespace + "/" + d.Name
-	c.mu.RLock()
-	st, ok := c.members[key]
-	if ok && st.rv == d.ResourceVersion {
-		c.mu.RUnlock()
-		return st
-	}
-	c.mu.RUnlock()
-	raw := rawAnnotations(d.Annotations)
+	key := memberKey{d.Namespace, d.Name}
 	c.mu.Lock()
+	st, ok := c.members[key]
 	if !ok {
 		st = &memberState{}
 		c.members[key] = st
 	}
-	changed := st.raw != raw || !ok
-	st.raw, st.rv = raw, d.ResourceVersion
+	st.seen = c.ticks
+	if ok && st.rv == d.ResourceVersion {
+		c.mu.Unlock()
+		return st
+	}
+	changed := !ok || !sameManaged(st.ann, d.Annotations)
+	st.rv, st.ann, st.pod = d.ResourceVersion, d.Annotations, PodResources(&d.Spec.Template.Spec)
 	c.mu.Unlock()
 	if !changed {
 		return st
@@ -265,7 +296,7 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 	spec, err := annotations.Parse(d.Name, d.Annotations)
 	if err != nil {
 		kept := "the Deployment is left alone"
-		if st.good {
+		if st.spec != nil {
 			kept = "the last good settings stay in force"
 		}
 		for _, fe := range annotations.FieldErrors(err) {
@@ -276,30 +307,39 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 		return st
 	}
 	c.mu.Lock()
-	st.spec, st.good = spec, true
+	st.spec = &spec
 	c.mu.Unlock()
 	return st
 }
 
-func rawAnnotations(ann map[string]string) string {
-	var b strings.Builder
-	for _, k := range slices.Sorted(maps.Keys(ann)) {
+// sameManaged reports whether a and b hold the same microscaling.com/* annotations.
+func sameManaged(a, b map[string]string) bool {
+	n := 0
+	for k, v := range a {
 		if strings.HasPrefix(k, annotations.Prefix) {
-			b.WriteString(k + "=" + ann[k] + "\n")
+			if w, ok := b[k]; !ok || w != v {
+				return false
+			}
+			n++
 		}
 	}
-	return b.String()
+	for k := range b {
+		if strings.HasPrefix(k, annotations.Prefix) {
+			n--
+		}
+	}
+	return n == 0
 }
 
-func (c *Controller) forgetExcept(seen map[string]bool) {
+// forgetUnseen drops the state of members the current tick did not list.
+func (c *Controller) forgetUnseen() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for k := range c.members {
-		if !seen[k] {
+	for k, st := range c.members {
+		if st.seen != c.ticks {
 			delete(c.members, k)
-			ns, name, _ := strings.Cut(k, "/")
-			c.metrics.forget(ns, name)
-			c.cfg.History.forget(ns, name)
+			c.metrics.forget(k.namespace, k.name)
+			c.cfg.History.forget(k.namespace, k.name)
 		}
 	}
 }
@@ -308,7 +348,8 @@ func (c *Controller) forgetExcept(seen map[string]bool) {
 type member struct {
 	d      *appsv1.Deployment
 	st     *memberState
-	spec   annotations.Spec
+	spec   *annotations.Spec
+	pod    Resources
 	cur    int32
 	alloc  Member
 	reason string // the queue rule's
@@ -317,28 +358,34 @@ type member struct {
 // sync decides one group on tick t and writes what changed.
 func (c *Controller) sync(ctx context.Context, key string, t *tick) {
 	logger := klog.FromContext(ctx).WithValues("group", key)
-	ds := t.members[key]
-	var ms []*member
+	refs := t.members[key]
+	ms := make([]member, 0, len(refs))
 	budget := int32(0)
-	for _, d := range ds {
-		st := c.state(ctx, d)
+	for _, ref := range refs {
+		d, st := ref.d, ref.st
 		c.mu.RLock()
-		good, spec := st.good, st.spec
+		spec, pod := st.spec, st.pod
 		c.mu.RUnlock()
-		if !good {
+		if spec == nil {
 			continue // never had valid annotations: left alone
 		}
 		cur := int32(1)
 		if d.Spec.Replicas != nil {
 			cur = *d.Spec.Replicas
 		}
-		c.mu.Lock()
+		st.mu.Lock()
 		if st.hasWritten && d.ResourceVersion == st.staleRV {
 			cur = st.written // the cache lags behind our own write
 		}
-		c.mu.Unlock()
-		m := &member{d: d, st: st, spec: spec, cur: cur}
-		c.noticeExternalScale(d, st, spec, cur)
+		external, prev := st.hasWritten && st.written != cur, st.written
+		if external {
+			st.written = cur // report each outside change once
+		}
+		st.mu.Unlock()
+		if external {
+			c.noticeExternalScale(d, spec, prev, cur)
+		}
+		m := member{d: d, st: st, spec: spec, pod: pod, cur: cur}
 		m.alloc = Member{Name: d.Name, Priority: spec.Priority, Remainder: spec.Rule == annotations.RuleRemainder,
 			Current: cur, Min: spec.MinReplicas, Max: spec.MaxReplicas, Want: cur}
 		if spec.Paused {
@@ -359,8 +406,8 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) {
 	if len(ms) == 0 {
 		return
 	}
-	for _, m := range ms {
-		if m.spec.Rule == annotations.RuleQueue && !m.spec.Paused {
+	for i := range ms {
+		if m := &ms[i]; m.spec.Rule == annotations.RuleQueue && !m.spec.Paused {
 			c.decideQueue(m, t)
 		}
 	}
@@ -385,15 +432,16 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) {
 		return int(decisions[a].Replicas-ms[a].cur) - int(decisions[b].Replicas-ms[b].cur)
 	})
 	for _, i := range order {
-		m, d := ms[i], decisions[i]
+		m, d := &ms[i], decisions[i]
 		m.st.mu.Lock()
-		backlog := m.st.backlog
-		g := c.memberGauges(m.st, m.d)
+		g := &m.st.gauges
+		g.desired, g.current, g.decided = d.Replicas, m.cur, true
+		if m.st.hist == nil {
+			m.st.hist = c.cfg.History.member(m.d.Namespace, m.d.Name)
+		}
+		c.cfg.History.record(m.st.hist, key, string(m.spec.Rule), m.spec.Priority, Point{
+			T: t.at.UnixMilli(), Backlog: float64(g.backlog), Target: float64(m.spec.TargetQueueLength), Desired: d.Replicas, Current: m.cur})
 		m.st.mu.Unlock()
-		g.desired.Set(float64(d.Replicas))
-		g.current.Set(float64(m.cur))
-		c.cfg.History.record(key, m.d.Namespace, m.d.Name, string(m.spec.Rule), m.spec.Priority, Point{
-			T: t.at.UnixMilli(), Backlog: float64(backlog), Target: float64(m.spec.TargetQueueLength), Desired: d.Replicas, Current: m.cur})
 		if m.spec.Paused || d.Replicas == m.cur {
 			continue
 		}
@@ -401,20 +449,10 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) {
 	}
 }
 
-// noticeExternalScale tells, once per change, that someone else set the
-// replicas of a managed Deployment; the decision then starts from their count
-// and corrects it if the rules say otherwise.
-func (c *Controller) noticeExternalScale(d *appsv1.Deployment, st *memberState, spec annotations.Spec, cur int32) {
-	c.mu.Lock()
-	external := st.hasWritten && st.written != cur
-	prev := st.written
-	if external {
-		st.written = cur // report each outside change once
-	}
-	c.mu.Unlock()
-	if !external {
-		return
-	}
+// noticeExternalScale tells that someone else set the replicas of a managed
+// Deployment from prev, which microscaling wrote, to cur; the decision then
+// starts from their count and corrects it if the rules say otherwise.
+func (c *Controller) noticeExternalScale(d *appsv1.Deployment, spec *annotations.Spec, prev, cur int32) {
 	if spec.Paused {
 		c.recorder.Eventf(d, corev1.EventTypeNormal, "ExternalScale", "replicas set to %d by someone else; paused, so left as they are", cur)
 		return
@@ -424,7 +462,7 @@ func (c *Controller) noticeExternalScale(d *appsv1.Deployment, st *memberState, 
 		cur, prev, cur, annotations.Paused)
 }
 
-func needsRoom(ms []*member) bool {
+func needsRoom(ms []member) bool {
 	return len(ms) > 1 || ms[0].spec.Rule == annotations.RuleRemainder
 }
 
@@ -457,10 +495,9 @@ func (c *Controller) decideQueue(m *member, t *tick) {
 		st.unreadable = false
 		st.rates.Observe(QueueSample{Time: t.at, Backlog: sum.Backlog, Arrived: sum.Arrived, Ready: m.d.Status.ReadyReplicas})
 		in.BacklogKnown, in.Backlog, in.Rates = true, sum.Backlog, st.rates
-		st.backlog = sum.Backlog
-		c.memberGauges(st, m.d).backlog.Set(float64(sum.Backlog))
+		st.gauges.backlog, st.gauges.hasBacklog = sum.Backlog, true
 	}
-	c.memberGauges(st, m.d).target.Set(float64(m.spec.TargetQueueLength))
+	st.gauges.target, st.gauges.hasTarget = m.spec.TargetQueueLength, true
 	d := DecideQueue(QueuePolicy{Target: m.spec.TargetQueueLength, Min: m.spec.MinReplicas, Max: m.spec.MaxReplicas,
 		MaxDelta: m.spec.MaxDelta, ScaleDownDelay: m.spec.ScaleDownDelay}, in, &st.queue)
 	m.alloc.Want = d.Replicas
@@ -468,7 +505,7 @@ func (c *Controller) decideQueue(m *member, t *tick) {
 }
 
 // fillRoom puts the cluster's room into g; without it, remainders hold.
-func (c *Controller) fillRoom(ctx context.Context, g *Group, ms []*member, t *tick) {
+func (c *Controller) fillRoom(ctx context.Context, g *Group, ms []member, t *tick) {
 	capacity, err := t.capacity(c.cluster)
 	if err == nil {
 		var room Room
@@ -484,7 +521,7 @@ func (c *Controller) fillRoom(ctx context.Context, g *Group, ms []*member, t *ti
 					g.Members[i].Nodes = []int{} // no node fits: not "every node"
 				}
 				g.Members[i].Pending = room.Pending[i]
-				g.Members[i].Pod = PodResources(&ms[i].d.Spec.Template.Spec)
+				g.Members[i].Pod = ms[i].pod
 			}
 			return
 		}
@@ -522,9 +559,9 @@ func (c *Controller) write(ctx context.Context, logger klog.Logger, m *member, d
 		logger.Error(err, "scaling", "deployment", klog.KObj(m.d))
 		return
 	}
-	c.mu.Lock()
+	m.st.mu.Lock()
 	m.st.written, m.st.hasWritten, m.st.staleRV = d.Replicas, true, m.d.ResourceVersion
-	c.mu.Unlock()
+	m.st.mu.Unlock()
 	c.metrics.ScaleOps.WithLabelValues(m.d.Namespace, m.d.Name, dir, "ok").Inc()
 	c.recorder.Event(m.d, corev1.EventTypeNormal, "Scaled", msg)
 	c.cfg.History.event(group, msg, c.clock.Now())

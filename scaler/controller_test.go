@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/record"
@@ -124,6 +126,124 @@ func TestControllerTicks(t *testing.T) {
 		}
 		if st.event == "" && len(evs) > 0 {
 			t.Errorf("%s: unexpected events %q", st.name, evs)
+		}
+	}
+
+	// The per-Deployment gauges are collected from the decisions, and gone
+	// with the Deployment.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	want := `
+# HELP microscaling_current_replicas spec.replicas of the Deployment when the decision was made.
+# TYPE microscaling_current_replicas gauge
+microscaling_current_replicas{deployment="consumer",namespace="ns"} 1
+# HELP microscaling_desired_replicas Replicas the last decision asked for.
+# TYPE microscaling_desired_replicas gauge
+microscaling_desired_replicas{deployment="consumer",namespace="ns"} 1
+# HELP microscaling_queue_backlog Messages waiting, in flight or deferred on the Deployment's queues.
+# TYPE microscaling_queue_backlog gauge
+microscaling_queue_backlog{deployment="consumer",namespace="ns"} 0
+# HELP microscaling_queue_target The target-queue-length of the Deployment.
+# TYPE microscaling_queue_target gauge
+microscaling_queue_target{deployment="consumer",namespace="ns"} 10
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+	cluster.groups = nil
+	tick()
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != 0 {
+		t.Errorf("after the Deployment is gone: %d series (%v), want 0", n, err)
+	}
+}
+
+// readsQueues answers only for the queues of its last Read, like a Snapshot,
+// and records what each Read asked for.
+type readsQueues struct {
+	mu    sync.Mutex // guards reads
+	reads [][]string
+}
+
+type readOf map[annotations.QueueRef]bool
+
+func (f *readsQueues) Read(_ context.Context, refs []annotations.QueueRef) Readings {
+	var hosts []string
+	r := readOf{}
+	for _, q := range refs {
+		hosts = append(hosts, q.Host)
+		r[q] = true
+	}
+	slices.Sort(hosts)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reads = append(f.reads, hosts)
+	return r
+}
+
+func (r readOf) Reading(q annotations.QueueRef) (QueueReading, error) {
+	if !r[q] {
+		return QueueReading{}, fmt.Errorf("%s not read", q.Host)
+	}
+	return QueueReading{Backlog: 100}, nil
+}
+
+func (f *readsQueues) take() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, r := range f.reads {
+		out = append(out, strings.Join(r, "+"))
+	}
+	f.reads = nil
+	return strings.Join(out, " ")
+}
+
+// The queues are read while the members are listed, with the last tick's
+// queues; a queue that read did not cover is read on the same tick.
+func TestControllerReadsNewQueuesOnTheirFirstTick(t *testing.T) {
+	consumer := func(name, host string) *appsv1.Deployment {
+		replicas := int32(1)
+		return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", ResourceVersion: "1",
+			Annotations: map[string]string{annotations.Queue: "nsq://" + host + "/t/c", annotations.TargetQueueLength: "10", annotations.MaxReplicas: "5"}},
+			Spec: appsv1.DeploymentSpec{Replicas: &replicas}}
+	}
+	cluster := &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/a": {consumer("a", "h1:1")}}}
+	queues := &readsQueues{}
+	writer := &fakeWriter{}
+	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	c := New(Config{Interval: time.Second, Workers: 2}, cluster, queues, writer, record.NewFakeRecorder(100), NewMetrics(prometheus.NewRegistry()), clk)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			for c.processNext(ctx) {
+			}
+		})
+	}
+	defer func() { cancel(); c.queue.ShutDown(); wg.Wait() }()
+	steps := []struct {
+		name         string
+		add          string // a group with a consumer on this host, added before the tick
+		reads, write string
+	}{
+		{name: "first tick reads after listing", reads: "h1:1", write: "a=5"},
+		{name: "steady: one read, begun with the listing", reads: "h1:1"},
+		{name: "a new nsqd is read and decided on the same tick", add: "h2:1", reads: "h1:1 h1:1+h2:1", write: "b=5"},
+		{name: "then one read again", reads: "h1:1+h2:1"},
+	}
+	for _, st := range steps {
+		if st.add != "" {
+			cluster.groups["ns/b"] = []*appsv1.Deployment{consumer("b", st.add)}
+		}
+		clk.Step(time.Second)
+		c.runTick(ctx, clk.Now())
+		writes := writer.take()
+		slices.Sort(writes)
+		if got := queues.take(); got != st.reads {
+			t.Errorf("%s: reads %q, want %q", st.name, got, st.reads)
+		}
+		if got := strings.Join(writes, ","); got != st.write {
+			t.Errorf("%s: writes %q, want %q", st.name, got, st.write)
 		}
 	}
 }

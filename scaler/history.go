@@ -50,9 +50,11 @@ type EventRecord struct {
 	Message string `json:"message"`
 }
 
-func (h *History) record(group, ns, name, rule string, priority int32, p Point) {
+// member returns the history of one Deployment, made on first use; nil
+// when h is nil.
+func (h *History) member(ns, name string) *MemberHistory {
 	if h == nil {
-		return
+		return nil
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -62,8 +64,18 @@ func (h *History) record(group, ns, name, rule string, priority int32, p Point) 
 		m = &MemberHistory{Namespace: ns, Name: name}
 		h.members[key] = m
 	}
+	return m
+}
+
+// record adds a point to m, a member's history from h.member.
+func (h *History) record(m *MemberHistory, group, rule string, priority int32, p Point) {
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	m.Group, m.Rule, m.Priority = group, rule, priority
-	limit := max(10, min(h.Points, h.TotalPoints/len(h.members)))
+	limit := max(10, min(h.Points, h.TotalPoints/max(1, len(h.members))))
 	if len(m.Points) >= limit {
 		// Shift in place: the slice never grows past limit.
 		n := copy(m.Points, m.Points[len(m.Points)-limit+1:])

@@ -9,10 +9,6 @@ import (
 
 // Metrics are the controller's Prometheus metrics, all named microscaling_*.
 type Metrics struct {
-	Backlog          *prometheus.GaugeVec
-	Target           *prometheus.GaugeVec
-	Desired          *prometheus.GaugeVec
-	Current          *prometheus.GaugeVec
 	ScaleOps         *prometheus.CounterVec
 	QueueReadErrors  *prometheus.CounterVec
 	QueueReadLatency *prometheus.HistogramVec
@@ -25,22 +21,17 @@ type Metrics struct {
 
 // NewMetrics makes the metrics and registers them with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	member := []string{"namespace", "deployment"}
 	m := &Metrics{
-		Backlog:          prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "microscaling_queue_backlog", Help: "Messages waiting, in flight or deferred on the Deployment's queues."}, member),
-		Target:           prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "microscaling_queue_target", Help: "The target-queue-length of the Deployment."}, member),
-		Desired:          prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "microscaling_desired_replicas", Help: "Replicas the last decision asked for."}, member),
-		Current:          prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "microscaling_current_replicas", Help: "spec.replicas of the Deployment when the decision was made."}, member),
-		ScaleOps:         prometheus.NewCounterVec(prometheus.CounterOpts{Name: "microscaling_scale_operations_total", Help: "Writes to /scale, by direction (up, down) and result."}, append(member, "direction", "result")),
+		ScaleOps:         prometheus.NewCounterVec(prometheus.CounterOpts{Name: "microscaling_scale_operations_total", Help: "Writes to /scale, by direction (up, down) and result."}, append(memberLabels, "direction", "result")),
 		QueueReadErrors:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "microscaling_queue_read_errors_total", Help: "Failed reads of an nsqd or nsqlookupd."}, []string{"host"}),
 		QueueReadLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "microscaling_queue_read_seconds", Help: "Latency of reading an nsqd or nsqlookupd.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"host"}),
-		AnnotationErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "microscaling_annotation_errors_total", Help: "Invalid microscaling.com/* annotations seen, by key."}, append(member, "key")),
+		AnnotationErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "microscaling_annotation_errors_total", Help: "Invalid microscaling.com/* annotations seen, by key."}, append(memberLabels, "key")),
 		TickDuration:     prometheus.NewHistogram(prometheus.HistogramOpts{Name: "microscaling_tick_duration_seconds", Help: "From the start of a tick to the last group decided.", Buckets: prometheus.ExponentialBuckets(0.001, 1.25, 40)}),
 		TickLag:          prometheus.NewHistogram(prometheus.HistogramOpts{Name: "microscaling_tick_lag_seconds", Help: "From a tick's scheduled start to its last group decided.", Buckets: prometheus.ExponentialBuckets(0.001, 1.25, 40)}),
 		APIRequests:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "microscaling_api_requests_total", Help: "Requests to the Kubernetes API, by verb and resource."}, []string{"verb", "resource"}),
 		Leader:           prometheus.NewGauge(prometheus.GaugeOpts{Name: "microscaling_leader", Help: "1 while this process holds the lease (or runs without election)."}),
 	}
-	reg.MustRegister(m.Backlog, m.Target, m.Desired, m.Current, m.ScaleOps, m.QueueReadErrors, m.QueueReadLatency,
+	reg.MustRegister(m.ScaleOps, m.QueueReadErrors, m.QueueReadLatency,
 		m.AnnotationErrors, m.TickDuration, m.TickLag, m.Leader, m.APIRequests)
 	return m
 }
@@ -86,9 +77,52 @@ func apiResource(path string) string {
 }
 
 func (m *Metrics) forget(ns, name string) {
-	for _, g := range []*prometheus.GaugeVec{m.Backlog, m.Target, m.Desired, m.Current} {
-		g.DeleteLabelValues(ns, name)
-	}
 	m.ScaleOps.DeletePartialMatch(prometheus.Labels{"namespace": ns, "deployment": name})
 	m.AnnotationErrors.DeletePartialMatch(prometheus.Labels{"namespace": ns, "deployment": name})
+}
+
+// The per-Deployment gauges, collected from the controller's state.
+var (
+	memberLabels = []string{"namespace", "deployment"}
+	backlogDesc  = prometheus.NewDesc("microscaling_queue_backlog", "Messages waiting, in flight or deferred on the Deployment's queues.", memberLabels, nil)
+	targetDesc   = prometheus.NewDesc("microscaling_queue_target", "The target-queue-length of the Deployment.", memberLabels, nil)
+	desiredDesc  = prometheus.NewDesc("microscaling_desired_replicas", "Replicas the last decision asked for.", memberLabels, nil)
+	currentDesc  = prometheus.NewDesc("microscaling_current_replicas", "spec.replicas of the Deployment when the decision was made.", memberLabels, nil)
+)
+
+// Describe is part of prometheus.Collector.
+func (c *Controller) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{backlogDesc, targetDesc, desiredDesc, currentDesc} {
+		ch <- d
+	}
+}
+
+// Collect is part of prometheus.Collector: the gauges of every member, as
+// its last decision left them.
+func (c *Controller) Collect(ch chan<- prometheus.Metric) {
+	c.mu.RLock()
+	keys := make([]memberKey, 0, len(c.members))
+	states := make([]*memberState, 0, len(c.members))
+	for k, st := range c.members {
+		keys, states = append(keys, k), append(states, st)
+	}
+	c.mu.RUnlock()
+	gauge := func(d *prometheus.Desc, v float64, k memberKey) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, k.namespace, k.name)
+	}
+	for i, st := range states {
+		st.mu.Lock()
+		g := st.gauges
+		st.mu.Unlock()
+		if g.hasBacklog {
+			gauge(backlogDesc, float64(g.backlog), keys[i])
+		}
+		if g.hasTarget {
+			gauge(targetDesc, float64(g.target), keys[i])
+		}
+		if g.decided {
+			gauge(desiredDesc, float64(g.desired), keys[i])
+			gauge(currentDesc, float64(g.current), keys[i])
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package scaler
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -192,10 +193,17 @@ func (r *NSQReader) get(ctx context.Context, u string, into any) error {
 		return err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxStatsBytes+1))
-	if err != nil {
+	buf := bodies.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= maxPooledBytes { // one huge answer must not stay
+			bodies.Put(buf)
+		}
+	}()
+	buf.Reset()
+	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, maxStatsBytes+1)); err != nil {
 		return fmt.Errorf("reading %s: %w", u, err)
 	}
+	body := buf.Bytes()
 	if len(body) > maxStatsBytes {
 		return fmt.Errorf("%s: answer larger than %d bytes", u, maxStatsBytes)
 	}
@@ -207,6 +215,12 @@ func (r *NSQReader) get(ctx context.Context, u string, into any) error {
 	}
 	return nil
 }
+
+// bodies are buffers for answers: a /stats of 2,000 topics is about 1 MB
+// each tick, better not allocated anew.
+var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+const maxPooledBytes = 8 << 20
 
 type httpError struct {
 	status int

@@ -244,7 +244,7 @@ func run(ctx context.Context, o options) error {
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "microscaling", Host: identity})
 
 	var labelRun func(context.Context) // label sync, when on: only the leader runs it
-	inf, err := informer.New(client, o.namespace, nil)
+	inf, err := informer.New(client, o.namespace)
 	if err != nil {
 		return err
 	}

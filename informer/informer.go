@@ -1,6 +1,5 @@
 // Package informer watches Deployments, Nodes and Pods with shared
-// informers, keeps an index from namespace/group to the managed Deployments
-// of each group, and turns the cluster's nodes and pods into the plain
+// informers, groups the managed Deployments by namespace/group, and turns the cluster's nodes and pods into the plain
 // capacity values the scaler's allocation takes.
 package informer
 
@@ -26,8 +25,8 @@ import (
 	"github.com/microscaling/microscaling/labels"
 )
 
-// GroupIndex is the name of the Deployment index by namespace/group.
-const GroupIndex = "microscaling-group"
+// groupIndex is the name of the Deployment index by namespace/group.
+const groupIndex = "microscaling-group"
 
 // GroupKey is the key of a group: namespace/group.
 func GroupKey(d *appsv1.Deployment) (string, bool) {
@@ -42,12 +41,10 @@ func GroupKey(d *appsv1.Deployment) (string, bool) {
 }
 
 func groupIndexFunc(obj any) ([]string, error) {
-	d, ok := obj.(*appsv1.Deployment)
-	if !ok {
-		return nil, nil
-	}
-	if k, ok := GroupKey(d); ok {
-		return []string{k}, nil
+	if d, ok := obj.(*appsv1.Deployment); ok {
+		if k, ok := GroupKey(d); ok {
+			return []string{k}, nil
+		}
 	}
 	return nil, nil
 }
@@ -65,11 +62,16 @@ type Informers struct {
 	generation atomic.Uint64 // counts node and pod events: capacity is stale when it moves
 	usageMu    sync.Mutex    // guards usage
 	usage      *Usage        // the last capacity read, at some generation
+
+	groupsMu sync.Mutex // guards groups and dirty
+	// groups is the last answer of Groups, shared read-only; dirty are the
+	// group keys whose members changed since.
+	groups map[string][]*appsv1.Deployment
+	dirty  map[string]bool
 }
 
-// New makes the informers; namespace "" watches all. onGroup, if not nil, is
-// called with every group key whose members may have changed.
-func New(client kubernetes.Interface, namespace string, onGroup func(key string)) (*Informers, error) {
+// New makes the informers; namespace "" watches all.
+func New(client kubernetes.Interface, namespace string) (*Informers, error) {
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0,
 		informers.WithNamespace(namespace), informers.WithTransform(slim))
 	// Nodes are cluster scoped; a namespaced factory still lists them all.
@@ -77,26 +79,19 @@ func New(client kubernetes.Interface, namespace string, onGroup func(key string)
 	if namespace != "" {
 		nf = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slim))
 	}
-	inf := &Informers{}
+	inf := &Informers{dirty: map[string]bool{}}
 	inf.deployments = f.Apps().V1().Deployments().Informer()
-	if err := inf.deployments.AddIndexers(cache.Indexers{GroupIndex: groupIndexFunc}); err != nil {
+	if err := inf.deployments.AddIndexers(cache.Indexers{groupIndex: groupIndexFunc}); err != nil {
 		return nil, fmt.Errorf("adding group index: %w", err)
 	}
 	_, err := inf.deployments.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) { enqueue(obj, onGroup) },
-		UpdateFunc: func(old, cur any) {
-			o, n := old.(*appsv1.Deployment), cur.(*appsv1.Deployment)
-			if relevantSame(o, n) {
-				return
-			}
-			enqueue(old, onGroup)
-			enqueue(cur, onGroup)
-		},
+		AddFunc:    inf.markDirty,
+		UpdateFunc: func(old, cur any) { inf.markDirty(old); inf.markDirty(cur) },
 		DeleteFunc: func(obj any) {
 			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = t.Obj
 			}
-			enqueue(obj, onGroup)
+			inf.markDirty(obj)
 		},
 	})
 	if err != nil {
@@ -106,13 +101,8 @@ func New(client kubernetes.Interface, namespace string, onGroup func(key string)
 	nodes := nf.Core().V1().Nodes()
 	pods := f.Core().V1().Pods()
 	inf.Nodes, inf.Pods = nodes.Lister(), pods.Lister()
-	bump := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { inf.generation.Add(1) },
-		UpdateFunc: func(any, any) { inf.generation.Add(1) },
-		DeleteFunc: func(any) { inf.generation.Add(1) },
-	}
 	for _, i := range []cache.SharedIndexInformer{nodes.Informer(), pods.Informer()} {
-		if _, err := i.AddEventHandler(bump); err != nil {
+		if _, err := i.AddEventHandler(counter(&inf.generation)); err != nil {
 			return nil, fmt.Errorf("adding capacity handler: %w", err)
 		}
 	}
@@ -158,65 +148,60 @@ func (inf *Informers) AddDeploymentHandler(h cache.ResourceEventHandler) error {
 	return nil
 }
 
-// GroupKeys lists every group key.
-func (inf *Informers) GroupKeys() []string {
-	return inf.deployments.GetIndexer().ListIndexFuncValues(GroupIndex)
+// counter counts an informer's events in n. Handlers run after the cache
+// has the change, so a reader that sees n unchanged since it listed the cache
+// has seen every change.
+func counter(n *atomic.Uint64) cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { n.Add(1) },
+		UpdateFunc: func(any, any) { n.Add(1) },
+		DeleteFunc: func(any) { n.Add(1) },
+	}
 }
 
-// Members returns the managed Deployments of a group, sorted by name. They
-// come from the cache: callers must not change them.
-func (inf *Informers) Members(key string) ([]*appsv1.Deployment, error) {
-	objs, err := inf.deployments.GetIndexer().ByIndex(GroupIndex, key)
-	if err != nil {
-		return nil, fmt.Errorf("listing group %s: %w", key, err)
-	}
-	out := make([]*appsv1.Deployment, 0, len(objs))
-	for _, o := range objs {
-		out = append(out, o.(*appsv1.Deployment))
-	}
-	slices.SortFunc(out, func(a, b *appsv1.Deployment) int { return cmpString(a.Name, b.Name) })
-	return out, nil
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-func enqueue(obj any, onGroup func(string)) {
-	if onGroup == nil {
-		return
-	}
+func (inf *Informers) markDirty(obj any) {
 	if d, ok := obj.(*appsv1.Deployment); ok {
 		if k, ok := GroupKey(d); ok {
-			onGroup(k)
+			inf.groupsMu.Lock()
+			inf.dirty[k] = true
+			inf.groupsMu.Unlock()
 		}
 	}
 }
 
-// relevantSame reports whether nothing the controller reads changed: the
-// microscaling.com/* annotations, replicas asked for and ready.
-func relevantSame(a, b *appsv1.Deployment) bool {
-	return ptrEq(a.Spec.Replicas, b.Spec.Replicas) &&
-		a.Status.ReadyReplicas == b.Status.ReadyReplicas &&
-		maps.EqualFunc(ours(a.Annotations), ours(b.Annotations), func(x, y string) bool { return x == y })
-}
-
-func ptrEq(a, b *int32) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
-
-func ours(ann map[string]string) map[string]string {
-	out := map[string]string{}
-	for k, v := range ann {
-		if strings.HasPrefix(k, annotations.Prefix) {
-			out[k] = v
+// Groups returns the managed Deployments of every group by namespace/group,
+// each sorted by name. They come from the cache, and the map is shared until
+// a Deployment changes: callers must not change either. Only the groups whose
+// members changed since the last call are listed again.
+func (inf *Informers) Groups() map[string][]*appsv1.Deployment {
+	inf.groupsMu.Lock()
+	defer inf.groupsMu.Unlock()
+	if inf.groups != nil && len(inf.dirty) == 0 {
+		return inf.groups
+	}
+	next := maps.Clone(inf.groups)
+	dirty := inf.dirty
+	if next == nil {
+		next = map[string][]*appsv1.Deployment{}
+		for _, k := range inf.deployments.GetIndexer().ListIndexFuncValues(groupIndex) {
+			dirty[k] = true
 		}
 	}
-	return out
+	for k := range dirty {
+		objs, err := inf.deployments.GetIndexer().ByIndex(groupIndex, k)
+		if err != nil || len(objs) == 0 { // err: no such index, which New adds
+			delete(next, k)
+			continue
+		}
+		ds := make([]*appsv1.Deployment, len(objs))
+		for i, o := range objs {
+			ds[i] = o.(*appsv1.Deployment)
+		}
+		slices.SortFunc(ds, func(a, b *appsv1.Deployment) int { return strings.Compare(a.Name, b.Name) })
+		next[k] = ds
+	}
+	inf.groups, inf.dirty = next, map[string]bool{}
+	return next
 }
 
 // slim drops what the controller never reads, to keep the caches small:

@@ -24,10 +24,9 @@ import (
 // Cluster is what the loop reads of the cluster; package informer
 // implements it from shared informer caches.
 type Cluster interface {
-	GroupKeys() []string
-	// Members returns a group's managed Deployments from the cache; callers
-	// must not change them.
-	Members(key string) ([]*appsv1.Deployment, error)
+	// Groups returns each group's managed Deployments by group key, from
+	// the cache; callers must not change them.
+	Groups() map[string][]*appsv1.Deployment
 	// Capacity reads nodes and pods; it is called at most once a tick.
 	Capacity() (Capacity, error)
 }
@@ -203,15 +202,10 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 		early = make(chan Readings, 1)
 		go func() { early <- c.queues.Read(ctx, slices.Collect(maps.Keys(prev))) }()
 	}
-	keys := c.cluster.GroupKeys()
+	groups := c.cluster.Groups()
 	refs := map[annotations.QueueRef]bool{}
-	members := make(map[string][]memberRef, len(keys))
-	for _, k := range keys {
-		ds, err := c.cluster.Members(k)
-		if err != nil {
-			utilruntime.HandleErrorWithContext(ctx, err, "listing group members", "group", k)
-			continue
-		}
+	members := make(map[string][]memberRef, len(groups))
+	for k, ds := range groups {
 		ms := make([]memberRef, len(ds))
 		for i, d := range ds {
 			st := c.state(ctx, d)
@@ -234,8 +228,8 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 	}
 	c.lastRefs = refs
 	t := &tick{at: now, readings: readings, members: members}
-	t.pending.Add(len(keys))
-	for _, k := range keys {
+	t.pending.Add(len(members))
+	for k := range members {
 		c.queue.Add(work{key: k, tick: t})
 	}
 	// Wait for this tick's groups so that ticks never overlap.
@@ -357,7 +351,6 @@ type member struct {
 
 // sync decides one group on tick t and writes what changed.
 func (c *Controller) sync(ctx context.Context, key string, t *tick) {
-	logger := klog.FromContext(ctx).WithValues("group", key)
 	refs := t.members[key]
 	ms := make([]member, 0, len(refs))
 	budget := int32(0)
@@ -445,7 +438,7 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) {
 		if m.spec.Paused || d.Replicas == m.cur {
 			continue
 		}
-		c.write(ctx, logger, m, d, key)
+		c.write(ctx, m, d, key)
 	}
 }
 
@@ -529,7 +522,8 @@ func (c *Controller) fillRoom(ctx context.Context, g *Group, ms []member, t *tic
 	klog.FromContext(ctx).Info("capacity unknown: remainders hold", "err", err)
 }
 
-func (c *Controller) write(ctx context.Context, logger klog.Logger, m *member, d Decision, group string) {
+func (c *Controller) write(ctx context.Context, m *member, d Decision, group string) {
+	logger := klog.FromContext(ctx).WithValues("group", group)
 	dir := "up"
 	if d.Replicas < m.cur {
 		dir = "down"

@@ -24,15 +24,8 @@ type fakeCluster struct {
 	groups map[string][]*appsv1.Deployment
 }
 
-func (f *fakeCluster) GroupKeys() []string {
-	var out []string
-	for k := range f.groups {
-		out = append(out, k)
-	}
-	return out
-}
-func (f *fakeCluster) Members(k string) ([]*appsv1.Deployment, error) { return f.groups[k], nil }
-func (f *fakeCluster) Capacity() (Capacity, error)                    { return nil, errors.New("no nodes in this test") }
+func (f *fakeCluster) Groups() map[string][]*appsv1.Deployment { return f.groups }
+func (f *fakeCluster) Capacity() (Capacity, error)             { return nil, errors.New("no nodes in this test") }
 
 type fakeQueues struct {
 	mu      sync.Mutex // guards backlog and err

@@ -10,8 +10,10 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/microscaling/microscaling/test/harness"
 	"github.com/microscaling/microscaling/test/workload"
@@ -52,12 +54,14 @@ func TestReactionTime(t *testing.T) {
 // asked for more than from replicas.
 func reaction(t *testing.T, s *harness.Stack, ns, name string, from int32, topic string, n int) time.Duration {
 	t.Helper()
-	d, err := s.Client.AppsV1().Deployments(ns).Get(t.Context(), name, metav1.GetOptions{})
+	// List, then watch from the list's resourceVersion: the Deployment's own
+	// may be older than the watch cache keeps (410 Gone) after much churn.
+	sel := fields.OneTermEqualSelector("metadata.name", name).String()
+	list, err := s.Client.AppsV1().Deployments(ns).List(t.Context(), metav1.ListOptions{FieldSelector: sel})
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := s.Client.AppsV1().Deployments(ns).Watch(t.Context(), metav1.ListOptions{
-		FieldSelector: fields.OneTermEqualSelector("metadata.name", name).String(), ResourceVersion: d.ResourceVersion})
+	w, err := s.Client.AppsV1().Deployments(ns).Watch(t.Context(), metav1.ListOptions{FieldSelector: sel, ResourceVersion: list.ResourceVersion})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +74,13 @@ func reaction(t *testing.T, s *harness.Stack, ns, name string, from int32, topic
 	timeout := time.After(30 * time.Second)
 	for {
 		select {
-		case ev := <-w.ResultChan():
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				t.Fatalf("%s/%s: watch closed before a scale-up", ns, name)
+			}
+			if ev.Type == watch.Error {
+				t.Fatalf("%s/%s: watch: %v", ns, name, apierrors.FromObject(ev.Object))
+			}
 			if dd, ok := ev.Object.(*appsv1.Deployment); ok && *dd.Spec.Replicas > from {
 				return time.Since(sent)
 			}

@@ -242,7 +242,7 @@ func (s *Stack) startControllers(ctx context.Context) error {
 			"--kubeconfig=" + s.Kubeconfig, "--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(ports[0]),
 			"--leader-elect=false", "--service-account-private-key-file=" + s.pki.saKey,
 			"--use-service-account-credentials=false", "--controllers=*", "--concurrent-deployment-syncs=10",
-			"--concurrent-replicaset-syncs=10",
+			"--concurrent-replicaset-syncs=10", "--kube-api-qps=500", "--kube-api-burst=1000",
 		},
 	}
 	sched := &process{

@@ -77,6 +77,8 @@ type Controller struct {
 	ticks    uint64 // ticks begun; only Run's goroutine touches it
 	// lastRefs are the queues the last tick read; only Run's goroutine touches it.
 	lastRefs map[annotations.QueueRef]bool
+	// groups is the state of each group; only Run's goroutine touches the map.
+	groups map[string]*groupState
 
 	mu      sync.RWMutex // guards members and each memberState's fields before rates
 	members map[memberKey]*memberState
@@ -124,6 +126,19 @@ type memberGauges struct {
 	hasBacklog, hasTarget, decided bool
 }
 
+// groupState is what the controller remembers of one group; only the worker
+// deciding the group on a tick touches it.
+type groupState struct {
+	// quiet: the last decision changed nothing. While the members, the
+	// room and what each queue rule wants stay as they were, the allocation
+	// would give the same again, so it is skipped.
+	quiet bool
+	refs  []memberRef // the members at that decision
+	rvs   []string    // and their resourceVersions
+	wants []int32     // what each decided member wanted, in the order sync decides them
+	room  Capacity    // the capacity it packed into; nil when it needed none
+}
+
 // memberRef is a listed member of a group with its state.
 type memberRef struct {
 	d  *appsv1.Deployment
@@ -135,6 +150,7 @@ type tick struct {
 	readings Readings
 	// members of each group, listed once for the whole tick; read-only.
 	members map[string][]memberRef
+	groups  map[string]*groupState
 	pending sync.WaitGroup // groups of this tick not decided yet
 
 	capOnce sync.Once
@@ -155,7 +171,7 @@ func New(cfg Config, cluster Cluster, queues Queues, writer Writer, recorder rec
 	return &Controller{
 		cfg: cfg, cluster: cluster, queues: queues, writer: writer, recorder: recorder, metrics: metrics, clock: clk,
 		queue:   workqueue.NewTypedWithConfig(workqueue.TypedQueueConfig[work]{Name: "microscaling"}),
-		members: map[memberKey]*memberState{},
+		members: map[memberKey]*memberState{}, groups: map[string]*groupState{},
 	}
 }
 
@@ -217,6 +233,14 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 			}
 		}
 		members[k] = ms
+		if c.groups[k] == nil {
+			c.groups[k] = &groupState{}
+		}
+	}
+	for k := range c.groups {
+		if _, ok := members[k]; !ok {
+			delete(c.groups, k)
+		}
 	}
 	c.forgetUnseen()
 	var readings Readings
@@ -227,7 +251,7 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 		readings = c.queues.Read(ctx, slices.Collect(maps.Keys(refs)))
 	}
 	c.lastRefs = refs
-	t := &tick{at: now, readings: readings, members: members}
+	t := &tick{at: now, readings: readings, members: members, groups: c.groups}
 	t.pending.Add(len(members))
 	for k := range members {
 		c.queue.Add(work{key: k, tick: t})
@@ -351,7 +375,11 @@ type member struct {
 
 // sync decides one group on tick t and writes what changed.
 func (c *Controller) sync(ctx context.Context, key string, t *tick) {
-	refs := t.members[key]
+	refs, gs := t.members[key], t.groups[key]
+	if gs.quiet && c.stillQuiet(key, gs, refs, t) {
+		return
+	}
+	gs.quiet = false
 	ms := make([]member, 0, len(refs))
 	budget := int32(0)
 	for _, ref := range refs {
@@ -408,8 +436,9 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) {
 	for i, m := range ms {
 		g.Members[i] = m.alloc
 	}
+	var room Capacity
 	if needsRoom(ms) {
-		c.fillRoom(ctx, &g, ms, t)
+		room = c.fillRoom(ctx, &g, ms, t)
 	} else {
 		// A lone queue member is never held back by node room: no nodes to
 		// pack, and its pods beyond them may ask a cluster autoscaler for more.
@@ -440,6 +469,102 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) {
 		}
 		c.write(ctx, m, d, key)
 	}
+	c.noteQuiet(gs, refs, ms, decisions, room, needsRoom(ms))
+}
+
+// noteQuiet remembers whether the group's decision just made changed
+// nothing; if so, the next tick may skip the allocation when its inputs are
+// the same.
+func (c *Controller) noteQuiet(gs *groupState, refs []memberRef, ms []member, decisions []Decision, room Capacity, needed bool) {
+	if needed && room == nil {
+		return // capacity unknown: remainders held, decide again
+	}
+	gs.wants = gs.wants[:0]
+	for i := range ms {
+		if decisions[i].Replicas != ms[i].cur {
+			return
+		}
+		gs.wants = append(gs.wants, ms[i].alloc.Want)
+	}
+	gs.quiet, gs.room = true, room
+	gs.refs = append(gs.refs[:0], refs...)
+	gs.rvs = gs.rvs[:0]
+	for _, r := range refs {
+		gs.rvs = append(gs.rvs, r.d.ResourceVersion)
+	}
+}
+
+// stillQuiet runs the queue rule of a quiet group's members, as a decision
+// would, and reports whether every input of the allocation is as it was:
+// the same members at the same resourceVersions, the same room, and the
+// same replicas wanted by each queue rule. Then the allocation would give
+// the same decisions, which changed nothing, and only the dashboard's points
+// are recorded. A queue that cannot be read, or could not on the last tick,
+// is left to the full decision, which tells of it.
+func (c *Controller) stillQuiet(key string, gs *groupState, refs []memberRef, t *tick) bool {
+	if len(refs) != len(gs.refs) {
+		return false
+	}
+	for i, r := range refs {
+		if r.st != gs.refs[i].st || r.d.ResourceVersion != gs.rvs[i] {
+			return false
+		}
+	}
+	if gs.room != nil {
+		if capacity, err := t.capacity(c.cluster); err != nil || capacity != gs.room {
+			return false
+		}
+	}
+	specs := make([]*annotations.Spec, 0, len(refs))
+	c.mu.RLock()
+	for _, r := range refs {
+		specs = append(specs, r.st.spec)
+	}
+	c.mu.RUnlock()
+	n := 0 // members decided: those with a spec, as in sync
+	for i, r := range refs {
+		spec := specs[i]
+		if spec == nil {
+			continue
+		}
+		want := gs.wants[n]
+		n++
+		if spec.Rule != annotations.RuleQueue || spec.Paused {
+			continue
+		}
+		sum, err := readQueues(spec, t)
+		if err != nil {
+			return false
+		}
+		st := r.st
+		st.mu.Lock()
+		if st.unreadable {
+			st.mu.Unlock()
+			return false
+		}
+		ready := r.d.Status.ReadyReplicas
+		st.rates.Observe(QueueSample{Time: t.at, Backlog: sum.Backlog, Arrived: sum.Arrived, Ready: ready})
+		st.gauges.backlog = sum.Backlog
+		d := DecideQueue(QueuePolicy{Target: spec.TargetQueueLength, Min: spec.MinReplicas, Max: spec.MaxReplicas,
+			MaxDelta: spec.MaxDelta, ScaleDownDelay: spec.ScaleDownDelay},
+			QueueInput{Now: t.at, Current: st.gauges.current, Ready: ready, BacklogKnown: true, Backlog: sum.Backlog, Rates: st.rates}, &st.queue)
+		st.mu.Unlock()
+		if d.Replicas != want {
+			return false
+		}
+	}
+	for i, r := range refs {
+		spec := specs[i]
+		if spec == nil {
+			continue
+		}
+		r.st.mu.Lock()
+		g := r.st.gauges
+		c.cfg.History.record(r.st.hist, key, string(spec.Rule), spec.Priority, Point{
+			T: t.at.UnixMilli(), Backlog: float64(g.backlog), Target: float64(spec.TargetQueueLength), Desired: g.desired, Current: g.current})
+		r.st.mu.Unlock()
+	}
+	return true
 }
 
 // noticeExternalScale tells that someone else set the replicas of a managed
@@ -459,19 +584,23 @@ func needsRoom(ms []member) bool {
 	return len(ms) > 1 || ms[0].spec.Rule == annotations.RuleRemainder
 }
 
-// decideQueue reads the member's queues from the tick and applies the queue rule.
-func (c *Controller) decideQueue(m *member, t *tick) {
+// readQueues sums a member's queues from the tick's readings.
+func readQueues(spec *annotations.Spec, t *tick) (QueueReading, error) {
 	var sum QueueReading
-	var readErr error
-	for _, q := range m.spec.Queues {
+	for _, q := range spec.Queues {
 		r, err := t.readings.Reading(q)
 		if err != nil {
-			readErr = err
-			break
+			return QueueReading{}, err
 		}
 		sum.Backlog += r.Backlog
 		sum.Arrived += r.Arrived
 	}
+	return sum, nil
+}
+
+// decideQueue reads the member's queues from the tick and applies the queue rule.
+func (c *Controller) decideQueue(m *member, t *tick) {
+	sum, readErr := readQueues(m.spec, t)
 	st := m.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -497,8 +626,9 @@ func (c *Controller) decideQueue(m *member, t *tick) {
 	m.reason = d.Reason
 }
 
-// fillRoom puts the cluster's room into g; without it, remainders hold.
-func (c *Controller) fillRoom(ctx context.Context, g *Group, ms []member, t *tick) {
+// fillRoom puts the cluster's room into g and returns the capacity it came
+// from; without it (nil), remainders hold.
+func (c *Controller) fillRoom(ctx context.Context, g *Group, ms []member, t *tick) Capacity {
 	capacity, err := t.capacity(c.cluster)
 	if err == nil {
 		var room Room
@@ -516,10 +646,11 @@ func (c *Controller) fillRoom(ctx context.Context, g *Group, ms []member, t *tic
 				g.Members[i].Pending = room.Pending[i]
 				g.Members[i].Pod = ms[i].pod
 			}
-			return
+			return capacity
 		}
 	}
 	klog.FromContext(ctx).Info("capacity unknown: remainders hold", "err", err)
+	return nil
 }
 
 func (c *Controller) write(ctx context.Context, m *member, d Decision, group string) {

@@ -28,8 +28,9 @@ func (f *fakeCluster) Groups() map[string][]*appsv1.Deployment { return f.groups
 func (f *fakeCluster) Capacity() (Capacity, error)             { return nil, errors.New("no nodes in this test") }
 
 type fakeQueues struct {
-	mu      sync.Mutex // guards backlog and err
+	mu      sync.Mutex // guards backlog, arrived and err
 	backlog int64
+	arrived int64
 	err     error
 }
 
@@ -37,7 +38,7 @@ func (f *fakeQueues) Read(context.Context, []annotations.QueueRef) Readings { re
 func (f *fakeQueues) Reading(annotations.QueueRef) (QueueReading, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return QueueReading{Backlog: f.backlog}, f.err
+	return QueueReading{Backlog: f.backlog, Arrived: f.arrived}, f.err
 }
 
 type fakeWriter struct {
@@ -62,6 +63,20 @@ func (f *fakeWriter) take() []string {
 	return w
 }
 
+// runWorkers runs c's workers until the test ends; the test runs the ticks.
+func runWorkers(t *testing.T, c *Controller) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			for c.processNext(ctx) {
+			}
+		})
+	}
+	t.Cleanup(func() { cancel(); c.queue.ShutDown(); wg.Wait() })
+	return ctx
+}
+
 func TestControllerTicks(t *testing.T) {
 	replicas := int32(1)
 	consumer := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "consumer", Namespace: "ns", ResourceVersion: "1",
@@ -74,15 +89,7 @@ func TestControllerTicks(t *testing.T) {
 	rec := record.NewFakeRecorder(100)
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	c := New(Config{Interval: time.Second, Workers: 2}, cluster, queues, writer, rec, NewMetrics(prometheus.NewRegistry()), clk)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for range 2 {
-		wg.Go(func() {
-			for c.processNext(ctx) {
-			}
-		})
-	}
-	defer func() { cancel(); c.queue.ShutDown(); wg.Wait() }()
+	ctx := runWorkers(t, c)
 	tick := func() []string {
 		clk.Step(time.Second)
 		c.runTick(ctx, clk.Now())
@@ -205,15 +212,7 @@ func TestControllerReadsNewQueuesOnTheirFirstTick(t *testing.T) {
 	writer := &fakeWriter{}
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	c := New(Config{Interval: time.Second, Workers: 2}, cluster, queues, writer, record.NewFakeRecorder(100), NewMetrics(prometheus.NewRegistry()), clk)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for range 2 {
-		wg.Go(func() {
-			for c.processNext(ctx) {
-			}
-		})
-	}
-	defer func() { cancel(); c.queue.ShutDown(); wg.Wait() }()
+	ctx := runWorkers(t, c)
 	steps := []struct {
 		name         string
 		add          string // a group with a consumer on this host, added before the tick
@@ -237,6 +236,67 @@ func TestControllerReadsNewQueuesOnTheirFirstTick(t *testing.T) {
 		}
 		if got := strings.Join(writes, ","); got != st.write {
 			t.Errorf("%s: writes %q, want %q", st.name, got, st.write)
+		}
+	}
+}
+
+// A group whose last decision changed nothing is quiet: the next tick runs
+// its queue rules but skips the allocation while every input of it is the
+// same; any change of a queue, of a member or of a read is decided in full on
+// that same tick, with the same writes and Events as without the shortcut.
+func TestQuietGroupsWakeOnAnyChange(t *testing.T) {
+	replicas := int32(1)
+	consumer := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "consumer", Namespace: "ns", ResourceVersion: "1",
+		Annotations: map[string]string{annotations.Queue: "nsq://h:1/t/c", annotations.TargetQueueLength: "10",
+			annotations.MinReplicas: "1", annotations.MaxReplicas: "5", annotations.ScaleDownDelay: "0s"}},
+		Spec: appsv1.DeploymentSpec{Replicas: &replicas}}
+	cluster := &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/consumer": {consumer}}}
+	queues := &fakeQueues{}
+	writer := &fakeWriter{}
+	rec := record.NewFakeRecorder(100)
+	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	c := New(Config{Interval: time.Second, Workers: 2}, cluster, queues, writer, rec, NewMetrics(prometheus.NewRegistry()), clk)
+	ctx := runWorkers(t, c)
+	steps := []struct {
+		name             string
+		backlog, arrived int64
+		err              error
+		touch            bool // a new resourceVersion, as any change of the Deployment gives
+		write, event     string
+		quiet            bool // after the tick
+	}{
+		{name: "first decision changes nothing", quiet: true},
+		{name: "still empty: quiet", quiet: true},
+		{name: "messages came and went within the tick: one replica still wanted", arrived: 40, quiet: true},
+		{name: "a backlog wakes it on the same tick", backlog: 30, arrived: 70, write: "consumer=3", event: "Scaled consumer 1 -> 3"},
+		{name: "drained: down to min", arrived: 70, write: "consumer=1", event: "Scaled consumer 3 -> 1"},
+		{name: "idle at min", arrived: 70, quiet: true},
+		{name: "an unreadable quiet group is told of and held", arrived: 70, err: errors.New("nsqd down"), event: "QueueUnreadable", quiet: true},
+		{name: "readable again: told of", arrived: 70, event: "QueueReadable", quiet: true},
+		{name: "a changed Deployment is decided", arrived: 70, touch: true, quiet: true},
+		{name: "a backlog again", backlog: 50, arrived: 120, write: "consumer=5", event: "Scaled consumer 1 -> 5"},
+	}
+	for _, st := range steps {
+		queues.mu.Lock()
+		queues.backlog, queues.arrived, queues.err = st.backlog, st.arrived, st.err
+		queues.mu.Unlock()
+		if st.touch {
+			consumer.ResourceVersion += "t"
+		}
+		clk.Step(time.Second)
+		c.runTick(ctx, clk.Now())
+		if got := strings.Join(writer.take(), ","); got != st.write {
+			t.Errorf("%s: writes %q, want %q", st.name, got, st.write)
+		}
+		var evs []string
+		for len(rec.Events) > 0 {
+			evs = append(evs, <-rec.Events)
+		}
+		if (st.event == "") != (len(evs) == 0) || !strings.Contains(strings.Join(evs, "|"), st.event) {
+			t.Errorf("%s: events %q, want one with %q", st.name, evs, st.event)
+		}
+		if got := c.groups["ns/consumer"].quiet; got != st.quiet {
+			t.Errorf("%s: quiet = %v, want %v", st.name, got, st.quiet)
 		}
 	}
 }

@@ -545,8 +545,7 @@ func (c *Controller) stillQuiet(key string, gs *groupState, refs []memberRef, t 
 		ready := r.d.Status.ReadyReplicas
 		st.rates.Observe(QueueSample{Time: t.at, Backlog: sum.Backlog, Arrived: sum.Arrived, Ready: ready})
 		st.gauges.backlog = sum.Backlog
-		d := DecideQueue(QueuePolicy{Target: spec.TargetQueueLength, Min: spec.MinReplicas, Max: spec.MaxReplicas,
-			MaxDelta: spec.MaxDelta, ScaleDownDelay: spec.ScaleDownDelay},
+		d := DecideQueue(queuePolicy(spec),
 			QueueInput{Now: t.at, Current: st.gauges.current, Ready: ready, BacklogKnown: true, Backlog: sum.Backlog, Rates: st.rates}, &st.queue)
 		st.mu.Unlock()
 		if d.Replicas != want {
@@ -582,6 +581,10 @@ func (c *Controller) noticeExternalScale(d *appsv1.Deployment, spec *annotations
 
 func needsRoom(ms []member) bool {
 	return len(ms) > 1 || ms[0].spec.Rule == annotations.RuleRemainder
+}
+
+func queuePolicy(s *annotations.Spec) QueuePolicy {
+	return QueuePolicy{Target: s.TargetQueueLength, Min: s.MinReplicas, Max: s.MaxReplicas, MaxDelta: s.MaxDelta, ScaleDownDelay: s.ScaleDownDelay}
 }
 
 // readQueues sums a member's queues from the tick's readings.
@@ -620,8 +623,7 @@ func (c *Controller) decideQueue(m *member, t *tick) {
 		st.gauges.backlog, st.gauges.hasBacklog = sum.Backlog, true
 	}
 	st.gauges.target, st.gauges.hasTarget = m.spec.TargetQueueLength, true
-	d := DecideQueue(QueuePolicy{Target: m.spec.TargetQueueLength, Min: m.spec.MinReplicas, Max: m.spec.MaxReplicas,
-		MaxDelta: m.spec.MaxDelta, ScaleDownDelay: m.spec.ScaleDownDelay}, in, &st.queue)
+	d := DecideQueue(queuePolicy(m.spec), in, &st.queue)
 	m.alloc.Want = d.Replicas
 	m.reason = d.Reason
 }

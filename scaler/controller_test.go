@@ -77,19 +77,38 @@ func runWorkers(t *testing.T, c *Controller) context.Context {
 	return ctx
 }
 
-func TestControllerTicks(t *testing.T) {
+// consumerFixture is a controller deciding one queue consumer (min 1, max 5,
+// target 10, no scale-down delay) at 1 replica, on a fake clock.
+type consumerFixture struct {
+	consumer *appsv1.Deployment
+	cluster  *fakeCluster
+	queues   *fakeQueues
+	writer   *fakeWriter
+	rec      *record.FakeRecorder
+	clk      *clocktesting.FakeClock
+	c        *Controller
+	ctx      context.Context
+}
+
+func newConsumerFixture(t *testing.T) consumerFixture {
 	replicas := int32(1)
-	consumer := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "consumer", Namespace: "ns", ResourceVersion: "1",
-		Annotations: map[string]string{annotations.Queue: "nsq://h:1/t/c", annotations.TargetQueueLength: "10",
-			annotations.MinReplicas: "1", annotations.MaxReplicas: "5", annotations.ScaleDownDelay: "0s"}},
-		Spec: appsv1.DeploymentSpec{Replicas: &replicas}}
-	cluster := &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/consumer": {consumer}}}
-	queues := &fakeQueues{}
-	writer := &fakeWriter{}
-	rec := record.NewFakeRecorder(100)
-	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	c := New(Config{Interval: time.Second, Workers: 2}, cluster, queues, writer, rec, NewMetrics(prometheus.NewRegistry()), clk)
-	ctx := runWorkers(t, c)
+	f := consumerFixture{
+		consumer: &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "consumer", Namespace: "ns", ResourceVersion: "1",
+			Annotations: map[string]string{annotations.Queue: "nsq://h:1/t/c", annotations.TargetQueueLength: "10",
+				annotations.MinReplicas: "1", annotations.MaxReplicas: "5", annotations.ScaleDownDelay: "0s"}},
+			Spec: appsv1.DeploymentSpec{Replicas: &replicas}},
+		queues: &fakeQueues{}, writer: &fakeWriter{}, rec: record.NewFakeRecorder(100),
+		clk: clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)),
+	}
+	f.cluster = &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/consumer": {f.consumer}}}
+	f.c = New(Config{Interval: time.Second, Workers: 2}, f.cluster, f.queues, f.writer, f.rec, NewMetrics(prometheus.NewRegistry()), f.clk)
+	f.ctx = runWorkers(t, f.c)
+	return f
+}
+
+func TestControllerTicks(t *testing.T) {
+	f := newConsumerFixture(t)
+	cluster, queues, writer, rec, clk, c, ctx := f.cluster, f.queues, f.writer, f.rec, f.clk, f.c, f.ctx
 	tick := func() []string {
 		clk.Step(time.Second)
 		c.runTick(ctx, clk.Now())
@@ -245,18 +264,8 @@ func TestControllerReadsNewQueuesOnTheirFirstTick(t *testing.T) {
 // same; any change of a queue, of a member or of a read is decided in full on
 // that same tick, with the same writes and Events as without the shortcut.
 func TestQuietGroupsWakeOnAnyChange(t *testing.T) {
-	replicas := int32(1)
-	consumer := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "consumer", Namespace: "ns", ResourceVersion: "1",
-		Annotations: map[string]string{annotations.Queue: "nsq://h:1/t/c", annotations.TargetQueueLength: "10",
-			annotations.MinReplicas: "1", annotations.MaxReplicas: "5", annotations.ScaleDownDelay: "0s"}},
-		Spec: appsv1.DeploymentSpec{Replicas: &replicas}}
-	cluster := &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/consumer": {consumer}}}
-	queues := &fakeQueues{}
-	writer := &fakeWriter{}
-	rec := record.NewFakeRecorder(100)
-	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	c := New(Config{Interval: time.Second, Workers: 2}, cluster, queues, writer, rec, NewMetrics(prometheus.NewRegistry()), clk)
-	ctx := runWorkers(t, c)
+	f := newConsumerFixture(t)
+	consumer, queues, writer, rec, clk, c, ctx := f.consumer, f.queues, f.writer, f.rec, f.clk, f.c, f.ctx
 	steps := []struct {
 		name             string
 		backlog, arrived int64

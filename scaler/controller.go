@@ -132,11 +132,32 @@ type groupState struct {
 	// quiet: the last decision changed nothing. While the members, the
 	// room and what each queue rule wants stay as they were, the allocation
 	// would give the same again, so it is skipped.
-	quiet bool
-	refs  []memberRef // the members at that decision
-	rvs   []string    // and their resourceVersions
-	wants []int32     // what each decided member wanted, in the order sync decides them
-	room  Capacity    // the capacity it packed into; nil when it needed none
+	quiet  bool
+	inputs []allocInput // each decided member's, at that decision
+	room   Capacity     // the capacity it packed into; nil when it needed none
+}
+
+// allocInput is what one member brought to an allocation: its state, its
+// resourceVersion (its spec, replicas and pod template) and what its queue
+// rule wanted.
+type allocInput struct {
+	st   *memberState
+	rv   string
+	want int32
+}
+
+// unchanged reports whether a quiet group's members bring what they brought
+// to its last allocation, into the same room.
+func (gs *groupState) unchanged(ms []member, room Capacity) bool {
+	if !gs.quiet || len(ms) != len(gs.inputs) || room != gs.room {
+		return false
+	}
+	for i := range ms {
+		if in := gs.inputs[i]; ms[i].st != in.st || ms[i].d.ResourceVersion != in.rv || ms[i].alloc.Want != in.want {
+			return false
+		}
+	}
+	return true
 }
 
 // memberRef is a listed member of a group with its state.
@@ -376,10 +397,6 @@ type member struct {
 // sync decides one group on tick t and writes what changed.
 func (c *Controller) sync(ctx context.Context, key string, t *tick) {
 	refs, gs := t.members[key], t.groups[key]
-	if gs.quiet && c.stillQuiet(key, gs, refs, t) {
-		return
-	}
-	gs.quiet = false
 	ms := make([]member, 0, len(refs))
 	budget := int32(0)
 	for _, ref := range refs {
@@ -432,12 +449,28 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) {
 			c.decideQueue(m, t)
 		}
 	}
+	needed := needsRoom(ms)
+	if gs.quiet {
+		var room Capacity
+		var err error
+		if needed {
+			room, err = t.capacity(c.cluster)
+		}
+		if err == nil && gs.unchanged(ms, room) {
+			// The allocation would give the same decisions, which changed nothing.
+			for i := range ms {
+				c.record(key, &ms[i], ms[i].cur, t)
+			}
+			return
+		}
+	}
+	gs.quiet = false
 	g := Group{Budget: budget, Members: make([]Member, len(ms))}
 	for i, m := range ms {
 		g.Members[i] = m.alloc
 	}
 	var room Capacity
-	if needsRoom(ms) {
+	if needed {
 		room = c.fillRoom(ctx, &g, ms, t)
 	} else {
 		// A lone queue member is never held back by node room: no nodes to
@@ -455,115 +488,38 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) {
 	})
 	for _, i := range order {
 		m, d := &ms[i], decisions[i]
-		m.st.mu.Lock()
-		g := &m.st.gauges
-		g.desired, g.current, g.decided = d.Replicas, m.cur, true
-		if m.st.hist == nil {
-			m.st.hist = c.cfg.History.member(m.d.Namespace, m.d.Name)
-		}
-		c.cfg.History.record(m.st.hist, key, string(m.spec.Rule), m.spec.Priority, Point{
-			T: t.at.UnixMilli(), Backlog: float64(g.backlog), Target: float64(m.spec.TargetQueueLength), Desired: d.Replicas, Current: m.cur})
-		m.st.mu.Unlock()
+		c.record(key, m, d.Replicas, t)
 		if m.spec.Paused || d.Replicas == m.cur {
 			continue
 		}
 		c.write(ctx, m, d, key)
 	}
-	c.noteQuiet(gs, refs, ms, decisions, room, needsRoom(ms))
-}
-
-// noteQuiet remembers whether the group's decision just made changed
-// nothing; if so, the next tick may skip the allocation when its inputs are
-// the same.
-func (c *Controller) noteQuiet(gs *groupState, refs []memberRef, ms []member, decisions []Decision, room Capacity, needed bool) {
 	if needed && room == nil {
-		return // capacity unknown: remainders held, decide again
+		return // capacity unknown: remainders held, decide in full again
 	}
-	gs.wants = gs.wants[:0]
 	for i := range ms {
 		if decisions[i].Replicas != ms[i].cur {
 			return
 		}
-		gs.wants = append(gs.wants, ms[i].alloc.Want)
 	}
-	gs.quiet, gs.room = true, room
-	gs.refs = append(gs.refs[:0], refs...)
-	gs.rvs = gs.rvs[:0]
-	for _, r := range refs {
-		gs.rvs = append(gs.rvs, r.d.ResourceVersion)
+	gs.quiet, gs.room, gs.inputs = true, room, gs.inputs[:0]
+	for _, m := range ms {
+		gs.inputs = append(gs.inputs, allocInput{st: m.st, rv: m.d.ResourceVersion, want: m.alloc.Want})
 	}
 }
 
-// stillQuiet runs the queue rule of a quiet group's members, as a decision
-// would, and reports whether every input of the allocation is as it was:
-// the same members at the same resourceVersions, the same room, and the
-// same replicas wanted by each queue rule. Then the allocation would give
-// the same decisions, which changed nothing, and only the dashboard's points
-// are recorded. A queue that cannot be read, or could not on the last tick,
-// is left to the full decision, which tells of it.
-func (c *Controller) stillQuiet(key string, gs *groupState, refs []memberRef, t *tick) bool {
-	if len(refs) != len(gs.refs) {
-		return false
+// record sets a member's gauges to the group's decision and adds it to the
+// dashboard's history.
+func (c *Controller) record(group string, m *member, desired int32, t *tick) {
+	m.st.mu.Lock()
+	defer m.st.mu.Unlock()
+	g := &m.st.gauges
+	g.desired, g.current, g.decided = desired, m.cur, true
+	if m.st.hist == nil {
+		m.st.hist = c.cfg.History.member(m.d.Namespace, m.d.Name)
 	}
-	for i, r := range refs {
-		if r.st != gs.refs[i].st || r.d.ResourceVersion != gs.rvs[i] {
-			return false
-		}
-	}
-	if gs.room != nil {
-		if capacity, err := t.capacity(c.cluster); err != nil || capacity != gs.room {
-			return false
-		}
-	}
-	specs := make([]*annotations.Spec, 0, len(refs))
-	c.mu.RLock()
-	for _, r := range refs {
-		specs = append(specs, r.st.spec)
-	}
-	c.mu.RUnlock()
-	n := 0 // members decided: those with a spec, as in sync
-	for i, r := range refs {
-		spec := specs[i]
-		if spec == nil {
-			continue
-		}
-		want := gs.wants[n]
-		n++
-		if spec.Rule != annotations.RuleQueue || spec.Paused {
-			continue
-		}
-		sum, err := readQueues(spec, t)
-		if err != nil {
-			return false
-		}
-		st := r.st
-		st.mu.Lock()
-		if st.unreadable {
-			st.mu.Unlock()
-			return false
-		}
-		ready := r.d.Status.ReadyReplicas
-		st.rates.Observe(QueueSample{Time: t.at, Backlog: sum.Backlog, Arrived: sum.Arrived, Ready: ready})
-		st.gauges.backlog = sum.Backlog
-		d := DecideQueue(queuePolicy(spec),
-			QueueInput{Now: t.at, Current: st.gauges.current, Ready: ready, BacklogKnown: true, Backlog: sum.Backlog, Rates: st.rates}, &st.queue)
-		st.mu.Unlock()
-		if d.Replicas != want {
-			return false
-		}
-	}
-	for i, r := range refs {
-		spec := specs[i]
-		if spec == nil {
-			continue
-		}
-		r.st.mu.Lock()
-		g := r.st.gauges
-		c.cfg.History.record(r.st.hist, key, string(spec.Rule), spec.Priority, Point{
-			T: t.at.UnixMilli(), Backlog: float64(g.backlog), Target: float64(spec.TargetQueueLength), Desired: g.desired, Current: g.current})
-		r.st.mu.Unlock()
-	}
-	return true
+	c.cfg.History.record(m.st.hist, group, string(m.spec.Rule), m.spec.Priority, Point{
+		T: t.at.UnixMilli(), Backlog: float64(g.backlog), Target: float64(m.spec.TargetQueueLength), Desired: desired, Current: m.cur})
 }
 
 // noticeExternalScale tells that someone else set the replicas of a managed

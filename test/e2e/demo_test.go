@@ -65,16 +65,7 @@ func TestInstallManifests(t *testing.T) {
 		return nil
 	})
 	// A backlog makes the consumer grow.
-	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 500); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 15*time.Second, func(ctx context.Context) error {
-		n, err := demoReplicas(ctx, s, "consumer")
-		if err != nil || n < 2 {
-			return fmt.Errorf("consumer replicas %d (%v), want > 1", n, err)
-		}
-		return nil
-	})
+	demoConsumerGrows(t, s, 500, 15*time.Second)
 	as := "--as=system:serviceaccount:microscaling-system:microscaling"
 	for _, tc := range []struct{ verb, want string }{
 		{"get secrets -A", "no"},
@@ -199,10 +190,17 @@ func TestHelmChartInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	startController(t, kc, "--leader-elect", "--leader-elect-lease-namespace=ms", "--leader-elect-lease-name=microscaling")
-	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 300); err != nil {
+	demoConsumerGrows(t, s, 300, 20*time.Second)
+}
+
+// demoConsumerGrows publishes n messages to the demo's queue and waits for
+// its consumer to grow past one replica.
+func demoConsumerGrows(t *testing.T, s *harness.Stack, n int, within time.Duration) {
+	t.Helper()
+	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", n); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, func(ctx context.Context) error {
+	eventually(t, within, func(ctx context.Context) error {
 		n, err := demoReplicas(ctx, s, "consumer")
 		if err != nil || n < 2 {
 			return fmt.Errorf("consumer replicas %d (%v), want > 1", n, err)

@@ -29,6 +29,7 @@ const (
 	Rule              = Prefix + "rule"
 	Queue             = Prefix + "queue"
 	TargetQueueLength = Prefix + "target-queue-length"
+	TargetWait        = Prefix + "target-wait"
 	MinReplicas       = Prefix + "min-replicas"
 	MaxReplicas       = Prefix + "max-replicas"
 	MaxDelta          = Prefix + "max-delta"
@@ -40,7 +41,7 @@ const (
 
 // Keys lists every key of the contract, in the order the docs give them.
 var Keys = []string{
-	Group, Priority, Rule, Queue, TargetQueueLength, MinReplicas, MaxReplicas,
+	Group, Priority, Rule, Queue, TargetQueueLength, TargetWait, MinReplicas, MaxReplicas,
 	MaxDelta, ScaleDownDelay, GroupMaxReplicas, Paused, SyncLabels,
 }
 
@@ -50,6 +51,8 @@ const (
 	MaxReplicaCount   = 100000
 	MaxTarget         = 1 << 40
 	MaxScaleDownDelay = 24 * time.Hour
+	MinTargetWait     = 100 * time.Millisecond
+	MaxTargetWait     = 24 * time.Hour
 	MaxValueLength    = 2048
 	maxQueues         = 16
 )
@@ -87,7 +90,8 @@ type Spec struct {
 	Priority          int32
 	Rule              RuleKind
 	Queues            []QueueRef
-	TargetQueueLength int64
+	TargetQueueLength int64         // 0: none (target-wait alone)
+	TargetWait        time.Duration // 0: none
 	MinReplicas       int32
 	MaxReplicas       int32
 	MaxDelta          int32 // 0: no limit
@@ -158,11 +162,15 @@ func Parse(name string, ann map[string]string) (Spec, error) {
 		p.fail(Rule, v, `one of "queue", "remainder"`)
 	}
 	_, hasTarget := p.get(TargetQueueLength)
+	_, hasWait := p.get(TargetWait)
 	switch {
-	case s.Rule == RuleQueue && !hasTarget:
-		p.fail(TargetQueueLength, "", "required with rule queue: a whole number of messages, at least 1")
+	case s.Rule == RuleQueue && !hasTarget && !hasWait:
+		p.fail(TargetQueueLength, "", "required with rule queue unless target-wait is set: a whole number of messages, at least 1")
 	case hasTarget:
 		s.TargetQueueLength = p.integer(TargetQueueLength, 0, 1, MaxTarget)
+	}
+	if hasWait {
+		s.TargetWait = p.duration(TargetWait, MinTargetWait, MaxTargetWait, "a Go duration from 100ms to 24h, for example 5s or 2m")
 	}
 	_, hasQueue := p.get(Queue)
 	if s.Rule == RuleQueue && !hasQueue {
@@ -182,13 +190,8 @@ func Parse(name string, ann map[string]string) (Spec, error) {
 	}
 	s.MaxDelta = int32(p.integer(MaxDelta, 0, 1, MaxReplicaCount))
 	s.GroupMaxReplicas = int32(p.integer(GroupMaxReplicas, 0, 1, MaxReplicaCount))
-	if v, ok := p.get(ScaleDownDelay); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 || d > MaxScaleDownDelay {
-			p.fail(ScaleDownDelay, v, "a Go duration from 0s to 24h, for example 30s or 2m")
-		} else {
-			s.ScaleDownDelay = d
-		}
+	if _, ok := p.get(ScaleDownDelay); ok {
+		s.ScaleDownDelay = p.duration(ScaleDownDelay, 0, MaxScaleDownDelay, "a Go duration from 0s to 24h, for example 30s or 2m")
 	}
 	s.Paused = p.boolean(Paused)
 	s.SyncLabels = p.boolean(SyncLabels)
@@ -224,6 +227,17 @@ func (p *parser) integer(key string, def, lo, hi int64) int64 {
 		return def
 	}
 	return n
+}
+
+// duration reads a Go duration within [lo, hi]; want says what is valid.
+func (p *parser) duration(key string, lo, hi time.Duration, want string) time.Duration {
+	v, _ := p.get(key)
+	d, err := time.ParseDuration(v)
+	if err != nil || d < lo || d > hi {
+		p.fail(key, v, want)
+		return 0
+	}
+	return d
 }
 
 func (p *parser) boolean(key string) bool {
@@ -339,6 +353,9 @@ func (s Spec) Annotations() map[string]string {
 	}
 	if s.TargetQueueLength > 0 {
 		a[TargetQueueLength] = strconv.FormatInt(s.TargetQueueLength, 10)
+	}
+	if s.TargetWait > 0 {
+		a[TargetWait] = s.TargetWait.String()
 	}
 	if s.MaxDelta > 0 {
 		a[MaxDelta] = strconv.Itoa(int(s.MaxDelta))

@@ -38,6 +38,20 @@ func TestParseValid(t *testing.T) {
 					{Scheme: "nsq", Host: "10.0.0.1:4151", Topic: "a", Channel: "c#ephemeral"}}},
 		},
 		{
+			name: "wait target instead of a queue length",
+			ann:  map[string]string{Queue: "nsq://nsq:4151/jobs/work", TargetWait: "2.5s", MaxReplicas: "10"},
+			want: Spec{Group: "consumer", Priority: 1, Rule: RuleQueue, TargetWait: 2500 * time.Millisecond, MaxReplicas: 10,
+				ScaleDownDelay: DefaultScaleDownDelay,
+				Queues:         []QueueRef{{Scheme: "nsq", Host: "nsq:4151", Topic: "jobs", Channel: "work"}}},
+		},
+		{
+			name: "both targets",
+			ann:  map[string]string{Queue: "nsq://nsq:4151/jobs/work", TargetQueueLength: "500", TargetWait: "1m", MaxReplicas: "10"},
+			want: Spec{Group: "consumer", Priority: 1, Rule: RuleQueue, TargetQueueLength: 500, TargetWait: time.Minute, MaxReplicas: 10,
+				ScaleDownDelay: DefaultScaleDownDelay,
+				Queues:         []QueueRef{{Scheme: "nsq", Host: "nsq:4151", Topic: "jobs", Channel: "work"}}},
+		},
+		{
 			name: "other annotations are ignored",
 			ann:  map[string]string{Rule: "remainder", MaxReplicas: "2", "deployment.kubernetes.io/revision": "3", "example.com/microscaling.com/x": "y"},
 			want: Spec{Group: "consumer", Priority: 1, Rule: RuleRemainder, MaxReplicas: 2, ScaleDownDelay: DefaultScaleDownDelay},
@@ -66,6 +80,10 @@ func TestParseInvalid(t *testing.T) {
 		wantText string
 	}{
 		{name: "missing target and max", ann: map[string]string{Queue: "nsq://h:1/t/c"}, wantKeys: []string{TargetQueueLength, MaxReplicas}, wantText: "required"},
+		{name: "target-wait not a duration", ann: map[string]string{Queue: "nsq://h:1/t/c", TargetWait: "10", MaxReplicas: "1"}, wantKeys: []string{TargetWait}, wantText: "a Go duration from 100ms to 24h"},
+		{name: "target-wait too short", ann: map[string]string{Queue: "nsq://h:1/t/c", TargetWait: "1ms", MaxReplicas: "1"}, wantKeys: []string{TargetWait}, wantText: "from 100ms"},
+		{name: "target-wait too long", ann: map[string]string{Queue: "nsq://h:1/t/c", TargetWait: "25h", MaxReplicas: "1"}, wantKeys: []string{TargetWait}},
+		{name: "target-wait negative", ann: map[string]string{Queue: "nsq://h:1/t/c", TargetWait: "-5s", MaxReplicas: "1"}, wantKeys: []string{TargetWait}},
 		{name: "rule queue without queue", ann: map[string]string{Rule: "queue", TargetQueueLength: "5", MaxReplicas: "1"}, wantKeys: []string{Queue}, wantText: "nsq://"},
 		{name: "unknown rule", ann: map[string]string{Rule: "fifo", MaxReplicas: "1"}, wantKeys: []string{Rule}, wantText: `"remainder"`},
 		{name: "typo in key", ann: map[string]string{Rule: "remainder", MaxReplicas: "1", Prefix + "max-replica": "3"}, wantKeys: []string{Prefix + "max-replica"}, wantText: "did you mean microscaling.com/max-replicas"},

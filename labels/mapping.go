@@ -44,7 +44,7 @@ var legacy = map[string]string{
 // user's switch and paused comes only through is-scalable.
 var copyable = map[string]bool{
 	annotations.Group: true, annotations.Priority: true, annotations.Rule: true, annotations.Queue: true,
-	annotations.TargetQueueLength: true, annotations.MinReplicas: true, annotations.MaxReplicas: true,
+	annotations.TargetQueueLength: true, annotations.TargetWait: true, annotations.MinReplicas: true, annotations.MaxReplicas: true,
 	annotations.MaxDelta: true, annotations.ScaleDownDelay: true, annotations.GroupMaxReplicas: true,
 }
 

@@ -26,6 +26,19 @@ func TestDerive(t *testing.T) {
 				"microscaling.com/min-replicas": "1", "microscaling.com/max-delta": "3", "microscaling.com/rule": "remainder"},
 		},
 		{
+			name:     "an image can carry its wait target",
+			existing: map[string]string{"microscaling.com/queue": "nsq://nsq:4151/t/c", "microscaling.com/max-replicas": "5"},
+			labels:   map[string]string{"com.microscaling.target-wait": "3s"},
+			want:     map[string]string{"microscaling.com/target-wait": "3s"},
+		},
+		{
+			name:         "an invalid wait target is not copied",
+			existing:     map[string]string{"microscaling.com/queue": "nsq://nsq:4151/t/c", "microscaling.com/max-replicas": "5", "microscaling.com/target-queue-length": "5"},
+			labels:       map[string]string{"com.microscaling.target-wait": "soon"},
+			want:         map[string]string{},
+			wantProblems: []string{"target-wait"},
+		},
+		{
 			name:     "the user's annotations win",
 			existing: map[string]string{"microscaling.com/max-replicas": "4", "microscaling.com/rule": "remainder"},
 			labels:   map[string]string{"com.microscaling.max-containers": "50", "com.microscaling.priority": "3"},

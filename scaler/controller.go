@@ -540,7 +540,7 @@ func needsRoom(ms []member) bool {
 }
 
 func queuePolicy(s *annotations.Spec) QueuePolicy {
-	return QueuePolicy{Target: s.TargetQueueLength, Min: s.MinReplicas, Max: s.MaxReplicas, MaxDelta: s.MaxDelta, ScaleDownDelay: s.ScaleDownDelay}
+	return QueuePolicy{Target: s.TargetQueueLength, Wait: s.TargetWait, Min: s.MinReplicas, Max: s.MaxReplicas, MaxDelta: s.MaxDelta, ScaleDownDelay: s.ScaleDownDelay}
 }
 
 // readQueues sums a member's queues from the tick's readings.
@@ -552,7 +552,9 @@ func readQueues(spec *annotations.Spec, t *tick) (QueueReading, error) {
 			return QueueReading{}, err
 		}
 		sum.Backlog += r.Backlog
+		sum.Waiting += r.Waiting
 		sum.Arrived += r.Arrived
+		sum.Consumers = max(sum.Consumers, r.Consumers)
 	}
 	return sum, nil
 }
@@ -563,7 +565,7 @@ func (c *Controller) decideQueue(m *member, t *tick) {
 	st := m.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	in := QueueInput{Now: t.at, Current: m.cur, Ready: m.d.Status.ReadyReplicas}
+	in := QueueInput{Now: t.at, Current: m.cur}
 	if readErr != nil {
 		if !st.unreadable {
 			c.recorder.Eventf(m.d, corev1.EventTypeWarning, "QueueUnreadable", "holding at %d replicas: %v", m.cur, readErr)
@@ -574,8 +576,10 @@ func (c *Controller) decideQueue(m *member, t *tick) {
 			c.recorder.Eventf(m.d, corev1.EventTypeNormal, "QueueReadable", "queue read again: backlog %d", sum.Backlog)
 		}
 		st.unreadable = false
-		st.rates.Observe(QueueSample{Time: t.at, Backlog: sum.Backlog, Arrived: sum.Arrived, Ready: m.d.Status.ReadyReplicas})
-		in.BacklogKnown, in.Backlog, in.Rates = true, sum.Backlog, st.rates
+		// A replica consumes once it is Ready and connected to the queue.
+		consuming := int32(min(int64(m.d.Status.ReadyReplicas), sum.Consumers))
+		st.rates.Observe(QueueSample{Time: t.at, Backlog: sum.Backlog, Waiting: sum.Waiting, Arrived: sum.Arrived, Consuming: consuming})
+		in.BacklogKnown, in.Backlog, in.Waiting, in.Consuming, in.Rates = true, sum.Backlog, sum.Waiting, consuming, st.rates
 		st.gauges.backlog, st.gauges.hasBacklog = sum.Backlog, true
 	}
 	st.gauges.target, st.gauges.hasTarget = m.spec.TargetQueueLength, true

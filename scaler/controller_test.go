@@ -38,7 +38,8 @@ func (f *fakeQueues) Read(context.Context, []annotations.QueueRef) Readings { re
 func (f *fakeQueues) Reading(annotations.QueueRef) (QueueReading, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return QueueReading{Backlog: f.backlog, Arrived: f.arrived}, f.err
+	// Every message waits undelivered, and every Ready replica is connected.
+	return QueueReading{Backlog: f.backlog, Waiting: f.backlog, Arrived: f.arrived, Consumers: 1000}, f.err
 }
 
 type fakeWriter struct {
@@ -50,7 +51,8 @@ func (f *fakeWriter) Scale(_ context.Context, d *appsv1.Deployment, n int32) err
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.writes = append(f.writes, fmt.Sprintf("%s=%d", d.Name, n))
-	*d.Spec.Replicas = n // the cache catches up at once in this test
+	*d.Spec.Replicas = n // the cache catches up at once in this test, pods Ready
+	d.Status.ReadyReplicas = n
 	d.ResourceVersion += "+"
 	return nil
 }
@@ -96,7 +98,7 @@ func newConsumerFixture(t *testing.T) consumerFixture {
 		consumer: &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "consumer", Namespace: "ns", ResourceVersion: "1",
 			Annotations: map[string]string{annotations.Queue: "nsq://h:1/t/c", annotations.TargetQueueLength: "10",
 				annotations.MinReplicas: "1", annotations.MaxReplicas: "5", annotations.ScaleDownDelay: "0s"}},
-			Spec: appsv1.DeploymentSpec{Replicas: &replicas}},
+			Spec: appsv1.DeploymentSpec{Replicas: &replicas}, Status: appsv1.DeploymentStatus{ReadyReplicas: replicas}},
 		queues: &fakeQueues{}, writer: &fakeWriter{}, rec: record.NewFakeRecorder(100),
 		clk: clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)),
 	}
@@ -203,7 +205,7 @@ func (r readOf) Reading(q annotations.QueueRef) (QueueReading, error) {
 	if !r[q] {
 		return QueueReading{}, fmt.Errorf("%s not read", q.Host)
 	}
-	return QueueReading{Backlog: 100}, nil
+	return QueueReading{Backlog: 100, Waiting: 100, Consumers: 1}, nil
 }
 
 func (f *readsQueues) take() string {
@@ -224,7 +226,7 @@ func TestControllerReadsNewQueuesOnTheirFirstTick(t *testing.T) {
 		replicas := int32(1)
 		return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", ResourceVersion: "1",
 			Annotations: map[string]string{annotations.Queue: "nsq://" + host + "/t/c", annotations.TargetQueueLength: "10", annotations.MaxReplicas: "5"}},
-			Spec: appsv1.DeploymentSpec{Replicas: &replicas}}
+			Spec: appsv1.DeploymentSpec{Replicas: &replicas}, Status: appsv1.DeploymentStatus{ReadyReplicas: replicas}}
 	}
 	cluster := &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/a": {consumer("a", "h1:1")}}}
 	queues := &readsQueues{}
@@ -278,7 +280,10 @@ func TestQuietGroupsWakeOnAnyChange(t *testing.T) {
 		{name: "still empty: quiet", quiet: true},
 		{name: "messages came and went within the tick: one replica still wanted", arrived: 40, quiet: true},
 		{name: "a backlog wakes it on the same tick", backlog: 30, arrived: 70, write: "consumer=3", event: "Scaled consumer 1 -> 3"},
-		{name: "drained: down to min", arrived: 70, write: "consumer=1", event: "Scaled consumer 3 -> 1"},
+		// Service rate unknown (the replicas were never busy for a whole tick):
+		// one replica at a time.
+		{name: "drained: one down", arrived: 70, write: "consumer=2", event: "Scaled consumer 3 -> 2"},
+		{name: "drained: down to min", arrived: 70, write: "consumer=1", event: "Scaled consumer 2 -> 1"},
 		{name: "idle at min", arrived: 70, quiet: true},
 		{name: "an unreadable quiet group is told of and held", arrived: 70, err: errors.New("nsqd down"), event: "QueueUnreadable", quiet: true},
 		{name: "readable again: told of", arrived: 70, event: "QueueReadable", quiet: true},

@@ -49,12 +49,17 @@ type nsqChannel struct {
 	InFlight     int64  `json:"in_flight_count"`
 	Deferred     int64  `json:"deferred_count"`
 	MessageCount int64  `json:"message_count"`
+	ClientCount  int64  `json:"client_count"`
 }
 
 // QueueReading is the sum over every nsqd of one queue reference.
 type QueueReading struct {
-	Backlog int64
+	Backlog int64 // waiting + in flight + deferred
+	Waiting int64 // not yet delivered: channel depth, or topic depth without a channel
 	Arrived int64
+	// Consumers is the most connections to the channel on any one nsqd: a
+	// consumer connects to every nsqd that carries its topic.
+	Consumers int64
 }
 
 // NSQReader reads nsqd /stats, once per nsqd per Read however many queues
@@ -167,12 +172,15 @@ func (s *Snapshot) Reading(q annotations.QueueRef) (QueueReading, error) {
 		if i < 0 {
 			// No channel yet: messages wait in the topic.
 			out.Backlog += t.Depth
+			out.Waiting += t.Depth
 			out.Arrived += t.MessageCount
 			continue
 		}
 		c := t.Channels[i]
 		out.Backlog += c.Depth + c.InFlight + c.Deferred
+		out.Waiting += c.Depth
 		out.Arrived += c.MessageCount
+		out.Consumers = max(out.Consumers, c.ClientCount)
 	}
 	return out, nil
 }

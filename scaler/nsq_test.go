@@ -13,7 +13,7 @@ import (
 
 const stats1x = `{"version":"1.3.0","health":"OK","start_time":1,"topics":[
  {"topic_name":"jobs","depth":0,"message_count":120,"channels":[
-   {"channel_name":"work","depth":30,"in_flight_count":5,"deferred_count":2,"message_count":110}]},
+   {"channel_name":"work","depth":30,"in_flight_count":5,"deferred_count":2,"message_count":110,"client_count":2}]},
  {"topic_name":"fresh","depth":7,"message_count":7,"channels":[]}]}`
 
 const statsPre1 = `{"status_code":200,"status_txt":"OK","data":{"topics":[
@@ -30,9 +30,9 @@ func TestNSQReader(t *testing.T) {
 		want           QueueReading
 		wantErr        string
 	}{
-		{name: "1.x bare stats: depth + in flight + deferred", body: stats1x, topic: "jobs", channel: "work", want: QueueReading{Backlog: 37, Arrived: 110}},
-		{name: "pre-1.0 data wrapper", body: statsPre1, topic: "jobs", channel: "work", want: QueueReading{Backlog: 10, Arrived: 50}},
-		{name: "topic without the channel yet counts topic depth", body: stats1x, topic: "fresh", channel: "work", want: QueueReading{Backlog: 7, Arrived: 7}},
+		{name: "1.x bare stats: depth + in flight + deferred", body: stats1x, topic: "jobs", channel: "work", want: QueueReading{Backlog: 37, Waiting: 30, Arrived: 110, Consumers: 2}},
+		{name: "pre-1.0 data wrapper", body: statsPre1, topic: "jobs", channel: "work", want: QueueReading{Backlog: 10, Waiting: 10, Arrived: 50}},
+		{name: "topic without the channel yet counts topic depth", body: stats1x, topic: "fresh", channel: "work", want: QueueReading{Backlog: 7, Waiting: 7, Arrived: 7}},
 		{name: "unknown topic is an empty queue", body: `{"topics":null}`, topic: "nope", channel: "work", want: QueueReading{}},
 		{name: "garbage JSON is an error", body: `<html>oops`, topic: "jobs", channel: "work", wantErr: "decoding"},
 		{name: "HTTP error is an error", body: `boom`, status: 500, topic: "jobs", channel: "work", wantErr: "HTTP 500"},

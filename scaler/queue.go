@@ -6,41 +6,60 @@ import (
 	"time"
 )
 
-// QueuePolicy is the queue rule of one member, from its annotations.
+// QueuePolicy is the queue rule of one member, from its annotations. At
+// least one of Target and Wait is set.
 type QueuePolicy struct {
-	Target         int64
+	Target         int64         // backlog to hold; 0: none
+	Wait           time.Duration // longest a message should wait; 0: none
 	Min, Max       int32
 	MaxDelta       int32 // 0: no limit
 	ScaleDownDelay time.Duration
-	// Horizon is how fast a backlog above target is drained; DefaultHorizon when 0.
-	Horizon time.Duration
 }
 
-// DefaultHorizon is the drain horizon of the rate-aware rule.
-const DefaultHorizon = 5 * time.Second
+// Horizon is how long the rule gives a backlog above target-queue-length to
+// drain: the surplus of replicas it asks for is the excess over Horizon.
+// Longer costs waits, shorter costs replicas that idle once it is drained.
+const Horizon = 30 * time.Second
 
 // downBand is the dead band: shrink only while backlog <= downBand * target.
 const downBand = 0.7
+
+// maxUtilization is the busiest the rule lets replicas be: a queue whose
+// consumers are busy all the time grows without bound on any jitter.
+const maxUtilization = 0.95
+
+// coldStep bounds growth while the service rate is unknown: at most
+// max(coldStep, current) more replicas per decision.
+const coldStep = 4
 
 // QueueInput is what the rule sees on one tick.
 type QueueInput struct {
 	Now     time.Time
 	Current int32 // replicas asked for now (spec)
-	Ready   int32
+	// Consuming is how many replicas are taking messages; the rest of
+	// Current is capacity on the way (Pending, starting, not yet connected).
+	Consuming int32
 	// BacklogKnown is false when the queue could not be read this tick.
 	BacklogKnown bool
-	Backlog      int64
+	Backlog      int64 // waiting + in flight + deferred
+	Waiting      int64 // not yet delivered to any consumer
+	Arrived      int64 // cumulative arrivals, as in QueueSample
 	Rates        Rates
 }
 
 // QueueState is what the rule remembers between ticks of one member.
 type QueueState struct {
-	recs []recommendation
-}
-
-type recommendation struct {
-	at       time.Time
-	replicas int32
+	window demandWindow
+	// util is the busiest the replicas may be (maxUtilization when 0),
+	// lowered each time a shrink had to be taken back at the same load.
+	util float64
+	// shrunk is the last shrink while the rate was known: to how many, at
+	// what arrival rate and service rate.
+	shrunk struct {
+		to               int32
+		arrival, service float64
+		valid            bool
+	}
 }
 
 // Decision is the outcome for one member.
@@ -49,100 +68,201 @@ type Decision struct {
 	Reason   string
 }
 
-// DecideQueue applies the queue rule: rate-aware when the service rate of a
-// replica is known (replicas = (arrival + (backlog - target) / horizon) /
-// service), proportional to backlog/target while it is not; grow only while
-// backlog > target, shrink only while backlog <= 0.7 x target and only to the
-// highest recommendation of the last ScaleDownDelay; at most MaxDelta per
-// decision; within Min and Max. A queue that cannot be read holds the member.
+// DecideQueue applies the queue rule to one member.
+//
+// With the service rate of a replica known, demand = arrival / service is
+// what the arrivals need; the rule asks for demand plus a surplus that
+// drains the waiting backlog above target-queue-length over Horizon, and
+// (with target-wait) at least (arrival + backlog / wait) / service, so the
+// backlog drains within the wait while arrivals are served. Growth happens
+// only while a target is exceeded, shrinking only while every target is at
+// or below 0.7x and never below the highest demand of the last
+// ScaleDownDelay, nor while demand is rising over that window: a drained
+// surplus goes back to demand at once, a lull is believed once it lasts.
+//
+// While the service rate is unknown, the rule grows from the backlog, at
+// most max(4, current) replicas per decision and only once the replicas
+// asked for are consuming, so their rate is learnt before more are added.
+//
+// At most MaxDelta per decision; within Min and Max. A queue that cannot be
+// read holds the member.
 func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	cur := in.Current
 	if !in.BacklogKnown {
 		return Decision{Replicas: cur, Reason: "queue unreadable: holding"}
 	}
-	horizon := p.Horizon
-	if horizon <= 0 {
-		horizon = DefaultHorizon
+	r := in.Rates
+	arrival := 0.0
+	if r.ArrivalKnown {
+		arrival = r.Arrival
 	}
-	target := float64(p.Target)
-	backlog := float64(in.Backlog)
-	// raw is what the rule wants now; floor is the part of it that stands for
-	// demand (arrivals), which alone is held through the scale-down delay, so
-	// that a drained surplus is given back at once but a lull is not believed
-	// until it lasts.
-	var raw, floor float64
-	var basis string
+	known := r.ServiceKnown && r.Service > 0
+	above, below := p.bands(in)
+
+	var want, floor int32
 	switch {
-	case in.Rates.ServiceKnown && in.Rates.Service > 0:
-		arrival := 0.0
-		if in.Rates.ArrivalKnown {
-			arrival = in.Rates.Arrival
+	case known:
+		util := st.utilization()
+		demand := arrival / (r.Service * util)
+		need := demand
+		if p.Target > 0 && in.Backlog > p.Target {
+			excess := min(in.Backlog-p.Target, in.Waiting)
+			need += float64(max(excess, 0)) / Horizon.Seconds() / r.Service
 		}
-		demand := arrival / in.Rates.Service
-		raw = demand + (backlog-target)/horizon.Seconds()/in.Rates.Service
-		// The least the rule wants at this demand, even with an empty queue.
-		floor = demand - target/horizon.Seconds()/in.Rates.Service
-		basis = "rates"
-	case cur == 0:
-		raw = backlog / target
-		floor = raw
-		basis = "service rate unknown"
+		if p.Wait > 0 {
+			need = max(need, (arrival+float64(in.Backlog)/p.Wait.Seconds())/r.Service)
+		}
+		// The floor a shrink stops at leaves a little more room than growth
+		// asks for, so that noise in the rates does not take a shrink back.
+		want, floor = ceilReplicas(need), ceilReplicas(arrival/(r.Service*(util-shrinkSlack)))
+	case in.Backlog == 0 && r.ArrivalKnown && arrival == 0:
+		want, floor = 0, 0 // nothing to do, whatever the rate
+	case cur > in.Consuming:
+		want, floor = cur, cur // capacity on the way: learn its rate first
+	case above:
+		want = cur + max(coldStep, cur)
+		if p.Target > 0 {
+			want = min(want, max(cur+1, ceilReplicas(float64(in.Backlog)/float64(p.Target))))
+		}
+		want = int32(min(int64(want), max(in.Backlog, 1)))
+		floor = want
+	case below && r.ArrivalKnown:
+		// Nobody can tell how few would do: give back one at a time, each
+		// after the scale-down delay, until messages wait and the rate shows.
+		want, floor = cur-1, cur-1
 	default:
-		raw = float64(cur) * backlog / target
-		floor = raw
-		basis = "service rate unknown"
+		want, floor = cur, cur
 	}
-	want := ceilReplicas(raw)
 	// Never leave messages with nobody to take them.
-	if want < 1 && (in.Backlog > 0 || (in.Rates.ArrivalKnown && in.Rates.Arrival > 0)) {
+	if want < 1 && (in.Backlog > 0 || arrival > 0) {
 		want = 1
 	}
 	switch {
-	case want > cur && backlog <= target && cur > 0:
-		want = cur // grow only while backlog > target
-	case want < cur && backlog > downBand*target:
-		want = cur // shrink only at or below 0.7 x target
+	case want > cur && !above && cur > 0:
+		want = cur // grow only while a target is exceeded
+	case want < cur && !below:
+		want = cur // shrink only at or below 0.7 x every target
 	}
-	// Scale-down delay: no shrink below the highest demand of the window.
-	st.recs = append(st.recs, recommendation{at: in.Now, replicas: ceilReplicas(floor)})
-	keep := st.recs[:0]
-	for _, r := range st.recs {
-		if in.Now.Sub(r.at) <= p.ScaleDownDelay {
-			keep = append(keep, r)
-		}
-	}
-	st.recs = keep
+	st.window.add(in.Now, max(floor, 0), cur, in.Arrived, p.ScaleDownDelay)
 	if want < cur {
-		for _, r := range st.recs {
-			want = max(want, min(r.replicas, cur))
+		if st.window.rising(in.Now, in.Arrived) {
+			want = cur
 		}
+		want = max(want, min(st.window.max(), cur))
 	}
 	if p.MaxDelta > 0 {
 		want = min(max(want, cur-p.MaxDelta), cur+p.MaxDelta)
 	}
 	want = min(max(want, p.Min), p.Max)
+	if known {
+		st.learn(cur, want, arrival, r.Service)
+	}
 	if want == cur {
 		return Decision{Replicas: want} // steady: no reason needed, none built
 	}
-	if basis == "rates" {
-		arrival := 0.0
-		if in.Rates.ArrivalKnown {
-			arrival = in.Rates.Arrival
-		}
-		basis = fmt.Sprintf("in %.1f/s, out %.1f/s per replica", arrival, in.Rates.Service)
+	return Decision{Replicas: want, Reason: p.reason(in, want, known, arrival)}
+}
+
+func (st *QueueState) utilization() float64 {
+	if st.util == 0 {
+		return maxUtilization
 	}
+	return st.util
+}
+
+// learn lowers the utilization the rule aims at when a shrink to cur is
+// taken back while the load is no higher than it was then: cur replicas at
+// that utilization could not hold the target, whatever the reason (messages
+// held in flight, service times that vary). The next shrink stops above it.
+func (st *QueueState) learn(cur, want int32, arrival, service float64) {
+	switch {
+	case want < cur:
+		st.shrunk.to, st.shrunk.arrival, st.shrunk.service, st.shrunk.valid = want, arrival, service, true
+	case want > cur && st.shrunk.valid && st.shrunk.to == cur && cur > 0:
+		st.shrunk.valid = false
+		if arrival <= st.shrunk.arrival*(1+learnTolerance) {
+			failed := st.shrunk.arrival / (float64(cur) * st.shrunk.service)
+			st.util = max(minUtilization, min(st.utilization(), failed*(1-learnTolerance)))
+		}
+	case want > cur:
+		st.shrunk.valid = false
+	}
+}
+
+// learnTolerance is how much higher the load may be for a shrink taken
+// back to count against the utilization, and how far below the utilization
+// that failed the new one is set.
+const learnTolerance = 0.05
+
+// shrinkSlack is how much less busy than growth aims at a shrink leaves the
+// replicas.
+const shrinkSlack = 0.05
+
+// minUtilization bounds what learn can lower the utilization to.
+const minUtilization = 0.5
+
+// bands says whether the backlog is above a target (grow) and whether it is
+// at or below 0.7x of every target (shrink).
+func (p QueuePolicy) bands(in QueueInput) (above, below bool) {
+	below = true
+	if p.Target > 0 {
+		above = in.Backlog > p.Target
+		below = float64(in.Backlog) <= downBand*float64(p.Target)
+	}
+	if p.Wait > 0 {
+		w, ok := estimatedWait(in)
+		if !ok {
+			// Without a rate, a message waits as long as any is undelivered.
+			above = above || in.Waiting > 0
+			below = below && in.Waiting == 0
+		} else {
+			above = above || w > p.Wait
+			below = below && w <= time.Duration(downBand*float64(p.Wait))
+		}
+	}
+	return above, below
+}
+
+// estimatedWait is how long the backlog takes to clear at the consuming
+// replicas' rate: what a message arriving now waits.
+func estimatedWait(in QueueInput) (time.Duration, bool) {
+	if !in.Rates.ServiceKnown || in.Rates.Service <= 0 {
+		return 0, false
+	}
+	if in.Backlog == 0 {
+		return 0, true
+	}
+	if in.Consuming == 0 {
+		return time.Duration(math.MaxInt64), true
+	}
+	s := float64(in.Backlog) / (float64(in.Consuming) * in.Rates.Service)
+	return time.Duration(min(s, float64(MaxWaitSeconds)) * float64(time.Second)), true
+}
+
+// MaxWaitSeconds bounds estimated waits, so a stalled queue stays representable.
+const MaxWaitSeconds = 1e6
+
+func (p QueuePolicy) reason(in QueueInput, want int32, known bool, arrival float64) string {
 	var why string
 	switch {
-	case want > cur && in.Backlog > p.Target:
+	case want > in.Current && p.Target > 0 && in.Backlog > p.Target:
 		why = fmt.Sprintf("backlog %d > target %d", in.Backlog, p.Target)
-	case want > cur:
-		why = fmt.Sprintf("backlog %d waiting, target %d", in.Backlog, p.Target)
-	case want < cur:
+	case want > in.Current:
+		why = fmt.Sprintf("backlog %d waiting", in.Backlog)
+	case p.Target > 0:
 		why = fmt.Sprintf("backlog %d <= %.0f%% of target %d", in.Backlog, downBand*100, p.Target)
 	default:
-		why = fmt.Sprintf("backlog %d, target %d", in.Backlog, p.Target)
+		why = fmt.Sprintf("backlog %d", in.Backlog)
 	}
-	return Decision{Replicas: want, Reason: why + ", " + basis}
+	if p.Wait > 0 {
+		if w, ok := estimatedWait(in); ok {
+			why += fmt.Sprintf(", wait %.1fs against %s", w.Seconds(), p.Wait)
+		}
+	}
+	if !known {
+		return why + ", service rate unknown"
+	}
+	return why + fmt.Sprintf(", in %.1f/s, out %.1f/s per replica", arrival, in.Rates.Service)
 }
 
 // ceilReplicas rounds up, tolerating float noise, and bounds the result.
@@ -151,4 +271,84 @@ func ceilReplicas(x float64) int32 {
 		return 0
 	}
 	return int32(min(math.Ceil(x-1e-9), math.MaxInt32/2))
+}
+
+// windowBuckets bounds the scale-down window's memory whatever its length:
+// the delay is cut into at most this many buckets, each keeping the highest
+// floor of its span (so the window may hold a value up to 1/windowBuckets of
+// the delay longer).
+const windowBuckets = 32
+
+// demandWindow keeps the highest demand of the last scale-down delay, and
+// the arrival count at each bucket's start to tell a rising load.
+type demandWindow struct {
+	b          [windowBuckets]bucket
+	head, size int
+}
+
+type bucket struct {
+	at       time.Time
+	replicas int32
+	arrived  int64 // cumulative arrivals at the bucket's first sample
+}
+
+// add records this tick's floor and arrival count and drops what is older
+// than delay. The first sample holds cur for a whole delay: a controller
+// that just started (or a member just added) has seen no demand yet, which
+// is not the same as seeing none.
+func (w *demandWindow) add(now time.Time, floor, cur int32, arrived int64, delay time.Duration) {
+	if w.size == 0 {
+		floor = max(floor, cur)
+	}
+	for w.size > 0 && now.Sub(w.b[w.head].at) > delay {
+		w.head = (w.head + 1) % windowBuckets
+		w.size--
+	}
+	if w.size > 0 {
+		last := &w.b[(w.head+w.size-1)%windowBuckets]
+		if now.Sub(last.at) < delay/windowBuckets {
+			last.replicas = max(last.replicas, floor)
+			return
+		}
+	}
+	if w.size == windowBuckets {
+		w.head = (w.head + 1) % windowBuckets
+		w.size--
+	}
+	w.b[(w.head+w.size)%windowBuckets] = bucket{at: now, replicas: floor, arrived: arrived}
+	w.size++
+}
+
+// rising reports whether more messages arrived in the later half of the
+// window than in the earlier half, by more than one standard deviation of
+// Poisson noise, at equal lengths: a load still growing, which a shrink
+// would have to take back.
+func (w *demandWindow) rising(now time.Time, arrived int64) bool {
+	if w.size < 3 {
+		return false
+	}
+	first := w.b[w.head]
+	mid := first
+	for i := range w.size {
+		if b := w.b[(w.head+i)%windowBuckets]; b.at.Sub(first.at) >= now.Sub(b.at) {
+			mid = b
+			break
+		}
+	}
+	h1, h2 := mid.at.Sub(first.at).Seconds(), now.Sub(mid.at).Seconds()
+	n1, n2 := float64(mid.arrived-first.arrived), float64(arrived-mid.arrived)
+	if h1 <= 0 || h2 <= 0 || n1 < 0 || n2 < 0 {
+		return false
+	}
+	// Scale the earlier half's count to the later half's length.
+	n1 *= h2 / h1
+	return n2-n1 > math.Sqrt(n1+n2)
+}
+
+func (w *demandWindow) max() int32 {
+	var m int32
+	for i := range w.size {
+		m = max(m, w.b[(w.head+i)%windowBuckets].replicas)
+	}
+	return m
 }

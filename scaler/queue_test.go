@@ -12,6 +12,11 @@ func known(arrival, service float64) Rates {
 	return Rates{Arrival: arrival, ArrivalKnown: true, Service: service, ServiceKnown: true}
 }
 
+// arrivalsOnly is a rate estimate that has seen arrivals but no busy replica.
+func arrivalsOnly(arrival float64) Rates {
+	return Rates{Arrival: arrival, ArrivalKnown: true}
+}
+
 func TestDecideQueue(t *testing.T) {
 	policy := QueuePolicy{Target: 50, Min: 0, Max: 20, ScaleDownDelay: 30 * time.Second}
 	tests := []struct {
@@ -22,42 +27,78 @@ func TestDecideQueue(t *testing.T) {
 		in      QueueInput
 		want    int32
 		reason  string
+		// fresh: the rule has not seen the member before in (otherwise it saw
+		// it steady at its current replicas a minute before).
+		fresh bool
 	}{
-		{name: "steady state changes nothing", in: QueueInput{Current: 5, Backlog: 50, BacklogKnown: true, Rates: known(50, 10)}, want: 5},
-		{name: "steady state inside the dead band", in: QueueInput{Current: 5, Backlog: 40, BacklogKnown: true, Rates: known(30, 10)}, want: 5},
+		{name: "steady state changes nothing", in: QueueInput{Current: 6, Consuming: 6, Backlog: 50, Waiting: 10, BacklogKnown: true, Rates: known(50, 10)}, want: 6},
+		{name: "steady state inside the dead band", in: QueueInput{Current: 5, Consuming: 5, Backlog: 40, BacklogKnown: true, Rates: known(30, 10)}, want: 5},
 		{name: "missing metric never scales down", in: QueueInput{Current: 5, BacklogKnown: false}, want: 5, reason: "unreadable"},
 		{name: "missing metric never scales up", in: QueueInput{Current: 5, Backlog: 5000, BacklogKnown: false}, want: 5},
-		{name: "rate aware grow", in: QueueInput{Current: 2, Backlog: 150, BacklogKnown: true, Rates: known(40, 10)}, want: 6, reason: "in 40.0/s"},
-		{name: "no growth at or below target", in: QueueInput{Current: 2, Backlog: 50, BacklogKnown: true, Rates: known(400, 10)}, want: 2},
-		{name: "fallback proportional while service rate unknown", in: QueueInput{Current: 2, Backlog: 200, BacklogKnown: true}, want: 8, reason: "service rate unknown"},
-		{name: "from zero with a small backlog", in: QueueInput{Current: 0, Backlog: 3, BacklogKnown: true}, want: 1},
-		{name: "from zero with a large backlog", in: QueueInput{Current: 0, Backlog: 500, BacklogKnown: true}, want: 10},
-		{name: "never zero while messages wait", in: QueueInput{Current: 1, Backlog: 2, BacklogKnown: true, Rates: known(0, 10)}, want: 1},
-		{name: "empty queue goes to min", policy: QueuePolicy{Target: 50, Min: 1, Max: 20}, in: QueueInput{Current: 4, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, want: 1},
-		{name: "empty queue goes to zero", policy: QueuePolicy{Target: 50, Max: 20}, in: QueueInput{Current: 4, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, want: 0},
-		{name: "no shrink above 0.7 target", policy: QueuePolicy{Target: 50, Max: 20}, in: QueueInput{Current: 4, Backlog: 36, BacklogKnown: true, Rates: known(0, 10)}, want: 4},
-		{name: "max delta caps growth", policy: QueuePolicy{Target: 50, Max: 20, MaxDelta: 2}, in: QueueInput{Current: 2, Backlog: 1000, BacklogKnown: true}, want: 4},
-		{name: "max delta caps shrink", policy: QueuePolicy{Target: 50, Max: 20, MaxDelta: 2}, in: QueueInput{Current: 8, Backlog: 0, BacklogKnown: true}, want: 6},
-		{name: "max caps growth", in: QueueInput{Current: 2, Backlog: 100000, BacklogKnown: true}, want: 20},
+		// 40/s at 10/s is 4.2 at 95% busy, plus 400 waiting above target over 30 s at 10/s = 1.3.
+		{name: "rate aware grow", in: QueueInput{Current: 2, Consuming: 2, Backlog: 500, Waiting: 450, BacklogKnown: true, Rates: known(40, 10)}, want: 6, reason: "in 40.0/s"},
+		{name: "messages held in flight are not drained by more replicas", in: QueueInput{Current: 5, Consuming: 5, Backlog: 150, Waiting: 0, BacklogKnown: true, Rates: known(40, 10)}, want: 5},
+		{name: "no growth at or below target", in: QueueInput{Current: 2, Consuming: 2, Backlog: 50, BacklogKnown: true, Rates: known(400, 10)}, want: 2},
+		// Fault 3: never current x backlog/target; a bounded step instead.
+		{name: "service rate unknown: bounded step from the backlog", in: QueueInput{Current: 2, Consuming: 2, Backlog: 200, Waiting: 200, BacklogKnown: true, Rates: arrivalsOnly(50)}, want: 4, reason: "service rate unknown"},
+		{name: "service rate unknown: at most max(4, current) more", in: QueueInput{Current: 5, Consuming: 5, Backlog: 100000, Waiting: 100000, BacklogKnown: true, Rates: arrivalsOnly(50)}, want: 10},
+		{name: "service rate unknown: replicas on the way are capacity", in: QueueInput{Current: 10, Consuming: 2, Backlog: 5000, Waiting: 5000, BacklogKnown: true, Rates: arrivalsOnly(50)}, want: 10},
+		{name: "from zero with a small backlog", in: QueueInput{Current: 0, Backlog: 3, Waiting: 3, BacklogKnown: true}, want: 1},
+		{name: "from zero with a large backlog", in: QueueInput{Current: 0, Backlog: 500, Waiting: 500, BacklogKnown: true, Rates: arrivalsOnly(0)}, want: 4},
+		{name: "never zero while messages wait", in: QueueInput{Current: 1, Consuming: 1, Backlog: 2, BacklogKnown: true, Rates: known(0, 10)}, want: 1},
+		{name: "empty queue goes to min", policy: QueuePolicy{Target: 50, Min: 1, Max: 20}, in: QueueInput{Current: 4, Consuming: 4, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, want: 1},
+		{name: "empty queue goes to zero", policy: QueuePolicy{Target: 50, Max: 20}, in: QueueInput{Current: 4, Consuming: 4, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, want: 0},
+		{name: "no shrink above 0.7 target", policy: QueuePolicy{Target: 50, Max: 20}, in: QueueInput{Current: 4, Consuming: 4, Backlog: 36, BacklogKnown: true, Rates: known(0, 10)}, want: 4},
+		{name: "max delta caps growth", policy: QueuePolicy{Target: 50, Max: 20, MaxDelta: 2}, in: QueueInput{Current: 2, Consuming: 2, Backlog: 1000, Waiting: 1000, BacklogKnown: true, Rates: known(100, 10)}, want: 4},
+		{name: "max delta caps shrink", policy: QueuePolicy{Target: 50, Max: 20, MaxDelta: 2}, in: QueueInput{Current: 8, Consuming: 8, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, want: 6},
+		{name: "max caps growth", in: QueueInput{Current: 2, Consuming: 2, Backlog: 100000, Waiting: 100000, BacklogKnown: true, Rates: known(100, 10)}, want: 20},
 		{name: "min lifts", policy: QueuePolicy{Target: 50, Min: 3, Max: 20}, in: QueueInput{Current: 0, Backlog: 0, BacklogKnown: true}, want: 3},
+		// Never below demand: 60/s at 10/s needs 6 (7 at the shrink's 90%).
 		{
-			name: "scale-down delay holds the recent demand, less one for the empty queue",
+			name: "a drained surplus goes back to demand, not below",
 			history: []QueueInput{
-				{Current: 8, Backlog: 400, BacklogKnown: true, Rates: known(80, 10)},
-				{Current: 8, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)},
+				{Current: 12, Consuming: 12, Backlog: 600, Waiting: 550, BacklogKnown: true, Rates: known(60, 10)},
 			},
-			in:   QueueInput{Current: 8, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)},
-			want: 7,
+			in:   QueueInput{Current: 12, Consuming: 12, Backlog: 10, BacklogKnown: true, Rates: known(60, 10)},
+			want: 7, reason: "in 60.0/s",
 		},
+		{
+			name: "scale-down delay holds the recent demand",
+			history: []QueueInput{
+				{Current: 10, Consuming: 10, Backlog: 30, BacklogKnown: true, Rates: known(80, 10)},
+				{Current: 10, Consuming: 10, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)},
+			},
+			in:   QueueInput{Current: 10, Consuming: 10, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)},
+			want: 9,
+		},
+		{
+			name: "a controller that just started holds the replicas it found",
+			in:   QueueInput{Current: 9, Consuming: 9, Backlog: 0, BacklogKnown: true, Rates: known(10, 10)},
+			want: 9, fresh: true,
+		},
+		// Wait target: 40/s at 10/s; 240 waiting take 6 s at 4 x 10/s, and must
+		// clear in 5 s while arrivals are served: (40 + 240/5) / 10 = 8.8.
+		{name: "wait target sizes for arrivals and the drain", policy: QueuePolicy{Wait: 5 * time.Second, Max: 20},
+			in: QueueInput{Current: 4, Consuming: 4, Backlog: 240, Waiting: 220, BacklogKnown: true, Rates: known(40, 10)}, want: 9, reason: "wait 6.0s against 5s"},
+		{name: "wait target met: no growth", policy: QueuePolicy{Wait: 5 * time.Second, Max: 20},
+			in: QueueInput{Current: 5, Consuming: 5, Backlog: 200, Waiting: 180, BacklogKnown: true, Rates: known(40, 10)}, want: 5},
+		{name: "both targets: the stricter one wins", policy: QueuePolicy{Target: 1000, Wait: 5 * time.Second, Max: 20},
+			in: QueueInput{Current: 4, Consuming: 4, Backlog: 240, Waiting: 220, BacklogKnown: true, Rates: known(40, 10)}, want: 9},
+		{name: "wait target without a rate grows while messages wait", policy: QueuePolicy{Wait: 5 * time.Second, Max: 20},
+			in: QueueInput{Current: 1, Consuming: 1, Backlog: 3, Waiting: 2, BacklogKnown: true, Rates: arrivalsOnly(1)}, want: 3},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			p := tc.policy
-			if p.Target == 0 {
+			if p.Target == 0 && p.Wait == 0 {
 				p = policy
 			}
 			var st QueueState
-			now := t0
+			now := t0.Add(-time.Minute)
+			if !tc.fresh {
+				DecideQueue(p, QueueInput{Now: now, Current: tc.in.Current, Consuming: tc.in.Consuming, BacklogKnown: true, Rates: known(0, 10)}, &st)
+			}
+			now = t0
 			for _, h := range tc.history {
 				h.Now = now
 				DecideQueue(p, h, &st)
@@ -78,15 +119,13 @@ func TestDecideQueue(t *testing.T) {
 func TestScaleDownAfterDelay(t *testing.T) {
 	p := QueuePolicy{Target: 50, Max: 20, ScaleDownDelay: 30 * time.Second}
 	var st QueueState
-	cur := int32(8)
-	DecideQueue(p, QueueInput{Now: t0, Current: cur, Backlog: 400, BacklogKnown: true, Rates: known(80, 10)}, &st)
-	// The queue empties and arrivals stop. The surplus that drained the
-	// backlog goes at once, but the demand of 80/s (8 replicas, less the one
-	// an empty queue allows) is held for the 30 s delay; then it shrinks.
+	cur := int32(10)
+	DecideQueue(p, QueueInput{Now: t0, Current: cur, Consuming: cur, Backlog: 40, BacklogKnown: true, Rates: known(80, 10)}, &st)
+	// Arrivals stop. The demand of 80/s is held for the 30 s delay; then it shrinks.
 	for s := 1; s <= 40; s++ {
 		now := t0.Add(time.Duration(s) * time.Second)
-		d := DecideQueue(p, QueueInput{Now: now, Current: cur, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, &st)
-		if s <= 30 && d.Replicas < 7 {
+		d := DecideQueue(p, QueueInput{Now: now, Current: cur, Consuming: cur, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, &st)
+		if s < 30 && d.Replicas < 9 {
 			t.Fatalf("at %ds: shrank to %d inside the 30s delay", s, d.Replicas)
 		}
 		cur = d.Replicas
@@ -96,44 +135,142 @@ func TestScaleDownAfterDelay(t *testing.T) {
 	}
 }
 
+// TestNoShrinkWhileRising feeds a load that rises slowly with the backlog
+// held low: the rule must not give back a replica it will need again.
+func TestNoShrinkWhileRising(t *testing.T) {
+	p := QueuePolicy{Target: 50, Max: 50, ScaleDownDelay: 30 * time.Second}
+	var st QueueState
+	cur := int32(12)
+	arrived := int64(0)
+	for s := range 120 {
+		rate := 50 + 0.5*float64(s) // 50/s rising to 110/s
+		arrived += int64(rate)
+		d := DecideQueue(p, QueueInput{Now: t0.Add(time.Duration(s) * time.Second), Current: cur, Consuming: cur,
+			Backlog: 10, BacklogKnown: true, Arrived: arrived, Rates: known(rate*0.9, 10)}, &st)
+		if d.Replicas < cur {
+			t.Fatalf("at %ds (%.0f/s): shrank %d -> %d on a rising load: %s", s, rate, cur, d.Replicas, d.Reason)
+		}
+		cur = d.Replicas
+	}
+}
+
+// TestLearnsWhenAShrinkIsTakenBack: a shrink to N at a load that N cannot
+// hold (the backlog rises above target) is taken back, and the next shrink
+// at the same load stops above N.
+func TestLearnsWhenAShrinkIsTakenBack(t *testing.T) {
+	p := QueuePolicy{Target: 50, Max: 50, ScaleDownDelay: 5 * time.Second}
+	var st QueueState
+	in := func(s int, cur int32, backlog int64) QueueInput {
+		return QueueInput{Now: t0.Add(time.Duration(s) * time.Second), Current: cur, Consuming: cur, Backlog: backlog, Waiting: backlog / 2, BacklogKnown: true, Rates: known(58, 10)}
+	}
+	cur := int32(9)
+	s := 0
+	for ; s < 10; s++ { // drained: gives back to 7 (58/s at 90%)
+		cur = DecideQueue(p, in(s, cur, 5), &st).Replicas
+	}
+	if cur != 7 {
+		t.Fatalf("after the drain replicas = %d, want 7", cur)
+	}
+	cur = DecideQueue(p, in(s, cur, 1000), &st).Replicas // 7 could not hold it
+	if cur <= 7 {
+		t.Fatalf("backlog above target at 7: replicas = %d, want more", cur)
+	}
+	for s++; s < 30; s++ {
+		cur = DecideQueue(p, in(s, cur, 5), &st).Replicas
+		if cur <= 7 {
+			t.Fatalf("at %ds: shrank to %d again at the same load", s, cur)
+		}
+	}
+}
+
+func TestWindowIsBounded(t *testing.T) {
+	p := QueuePolicy{Target: 50, Max: 20, ScaleDownDelay: 24 * time.Hour}
+	var st QueueState
+	for s := range 100000 {
+		DecideQueue(p, QueueInput{Now: t0.Add(time.Duration(s) * time.Second), Current: 5, Consuming: 5, Backlog: 10, BacklogKnown: true, Rates: known(40, 10)}, &st)
+	}
+	if st.window.size > windowBuckets {
+		t.Errorf("window holds %d buckets, want at most %d", st.window.size, windowBuckets)
+	}
+}
+
 func TestRates(t *testing.T) {
+	sec := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
 	tests := []struct {
 		name        string
 		samples     []QueueSample
-		wantArrival float64
+		wantArrival float64 // -1: unknown
 		wantService float64 // -1: unknown
 	}{
 		{
 			name: "busy replicas measure service",
 			samples: []QueueSample{
-				{Time: t0, Backlog: 100, Arrived: 0, Ready: 2},
-				{Time: t0.Add(time.Second), Backlog: 90, Arrived: 20, Ready: 2},
+				{Time: sec(0), Backlog: 100, Waiting: 90, Arrived: 0, Consuming: 2},
+				{Time: sec(1), Backlog: 90, Waiting: 80, Arrived: 20, Consuming: 2},
 			},
-			wantArrival: 20, wantService: 15,
+			wantArrival: -1, wantService: 15,
 		},
 		{
-			name: "idle queue does not measure service",
+			// Fault 2: starved replicas hold messages in flight; they are not slow.
+			name: "messages only in flight do not measure service",
 			samples: []QueueSample{
-				{Time: t0, Backlog: 0, Arrived: 0, Ready: 4},
-				{Time: t0.Add(time.Second), Backlog: 0, Arrived: 10, Ready: 4},
+				{Time: sec(0), Backlog: 10, Waiting: 0, Arrived: 0, Consuming: 100},
+				{Time: sec(1), Backlog: 10, Waiting: 0, Arrived: 100, Consuming: 100},
 			},
-			wantArrival: 10, wantService: -1,
+			wantArrival: -1, wantService: -1,
+		},
+		{
+			name: "service is per consuming replica",
+			samples: []QueueSample{
+				{Time: sec(0), Backlog: 500, Waiting: 490, Arrived: 0, Consuming: 2},
+				{Time: sec(1), Backlog: 480, Waiting: 470, Arrived: 0, Consuming: 2},
+			},
+			wantArrival: -1, wantService: 10,
 		},
 		{
 			name: "counter reset starts over",
 			samples: []QueueSample{
-				{Time: t0, Backlog: 5, Arrived: 1000, Ready: 1},
-				{Time: t0.Add(time.Second), Backlog: 5, Arrived: 3, Ready: 1},
+				{Time: sec(0), Backlog: 5, Arrived: 1000, Consuming: 1},
+				{Time: sec(1), Backlog: 5, Arrived: 3, Consuming: 1},
 			},
-			wantArrival: 0, wantService: -1,
+			wantArrival: -1, wantService: -1,
 		},
 		{
-			name: "no replicas ready measures no service",
+			name: "no replica consuming measures no service",
 			samples: []QueueSample{
-				{Time: t0, Backlog: 100, Arrived: 0},
-				{Time: t0.Add(time.Second), Backlog: 110, Arrived: 10},
+				{Time: sec(0), Backlog: 100, Waiting: 100, Arrived: 0},
+				{Time: sec(1), Backlog: 110, Waiting: 110, Arrived: 10},
 			},
-			wantArrival: 10, wantService: -1,
+			wantArrival: -1, wantService: -1,
+		},
+		{
+			// Fault 1: a one-off burst is backlog to drain, not a rate to serve.
+			name: "a burst is not a rate",
+			samples: []QueueSample{
+				{Time: sec(0), Arrived: 0},
+				{Time: sec(1), Arrived: 1100},
+				{Time: sec(2), Arrived: 1200},
+				{Time: sec(3), Arrived: 1300},
+				{Time: sec(4), Arrived: 1400},
+			},
+			wantArrival: 100, wantService: -1,
+		},
+		{
+			name: "a rate that steps up and stays is believed within three intervals",
+			samples: []QueueSample{
+				{Time: sec(0), Arrived: 0}, {Time: sec(1), Arrived: 10}, {Time: sec(2), Arrived: 20}, {Time: sec(3), Arrived: 30},
+				{Time: sec(4), Arrived: 30 + 200}, {Time: sec(5), Arrived: 30 + 400}, {Time: sec(6), Arrived: 30 + 600},
+			},
+			wantArrival: 200, wantService: -1,
+		},
+		{
+			name: "a producer that publishes in batches is read at its average",
+			samples: []QueueSample{
+				{Time: sec(0), Arrived: 0}, {Time: sec(1), Arrived: 200}, {Time: sec(2), Arrived: 200}, {Time: sec(3), Arrived: 400},
+				{Time: sec(4), Arrived: 400}, {Time: sec(5), Arrived: 600}, {Time: sec(6), Arrived: 600}, {Time: sec(7), Arrived: 800},
+				{Time: sec(8), Arrived: 800}, {Time: sec(9), Arrived: 1000}, {Time: sec(10), Arrived: 1000},
+			},
+			wantArrival: 100, wantService: -1,
 		},
 	}
 	for _, tc := range tests {
@@ -142,8 +279,11 @@ func TestRates(t *testing.T) {
 			for _, s := range tc.samples {
 				r.Observe(s)
 			}
-			if r.Arrival != tc.wantArrival {
-				t.Errorf("arrival = %v, want %v", r.Arrival, tc.wantArrival)
+			switch {
+			case tc.wantArrival < 0 && r.ArrivalKnown:
+				t.Errorf("arrival known (%v), want unknown", r.Arrival)
+			case tc.wantArrival >= 0 && (!r.ArrivalKnown || r.Arrival != tc.wantArrival):
+				t.Errorf("arrival = %v (known %v), want %v", r.Arrival, r.ArrivalKnown, tc.wantArrival)
 			}
 			switch {
 			case tc.wantService < 0 && r.ServiceKnown:

@@ -4,11 +4,12 @@ import (
 	"math"
 	"time"
 
+	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/scaler"
 )
 
 // Microscaling is this project's decision: scaler.Rates and scaler.DecideQueue
-// at a 1 s tick.
+// at a 1 s tick, with the annotations' defaults.
 type Microscaling struct {
 	Policy scaler.QueuePolicy
 	rates  scaler.Rates
@@ -20,10 +21,19 @@ type Microscaling struct {
 // NewMicroscaling returns the project's policy for world w.
 func NewMicroscaling(w World) *Microscaling {
 	return &Microscaling{
-		Policy: scaler.QueuePolicy{Target: w.Target, Max: w.Max, ScaleDownDelay: 30 * time.Second},
+		Policy: scaler.QueuePolicy{Target: w.Target, Max: w.Max, ScaleDownDelay: annotations.DefaultScaleDownDelay},
 		epoch:  time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
 		name:   "microscaling",
 	}
+}
+
+// NewMicroscalingWait returns the project's policy holding a wait target
+// instead of a backlog target.
+func NewMicroscalingWait(w World, wait time.Duration) *Microscaling {
+	m := NewMicroscaling(w)
+	m.Policy.Target, m.Policy.Wait = 0, wait
+	m.name = "microscaling-wait-" + wait.String()
+	return m
 }
 
 func (m *Microscaling) Name() string            { return m.name }
@@ -31,9 +41,10 @@ func (m *Microscaling) Interval() time.Duration { return time.Second }
 
 func (m *Microscaling) Decide(o Observation) int32 {
 	now := m.epoch.Add(o.Now)
-	m.rates.Observe(scaler.QueueSample{Time: now, Backlog: o.Backlog, Arrived: o.Arrived, Ready: o.Ready})
+	m.rates.Observe(scaler.QueueSample{Time: now, Backlog: o.Backlog, Waiting: o.Waiting, Arrived: o.Arrived, Consuming: o.Consuming})
 	d := scaler.DecideQueue(m.Policy, scaler.QueueInput{
-		Now: now, Current: o.Current, Ready: o.Ready, BacklogKnown: true, Backlog: o.Backlog, Rates: m.rates,
+		Now: now, Current: o.Current, Consuming: o.Consuming, BacklogKnown: true,
+		Backlog: o.Backlog, Waiting: o.Waiting, Arrived: o.Arrived, Rates: m.rates,
 	}, &m.state)
 	return d.Replicas
 }
@@ -134,4 +145,19 @@ func (e *Engine) Decide(o Observation) int32 {
 	}
 	d = min(max(d, -e.MaxDelta), e.MaxDelta)
 	return min(max(o.Current+d, 0), e.Max)
+}
+
+// Policies returns fresh instances of the compared policies for trace tr:
+// the project's rule, the HPA as KEDA drives it, the original engine, and
+// the project's rule with a 5 s wait target instead of a backlog target.
+// The HPA's per-replica threshold is tuned per trace so that at the trace's
+// mean load it holds the same total backlog as the target: its best case.
+func Policies(w World, tr Trace) []Policy {
+	replicasAtMean := max(1, math.Ceil(meanRate(tr)/w.ServiceRate))
+	return []Policy{
+		NewMicroscaling(w),
+		&KEDAHPA{Threshold: float64(w.Target) / replicasAtMean, Max: w.Max},
+		&Engine{Target: w.Target, Max: w.Max, MaxDelta: 5},
+		NewMicroscalingWait(w, 5*time.Second),
+	}
 }

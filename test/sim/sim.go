@@ -1,44 +1,53 @@
-// Package sim is a deterministic simulator of a queue, its producer and its
-// consumers on a virtual clock. It runs scaling policies side by side on the
-// same traces: this project's decision (scaler.DecideQueue), the HPA as KEDA
-// drives it by default, and the original Microscaling Engine's PD rule, and
-// scores how well each holds the backlog at its target and at what cost.
+// Package sim is a seeded simulator of an NSQ channel, its producer and its
+// consumer pods on a virtual clock, with NSQ's semantics: each consumer holds
+// up to MaxInFlight messages (counted in the backlog, as nsqd counts them)
+// and handles them one at a time with exponential service times; a pod
+// consumes only after a start delay (2-20 s) and a connect delay after
+// Ready; a pod that is scaled away finishes what it holds. Arrivals are
+// Poisson, bursts are added at once. It runs scaling policies side by side
+// on the same traces and seeds, and scores what a user sees: each message's
+// wait, replica-seconds, peak replicas, scale operations and reversals.
 package sim
 
 import (
 	"math"
+	"math/rand/v2"
+	"slices"
 	"time"
 )
 
 // World fixes the workload's physics.
 type World struct {
-	Target      int64         // backlog to hold
-	ServiceRate float64       // messages per second one ready replica finishes
-	StartDelay  time.Duration // from scale-up to a replica consuming
-	Max         int32         // max replicas for every policy
-	Step        time.Duration // simulation step
+	Target       int64         // backlog to hold
+	ServiceRate  float64       // mean messages per second one consumer handles
+	MaxInFlight  int           // messages a consumer holds at once (go-nsq MaxInFlight)
+	// StartMin and StartMax bound the cluster's typical pod start delay, one
+	// per seed (uniform); each pod starts within StartSpread of it, since
+	// pods of one image in one cluster share the pull, scheduler and kubelet.
+	StartMin, StartMax time.Duration
+	StartSpread        float64
+	ConnectDelay time.Duration // from Ready to consuming
+	Max          int32         // max replicas for every policy
+	Step         time.Duration // simulation step
 }
 
 // DefaultWorld is the world of the benchmark.
-var DefaultWorld = World{Target: 50, ServiceRate: 10, StartDelay: 5 * time.Second, Max: 100, Step: 100 * time.Millisecond}
-
-// Trace is a producer: messages per second at t.
-type Trace struct {
-	Name string
-	// Warm starts the run at the replicas the trace's first rate needs, with
-	// the backlog at target; otherwise a run starts at 1 replica, empty queue.
-	Warm     bool
-	Duration time.Duration
-	Rate     func(t time.Duration) float64
+var DefaultWorld = World{
+	Target: 50, ServiceRate: 10, MaxInFlight: 5,
+	StartMin: 2 * time.Second, StartMax: 20 * time.Second, StartSpread: 0.25, ConnectDelay: time.Second,
+	Max: 100, Step: 50 * time.Millisecond,
 }
 
-// Observation is what a policy can read of the world at a tick.
+// Observation is what a policy can read of the world at a tick, as the
+// controller reads it from nsqd and the API server.
 type Observation struct {
-	Now     time.Duration
-	Backlog int64
-	Arrived int64 // cumulative arrivals
-	Ready   int32 // replicas consuming
-	Current int32 // replicas asked for
+	Now       time.Duration
+	Backlog   int64 // waiting + in flight
+	Waiting   int64 // not yet delivered
+	Arrived   int64 // cumulative arrivals
+	Consuming int32 // replicas connected and taking messages
+	Ready     int32 // pods Ready (consuming or connecting)
+	Current   int32 // replicas asked for
 }
 
 // Policy decides replicas. Interval is how often Decide is called.
@@ -55,96 +64,266 @@ type Point struct {
 	Replicas int32
 }
 
-// Result scores one policy on one trace.
+// Result scores one policy on one trace and seed.
 type Result struct {
 	Policy, Trace string
-	// MeanError is the time average of |backlog - target| / target.
-	MeanError float64
-	// PeakBacklog is the highest backlog seen.
-	PeakBacklog float64
+	Seed          uint64
+	// WaitP50/95/99 are percentiles of each message's wait from arrival to
+	// the start of its handling, in seconds (messages never handled count
+	// with their wait at the end of the run).
+	WaitP50, WaitP95, WaitP99 float64
+	PeakBacklog               float64
 	// ReplicaSeconds integrates the replicas asked for.
 	ReplicaSeconds float64
-	// ScaleOps counts changes of replicas; Reversals counts changes of direction.
+	// PeakReplicas is the most replicas asked for; Needed is the most the
+	// trace's rate needs (ceil(rate / service rate)).
+	PeakReplicas, Needed int32
+	// ScaleOps counts changes of replicas; Reversals counts direction
+	// changes inside a monotonic stretch of the trace's rate (see Stretches).
 	ScaleOps, Reversals int
-	// LateReversals counts reversals in the second half, after warm-up.
-	LateReversals int
-	Points        []Point
+	Points              []Point
 }
 
-// Run simulates policy p on trace tr in world w, from one replica and an
-// empty queue.
-func Run(w World, tr Trace, p Policy) Result {
-	res := Result{Policy: p.Name(), Trace: tr.Name}
-	var (
-		backlog  float64
-		arrived  float64
-		starting []time.Duration // start times of replicas not yet ready
-		ready    int32           = 1
-		current  int32           = 1
-		nextTick time.Duration
-		lastDir  int
-		errSum   float64
-		steps    int
-	)
-	dt := w.Step.Seconds()
-	if tr.Warm {
-		current = int32(math.Ceil(tr.Rate(0) / w.ServiceRate))
-		ready, backlog = current, float64(w.Target)
+type pod struct {
+	consumeAt float64 // when it connects (start + ready + connect)
+	readyAt   float64
+	inflight  []float64 // arrival times of held messages, oldest first
+	busy      bool
+	finish    float64
+	leaving   bool // scaled away: takes nothing new, finishes what it holds
+}
+
+// fifo is the channel's queue of arrival times.
+type fifo struct {
+	a    []float64
+	head int
+}
+
+func (q *fifo) len() int { return len(q.a) - q.head }
+func (q *fifo) push(t float64) {
+	if q.head > 4096 && q.head*2 > len(q.a) {
+		q.a = append(q.a[:0], q.a[q.head:]...)
+		q.head = 0
 	}
-	for now := time.Duration(0); now < tr.Duration; now += w.Step {
-		// Replicas become ready after their start delay.
-		keep := starting[:0]
-		for _, at := range starting {
-			if now-at >= w.StartDelay {
-				ready++
-			} else {
-				keep = append(keep, at)
-			}
+	q.a = append(q.a, t)
+}
+func (q *fifo) peek() float64 { return q.a[q.head] }
+func (q *fifo) pop() float64  { q.head++; return q.a[q.head-1] }
+
+// Run simulates policy p on trace tr with the given seed in world w, from
+// the replicas the trace's first rate needs (at least one), ready, and an
+// empty queue.
+func Run(w World, tr Trace, p Policy, seed uint64) Result {
+	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	res := Result{Policy: p.Name(), Trace: tr.Name, Seed: seed}
+	rate := tr.rateFunc(seed)
+	startDelay := w.StartMin.Seconds() + rng.Float64()*(w.StartMax-w.StartMin).Seconds()
+	var (
+		q        fifo
+		pods     []*pod
+		arrived  int64
+		waits    []float64
+		current  int32
+		nextTick time.Duration
+		ops      []op
+	)
+	current = max(1, int32(math.Ceil(rate(0)/w.ServiceRate)))
+	for range current {
+		pods = append(pods, &pod{})
+	}
+	dt := w.Step.Seconds()
+	nextArrival := math.Inf(1)
+	schedule := func(from float64) {
+		r := rate(time.Duration(from * float64(time.Second)))
+		nextArrival = math.Inf(1)
+		if r > 0 {
+			nextArrival = from + rng.ExpFloat64()/r
 		}
-		starting = keep
-		// Messages arrive and are served.
-		in := tr.Rate(now) * dt
-		arrived += in
-		backlog += in
-		backlog = math.Max(0, backlog-float64(ready)*w.ServiceRate*dt)
+	}
+	schedule(0)
+	bursts := slices.Clone(tr.Bursts)
+	order := make([]int, 0, 128)
+	for now := time.Duration(0); now < tr.Duration; now += w.Step {
+		t0, t1 := now.Seconds(), (now + w.Step).Seconds()
+		for len(bursts) > 0 && bursts[0].At <= now+w.Step {
+			for range bursts[0].Messages {
+				q.push(bursts[0].At.Seconds())
+				arrived++
+			}
+			bursts = bursts[1:]
+		}
+		// Poisson arrivals; the rate is re-read at each step's start.
+		if math.IsInf(nextArrival, 1) {
+			schedule(t0)
+		}
+		for nextArrival < t1 {
+			q.push(nextArrival)
+			arrived++
+			schedule(nextArrival)
+		}
+		// Consumers, in a rotating order so that none is favoured.
+		order = order[:0]
+		for i := range pods {
+			order = append(order, i)
+		}
+		if len(order) > 1 {
+			k := int(now/w.Step) % len(order)
+			order = append(order[k:], order[:k]...)
+		}
+		for _, i := range order {
+			pods[i].step(&q, t0, t1, w, rng, &waits)
+		}
+		pods = slices.DeleteFunc(pods, func(pd *pod) bool { return pd.leaving && len(pd.inflight) == 0 })
 
 		if now >= nextTick {
 			nextTick = now + p.Interval()
-			want := min(max(p.Decide(Observation{Now: now, Backlog: int64(math.Round(backlog)), Arrived: int64(arrived), Ready: ready, Current: current}), 0), w.Max)
+			o := Observation{Now: now, Arrived: arrived, Current: current, Waiting: int64(q.len())}
+			o.Backlog = o.Waiting
+			for _, pd := range pods {
+				o.Backlog += int64(len(pd.inflight))
+				if !pd.leaving && pd.consumeAt <= t0 {
+					o.Consuming++
+				}
+				if !pd.leaving && pd.readyAt <= t0 {
+					o.Ready++
+				}
+			}
+			want := min(max(p.Decide(o), 0), w.Max)
 			if want != current {
-				res.ScaleOps++
-				dir := 1
-				if want < current {
-					dir = -1
-				}
-				if lastDir != 0 && dir != lastDir {
-					res.Reversals++
-					if now >= tr.Duration/2 {
-						res.LateReversals++
-					}
-				}
-				lastDir = dir
+				ops = append(ops, op{at: now, up: want > current})
 				for ; current < want; current++ {
-					starting = append(starting, now)
+					start := t0 + startDelay*(1+w.StartSpread*(2*rng.Float64()-1))
+					pods = append(pods, &pod{readyAt: start, consumeAt: start + w.ConnectDelay.Seconds()})
 				}
 				for ; current > want; current-- {
-					// Remove replicas still starting first.
-					if len(starting) > 0 {
-						starting = starting[:len(starting)-1]
-					} else {
-						ready--
-					}
+					scaleAway(pods, t0)
 				}
 			}
 		}
-		errSum += math.Abs(backlog-float64(w.Target)) / float64(w.Target)
-		steps++
+		backlog := float64(q.len())
+		for _, pd := range pods {
+			backlog += float64(len(pd.inflight))
+		}
 		res.ReplicaSeconds += float64(current) * dt
 		res.PeakBacklog = math.Max(res.PeakBacklog, backlog)
-		if steps%10 == 0 {
+		res.PeakReplicas = max(res.PeakReplicas, current)
+		if int(now/w.Step)%int(time.Second/w.Step) == 0 {
 			res.Points = append(res.Points, Point{T: now, Backlog: backlog, Replicas: current})
 		}
 	}
-	res.MeanError = errSum / float64(steps)
+	end := tr.Duration.Seconds()
+	for i := q.head; i < len(q.a); i++ {
+		waits = append(waits, end-q.a[i])
+	}
+	for _, pd := range pods {
+		for _, a := range pd.inflight {
+			waits = append(waits, end-a)
+		}
+	}
+	slices.Sort(waits)
+	res.WaitP50, res.WaitP95, res.WaitP99 = quantile(waits, 0.5), quantile(waits, 0.95), quantile(waits, 0.99)
+	res.ScaleOps = len(ops)
+	res.Reversals = reversals(ops, tr.Stretches())
+	res.Needed = tr.needed(w)
 	return res
+}
+
+// scaleAway removes one replica as a ReplicaSet does: a pod not yet Ready
+// first (the youngest), else the youngest consuming pod, which then finishes
+// what it holds.
+func scaleAway(pods []*pod, now float64) {
+	var pick *pod
+	for _, pd := range pods {
+		if pd.leaving {
+			continue
+		}
+		switch {
+		case pick == nil:
+			pick = pd
+		case (pd.readyAt > now) != (pick.readyAt > now):
+			if pd.readyAt > now {
+				pick = pd
+			}
+		case pd.readyAt >= pick.readyAt:
+			pick = pd
+		}
+	}
+	if pick == nil {
+		return
+	}
+	pick.leaving = true
+}
+
+// step runs one consumer from t0 to t1: it takes messages from the channel
+// while it holds fewer than MaxInFlight, and handles them one at a time.
+func (pd *pod) step(q *fifo, t0, t1 float64, w World, rng *rand.Rand, waits *[]float64) {
+	if pd.consumeAt >= t1 {
+		return
+	}
+	cursor := max(t0, pd.consumeAt)
+	for {
+		for !pd.leaving && len(pd.inflight) < w.MaxInFlight && q.len() > 0 && q.peek() <= cursor {
+			pd.inflight = append(pd.inflight, q.pop())
+		}
+		switch {
+		case pd.busy:
+			if pd.finish > t1 {
+				return
+			}
+			cursor = pd.finish
+			pd.busy = false
+			pd.inflight = pd.inflight[1:]
+		case len(pd.inflight) > 0:
+			*waits = append(*waits, cursor-pd.inflight[0])
+			pd.busy = true
+			pd.finish = cursor + rng.ExpFloat64()/w.ServiceRate
+		case !pd.leaving && q.len() > 0 && q.peek() < t1:
+			cursor = max(cursor, q.peek()) // idle until the next message
+		default:
+			return
+		}
+	}
+}
+
+func quantile(sorted []float64, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(len(sorted)-1, int(p*float64(len(sorted))))]
+}
+
+type op struct {
+	at time.Duration
+	up bool
+}
+
+// reversals counts pairs of consecutive scale operations inside one
+// stretch that go opposite ways, except, in a flat stretch, an increase
+// followed by a decrease (a drained surplus given back).
+func reversals(ops []op, st []Stretch) int {
+	n := 0
+	for i := 1; i < len(ops); i++ {
+		a, b := ops[i-1], ops[i]
+		if a.up == b.up {
+			continue
+		}
+		s, ok := stretchOf(st, a.at)
+		if !ok || s.End <= b.at {
+			continue
+		}
+		if s.Dir == 0 && a.up {
+			continue
+		}
+		n++
+	}
+	return n
+}
+
+func stretchOf(st []Stretch, t time.Duration) (Stretch, bool) {
+	for _, s := range st {
+		if t >= s.Start && t < s.End {
+			return s, true
+		}
+	}
+	return Stretch{}, false
 }

@@ -22,27 +22,30 @@ const (
 
 func main() {
 	var (
-		duration = flag.Duration("duration", 15*time.Minute, "length of each trace")
+		duration = flag.Duration("duration", 15*time.Minute, "length of each long trace")
+		seeds    = flag.Int("seeds", 10, "seeds per trace; scores are medians over them")
 		svgDir   = flag.String("svg-dir", "docs/sim", "where to write one SVG per trace")
 		bench    = flag.String("benchmarks", "BENCHMARKS.md", "file whose simulator section is rewritten; empty: none")
 	)
 	flag.Parse()
-	if err := run(*duration, *svgDir, *bench); err != nil {
+	if err := run(*duration, *seeds, *svgDir, *bench); err != nil {
 		fmt.Fprintln(os.Stderr, "simulate:", err)
 		os.Exit(1)
 	}
 }
 
-func run(d time.Duration, svgDir, bench string) error {
+func run(d time.Duration, seeds int, svgDir, bench string) error {
 	w := sim.DefaultWorld
-	rows := sim.RunAll(w, d)
+	fmt.Fprintf(os.Stderr, "simulating %d traces x 4 policies x %d seeds...\n", len(sim.Traces(d)), seeds)
+	rows := sim.RunAll(w, d, seeds)
+	traces := sim.Traces(d)
 	if err := os.MkdirAll(svgDir, 0o755); err != nil {
 		return fmt.Errorf("making %s: %w", svgDir, err)
 	}
 	var verdicts strings.Builder
-	for _, row := range rows {
+	for i, row := range rows {
 		path := filepath.Join(svgDir, row[0].Trace+".svg")
-		if err := os.WriteFile(path, []byte(sim.SVG(row, w.Target)), 0o644); err != nil {
+		if err := os.WriteFile(path, []byte(sim.SVG(row, w, traces[i])), 0o644); err != nil {
 			return fmt.Errorf("writing %s: %w", path, err)
 		}
 		ok, why := sim.Verdict(row)
@@ -52,9 +55,12 @@ func run(d time.Duration, svgDir, bench string) error {
 		}
 		fmt.Fprintf(&verdicts, "- %s: %s ([plot](%s))\n", row[0].Trace, status, filepath.ToSlash(path))
 	}
-	section := fmt.Sprintf("%s\nCommand: `make simulate` (`go run ./test/simulate -duration %s`). World: target %d messages, "+
-		"%.0f msg/s per ready replica, %s start delay, max %d replicas, %s step; every policy starts at 1 replica and an empty queue.\n\n%s\n%s%s",
-		begin, d, w.Target, w.ServiceRate, w.StartDelay, w.Max, w.Step, sim.Table(rows), verdicts.String(), end)
+	section := fmt.Sprintf("%s\nCommand: `make simulate` (`go run ./test/simulate -duration %s -seeds %d`); scores are medians over the seeds. "+
+		"World: target %d messages; Poisson arrivals; each consumer holds up to %d messages in flight (counted in the backlog) and handles them one at a time, "+
+		"exponential service times, mean %.0f msg/s; each seed draws a typical pod start delay from %s-%s (uniform), each pod starts within 25%% of it, and connects %s after Ready; a pod scaled away finishes what it holds; "+
+		"max %d replicas, %s step; every run starts at the replicas the first rate needs with an empty queue. "+
+		"Reversals: consecutive scale operations in opposite directions inside one monotonic stretch of the rate (in a flat stretch, an increase then a decrease is a drained surplus given back and not counted).\n\n%s\n%s%s",
+		begin, d, seeds, w.Target, w.MaxInFlight, w.ServiceRate, w.StartMin, w.StartMax, w.ConnectDelay, w.Max, w.Step, sim.Table(rows), verdicts.String(), end)
 	fmt.Println(section)
 	if bench == "" {
 		return nil

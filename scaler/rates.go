@@ -119,7 +119,7 @@ func (r *Rates) observeArrival(rate float64) {
 	}
 	est := sum / float64(len(kept))
 	if n >= stepIntervals {
-		est = max(est, slices.Min(r.in[n-stepIntervals : n]))
+		est = max(est, slices.Min(r.in[n-stepIntervals:n]))
 	}
 	r.Arrival, r.ArrivalKnown = est, true
 }

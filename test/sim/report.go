@@ -12,15 +12,15 @@ import (
 // Summary is one policy on one trace: the median over seeds of each score,
 // the worst seed's reversals, and the first seed's run for plots.
 type Summary struct {
-	Policy, Trace                    string
-	Seeds                            int
-	WaitP50, WaitP95, WaitP99        float64
-	ReplicaSeconds, PeakBacklog      float64
-	PeakReplicas, ScaleOps           float64
-	Needed                           int32
-	Reversals                        float64
-	ReversalsWorst                   int
-	Plot                             Result
+	Policy, Trace               string
+	Seeds                       int
+	WaitP50, WaitP95, WaitP99   float64
+	ReplicaSeconds, PeakBacklog float64
+	PeakReplicas, ScaleOps      float64
+	Needed                      int32
+	Reversals                   float64
+	ReversalsWorst              int
+	Plot                        Result
 }
 
 // RunAll runs every policy on every trace of length d (the long ones) for

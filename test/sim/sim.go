@@ -18,17 +18,17 @@ import (
 
 // World fixes the workload's physics.
 type World struct {
-	Target       int64         // backlog to hold
-	ServiceRate  float64       // mean messages per second one consumer handles
-	MaxInFlight  int           // messages a consumer holds at once (go-nsq MaxInFlight)
+	Target      int64   // backlog to hold
+	ServiceRate float64 // mean messages per second one consumer handles
+	MaxInFlight int     // messages a consumer holds at once (go-nsq MaxInFlight)
 	// StartMin and StartMax bound the cluster's typical pod start delay, one
 	// per seed (uniform); each pod starts within StartSpread of it, since
 	// pods of one image in one cluster share the pull, scheduler and kubelet.
 	StartMin, StartMax time.Duration
 	StartSpread        float64
-	ConnectDelay time.Duration // from Ready to consuming
-	Max          int32         // max replicas for every policy
-	Step         time.Duration // simulation step
+	ConnectDelay       time.Duration // from Ready to consuming
+	Max                int32         // max replicas for every policy
+	Step               time.Duration // simulation step
 }
 
 // DefaultWorld is the world of the benchmark.

@@ -576,8 +576,13 @@ func (c *Controller) decideQueue(m *member, t *tick) {
 			c.recorder.Eventf(m.d, corev1.EventTypeNormal, "QueueReadable", "queue read again: backlog %d", sum.Backlog)
 		}
 		st.unreadable = false
-		// A replica consumes once it is Ready and connected to the queue.
-		consuming := int32(min(int64(m.d.Status.ReadyReplicas), sum.Consumers))
+		// A replica consumes once it is Ready and connected to the queue. With
+		// no connection seen at all (consumers that nsqd does not list, or
+		// none alive), Ready replicas count: they are not on the way.
+		consuming := m.d.Status.ReadyReplicas
+		if sum.Consumers > 0 {
+			consuming = int32(min(int64(consuming), sum.Consumers))
+		}
 		st.rates.Observe(QueueSample{Time: t.at, Backlog: sum.Backlog, Waiting: sum.Waiting, Arrived: sum.Arrived, Consuming: consuming})
 		in.BacklogKnown, in.Backlog, in.Waiting, in.Consuming, in.Rates = true, sum.Backlog, sum.Waiting, consuming, st.rates
 		st.gauges.backlog, st.gauges.hasBacklog = sum.Backlog, true

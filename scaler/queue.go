@@ -19,7 +19,7 @@ type QueuePolicy struct {
 // Horizon is how long the rule gives a backlog above target-queue-length to
 // drain: the surplus of replicas it asks for is the excess over Horizon.
 // Longer costs waits, shorter costs replicas that idle once it is drained.
-const Horizon = 30 * time.Second
+const Horizon = 40 * time.Second
 
 // downBand is the dead band: shrink only while backlog <= downBand * target.
 const downBand = 0.7

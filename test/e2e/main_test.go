@@ -278,9 +278,13 @@ func waitEvent(t *testing.T, s *harness.Stack, ns, name, substr string, timeout 
 
 // consumers starts NSQ consumers for the Running pods of a Deployment.
 func consumers(t *testing.T, s *harness.Stack, ns, app, topic, channel string, per time.Duration) *workload.Consumers {
+	return runConsumers(t, &workload.Consumers{Client: s.Client, Namespace: ns, Selector: "app=" + app, NSQDTCPAddr: s.NSQ.TCPAddr,
+		Topic: topic, Channel: channel, PerMessage: per})
+}
+
+// runConsumers keeps c's consumers running until the test ends.
+func runConsumers(t *testing.T, c *workload.Consumers) *workload.Consumers {
 	ctx, cancel := context.WithCancel(t.Context())
-	c := &workload.Consumers{Client: s.Client, Namespace: ns, Selector: "app=" + app, NSQDTCPAddr: s.NSQ.TCPAddr,
-		Topic: topic, Channel: channel, PerMessage: per}
 	done := make(chan struct{})
 	go func() { c.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })

@@ -50,10 +50,7 @@ func Produce(ctx context.Context, addr, topic string, s Schedule) error {
 			continue
 		}
 		owed -= float64(n)
-		batch := make([][]byte, n)
-		for i := range batch {
-			batch[i] = []byte("job")
-		}
+		batch := stamped(n)
 		if err := p.MultiPublish(topic, batch); err != nil {
 			klog.FromContext(ctx).Info("publish failed; retrying next batch", "err", err)
 		}

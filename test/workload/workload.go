@@ -6,6 +6,8 @@ package workload
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -26,6 +28,12 @@ type Consumers struct {
 	Channel     string
 	// PerMessage is how long one consumer works on a message.
 	PerMessage time.Duration
+	// MaxInFlight is how many messages one consumer holds at once (1 when 0);
+	// it handles them one at a time.
+	MaxInFlight int
+	// Waits, when set, records each stamped message's wait from publish to
+	// the start of its handling.
+	Waits *Waits
 
 	mu      sync.Mutex // guards running
 	running map[string]*nsq.Consumer
@@ -82,14 +90,15 @@ func (c *Consumers) sync(ctx context.Context) error {
 			continue
 		}
 		cfg := nsq.NewConfig()
-		cfg.MaxInFlight = 1
+		cfg.MaxInFlight = max(1, c.MaxInFlight)
 		cons, err := nsq.NewConsumer(c.Topic, c.Channel, cfg)
 		if err != nil {
 			return fmt.Errorf("consumer for pod %s: %w", name, err)
 		}
 		cons.SetLoggerLevel(nsq.LogLevelError)
-		per := c.PerMessage
-		cons.AddHandler(nsq.HandlerFunc(func(*nsq.Message) error {
+		per, waits := c.PerMessage, c.Waits
+		cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
+			waits.observe(m.Body)
 			time.Sleep(per) // the simulated work of a message
 			return nil
 		}))
@@ -120,14 +129,61 @@ func Publish(addr, topic string, n int) error {
 	p.SetLoggerLevel(nsq.LogLevelError)
 	defer p.Stop()
 	for n > 0 {
-		batch := make([][]byte, min(n, 100))
-		for i := range batch {
-			batch[i] = []byte("job")
-		}
+		batch := stamped(min(n, 100))
 		if err := p.MultiPublish(topic, batch); err != nil {
 			return fmt.Errorf("publishing to %s: %w", topic, err)
 		}
 		n -= len(batch)
 	}
 	return nil
+}
+
+// stamped returns n message bodies that carry their publish time.
+func stamped(n int) [][]byte {
+	now := []byte(strconv.FormatInt(time.Now().UnixNano(), 10))
+	batch := make([][]byte, n)
+	for i := range batch {
+		batch[i] = now
+	}
+	return batch
+}
+
+// Waits collects the waits of stamped messages, from publish to the start
+// of their handling.
+type Waits struct {
+	mu    sync.Mutex // guards waits
+	waits []time.Duration
+}
+
+func (w *Waits) observe(body []byte) {
+	if w == nil {
+		return
+	}
+	ns, err := strconv.ParseInt(string(body), 10, 64)
+	if err != nil {
+		return // not stamped
+	}
+	d := time.Since(time.Unix(0, ns))
+	w.mu.Lock()
+	w.waits = append(w.waits, d)
+	w.mu.Unlock()
+}
+
+// Quantile returns the q-quantile of the waits seen so far, and how many.
+func (w *Waits) Quantile(q float64) (time.Duration, int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.waits) == 0 {
+		return 0, 0
+	}
+	s := slices.Clone(w.waits)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(q*float64(len(s))))], len(s)
+}
+
+// Reset forgets the waits seen so far.
+func (w *Waits) Reset() {
+	w.mu.Lock()
+	w.waits = nil
+	w.mu.Unlock()
 }

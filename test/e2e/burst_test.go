@@ -1,0 +1,208 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/microscaling/microscaling/test/harness"
+	"github.com/microscaling/microscaling/test/workload"
+)
+
+// loadRecord is what a run saw, sampled every 100 ms from the start of the load.
+type loadRecord struct {
+	mu      sync.Mutex // guards samples
+	samples []loadSample
+}
+
+type loadSample struct {
+	at       time.Duration
+	replicas int32 // spec.replicas of the Deployment
+	backlog  int64 // depth + in flight + deferred on nsqd
+}
+
+// record samples the Deployment's replicas and the channel's backlog until ctx ends.
+func (r *loadRecord) record(ctx context.Context, t *testing.T, s *harness.Stack, name, topic, channel string, start time.Time) {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		n, err := replicas(ctx, s, "default", name)
+		b, berr := channelBacklog(ctx, s, topic, channel)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil || berr != nil {
+			t.Errorf("sampling: replicas: %v, backlog: %v", err, berr)
+			return
+		}
+		r.mu.Lock()
+		r.samples = append(r.samples, loadSample{at: time.Since(start), replicas: n, backlog: b})
+		r.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func channelBacklog(ctx context.Context, s *harness.Stack, topic, channel string) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/stats?format=json&topic=%s&channel=%s", s.NSQ.HTTPAddr, topic, channel), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Topics []struct {
+			Channels []struct {
+				Name     string `json:"channel_name"`
+				Depth    int64  `json:"depth"`
+				InFlight int64  `json:"in_flight_count"`
+				Deferred int64  `json:"deferred_count"`
+			} `json:"channels"`
+		} `json:"topics"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return 0, fmt.Errorf("decoding nsqd stats: %w", err)
+	}
+	for _, tp := range st.Topics {
+		for _, c := range tp.Channels {
+			if c.Name == channel {
+				return c.Depth + c.InFlight + c.Deferred, nil
+			}
+		}
+	}
+	return 0, nil
+}
+
+// burstResult scores one run of the burst + steady load.
+type burstResult struct {
+	toNeeded       time.Duration // first time spec.replicas >= needed
+	peakReplicas   int32
+	peakBacklog    int64
+	replicaSeconds float64 // spec.replicas integrated over the load
+	reversals      int     // a decrease followed by an increase while the load is steady
+	waitP95        time.Duration
+}
+
+func (r *loadRecord) score(needed int32, load, steadyFrom time.Duration) burstResult {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	res := burstResult{toNeeded: -1}
+	var lastDir int
+	for i, sm := range r.samples {
+		if res.toNeeded < 0 && sm.replicas >= needed {
+			res.toNeeded = sm.at
+		}
+		res.peakReplicas = max(res.peakReplicas, sm.replicas)
+		res.peakBacklog = max(res.peakBacklog, sm.backlog)
+		if i == 0 {
+			continue
+		}
+		prev := r.samples[i-1]
+		if prev.at < load {
+			res.replicaSeconds += float64(prev.replicas) * (min(sm.at, load) - prev.at).Seconds()
+		}
+		if sm.replicas != prev.replicas && sm.at >= steadyFrom && sm.at < load {
+			dir := 1
+			if sm.replicas < prev.replicas {
+				dir = -1
+			}
+			if lastDir == -1 && dir == 1 {
+				res.reversals++
+			}
+			lastDir = dir
+		}
+	}
+	return res
+}
+
+// TestBurstBenchmark is the side-by-side shape of issue 15 on the real
+// stack: a burst of 1,000 messages, then 100 msg/s for 60 s, consumed by one
+// real go-nsq consumer per Running pod at 10 msg/s (max-in-flight 5), so 10
+// replicas are needed. It prints time to the needed replicas, peak replicas,
+// peak backlog, replica-seconds against the ideal (10 x 60 s) and reversals
+// while the load is steady; `make bench-burst` runs it (MICROSCALING_BENCH=1).
+func TestBurstBenchmark(t *testing.T) {
+	if os.Getenv("MICROSCALING_BENCH") == "" {
+		t.Skip("a benchmark: MICROSCALING_BENCH=1 (make bench-burst)")
+	}
+	runs := 3
+	var results []burstResult
+	for i := range runs {
+		t.Run(fmt.Sprint("run", i+1), func(t *testing.T) {
+			r := burstRun(t, nil)
+			results = append(results, r)
+			t.Logf("BURST run %d: to needed %.1f s, peak replicas %d, peak backlog %d, replica-seconds %.0f (%.2fx ideal 600), reversals while steady %d, p95 wait %.1f s",
+				i+1, r.toNeeded.Seconds(), r.peakReplicas, r.peakBacklog, r.replicaSeconds, r.replicaSeconds/600, r.reversals, r.waitP95.Seconds())
+		})
+	}
+	med := func(f func(burstResult) float64) float64 {
+		v := make([]float64, len(results))
+		for i, r := range results {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	t.Logf("BURST median of %d: to needed %.1f s, peak replicas %.0f (%.2fx needed 10), peak backlog %.0f, replica-seconds %.0f (%.2fx ideal 600), reversals while steady %.0f, p95 wait %.1f s",
+		len(results), med(func(r burstResult) float64 { return r.toNeeded.Seconds() }), med(func(r burstResult) float64 { return float64(r.peakReplicas) }),
+		med(func(r burstResult) float64 { return float64(r.peakReplicas) })/10, med(func(r burstResult) float64 { return float64(r.peakBacklog) }),
+		med(func(r burstResult) float64 { return r.replicaSeconds }), med(func(r burstResult) float64 { return r.replicaSeconds })/600,
+		med(func(r burstResult) float64 { return float64(r.reversals) }), med(func(r burstResult) float64 { return r.waitP95.Seconds() }))
+}
+
+// burstRun runs the burst + steady load once on a fresh stack, with extra
+// microscaling.com/* annotations kv, and scores it.
+func burstRun(t *testing.T, kv []string) burstResult {
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	ensureChannel(t, s, "jobs", "work")
+	ann := queueAnn(s, "jobs", "work", append([]string{"target-queue-length", "50", "min-replicas", "0", "max-replicas", "100"}, kv...)...)
+	create(t, s, deployment("default", "consumer", 0, ann, "10m"))
+	startController(t, s.Kubeconfig)
+	waits := &workload.Waits{}
+	runConsumers(t, &workload.Consumers{Client: s.Client, Namespace: "default", Selector: "app=consumer", NSQDTCPAddr: s.NSQ.TCPAddr,
+		Topic: "jobs", Channel: "work", PerMessage: 100 * time.Millisecond, MaxInFlight: 5, Waits: waits})
+
+	const load = 60 * time.Second
+	var rec loadRecord
+	ctx, cancel := context.WithCancel(t.Context())
+	start := time.Now()
+	var wg sync.WaitGroup
+	wg.Go(func() { rec.record(ctx, t, s, "consumer", "jobs", "work", start) })
+	defer func() { cancel(); wg.Wait() }()
+	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 1000); err != nil {
+		t.Fatal(err)
+	}
+	pctx, pcancel := context.WithTimeout(t.Context(), load)
+	defer pcancel()
+	if err := workload.Produce(pctx, s.NSQ.TCPAddr, "jobs", workload.Schedule{Min: 100, Max: 100}); err != nil {
+		t.Fatal(err)
+	}
+	// Until the backlog the load left is drained, for the waits.
+	eventually(t, 60*time.Second, func(ctx context.Context) error {
+		b, err := channelBacklog(ctx, s, "jobs", "work")
+		if err == nil && b > 0 {
+			err = fmt.Errorf("backlog %d", b)
+		}
+		return err
+	})
+	cancel()
+	wg.Wait()
+	res := rec.score(10, load, 20*time.Second)
+	res.waitP95, _ = waits.Quantile(0.95)
+	if res.toNeeded < 0 {
+		t.Errorf("never reached the 10 replicas the load needs (peak %d)", res.peakReplicas)
+	}
+	return res
+}

@@ -180,19 +180,22 @@ func (st *QueueState) learn(cur, want int32, arrival, service float64) {
 		st.shrunk.to, st.shrunk.arrival, st.shrunk.service, st.shrunk.valid = want, arrival, service, true
 	case want > cur && st.shrunk.valid && st.shrunk.to == cur && cur > 0:
 		st.shrunk.valid = false
-		if arrival <= st.shrunk.arrival*(1+learnTolerance) {
+		if arrival <= st.shrunk.arrival*(1+sameLoad) {
 			failed := st.shrunk.arrival / (float64(cur) * st.shrunk.service)
-			st.util = max(minUtilization, min(st.utilization(), failed*(1-learnTolerance)))
+			st.util = max(minUtilization, min(st.utilization(), failed*(1-learnMargin)))
 		}
 	case want > cur:
 		st.shrunk.valid = false
 	}
 }
 
-// learnTolerance is how much higher the load may be for a shrink taken
-// back to count against the utilization, and how far below the utilization
-// that failed the new one is set.
-const learnTolerance = 0.05
+// sameLoad is how much higher the arrival estimate may be (its noise) for a
+// shrink taken back to count against the utilization; learnMargin is how far
+// below the utilization that failed the new one is set.
+const (
+	sameLoad    = 0.15
+	learnMargin = 0.05
+)
 
 // shrinkSlack is how much less busy than growth aims at a shrink leaves the
 // replicas.

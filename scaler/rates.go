@@ -26,7 +26,7 @@ type QueueSample struct {
 //
 // Arrival is a trimmed mean of the per-interval rates of the last
 // arrivalWindow intervals, raised to the lowest of the last stepIntervals
-// when all of them are above it: a one-off burst (one or two intervals with
+// when all of them are well above it (by stepFactor): a one-off burst (one or two intervals with
 // a step in the count) is trimmed away and stays backlog to drain, while a
 // rate that steps up and stays is believed within stepIntervals ticks.
 //
@@ -53,9 +53,10 @@ type Rates struct {
 const (
 	// arrivalWindow is how many intervals the arrival rate is averaged over.
 	arrivalWindow = 10
-	// stepIntervals is how many intervals in a row above the average make a
-	// new rate rather than a burst.
+	// stepIntervals is how many intervals in a row, each above the average
+	// by stepFactor, make a new rate rather than a burst or noise.
 	stepIntervals = 3
+	stepFactor    = 1.2
 	// serviceTau is the time constant of the service rate's smoothing.
 	serviceTau = 5 * time.Second
 )
@@ -122,7 +123,9 @@ func (r *Rates) observeArrival(rate float64) {
 	}
 	est := sum / float64(len(kept))
 	if n >= stepIntervals {
-		est = max(est, slices.Min(r.in[n-stepIntervals:n]))
+		if step := slices.Min(r.in[n-stepIntervals : n]); step > stepFactor*est {
+			est = step
+		}
 	}
 	r.Arrival, r.ArrivalKnown = est, true
 }

@@ -42,6 +42,6 @@ bench-labels: binaries
 bench-scale: binaries
 	MICROSCALING_CONTROLLER_GOMEMLIMIT=200MiB MICROSCALING_BENCH=1 MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -count=1 -v -timeout 60m -run TestScaleBenchmark ./test/e2e | grep -E 'SCALE|LAG-BUCKETS|created in|caught up|^(ok|FAIL|---)'
 
-# Burst of 1,000 then 100 msg/s for 60 s on the real stack (3 runs); see BENCHMARKS.md.
+# Burst of 1,000 then 100 msg/s for 60 s on the real stack (5 runs); see BENCHMARKS.md.
 bench-burst: binaries
 	MICROSCALING_BENCH=1 MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -count=1 -v -timeout 20m -run TestBurstBenchmark ./test/e2e | grep -E 'BURST|^(ok|FAIL|---|\s+---)'

@@ -137,7 +137,7 @@ func TestBurstBenchmark(t *testing.T) {
 	if os.Getenv("MICROSCALING_BENCH") == "" {
 		t.Skip("a benchmark: MICROSCALING_BENCH=1 (make bench-burst)")
 	}
-	runs := 3
+	runs := 5
 	var results []burstResult
 	for i := range runs {
 		t.Run(fmt.Sprint("run", i+1), func(t *testing.T) {

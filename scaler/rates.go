@@ -32,8 +32,7 @@ type QueueSample struct {
 //
 // Service is measured only over intervals where messages were waiting at
 // both ends (not merely in flight: NSQ consumers always hold messages, so a
-// starved replica is not a slow one), per replica consuming, counting a
-// replica that connected or left during the interval as half of one.
+// starved replica is not a slow one), per replica consuming at both ends.
 // Intervals where nothing waited only raise it: each consuming replica
 // served at least its share of what left the queue.
 type Rates struct {
@@ -81,11 +80,13 @@ func (r *Rates) Observe(s QueueSample) {
 	r.observeArrival(float64(arrived) / dt)
 
 	done := float64(arrived - (s.Backlog - r.last.Backlog))
-	// Replicas that connected or left during the interval consumed for part
-	// of it: half of it on average.
-	consuming := float64(s.Consuming+r.last.Consuming) / 2
+	// Only replicas consuming at both ends count: one that connected during
+	// the interval did some of the work in part of it, which makes the
+	// estimate err high (fewer replicas, then growth), never low (an
+	// overshoot).
+	consuming := min(s.Consuming, r.last.Consuming)
 	if done >= 0 && consuming > 0 {
-		per := done / dt / consuming
+		per := done / dt / float64(consuming)
 		switch {
 		case r.last.Waiting > 0 && s.Waiting > 0:
 			// Every consuming replica was busy for the whole interval.

@@ -27,8 +27,12 @@ type World struct {
 	StartMin, StartMax time.Duration
 	StartSpread        float64
 	ConnectDelay       time.Duration // from Ready to consuming
-	Max                int32         // max replicas for every policy
-	Step               time.Duration // simulation step
+	// FixedService makes every message take exactly 1/ServiceRate, as the
+	// test consumers on the real stack do; otherwise service times are
+	// exponential.
+	FixedService bool
+	Max          int32         // max replicas for every policy
+	Step         time.Duration // simulation step
 }
 
 // DefaultWorld is the world of the benchmark.
@@ -36,6 +40,15 @@ var DefaultWorld = World{
 	Target: 50, ServiceRate: 10, MaxInFlight: 5,
 	StartMin: 2 * time.Second, StartMax: 20 * time.Second, StartSpread: 0.25, ConnectDelay: time.Second,
 	Max: 100, Step: 50 * time.Millisecond,
+}
+
+// RealStackWorld is the world of `make bench-burst`: kwok pods Running
+// within about a second, consumers connected 200 ms later, 100 ms a message,
+// 5 in flight; used to check the simulator's predictions against the stack.
+var RealStackWorld = World{
+	Target: 50, ServiceRate: 10, MaxInFlight: 5, FixedService: true,
+	StartMin: 700 * time.Millisecond, StartMax: 1300 * time.Millisecond, StartSpread: 0.25, ConnectDelay: 200 * time.Millisecond,
+	Max: 100, Step: 10 * time.Millisecond,
 }
 
 // Observation is what a policy can read of the world at a tick, as the
@@ -78,6 +91,9 @@ type Result struct {
 	// PeakReplicas is the most replicas asked for; Needed is the most the
 	// trace's rate needs (ceil(rate / service rate)).
 	PeakReplicas, Needed int32
+	// ToNeeded is when the replicas asked for first reached Needed after
+	// the trace's first burst or non-zero rate; -1 if never.
+	ToNeeded time.Duration
 	// ScaleOps counts changes of replicas; Reversals counts direction
 	// changes inside a monotonic stretch of the trace's rate (see Stretches).
 	ScaleOps, Reversals int
@@ -115,7 +131,8 @@ func (q *fifo) pop() float64  { q.head++; return q.a[q.head-1] }
 // empty queue.
 func Run(w World, tr Trace, p Policy, seed uint64) Result {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
-	res := Result{Policy: p.Name(), Trace: tr.Name, Seed: seed}
+	res := Result{Policy: p.Name(), Trace: tr.Name, Seed: seed, Needed: tr.needed(w), ToNeeded: -1}
+	loadStart := time.Duration(-1)
 	rate := tr.rateFunc(seed)
 	startDelay := w.StartMin.Seconds() + rng.Float64()*(w.StartMax-w.StartMin).Seconds()
 	var (
@@ -204,6 +221,12 @@ func Run(w World, tr Trace, p Policy, seed uint64) Result {
 		for _, pd := range pods {
 			backlog += float64(len(pd.inflight))
 		}
+		if loadStart < 0 && (backlog > 0 || rate(now) > 0) {
+			loadStart = now
+		}
+		if res.ToNeeded < 0 && loadStart >= 0 && current >= res.Needed {
+			res.ToNeeded = now - loadStart
+		}
 		res.ReplicaSeconds += float64(current) * dt
 		res.PeakBacklog = math.Max(res.PeakBacklog, backlog)
 		res.PeakReplicas = max(res.PeakReplicas, current)
@@ -224,7 +247,6 @@ func Run(w World, tr Trace, p Policy, seed uint64) Result {
 	res.WaitP50, res.WaitP95, res.WaitP99 = quantile(waits, 0.5), quantile(waits, 0.95), quantile(waits, 0.99)
 	res.ScaleOps = len(ops)
 	res.Reversals = reversals(ops, tr.Stretches())
-	res.Needed = tr.needed(w)
 	return res
 }
 
@@ -276,7 +298,11 @@ func (pd *pod) step(q *fifo, t0, t1 float64, w World, rng *rand.Rand, waits *[]f
 		case len(pd.inflight) > 0:
 			*waits = append(*waits, cursor-pd.inflight[0])
 			pd.busy = true
-			pd.finish = cursor + rng.ExpFloat64()/w.ServiceRate
+			d := 1 / w.ServiceRate
+			if !w.FixedService {
+				d *= rng.ExpFloat64()
+			}
+			pd.finish = cursor + d
 		case !pd.leaving && q.len() > 0 && q.peek() < t1:
 			cursor = max(cursor, q.peek()) // idle until the next message
 		default:

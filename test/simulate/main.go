@@ -55,12 +55,14 @@ func run(d time.Duration, seeds int, svgDir, bench string) error {
 		}
 		fmt.Fprintf(&verdicts, "- %s: %s ([plot](%s))\n", row[0].Trace, status, filepath.ToSlash(path))
 	}
+	check := realStackCheck()
+	fmt.Fprintln(os.Stderr, check)
 	section := fmt.Sprintf("%s\nCommand: `make simulate` (`go run ./test/simulate -duration %s -seeds %d`); scores are medians over the seeds. "+
 		"World: target %d messages; Poisson arrivals; each consumer holds up to %d messages in flight (counted in the backlog) and handles them one at a time, "+
 		"exponential service times, mean %.0f msg/s; each seed draws a typical pod start delay from %s-%s (uniform), each pod starts within 25%% of it, and connects %s after Ready; a pod scaled away finishes what it holds; "+
 		"max %d replicas, %s step; every run starts at the replicas the first rate needs with an empty queue. "+
 		"Reversals: consecutive scale operations in opposite directions inside one monotonic stretch of the rate (in a flat stretch, an increase then a decrease is a drained surplus given back and not counted).\n\n%s\n%s%s",
-		begin, d, seeds, w.Target, w.MaxInFlight, w.ServiceRate, w.StartMin, w.StartMax, w.ConnectDelay, w.Max, w.Step, sim.Table(rows), verdicts.String(), end)
+		begin, d, seeds, w.Target, w.MaxInFlight, w.ServiceRate, w.StartMin, w.StartMax, w.ConnectDelay, w.Max, w.Step, sim.Table(rows), verdicts.String()+"\n"+check+"\n", end)
 	fmt.Println(section)
 	if bench == "" {
 		return nil
@@ -76,4 +78,27 @@ func run(d time.Duration, seeds int, svgDir, bench string) error {
 		s += "\n## Simulator: microscaling vs KEDA/HPA vs the original engine\n\n" + section + "\n"
 	}
 	return os.WriteFile(bench, []byte(s), 0o644)
+}
+
+// realStackCheck runs burst-steady in the world of `make bench-burst` (5
+// seeds) and prints what `make bench-burst` measures, to hold the
+// simulator's predictions against the real stack.
+func realStackCheck() string {
+	w := sim.RealStackWorld
+	tr := sim.Traces(time.Minute)[0]
+	var b strings.Builder
+	b.WriteString("Prediction for `make bench-burst` (burst-steady in the real stack's world: pods consuming about 1 s after the scale-up, 100 ms per message, 5 in flight; 5 seeds): ")
+	var parts []string
+	for seed := uint64(1); seed <= 5; seed++ {
+		r := sim.Run(w, tr, sim.NewMicroscaling(w), seed)
+		rs := 0.0
+		for _, p := range r.Points {
+			if p.T >= 5*time.Second && p.T < 65*time.Second {
+				rs += float64(p.Replicas)
+			}
+		}
+		parts = append(parts, fmt.Sprintf("to needed %.1f s, peak %d, replica-seconds %.0f over the load", r.ToNeeded.Seconds(), r.PeakReplicas, rs))
+	}
+	b.WriteString(strings.Join(parts, "; ") + ".")
+	return b.String()
 }

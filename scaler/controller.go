@@ -15,6 +15,7 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
+	resourcehelper "k8s.io/component-helpers/resource"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -587,7 +588,7 @@ func (c *Controller) decideQueue(m *member, t *tick) {
 		in.BacklogKnown, in.Backlog, in.Waiting, in.Consuming, in.Rates = true, sum.Backlog, sum.Waiting, consuming, st.rates
 		st.gauges.backlog, st.gauges.hasBacklog = sum.Backlog, true
 	}
-	st.gauges.target, st.gauges.hasTarget = m.spec.TargetQueueLength, true
+	st.gauges.target, st.gauges.hasTarget = m.spec.TargetQueueLength, m.spec.TargetQueueLength > 0
 	d := DecideQueue(queuePolicy(m.spec), in, &st.queue)
 	m.alloc.Want = d.Replicas
 	m.reason = d.Reason
@@ -660,12 +661,10 @@ func (c *Controller) write(ctx context.Context, m *member, d Decision, group str
 	logger.Info("scaled", "deployment", klog.KObj(m.d), "from", m.cur, "to", d.Replicas, "reason", why)
 }
 
-// PodResources sums the requests of the containers of a pod template.
+// PodResources is what one pod of spec requests as the scheduler counts it:
+// regular and sidecar containers, the largest init container, pod overhead
+// and pod-level resources.
 func PodResources(spec *corev1.PodSpec) Resources {
-	r := Resources{Pods: 1}
-	for _, ct := range spec.Containers {
-		r.MilliCPU += ct.Resources.Requests.Cpu().MilliValue()
-		r.Memory += ct.Resources.Requests.Memory().Value()
-	}
-	return r
+	req := resourcehelper.PodRequests(&corev1.Pod{Spec: *spec}, resourcehelper.PodResourcesOptions{})
+	return Resources{Pods: 1, MilliCPU: req.Cpu().MilliValue(), Memory: req.Memory().Value()}
 }

@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -223,6 +225,30 @@ func newClient(kubeconfig string, qps float32, burst int, wrap ...func(http.Roun
 	return client, nil
 }
 
+// apiServerAddrs are the API server's addresses, which no queue address
+// may name.
+func apiServerAddrs(ctx context.Context, kubeconfig string) ([]netip.AddrPort, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("loading client config: %w", err)
+	}
+	u, err := url.Parse(cfg.Host)
+	if err != nil || u.Host == "" {
+		u, err = url.Parse("https://" + cfg.Host)
+		if err != nil {
+			return nil, fmt.Errorf("API server address %q: %w", cfg.Host, err)
+		}
+	}
+	port := u.Port()
+	if port == "" {
+		port = "443"
+		if u.Scheme == "http" {
+			port = "80"
+		}
+	}
+	return scaler.APIServerAddrs(ctx, net.JoinHostPort(u.Hostname(), port))
+}
+
 func run(ctx context.Context, o options) error {
 	logger := klog.FromContext(ctx)
 	reg := prometheus.NewRegistry()
@@ -248,9 +274,13 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	deny, err := apiServerAddrs(ctx, o.kubeconfig)
+	if err != nil {
+		return err
+	}
 	history := scaler.NewHistory(600, 100)
 	ctrl := scaler.New(scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun, History: history},
-		inf, &scaler.NSQReader{Timeout: o.queueTimeout, Metrics: metrics},
+		inf, &scaler.NSQReader{Client: scaler.NewQueueClient(deny...), Timeout: o.queueTimeout, Metrics: metrics},
 		scaler.ScaleWriter{Client: client}, recorder, metrics, clock.RealClock{})
 	reg.MustRegister(ctrl) // the per-Deployment gauges
 

@@ -194,7 +194,7 @@ func (r *NSQReader) get(ctx context.Context, u string, into any) error {
 	}
 	c := r.Client
 	if c == nil {
-		c = http.DefaultClient
+		c = defaultQueueClient
 	}
 	resp, err := c.Do(req)
 	if err != nil {
@@ -216,7 +216,8 @@ func (r *NSQReader) get(ctx context.Context, u string, into any) error {
 		return fmt.Errorf("%s: answer larger than %d bytes", u, maxStatsBytes)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return &httpError{status: resp.StatusCode, body: string(body[:min(len(body), 200)])}
+		// The body is the server's, which a tenant may control: never echoed.
+		return &httpError{status: resp.StatusCode}
 	}
 	if err := json.Unmarshal(body, into); err != nil {
 		return fmt.Errorf("decoding %s: %w", u, err)
@@ -224,18 +225,21 @@ func (r *NSQReader) get(ctx context.Context, u string, into any) error {
 	return nil
 }
 
+// defaultQueueClient serves readers built without a client (tests).
+var defaultQueueClient = NewQueueClient()
+
 // bodies are buffers for answers: a /stats of 2,000 topics is about 1 MB
 // each tick, better not allocated anew.
 var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 const maxPooledBytes = 8 << 20
 
-type httpError struct {
-	status int
-	body   string
-}
+// maxProducers bounds the nsqds one lookup may name, each a request a tick.
+const maxProducers = 64
 
-func (e *httpError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.status, e.body) }
+type httpError struct{ status int }
+
+func (e *httpError) Error() string { return fmt.Sprintf("HTTP %d", e.status) }
 
 func (r *NSQReader) stats(ctx context.Context, host string) (*nsqStats, error) {
 	var st nsqStats
@@ -270,9 +274,16 @@ func (r *NSQReader) lookup(ctx context.Context, lookupd, topic string) ([]string
 			return nil, fmt.Errorf("nsqlookupd %s lookup %s: decoding data: %w", lookupd, topic, err)
 		}
 	}
+	if len(res.Producers) > maxProducers {
+		return nil, fmt.Errorf("nsqlookupd %s lookup %s: %d nsqds, more than the %d read per topic", lookupd, topic, len(res.Producers), maxProducers)
+	}
 	var out []string
 	for _, p := range res.Producers {
-		out = append(out, fmt.Sprintf("%s:%d", p.Broadcast, p.HTTPPort))
+		a, err := producerAddr(p.Broadcast, p.HTTPPort)
+		if err != nil {
+			return nil, fmt.Errorf("nsqlookupd %s lookup %s: %w", lookupd, topic, err)
+		}
+		out = append(out, a)
 	}
 	return out, nil
 }

@@ -1,0 +1,89 @@
+package scaler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"syscall"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// errNotAllowed is what a queue address that tenants may not reach gives.
+var errNotAllowed = errors.New("address not allowed for a queue")
+
+// NewQueueClient is the HTTP client of the queue reader. Queue addresses
+// come from tenants, so it follows no redirect, uses no proxy, and refuses
+// at dial time (after name resolution, so a DNS answer cannot smuggle one
+// in) link-local addresses (cloud metadata services live there), unspecified
+// and multicast addresses, and each address in deny (the API server's).
+func NewQueueClient(deny ...netip.AddrPort) *http.Client {
+	d := &net.Dialer{Timeout: 5 * time.Second, Control: func(_, address string, _ syscall.RawConn) error {
+		ap, err := netip.ParseAddrPort(address)
+		if err != nil {
+			return fmt.Errorf("%w: %v", errNotAllowed, err)
+		}
+		return allowedQueueAddr(ap, deny)
+	}}
+	return &http.Client{
+		Transport: &http.Transport{
+			Proxy:               nil,
+			DialContext:         d.DialContext,
+			MaxIdleConnsPerHost: 2,
+			IdleConnTimeout:     90 * time.Second,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+func allowedQueueAddr(ap netip.AddrPort, deny []netip.AddrPort) error {
+	a := ap.Addr().Unmap()
+	switch {
+	case a.IsLinkLocalUnicast(), a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast(), a.IsMulticast(), a.IsUnspecified():
+		return errNotAllowed
+	}
+	for _, d := range deny {
+		if d.Addr().Unmap() == a && d.Port() == ap.Port() {
+			return errNotAllowed
+		}
+	}
+	return nil
+}
+
+// producerAddr checks an nsqd address that an nsqlookupd announced: a host
+// name or IP and a port, nothing that could carry a path or credentials.
+func producerAddr(host string, port int) (string, error) {
+	if port < 1 || port > 65535 {
+		return "", fmt.Errorf("nsqlookupd announced an nsqd with an invalid port")
+	}
+	if _, err := netip.ParseAddr(host); err != nil && len(validation.IsDNS1123Subdomain(host)) > 0 {
+		return "", fmt.Errorf("nsqlookupd announced an nsqd with an invalid address")
+	}
+	return net.JoinHostPort(host, fmt.Sprint(port)), nil
+}
+
+// APIServerAddrs resolves the API server's host (a URL's host:port) to the
+// addresses the queue client must refuse.
+func APIServerAddrs(ctx context.Context, hostport string) ([]netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return nil, fmt.Errorf("API server address %q: %w", hostport, err)
+	}
+	p, err := net.LookupPort("tcp", port)
+	if err != nil {
+		return nil, fmt.Errorf("API server port %q: %w", port, err)
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, fmt.Errorf("resolving the API server %q: %w", host, err)
+	}
+	out := make([]netip.AddrPort, 0, len(ips))
+	for _, ip := range ips {
+		out = append(out, netip.AddrPortFrom(ip.Unmap(), uint16(p)))
+	}
+	return out, nil
+}

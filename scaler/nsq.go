@@ -73,18 +73,21 @@ type NSQReader struct {
 
 // Snapshot is one tick's reading of every nsqd that some queue names.
 type Snapshot struct {
-	// stats by nsqd host:port; errs by nsqd or nsqlookupd host:port.
+	// stats and errs by nsqd host:port.
 	stats map[string]*nsqStats
 	errs  map[string]error
-	// producers by nsqlookupd host:port and topic.
-	producers map[lookupKey][]string
+	// producers and lookupErrs by nsqlookupd host:port and topic: one
+	// tenant's failed lookup (or an nsq:// read of a lookupd's port) never
+	// fails another tenant's topic on the same nsqlookupd.
+	producers  map[lookupKey][]string
+	lookupErrs map[lookupKey]error
 }
 
 type lookupKey struct{ lookupd, topic string }
 
 // Read fetches the stats that refs need, in parallel.
 func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) Readings {
-	s := &Snapshot{stats: map[string]*nsqStats{}, errs: map[string]error{}, producers: map[lookupKey][]string{}}
+	s := &Snapshot{stats: map[string]*nsqStats{}, errs: map[string]error{}, producers: map[lookupKey][]string{}, lookupErrs: map[lookupKey]error{}}
 	var mu sync.Mutex // guards s while the fetches run
 	var wg sync.WaitGroup
 	// First resolve lookupd topics to nsqds.
@@ -105,7 +108,7 @@ func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) Readi
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				s.errs[k.lookupd] = err
+				s.lookupErrs[k] = err
 				return
 			}
 			s.producers[k] = ps
@@ -150,7 +153,7 @@ func (r *NSQReader) observe(host string, d time.Duration, err error) {
 func (s *Snapshot) Reading(q annotations.QueueRef) (QueueReading, error) {
 	hosts := []string{q.Host}
 	if q.Scheme == "nsqlookupd" {
-		if err := s.errs[q.Host]; err != nil {
+		if err := s.lookupErrs[lookupKey{q.Host, q.Topic}]; err != nil {
 			return QueueReading{}, err
 		}
 		hosts = s.producers[lookupKey{q.Host, q.Topic}]

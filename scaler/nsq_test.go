@@ -85,7 +85,14 @@ func TestNSQLookupd(t *testing.T) {
 	defer nsqd.Close()
 	nsqdHost, nsqdPort, _ := strings.Cut(strings.TrimPrefix(nsqd.URL, "http://"), ":")
 	lookupd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Query().Get("topic") != "jobs" {
+		switch {
+		case r.URL.Path == "/stats":
+			http.Error(w, "not an nsqd", http.StatusNotFound)
+			return
+		case r.URL.Query().Get("topic") == "broken":
+			http.Error(w, "oops", http.StatusInternalServerError)
+			return
+		case r.URL.Query().Get("topic") != "jobs":
 			w.WriteHeader(http.StatusNotFound)
 			w.Write([]byte(`{"message":"TOPIC_NOT_FOUND"}`))
 			return
@@ -98,9 +105,18 @@ func TestNSQLookupd(t *testing.T) {
 	host := strings.TrimPrefix(lookupd.URL, "http://")
 	jobs := annotations.QueueRef{Scheme: "nsqlookupd", Host: host, Topic: "jobs", Channel: "work"}
 	unknown := annotations.QueueRef{Scheme: "nsqlookupd", Host: host, Topic: "unknown", Channel: "work"}
-	snap := r.Read(context.Background(), []annotations.QueueRef{jobs, unknown})
+	// Another tenant's topic that fails, and one that reads the lookupd's
+	// port as if it were an nsqd: neither may fail the jobs topic.
+	broken := annotations.QueueRef{Scheme: "nsqlookupd", Host: host, Topic: "broken", Channel: "work"}
+	asNSQD := annotations.QueueRef{Scheme: "nsq", Host: host, Topic: "jobs", Channel: "work"}
+	snap := r.Read(context.Background(), []annotations.QueueRef{jobs, unknown, broken, asNSQD})
 	if got, err := snap.Reading(jobs); err != nil || got.Backlog != 74 {
 		t.Errorf("jobs via lookupd = %+v, %v; want backlog 74 (37 on each of 2 nsqds)", got, err)
+	}
+	for _, q := range []annotations.QueueRef{broken, asNSQD} {
+		if _, err := snap.Reading(q); err == nil {
+			t.Errorf("%s: read without error, want the failure", q)
+		}
 	}
 	if got, err := snap.Reading(unknown); err != nil || got.Backlog != 0 {
 		t.Errorf("unknown topic via lookupd = %+v, %v; want an empty queue", got, err)

@@ -340,7 +340,11 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 			kept = "the last good settings stay in force"
 		}
 		for _, fe := range annotations.FieldErrors(err) {
-			c.metrics.AnnotationErrors.WithLabelValues(d.Namespace, d.Name, fe.Key).Inc()
+			key := fe.Key // a label value: only the contract's keys, never a tenant's typo
+			if !slices.Contains(annotations.Keys, key) {
+				key = "unknown"
+			}
+			c.metrics.AnnotationErrors.WithLabelValues(d.Namespace, d.Name, key).Inc()
 			c.recorder.Eventf(d, corev1.EventTypeWarning, "InvalidAnnotation", "%s; %s", fe.Error(), kept)
 		}
 		klog.FromContext(ctx).Info("invalid annotations", "deployment", klog.KObj(d), "err", err)

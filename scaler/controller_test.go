@@ -314,3 +314,23 @@ func TestQuietGroupsWakeOnAnyChange(t *testing.T) {
 		}
 	}
 }
+
+// An annotation error is counted by key, but a key that is not the
+// contract's (a tenant's typo, any string) is counted as "unknown": label
+// values never come from tenant input.
+func TestAnnotationErrorKeysAreBounded(t *testing.T) {
+	f := newConsumerFixture(t)
+	f.consumer.Annotations["microscaling.com/evil-"+strings.Repeat("x", 40)] = "1"
+	f.consumer.Annotations[annotations.MaxReplicas] = "-1"
+	f.consumer.ResourceVersion += "t"
+	f.clk.Step(time.Second)
+	f.c.runTick(f.ctx, f.clk.Now())
+	for key, want := range map[string]float64{"unknown": 1, annotations.MaxReplicas: 1} {
+		if got := testutil.ToFloat64(f.c.metrics.AnnotationErrors.WithLabelValues("ns", "consumer", key)); got != want {
+			t.Errorf("annotation errors for key %q = %v, want %v", key, got, want)
+		}
+	}
+	if n := testutil.CollectAndCount(f.c.metrics.AnnotationErrors); n != 2 {
+		t.Errorf("%d annotation error series, want 2", n)
+	}
+}

@@ -67,9 +67,18 @@ type QueueReading struct {
 type NSQReader struct {
 	Client  *http.Client
 	Timeout time.Duration // per request
-	// Metrics, when set, records each request's latency and failures.
+	// Metrics, when set, records each request's latency and failures, by
+	// host for at most maxHostLabels hosts (the rest as "other"); a host no
+	// queue names any more loses its series.
 	Metrics *Metrics
+
+	mu      sync.Mutex // guards labeled
+	labeled map[string]bool
 }
+
+// maxHostLabels bounds the host label values of the read metrics: hosts
+// come from tenants' annotations and nsqlookupd answers.
+const maxHostLabels = 256
 
 // Snapshot is one tick's reading of every nsqd that some queue names.
 type Snapshot struct {
@@ -120,6 +129,7 @@ func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) Readi
 			nsqds[p] = true
 		}
 	}
+	r.prune(lookups, nsqds)
 	for host := range nsqds {
 		wg.Go(func() {
 			t0 := time.Now()
@@ -142,9 +152,41 @@ func (r *NSQReader) observe(host string, d time.Duration, err error) {
 	if r.Metrics == nil {
 		return
 	}
+	r.mu.Lock()
+	if !r.labeled[host] {
+		if len(r.labeled) < maxHostLabels {
+			if r.labeled == nil {
+				r.labeled = map[string]bool{}
+			}
+			r.labeled[host] = true
+		} else {
+			host = "other"
+		}
+	}
+	r.mu.Unlock()
 	r.Metrics.QueueReadLatency.WithLabelValues(host).Observe(d.Seconds())
 	if err != nil {
 		r.Metrics.QueueReadErrors.WithLabelValues(host).Inc()
+	}
+}
+
+// prune deletes the read metrics of hosts that this read does not name.
+func (r *NSQReader) prune(lookups map[lookupKey]bool, nsqds map[string]bool) {
+	if r.Metrics == nil {
+		return
+	}
+	named := map[string]bool{}
+	for k := range lookups {
+		named[k.lookupd] = true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for host := range r.labeled {
+		if !named[host] && !nsqds[host] {
+			r.Metrics.QueueReadLatency.DeleteLabelValues(host)
+			r.Metrics.QueueReadErrors.DeleteLabelValues(host)
+			delete(r.labeled, host)
+		}
 	}
 }
 

@@ -2,11 +2,15 @@ package scaler
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/microscaling/microscaling/annotations"
 )
@@ -140,5 +144,37 @@ func TestAPIResource(t *testing.T) {
 				t.Errorf("apiResource(%q) = %q, want %q", tc.path, got, tc.want)
 			}
 		})
+	}
+}
+
+// The read metrics' host label comes from tenants: series go with the last
+// queue naming the host, and there are never more than maxHostLabels hosts.
+func TestReadMetricsHostsBounded(t *testing.T) {
+	nsqd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(stats1x)) }))
+	defer nsqd.Close()
+	m := NewMetrics(prometheus.NewRegistry())
+	r := &NSQReader{Timeout: time.Second, Metrics: m}
+	host := strings.TrimPrefix(nsqd.URL, "http://")
+	ref := func(h string) annotations.QueueRef { return annotations.QueueRef{Scheme: "nsq", Host: h, Topic: "jobs", Channel: "work"} }
+	r.Read(context.Background(), []annotations.QueueRef{ref(host)})
+	if n := testutil.CollectAndCount(m.QueueReadLatency); n != 1 {
+		t.Fatalf("%d latency series after one host, want 1", n)
+	}
+	// Many hosts nobody serves (refused at once on a closed port of 127.0.0.1).
+	var refs []annotations.QueueRef
+	for i := range maxHostLabels + 50 {
+		refs = append(refs, ref(fmt.Sprintf("127.0.0.1:%d", 1+i)))
+	}
+	r.Read(context.Background(), refs)
+	if n := testutil.CollectAndCount(m.QueueReadLatency); n > maxHostLabels+1 {
+		t.Errorf("%d latency series for %d hosts, want at most %d (+ other)", n, len(refs), maxHostLabels)
+	}
+	// The first host is no longer named: its series is gone.
+	if got := testutil.ToFloat64(m.QueueReadErrors.WithLabelValues("other")); got != 50 {
+		t.Errorf("errors counted as other = %v, want 50", got)
+	}
+	r.Read(context.Background(), []annotations.QueueRef{ref(host)})
+	if n := testutil.CollectAndCount(m.QueueReadLatency); n != 2 { // the host, and "other"
+		t.Errorf("%d latency series once one host is named again, want 2", n)
 	}
 }

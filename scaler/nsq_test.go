@@ -155,7 +155,9 @@ func TestReadMetricsHostsBounded(t *testing.T) {
 	m := NewMetrics(prometheus.NewRegistry())
 	r := &NSQReader{Timeout: time.Second, Metrics: m}
 	host := strings.TrimPrefix(nsqd.URL, "http://")
-	ref := func(h string) annotations.QueueRef { return annotations.QueueRef{Scheme: "nsq", Host: h, Topic: "jobs", Channel: "work"} }
+	ref := func(h string) annotations.QueueRef {
+		return annotations.QueueRef{Scheme: "nsq", Host: h, Topic: "jobs", Channel: "work"}
+	}
 	r.Read(context.Background(), []annotations.QueueRef{ref(host)})
 	if n := testutil.CollectAndCount(m.QueueReadLatency); n != 1 {
 		t.Fatalf("%d latency series after one host, want 1", n)

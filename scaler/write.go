@@ -22,11 +22,19 @@ type ScaleWriter struct {
 }
 
 // Scale sets replicas. The first try uses the cached resourceVersion (one
-// request); on a conflict it reads /scale again, up to three times.
+// request). On a conflict it reads /scale again: if only the status moved on
+// (the replicas asked for are still those the decision started from) it
+// tries again, up to three times; if someone else changed the replicas, it
+// gives up with the conflict, so a concurrent `kubectl scale` is never
+// overwritten by a decision made before it. The next tick decides afresh.
 func (w ScaleWriter) Scale(ctx context.Context, d *appsv1.Deployment, replicas int32) error {
 	s := &autoscalingv1.Scale{
 		ObjectMeta: metav1.ObjectMeta{Name: d.Name, Namespace: d.Namespace, ResourceVersion: d.ResourceVersion},
 		Spec:       autoscalingv1.ScaleSpec{Replicas: replicas},
+	}
+	from := int32(1)
+	if d.Spec.Replicas != nil {
+		from = *d.Spec.Replicas
 	}
 	api := w.Client.AppsV1().Deployments(d.Namespace)
 	var err error
@@ -37,6 +45,9 @@ func (w ScaleWriter) Scale(ctx context.Context, d *appsv1.Deployment, replicas i
 		cur, gerr := api.GetScale(ctx, d.Name, metav1.GetOptions{})
 		if gerr != nil {
 			return fmt.Errorf("reading /scale of %s/%s after a conflict: %w", d.Namespace, d.Name, gerr)
+		}
+		if cur.Spec.Replicas != from {
+			return fmt.Errorf("not writing /scale of %s/%s to %d: replicas changed to %d meanwhile: %w", d.Namespace, d.Name, replicas, cur.Spec.Replicas, err)
 		}
 		s.ResourceVersion = cur.ResourceVersion
 	}

@@ -1,0 +1,64 @@
+package scaler
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv1 "k8s.io/api/autoscaling/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+// TestScaleConflict: a conflict because only the status moved on is
+// retried with the new resourceVersion; a conflict because someone else
+// changed the replicas is returned, never overwritten.
+func TestScaleConflict(t *testing.T) {
+	tests := []struct {
+		name      string
+		current   int32 // spec.replicas on the server after the conflict
+		wantErr   string
+		wantWrite bool // a second update with the server's resourceVersion
+	}{
+		{name: "status moved on: retried", current: 3, wantWrite: true},
+		{name: "someone scaled meanwhile: not overwritten", current: 7, wantErr: "replicas changed to 7 meanwhile"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			client := fake.NewClientset()
+			var updates []string
+			client.PrependReactor("update", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
+				if a.GetSubresource() != "scale" {
+					return false, nil, nil
+				}
+				s := a.(k8stesting.UpdateAction).GetObject().(*autoscalingv1.Scale)
+				updates = append(updates, s.ResourceVersion)
+				if s.ResourceVersion == "1" {
+					return true, nil, apierrors.NewConflict(schema.GroupResource{Group: "apps", Resource: "deployments"}, s.Name, nil)
+				}
+				return true, s, nil
+			})
+			client.PrependReactor("get", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
+				return true, &autoscalingv1.Scale{ObjectMeta: metav1.ObjectMeta{Name: "c", Namespace: "ns", ResourceVersion: "2"},
+					Spec: autoscalingv1.ScaleSpec{Replicas: tc.current}}, nil
+			})
+			from := int32(3)
+			d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "c", Namespace: "ns", ResourceVersion: "1"}, Spec: appsv1.DeploymentSpec{Replicas: &from}}
+			err := ScaleWriter{Client: client}.Scale(context.Background(), d, 5)
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("err = %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr) || !apierrors.IsConflict(err)):
+				t.Fatalf("err = %v, want a conflict saying %q", err, tc.wantErr)
+			}
+			if got := len(updates) == 2 && updates[1] == "2"; got != tc.wantWrite {
+				t.Errorf("updates with resourceVersions %v; want a retry with 2: %v", updates, tc.wantWrite)
+			}
+		})
+	}
+}

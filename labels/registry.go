@@ -29,11 +29,21 @@ type Resolver struct {
 
 	flight singleflight.Group // one resolution per image and credentials at a time
 
-	mu      sync.Mutex                   // guards the maps below
-	byDig   map[string]map[string]string // digest -> labels
-	tags    map[string]tagSeen           // tag reference -> last digest
-	pullers map[string]*remote.Puller    // credentials hash -> puller
+	// The caches are keyed by the credentials that read them too: an
+	// answer fetched with one namespace's pull secret is never served to a
+	// caller without those credentials. Each holds at most maxCacheEntries
+	// and starts over when full.
+	mu      sync.Mutex                     // guards the maps below
+	byDig   map[cacheKey]map[string]string // digest -> labels
+	tags    map[cacheKey]tagSeen           // tag reference -> last digest
+	pullers map[string]*remote.Puller      // credentials hash -> puller
 }
+
+// cacheKey is a digest or tag reference, read with the credentials cred.
+type cacheKey struct{ cred, ref string }
+
+// maxCacheEntries bounds each cache of the Resolver.
+const maxCacheEntries = 4096
 
 type tagSeen struct {
 	digest string
@@ -43,7 +53,7 @@ type tagSeen struct {
 // NewResolver returns a Resolver for platform (for example linux/amd64).
 func NewResolver(platform v1.Platform, timeout, tagTTL time.Duration) *Resolver {
 	return &Resolver{Platform: platform, Timeout: timeout, TagTTL: tagTTL,
-		byDig: map[string]map[string]string{}, tags: map[string]tagSeen{}, pullers: map[string]*remote.Puller{}}
+		byDig: map[cacheKey]map[string]string{}, tags: map[cacheKey]tagSeen{}, pullers: map[string]*remote.Puller{}}
 }
 
 // puller reuses one Puller (its pings and tokens) per set of credentials.
@@ -64,6 +74,9 @@ func (r *Resolver) puller(kc *Keychain) (*remote.Puller, error) {
 	p, err := remote.NewPuller(remote.WithAuthFromKeychain(kc), remote.WithPlatform(r.Platform), remote.WithTransport(t))
 	if err != nil {
 		return nil, fmt.Errorf("making registry client: %w", err)
+	}
+	if len(r.pullers) >= maxCacheEntries {
+		clear(r.pullers)
 	}
 	r.pullers[id] = p
 	return p, nil
@@ -97,14 +110,15 @@ func (r *Resolver) resolve(ctx context.Context, image string, kc *Keychain) (str
 	}
 	ctx, cancel := context.WithTimeout(ctx, 4*r.Timeout)
 	defer cancel()
-	key := ref.Name()
+	cred := kc.id()
+	key := cacheKey{cred, ref.Name()}
 	if d, ok := ref.(name.Digest); ok {
-		if l, ok := r.cached(d.DigestStr()); ok {
+		if l, ok := r.cached(cred, d.DigestStr()); ok {
 			return d.DigestStr(), l, nil
 		}
 	} else if last, seen := r.lastDigest(key); seen {
 		if time.Since(last.at) < r.TagTTL {
-			if l, ok := r.cached(last.digest); ok {
+			if l, ok := r.cached(cred, last.digest); ok {
 				return last.digest, l, nil
 			}
 		}
@@ -114,7 +128,7 @@ func (r *Resolver) resolve(ctx context.Context, image string, kc *Keychain) (str
 			return "", nil, fmt.Errorf("resolving %s: %w", image, err)
 		}
 		if desc.Digest.String() == last.digest {
-			if l, ok := r.cached(last.digest); ok {
+			if l, ok := r.cached(cred, last.digest); ok {
 				r.mu.Lock()
 				r.tags[key] = tagSeen{last.digest, time.Now()}
 				r.mu.Unlock()
@@ -136,22 +150,28 @@ func (r *Resolver) resolve(ctx context.Context, image string, kc *Keychain) (str
 	}
 	top := desc.Digest.String()
 	r.mu.Lock()
-	r.byDig[top] = cf.Config.Labels
+	if len(r.byDig) >= maxCacheEntries {
+		clear(r.byDig)
+	}
+	r.byDig[cacheKey{cred, top}] = cf.Config.Labels
 	if _, ok := ref.(name.Tag); ok {
+		if len(r.tags) >= maxCacheEntries {
+			clear(r.tags)
+		}
 		r.tags[key] = tagSeen{top, time.Now()}
 	}
 	r.mu.Unlock()
 	return top, cf.Config.Labels, nil
 }
 
-func (r *Resolver) cached(digest string) (map[string]string, bool) {
+func (r *Resolver) cached(cred, digest string) (map[string]string, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	l, ok := r.byDig[digest]
+	l, ok := r.byDig[cacheKey{cred, digest}]
 	return l, ok
 }
 
-func (r *Resolver) lastDigest(tag string) (tagSeen, bool) {
+func (r *Resolver) lastDigest(tag cacheKey) (tagSeen, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	d, ok := r.tags[tag]

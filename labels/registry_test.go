@@ -1,0 +1,67 @@
+package labels
+
+import (
+	"context"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// A private image's labels, read with one namespace's pull secret, must not
+// be served from the cache to a caller without those credentials (by tag or
+// by digest): the registry is asked again, and refuses.
+func TestCachesAreKeyedByCredentials(t *testing.T) {
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "team-a" || p != "s3cret" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+			http.Error(w, "UNAUTHORIZED", http.StatusUnauthorized)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	img, err := random.Image(64, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.Config(img, v1.Config{Labels: map[string]string{"com.microscaling.priority": "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(host + "/private/app:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := &Keychain{auths: map[string]authn.AuthConfig{host: {Username: "team-a", Password: "s3cret"}}}
+	if err := remote.Write(ref, img, remote.WithAuthFromKeychain(creds)); err != nil {
+		t.Fatal(err)
+	}
+	r := NewResolver(v1.Platform{OS: "linux", Architecture: "amd64"}, 5*time.Second, time.Minute)
+	digest, l, err := r.Labels(context.Background(), ref.String(), creds)
+	if err != nil || l["com.microscaling.priority"] != "1" {
+		t.Fatalf("with the pull secret: labels %v, err %v", l, err)
+	}
+	other := &Keychain{auths: map[string]authn.AuthConfig{host: {Username: "team-b", Password: "guess"}}}
+	for _, image := range []string{ref.String(), host + "/private/app@" + digest} {
+		if _, l, err := r.Labels(context.Background(), image, nil); err == nil || len(l) > 0 {
+			t.Errorf("%s without credentials: labels %v, err %v; want the registry's refusal", image, l, err)
+		}
+		if _, l, err := r.Labels(context.Background(), image, other); err == nil || len(l) > 0 {
+			t.Errorf("%s with other credentials: labels %v, err %v; want the registry's refusal", image, l, err)
+		}
+	}
+}

@@ -41,10 +41,13 @@ var legacy = map[string]string{
 }
 
 // copyable are the contract's keys an image may set. sync-labels is the
-// user's switch and paused comes only through is-scalable.
+// user's switch and paused comes only through is-scalable. queue and
+// min-replicas are not an image publisher's to choose: the first picks the
+// address the controller reads, the second forces replicas on every
+// Deployment that runs the image.
 var copyable = map[string]bool{
-	annotations.Group: true, annotations.Priority: true, annotations.Rule: true, annotations.Queue: true,
-	annotations.TargetQueueLength: true, annotations.TargetWait: true, annotations.MinReplicas: true, annotations.MaxReplicas: true,
+	annotations.Group: true, annotations.Priority: true, annotations.Rule: true,
+	annotations.TargetQueueLength: true, annotations.TargetWait: true, annotations.MaxReplicas: true,
 	annotations.MaxDelta: true, annotations.ScaleDownDelay: true, annotations.GroupMaxReplicas: true,
 }
 

@@ -21,9 +21,17 @@ func TestDerive(t *testing.T) {
 		{
 			name: "contract and legacy keys map",
 			labels: map[string]string{"com.microscaling.priority": "2", "com.microscaling.max-containers": "8",
-				"com.microscaling.min-containers": "1", "com.microscaling.max-delta": "3", "com.microscaling.rule": "remainder"},
+				"com.microscaling.max-delta": "3", "com.microscaling.rule": "remainder"},
 			want: map[string]string{"microscaling.com/priority": "2", "microscaling.com/max-replicas": "8",
-				"microscaling.com/min-replicas": "1", "microscaling.com/max-delta": "3", "microscaling.com/rule": "remainder"},
+				"microscaling.com/max-delta": "3", "microscaling.com/rule": "remainder"},
+		},
+		{
+			name:     "an image may not pick the queue address nor force replicas",
+			existing: map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "2"},
+			labels: map[string]string{"com.microscaling.queue": "nsq://169.254.169.254:80/t/c", "com.microscaling.min-replicas": "50",
+				"com.microscaling.min-containers": "50"},
+			want:         map[string]string{},
+			wantProblems: []string{"com.microscaling.min-containers", "com.microscaling.min-replicas", "com.microscaling.queue"},
 		},
 		{
 			name:     "an image can carry its wait target",

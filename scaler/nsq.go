@@ -117,7 +117,7 @@ func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) Readi
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				s.lookupErrs[k] = err
+				s.lookupErrs[k] = readError("nsqlookupd", k.lookupd, err)
 				return
 			}
 			s.producers[k] = ps
@@ -138,7 +138,7 @@ func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) Readi
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				s.errs[host] = err
+				s.errs[host] = readError("nsqd", host, err)
 				return
 			}
 			s.stats[host] = st
@@ -258,7 +258,7 @@ func (r *NSQReader) get(ctx context.Context, u string, into any) error {
 	}
 	body := buf.Bytes()
 	if len(body) > maxStatsBytes {
-		return fmt.Errorf("%s: answer larger than %d bytes", u, maxStatsBytes)
+		return fmt.Errorf("%s: %w: more than %d bytes", u, errTooLarge, maxStatsBytes)
 	}
 	if resp.StatusCode != http.StatusOK {
 		// The body is the server's, which a tenant may control: never echoed.

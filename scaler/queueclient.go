@@ -2,6 +2,7 @@ package scaler
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -58,10 +59,10 @@ func allowedQueueAddr(ap netip.AddrPort, deny []netip.AddrPort) error {
 // name or IP and a port, nothing that could carry a path or credentials.
 func producerAddr(host string, port int) (string, error) {
 	if port < 1 || port > 65535 {
-		return "", fmt.Errorf("nsqlookupd announced an nsqd with an invalid port")
+		return "", fmt.Errorf("%w: port out of range", errBadProducer)
 	}
 	if _, err := netip.ParseAddr(host); err != nil && len(validation.IsDNS1123Subdomain(host)) > 0 {
-		return "", fmt.Errorf("nsqlookupd announced an nsqd with an invalid address")
+		return "", fmt.Errorf("%w: not a host name or IP", errBadProducer)
 	}
 	return net.JoinHostPort(host, fmt.Sprint(port)), nil
 }
@@ -86,4 +87,52 @@ func APIServerAddrs(ctx context.Context, hostport string) ([]netip.AddrPort, err
 		out = append(out, netip.AddrPortFrom(ip.Unmap(), uint16(p)))
 	}
 	return out, nil
+}
+
+// ReadError is a failed read of an nsqd or nsqlookupd, as the tenant whose
+// queue it is may see it: the role, the address from their annotation, and
+// a class of error, never a byte of the answer. Unwrap gives the whole
+// error, for the operator's logs.
+type ReadError struct {
+	Role, Host, Class string
+	err               error
+}
+
+func (e *ReadError) Error() string { return e.Role + " " + e.Host + ": " + e.Class }
+func (e *ReadError) Unwrap() error { return e.err }
+
+// errTooLarge marks an answer over the size bound.
+var errTooLarge = errors.New("answer too large")
+
+// errBadProducer marks an nsqd address an nsqlookupd announced that is not
+// a plain host:port.
+var errBadProducer = errors.New("invalid nsqd address from nsqlookupd")
+
+func readError(role, host string, err error) error {
+	var (
+		he  *httpError
+		ne  net.Error
+		se  *json.SyntaxError
+		te  *json.UnmarshalTypeError
+		cls string
+	)
+	switch {
+	case errors.Is(err, errNotAllowed):
+		cls = "address not allowed by the queue endpoint policy"
+	case errors.Is(err, errTooLarge):
+		cls = errTooLarge.Error()
+	case errors.Is(err, errBadProducer):
+		cls = errBadProducer.Error()
+	case errors.As(err, &he):
+		cls = fmt.Sprintf("HTTP %d", he.status)
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		cls = "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		cls = "connection refused"
+	case errors.As(err, &se), errors.As(err, &te):
+		cls = "not an NSQ answer"
+	default:
+		cls = "unreachable"
+	}
+	return &ReadError{Role: role, Host: host, Class: cls, err: err}
 }

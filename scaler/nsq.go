@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
 	"sync"
 	"time"
+
+	"k8s.io/utils/clock"
 
 	"github.com/microscaling/microscaling/annotations"
 )
@@ -69,12 +72,28 @@ type NSQReader struct {
 	Timeout time.Duration // per request
 	// Metrics, when set, records each request's latency and failures, by
 	// host for at most maxHostLabels hosts (the rest as "other"); a host no
-	// queue names any more loses its series.
+	// read has named for forgetAfter loses its series.
 	Metrics *Metrics
+	// Clock, when set, times what is forgotten (tests); the real clock otherwise.
+	Clock clock.PassiveClock
 
-	mu      sync.Mutex // guards labeled
-	labeled map[string]bool
+	mu      sync.Mutex           // guards labeled, vanished and announced
+	labeled map[string]time.Time // host -> last read
+	// vanished are nsqds an nsqlookupd stopped announcing for a topic
+	// while they may still hold its messages: read until they hold none.
+	vanished map[lookupKey]map[string]bool
+	// announced are the nsqds each lookup named last time.
+	announced map[lookupKey]announcement
 }
+
+type announcement struct {
+	hosts map[string]bool
+	at    time.Time
+}
+
+// forgetAfter is how long a host or lookup no read names is remembered
+// (a read of only the queues new on a tick names few of them).
+const forgetAfter = 10 * time.Minute
 
 // maxHostLabels bounds the host label values of the read metrics: hosts
 // come from tenants' annotations and nsqlookupd answers.
@@ -124,12 +143,13 @@ func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) Readi
 		})
 	}
 	wg.Wait()
+	vanished := r.keepVanished(lookups, s.producers)
 	for _, ps := range s.producers {
 		for _, p := range ps {
 			nsqds[p] = true
 		}
 	}
-	r.prune(lookups, nsqds)
+	r.prune()
 	for host := range nsqds {
 		wg.Go(func() {
 			t0 := time.Now()
@@ -145,7 +165,87 @@ func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) Readi
 		})
 	}
 	wg.Wait()
+	r.forgetDrained(vanished, s)
 	return s
+}
+
+// keepVanished adds to each successful lookup the nsqds it named before but
+// not now (one that left, or a topic the lookupd forgot): their messages
+// still wait, so they are read until they hold none of the topic; one that
+// cannot be read holds the member rather than counting zero. It returns
+// what it added.
+func (r *NSQReader) keepVanished(lookups map[lookupKey]bool, producers map[lookupKey][]string) map[lookupKey]map[string]bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.vanished == nil {
+		r.vanished, r.announced = map[lookupKey]map[string]bool{}, map[lookupKey]announcement{}
+	}
+	now := r.now()
+	for k, a := range r.announced {
+		if !lookups[k] && now.Sub(a.at) > forgetAfter {
+			delete(r.announced, k)
+			delete(r.vanished, k)
+		}
+	}
+	for k, ps := range producers {
+		named := map[string]bool{}
+		for _, p := range ps {
+			named[p] = true
+		}
+		gone := r.vanished[k]
+		for p := range r.announced[k].hosts {
+			if !named[p] {
+				if gone == nil {
+					gone = map[string]bool{}
+				}
+				gone[p] = true
+			}
+		}
+		for p := range gone {
+			if named[p] || len(ps) >= maxProducers {
+				delete(gone, p) // back, or no room to track it
+				continue
+			}
+			ps = append(ps, p)
+		}
+		producers[k] = ps
+		r.announced[k] = announcement{named, now}
+		if len(gone) > 0 {
+			r.vanished[k] = gone
+		} else {
+			delete(r.vanished, k)
+		}
+	}
+	return maps.Clone(r.vanished)
+}
+
+// forgetDrained stops reading vanished nsqds that hold none of the topic.
+func (r *NSQReader) forgetDrained(added map[lookupKey]map[string]bool, s *Snapshot) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, hosts := range added {
+		for h := range hosts {
+			st, ok := s.stats[h]
+			if !ok {
+				continue // unreadable: keep holding
+			}
+			if t, ok := st.byName[k.topic]; !ok || topicBacklog(t) == 0 {
+				delete(r.vanished[k], h)
+			}
+		}
+		if len(r.vanished[k]) == 0 {
+			delete(r.vanished, k)
+		}
+	}
+}
+
+// topicBacklog is every message of a topic on one nsqd, in any channel.
+func topicBacklog(t *nsqTopic) int64 {
+	n := t.Depth
+	for _, c := range t.Channels {
+		n += c.Depth + c.InFlight + c.Deferred
+	}
+	return n
 }
 
 func (r *NSQReader) observe(host string, d time.Duration, err error) {
@@ -153,15 +253,13 @@ func (r *NSQReader) observe(host string, d time.Duration, err error) {
 		return
 	}
 	r.mu.Lock()
-	if !r.labeled[host] {
-		if len(r.labeled) < maxHostLabels {
-			if r.labeled == nil {
-				r.labeled = map[string]bool{}
-			}
-			r.labeled[host] = true
-		} else {
-			host = "other"
+	if _, ok := r.labeled[host]; ok || len(r.labeled) < maxHostLabels {
+		if r.labeled == nil {
+			r.labeled = map[string]time.Time{}
 		}
+		r.labeled[host] = r.now()
+	} else {
+		host = "other"
 	}
 	r.mu.Unlock()
 	r.Metrics.QueueReadLatency.WithLabelValues(host).Observe(d.Seconds())
@@ -170,19 +268,23 @@ func (r *NSQReader) observe(host string, d time.Duration, err error) {
 	}
 }
 
-// prune deletes the read metrics of hosts that this read does not name.
-func (r *NSQReader) prune(lookups map[lookupKey]bool, nsqds map[string]bool) {
+func (r *NSQReader) now() time.Time {
+	if r.Clock == nil {
+		return time.Now()
+	}
+	return r.Clock.Now()
+}
+
+// prune deletes the read metrics of hosts that no read has named for
+// forgetAfter.
+func (r *NSQReader) prune() {
 	if r.Metrics == nil {
 		return
 	}
-	named := map[string]bool{}
-	for k := range lookups {
-		named[k.lookupd] = true
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for host := range r.labeled {
-		if !named[host] && !nsqds[host] {
+	for host, at := range r.labeled {
+		if r.now().Sub(at) > forgetAfter {
 			r.Metrics.QueueReadLatency.DeleteLabelValues(host)
 			r.Metrics.QueueReadErrors.DeleteLabelValues(host)
 			delete(r.labeled, host)

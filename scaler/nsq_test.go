@@ -6,11 +6,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/microscaling/microscaling/annotations"
 )
@@ -151,36 +153,87 @@ func TestAPIResource(t *testing.T) {
 	}
 }
 
-// The read metrics' host label comes from tenants: series go with the last
-// queue naming the host, and there are never more than maxHostLabels hosts.
+// The read metrics' host label comes from tenants: there are never more
+// than maxHostLabels hosts, and a host's series go once no read has named it
+// for forgetAfter.
 func TestReadMetricsHostsBounded(t *testing.T) {
 	nsqd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(stats1x)) }))
 	defer nsqd.Close()
 	m := NewMetrics(prometheus.NewRegistry())
-	r := &NSQReader{Timeout: time.Second, Metrics: m}
+	clk := clocktesting.NewFakePassiveClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	r := &NSQReader{Timeout: time.Second, Metrics: m, Clock: clk}
 	host := strings.TrimPrefix(nsqd.URL, "http://")
 	ref := func(h string) annotations.QueueRef {
 		return annotations.QueueRef{Scheme: "nsq", Host: h, Topic: "jobs", Channel: "work"}
 	}
 	r.Read(context.Background(), []annotations.QueueRef{ref(host)})
-	if n := testutil.CollectAndCount(m.QueueReadLatency); n != 1 {
-		t.Fatalf("%d latency series after one host, want 1", n)
-	}
-	// Many hosts nobody serves (refused at once on a closed port of 127.0.0.1).
+	// Many hosts nobody serves (refused at once on closed ports of 127.0.0.1).
 	var refs []annotations.QueueRef
 	for i := range maxHostLabels + 50 {
 		refs = append(refs, ref(fmt.Sprintf("127.0.0.1:%d", 1+i)))
 	}
 	r.Read(context.Background(), refs)
-	if n := testutil.CollectAndCount(m.QueueReadLatency); n > maxHostLabels+1 {
-		t.Errorf("%d latency series for %d hosts, want at most %d (+ other)", n, len(refs), maxHostLabels)
+	if n := testutil.CollectAndCount(m.QueueReadLatency); n != maxHostLabels+1 {
+		t.Errorf("%d latency series for %d hosts, want %d (+ other)", n, len(refs)+1, maxHostLabels)
 	}
-	// The first host is no longer named: its series is gone.
-	if got := testutil.ToFloat64(m.QueueReadErrors.WithLabelValues("other")); got != 50 {
-		t.Errorf("errors counted as other = %v, want 50", got)
+	if got := testutil.ToFloat64(m.QueueReadErrors.WithLabelValues("other")); got != 51 {
+		t.Errorf("errors counted as other = %v, want 51", got)
 	}
+	clk.SetTime(clk.Now().Add(forgetAfter + time.Second))
 	r.Read(context.Background(), []annotations.QueueRef{ref(host)})
 	if n := testutil.CollectAndCount(m.QueueReadLatency); n != 2 { // the host, and "other"
-		t.Errorf("%d latency series once one host is named again, want 2", n)
+		t.Errorf("%d latency series once only one host is named, want 2", n)
 	}
+}
+
+// An nsqd that an nsqlookupd stops announcing while it holds the topic's
+// messages still counts until it holds none; unreadable, it holds the member.
+func TestVanishedProducerStillCounts(t *testing.T) {
+	var mu sync.Mutex
+	backlogB := `{"topics":[{"topic_name":"jobs","depth":0,"message_count":50,"channels":[{"channel_name":"work","depth":40,"in_flight_count":0,"deferred_count":0,"message_count":50}]}]}`
+	empty := `{"topics":[{"topic_name":"jobs","depth":0,"message_count":50,"channels":[{"channel_name":"work","depth":0,"in_flight_count":0,"deferred_count":0,"message_count":50}]}]}`
+	bBody := backlogB
+	a := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(empty)) }))
+	defer a.Close()
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		_, _ = w.Write([]byte(bBody))
+	}))
+	defer b.Close()
+	producer := func(u string) string {
+		h, p, _ := strings.Cut(strings.TrimPrefix(u, "http://"), ":")
+		return `{"broadcast_address":"` + h + `","http_port":` + p + `}`
+	}
+	announce := producer(a.URL) + "," + producer(b.URL)
+	lookupd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		_, _ = w.Write([]byte(`{"producers":[` + announce + `]}`))
+	}))
+	defer lookupd.Close()
+	q := annotations.QueueRef{Scheme: "nsqlookupd", Host: strings.TrimPrefix(lookupd.URL, "http://"), Topic: "jobs", Channel: "work"}
+	r := &NSQReader{Timeout: time.Second}
+	read := func() (QueueReading, error) {
+		return r.Read(context.Background(), []annotations.QueueRef{q}).Reading(q)
+	}
+	step := func(name string, change func(), wantBacklog int64, wantErr bool) {
+		t.Helper()
+		mu.Lock()
+		change()
+		mu.Unlock()
+		got, err := read()
+		if (err != nil) != wantErr || (err == nil && got.Backlog != wantBacklog) {
+			t.Errorf("%s: reading %+v, err %v; want backlog %d, error %v", name, got, err, wantBacklog, wantErr)
+		}
+	}
+	step("both announced", func() {}, 40, false)
+	step("b no longer announced, still holding 40", func() { announce = producer(a.URL) }, 40, false)
+	step("the lookupd forgets the topic", func() { announce = "" }, 40, false)
+	step("b drained: forgotten", func() { bBody = empty }, 0, false)
+	step("b holds messages again but is not announced: not read", func() { bBody = backlogB }, 0, false)
+	// A vanished nsqd that cannot be read holds the member.
+	step("announced again", func() { announce = producer(a.URL) + "," + producer(b.URL) }, 40, false)
+	b.Close()
+	step("b gone while holding messages", func() { announce = producer(a.URL) }, 0, true)
 }

@@ -37,7 +37,6 @@ func TestWaitTarget(t *testing.T) {
 		}
 	})
 	waitReplicas(t, s, "default", "consumer", 20*time.Second, "at least 5 (50/s at 10/s)", func(n int32) bool { return n >= 5 })
-	waitEvent(t, s, "default", "consumer", "against 5s", 5*time.Second)
 	// Once the burst is served, count only what follows.
 	eventually(t, 30*time.Second, func(context.Context) error {
 		if _, n := waits.Quantile(0.5); n < 1000 {

@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"slices"
 	"sync"
@@ -33,7 +31,7 @@ func (r *loadRecord) record(ctx context.Context, t *testing.T, s *harness.Stack,
 	defer tick.Stop()
 	for {
 		n, err := replicas(ctx, s, "default", name)
-		b, berr := channelBacklog(ctx, s, topic, channel)
+		b, berr := s.NSQ.Backlog(ctx, topic, channel)
 		if ctx.Err() != nil {
 			return
 		}
@@ -50,39 +48,6 @@ func (r *loadRecord) record(ctx context.Context, t *testing.T, s *harness.Stack,
 		case <-tick.C:
 		}
 	}
-}
-
-func channelBacklog(ctx context.Context, s *harness.Stack, topic, channel string) (int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/stats?format=json&topic=%s&channel=%s", s.NSQ.HTTPAddr, topic, channel), nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	var st struct {
-		Topics []struct {
-			Channels []struct {
-				Name     string `json:"channel_name"`
-				Depth    int64  `json:"depth"`
-				InFlight int64  `json:"in_flight_count"`
-				Deferred int64  `json:"deferred_count"`
-			} `json:"channels"`
-		} `json:"topics"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return 0, fmt.Errorf("decoding nsqd stats: %w", err)
-	}
-	for _, tp := range st.Topics {
-		for _, c := range tp.Channels {
-			if c.Name == channel {
-				return c.Depth + c.InFlight + c.Deferred, nil
-			}
-		}
-	}
-	return 0, nil
 }
 
 // burstResult scores one run of the burst + steady load.
@@ -191,7 +156,7 @@ func burstRun(t *testing.T, kv []string) burstResult {
 	}
 	// Until the backlog the load left is drained, for the waits.
 	eventually(t, 60*time.Second, func(ctx context.Context) error {
-		b, err := channelBacklog(ctx, s, "jobs", "work")
+		b, err := s.NSQ.Backlog(ctx, "jobs", "work")
 		if err == nil && b > 0 {
 			err = fmt.Errorf("backlog %d", b)
 		}

@@ -2,12 +2,9 @@ package harness
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"strings"
 	"syscall"
@@ -217,45 +214,6 @@ func TestNonAdminIsForbidden(t *testing.T) {
 	}
 }
 
-type nsqStats struct {
-	Topics []struct {
-		Name     string `json:"topic_name"`
-		Channels []struct {
-			Name     string `json:"channel_name"`
-			Depth    int64  `json:"depth"`
-			InFlight int64  `json:"in_flight_count"`
-		} `json:"channels"`
-	} `json:"topics"`
-}
-
-func channelBacklog(ctx context.Context, httpAddr, topic, channel string) (int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+"/stats?format=json&topic="+topic, nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, err
-	}
-	var st nsqStats
-	if err := json.Unmarshal(body, &st); err != nil {
-		return 0, fmt.Errorf("decoding %s: %w", body, err)
-	}
-	for _, tp := range st.Topics {
-		for _, ch := range tp.Channels {
-			if tp.Name == topic && ch.Name == channel {
-				return ch.Depth + ch.InFlight, nil
-			}
-		}
-	}
-	return 0, fmt.Errorf("no channel %s/%s in %s", topic, channel, body)
-}
-
 func TestNSQMessageDepth(t *testing.T) {
 	s := StartT(t, Options{NSQ: true})
 	ctx := t.Context()
@@ -272,7 +230,7 @@ func TestNSQMessageDepth(t *testing.T) {
 	if err := p.Publish("jobs", []byte("hello")); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := channelBacklog(ctx, s.NSQ.HTTPAddr, "jobs", "work"); err != nil || n != 1 {
+	if n, err := s.NSQ.Backlog(ctx, "jobs", "work"); err != nil || n != 1 {
 		t.Fatalf("backlog after publish = %d, %v; want 1", n, err)
 	}
 	c, err := nsq.NewConsumer("jobs", "work", nsq.NewConfig())
@@ -298,7 +256,7 @@ func TestNSQMessageDepth(t *testing.T) {
 		t.Fatal("message not consumed through nsqlookupd")
 	}
 	eventually(t, 10*time.Second, func(ctx context.Context) error {
-		n, err := channelBacklog(ctx, s.NSQ.HTTPAddr, "jobs", "work")
+		n, err := s.NSQ.Backlog(ctx, "jobs", "work")
 		if err != nil {
 			return err
 		}

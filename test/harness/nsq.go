@@ -2,8 +2,10 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -81,6 +83,42 @@ func (n *NSQ) CreateChannel(ctx context.Context, topic, channel string) error {
 		}
 	}
 	return nil
+}
+
+// Backlog is a channel's messages on nsqd: ready, in flight and deferred.
+func (n *NSQ) Backlog(ctx context.Context, topic, channel string) (int64, error) {
+	u := "http://" + n.HTTPAddr + "/stats?format=json&topic=" + url.QueryEscape(topic) + "&channel=" + url.QueryEscape(channel)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Topics []struct {
+			Name     string `json:"topic_name"`
+			Channels []struct {
+				Name     string `json:"channel_name"`
+				Depth    int64  `json:"depth"`
+				InFlight int64  `json:"in_flight_count"`
+				Deferred int64  `json:"deferred_count"`
+			} `json:"channels"`
+		} `json:"topics"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return 0, fmt.Errorf("decoding nsqd stats: %w", err)
+	}
+	for _, tp := range st.Topics {
+		for _, ch := range tp.Channels {
+			if tp.Name == topic && ch.Name == channel {
+				return ch.Depth + ch.InFlight + ch.Deferred, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("no channel %s/%s on nsqd", topic, channel)
 }
 
 // Kill ends nsqd with SIGKILL, as a crash would, and waits for it.

@@ -27,14 +27,18 @@ func TestDemoRisingLoadNoReversal(t *testing.T) {
 	schedule := workload.Schedule{Min: 5, Max: 80, Period: 4 * time.Minute}
 	ctx, cancel := context.WithTimeout(t.Context(), schedule.Period/2)
 	defer cancel()
+	// The replicas are sampled until the producer is done, on a context of
+	// their own: a read cut by the producer's deadline is not an error.
+	rec, stop := context.WithCancel(t.Context())
+	defer stop()
 	var wg sync.WaitGroup
 	var history []int32
 	wg.Go(func() {
 		tick := time.NewTicker(250 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			n, err := demoReplicas(ctx, s, "consumer")
-			if ctx.Err() != nil {
+			n, err := demoReplicas(rec, s, "consumer")
+			if rec.Err() != nil {
 				return
 			}
 			if err != nil {
@@ -46,16 +50,18 @@ func TestDemoRisingLoadNoReversal(t *testing.T) {
 				t.Logf("consumer replicas %d", n)
 			}
 			select {
-			case <-ctx.Done():
+			case <-rec.Done():
 				return
 			case <-tick.C:
 			}
 		}
 	})
-	if err := workload.Produce(ctx, s.NSQ.TCPAddr, "jobs", schedule); err != nil {
+	err := workload.Produce(ctx, s.NSQ.TCPAddr, "jobs", schedule)
+	stop()
+	wg.Wait()
+	if err != nil {
 		t.Fatal(err)
 	}
-	wg.Wait()
 	reversals, lastDown := 0, false
 	for i := 1; i < len(history); i++ {
 		switch {

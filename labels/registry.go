@@ -42,6 +42,9 @@ type Resolver struct {
 // cacheKey is a digest or tag reference, read with the credentials cred.
 type cacheKey struct{ cred, ref string }
 
+// MaxConfigBytes bounds an image's config blob, where its labels are.
+const MaxConfigBytes = 1 << 20
+
 // maxCacheEntries bounds each cache of the Resolver.
 const maxCacheEntries = 4096
 
@@ -143,6 +146,16 @@ func (r *Resolver) resolve(ctx context.Context, image string, kc *Keychain) (str
 	img, err := desc.Image() // an index resolves to its child for r.Platform
 	if err != nil {
 		return "", nil, fmt.Errorf("image %s for %s: %w", image, r.Platform.String(), err)
+	}
+	// The config blob's size is declared by whoever pushed the image: check
+	// it before reading (the registry client then reads no more than it
+	// declares, and checks the digest).
+	m, err := img.Manifest()
+	if err != nil {
+		return "", nil, fmt.Errorf("reading manifest of %s: %w", image, err)
+	}
+	if m.Config.Size > MaxConfigBytes {
+		return "", nil, fmt.Errorf("config of %s: %d bytes, more than the %d read", image, m.Config.Size, MaxConfigBytes)
 	}
 	cf, err := img.ConfigFile()
 	if err != nil {

@@ -65,3 +65,30 @@ func TestCachesAreKeyedByCredentials(t *testing.T) {
 		}
 	}
 }
+
+// An image whose config blob is over MaxConfigBytes is refused before its
+// config is read.
+func TestLargeConfigRefused(t *testing.T) {
+	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer reg.Close()
+	host := strings.TrimPrefix(reg.URL, "http://")
+	img, err := random.Image(64, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.Config(img, v1.Config{Labels: map[string]string{"com.microscaling.priority": "1", "padding": strings.Repeat("x", MaxConfigBytes)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(host + "/big/app:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	r := NewResolver(v1.Platform{OS: "linux", Architecture: "amd64"}, 5*time.Second, time.Minute)
+	if _, l, err := r.Labels(context.Background(), ref.String(), nil); err == nil || !strings.Contains(err.Error(), "more than the") || len(l) > 0 {
+		t.Errorf("labels %d, err %v; want the config refused for its size", len(l), err)
+	}
+}

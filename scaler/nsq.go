@@ -181,6 +181,7 @@ func (r *NSQReader) keepVanished(lookups map[lookupKey]bool, producers map[looku
 		r.vanished, r.announced = map[lookupKey]map[string]bool{}, map[lookupKey]announcement{}
 	}
 	now := r.now()
+	added := map[lookupKey]map[string]bool{}
 	for k, a := range r.announced {
 		if !lookups[k] && now.Sub(a.at) > forgetAfter {
 			delete(r.announced, k)
@@ -212,11 +213,12 @@ func (r *NSQReader) keepVanished(lookups map[lookupKey]bool, producers map[looku
 		r.announced[k] = announcement{named, now}
 		if len(gone) > 0 {
 			r.vanished[k] = gone
+			added[k] = maps.Clone(gone)
 		} else {
 			delete(r.vanished, k)
 		}
 	}
-	return maps.Clone(r.vanished)
+	return added
 }
 
 // forgetDrained stops reading vanished nsqds that hold none of the topic.
@@ -234,7 +236,7 @@ func (r *NSQReader) forgetDrained(added map[lookupKey]map[string]bool, s *Snapsh
 			}
 		}
 		if len(r.vanished[k]) == 0 {
-			delete(r.vanished, k)
+			delete(r.vanished, k) // also when a newer read replaced it
 		}
 	}
 }
@@ -283,8 +285,9 @@ func (r *NSQReader) prune() {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	now := r.now()
 	for host, at := range r.labeled {
-		if r.now().Sub(at) > forgetAfter {
+		if now.Sub(at) > forgetAfter {
 			r.Metrics.QueueReadLatency.DeleteLabelValues(host)
 			r.Metrics.QueueReadErrors.DeleteLabelValues(host)
 			delete(r.labeled, host)

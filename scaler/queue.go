@@ -239,11 +239,11 @@ func estimatedWait(in QueueInput) (time.Duration, bool) {
 		return time.Duration(math.MaxInt64), true
 	}
 	s := float64(in.Backlog) / (float64(in.Consuming) * in.Rates.Service)
-	return time.Duration(min(s, float64(MaxWaitSeconds)) * float64(time.Second)), true
+	return time.Duration(min(s, float64(maxWaitSeconds)) * float64(time.Second)), true
 }
 
-// MaxWaitSeconds bounds estimated waits, so a stalled queue stays representable.
-const MaxWaitSeconds = 1e6
+// maxWaitSeconds bounds estimated waits, so a stalled queue stays representable.
+const maxWaitSeconds = 1e6
 
 func (p QueuePolicy) reason(in QueueInput, want int32, known bool, arrival float64) string {
 	var why string

@@ -43,7 +43,9 @@ import (
 	"github.com/microscaling/microscaling/informer"
 	"github.com/microscaling/microscaling/labels"
 	"github.com/microscaling/microscaling/scaler"
-	"github.com/microscaling/microscaling/test/workload"
+	"github.com/microscaling/microscaling/scaler/dashboard"
+	scalermetrics "github.com/microscaling/microscaling/scaler/metrics"
+	"github.com/microscaling/microscaling/scaler/nsq"
 )
 
 type options struct {
@@ -68,9 +70,6 @@ type options struct {
 
 const usage = `usage: microscaling [controller] [flags]   run the controller (the default)
        microscaling sync-labels [flags]    fill annotations from image labels once, then exit
-       microscaling producer [flags]       demo: publish on a rising and falling schedule
-       microscaling consumer [flags]       demo: consume, working a fixed time per message
-       microscaling background [flags]     demo: low-priority work that fills spare room
        microscaling COMMAND -h             the flags of a command`
 
 func main() {
@@ -86,8 +85,6 @@ func main() {
 		err = controllerMain(ctx, args)
 	case "sync-labels":
 		err = syncLabelsMain(ctx, args)
-	case "producer", "consumer", "background":
-		err = demoMain(ctx, cmd, args)
 	default:
 		fmt.Fprintf(os.Stderr, "microscaling: unknown command %q\n%s\n", cmd, usage)
 		os.Exit(2)
@@ -175,33 +172,6 @@ func syncLabelsMain(ctx context.Context, args []string) error {
 	return err
 }
 
-// demoMain runs one role of the demo in a pod.
-func demoMain(ctx context.Context, role string, args []string) error {
-	fs := flag.NewFlagSet(role, flag.ExitOnError)
-	nsqd := fs.String("nsqd", "nsq:4150", "nsqd TCP address")
-	lookupd := fs.String("lookupd", "", "nsqlookupd HTTP address (consumer; instead of --nsqd)")
-	topic := fs.String("topic", "jobs", "topic")
-	channel := fs.String("channel", "work", "channel (consumer)")
-	work := fs.Duration("work", 100*time.Millisecond, "time a consumer spends on one message")
-	minRate := fs.Float64("min-rate", 5, "lowest producer rate, messages per second")
-	maxRate := fs.Float64("max-rate", 80, "highest producer rate, messages per second")
-	period := fs.Duration("period", 4*time.Minute, "one rise and fall of the producer rate")
-	klog.InitFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	switch role {
-	case "producer":
-		return workload.Produce(ctx, *nsqd, *topic, workload.Schedule{Min: *minRate, Max: *maxRate, Period: *period})
-	case "consumer":
-		return workload.Consume(ctx, *nsqd, *lookupd, *topic, *channel, *work)
-	default:
-		// Background work has nothing to consume: it holds its place until told to stop.
-		<-ctx.Done()
-		return nil
-	}
-}
-
 func newClient(kubeconfig string, qps float32, burst int, wrap ...func(http.RoundTripper) http.RoundTripper) (kubernetes.Interface, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
@@ -246,14 +216,14 @@ func apiServerAddrs(ctx context.Context, kubeconfig string) ([]netip.AddrPort, e
 			port = "80"
 		}
 	}
-	return scaler.APIServerAddrs(ctx, net.JoinHostPort(u.Hostname(), port))
+	return nsq.APIServerAddrs(ctx, net.JoinHostPort(u.Hostname(), port))
 }
 
 func run(ctx context.Context, o options) error {
 	logger := klog.FromContext(ctx)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := scaler.NewMetrics(reg)
+	metrics := scalermetrics.NewMetrics(reg)
 	client, err := newClient(o.kubeconfig, 50, 100, metrics.CountRequests)
 	if err != nil {
 		return err
@@ -269,6 +239,7 @@ func run(ctx context.Context, o options) error {
 	defer broadcaster.Shutdown()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "microscaling", Host: identity})
 
+	hc := &health{interval: o.interval}
 	var labelRun func(context.Context) // label sync, when on: only the leader runs it
 	inf, err := informer.New(client, o.namespace)
 	if err != nil {
@@ -278,18 +249,18 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	history := scaler.NewHistory(600, 100)
+	history := dashboard.NewHistory(600, 100)
 	ctrl := scaler.New(scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun, History: history},
-		inf, &scaler.NSQReader{Client: scaler.NewQueueClient(deny...), Timeout: o.queueTimeout, Metrics: metrics},
+		inf, &nsq.NSQReader{Client: nsq.NewQueueClient(deny...), Timeout: o.queueTimeout, Metrics: metrics},
 		scaler.ScaleWriter{Client: client}, recorder, metrics, clock.RealClock{})
-	reg.MustRegister(ctrl) // the per-Deployment gauges
+	reg.MustRegister(scalermetrics.Collector(ctrl)) // the per-Deployment gauges
 
 	if o.syncLabels {
 		syncer, err := newSyncer(client, recorder, o.platform, o.prefixes, 10*time.Second, o.labelInterval/2)
 		if err != nil {
 			return err
 		}
-		lc := &labels.Controller{Syncer: syncer, Lister: inf.Deployments, Interval: o.labelInterval}
+		lc := labels.NewController(syncer, inf.Deployments, o.labelInterval)
 		if err := inf.AddDeploymentHandler(lc.Handler()); err != nil {
 			return err
 		}
@@ -297,7 +268,7 @@ func run(ctx context.Context, o options) error {
 	}
 
 	if o.metricsAddr != "" {
-		srv, err := serve(ctx, o.metricsAddr, reg, inf, scaler.Dashboard(history), o.profiling)
+		srv, err := serve(ctx, o.metricsAddr, reg, inf, hc, dashboard.Dashboard(history), o.profiling)
 		if err != nil {
 			return err
 		}
@@ -314,7 +285,8 @@ func run(ctx context.Context, o options) error {
 	logger.Info("caches synced")
 	work := func(ctx context.Context) {
 		metrics.Leader.Set(1)
-		defer metrics.Leader.Set(0)
+		hc.lead(ctx, ctrl.LastTick)
+		defer func() { hc.lead(nil, nil); metrics.Leader.Set(0) }()
 		var wg sync.WaitGroup
 		if labelRun != nil {
 			wg.Go(func() { labelRun(ctx) })
@@ -331,16 +303,50 @@ func run(ctx context.Context, o options) error {
 		Client:     client.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: identity, EventRecorder: recorder},
 	}
+	return lead(ctx, lock, o.leaseName, identity, work)
+}
+
+// lead runs work while holding the Lease, until ctx ends or the Lease is
+// lost. The election runs on a context of its own that ends only once work
+// has returned, so the Lease is released after the last write, never while
+// a decision is still in flight.
+func lead(ctx context.Context, lock resourcelock.Interface, name, identity string, work func(context.Context)) error {
+	logger := klog.FromContext(ctx)
+	electCtx, endElection := context.WithCancel(context.WithoutCancel(ctx))
+	defer endElection()
+	var mu sync.Mutex // guards working
+	working := false
+	stopWaiting := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !working {
+			endElection() // not leading: nothing to wait for
+		}
+	})
+	defer stopWaiting()
 	lost := make(chan struct{})
-	leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+	leaderelection.RunOrDie(electCtx, leaderelection.LeaderElectionConfig{
 		Lock:            lock,
 		ReleaseOnCancel: true,
 		LeaseDuration:   15 * time.Second,
 		RenewDeadline:   10 * time.Second,
 		RetryPeriod:     2 * time.Second,
-		Name:            o.leaseName,
+		Name:            name,
 		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: work,
+			OnStartedLeading: func(leCtx context.Context) {
+				mu.Lock()
+				if electCtx.Err() != nil {
+					mu.Unlock()
+					return
+				}
+				working = true
+				mu.Unlock()
+				workCtx, stop := context.WithCancel(leCtx)
+				defer stop()
+				defer context.AfterFunc(ctx, stop)()
+				work(workCtx)
+				endElection() // the work has returned: now the Lease may go
+			},
 			OnStoppedLeading: func() { close(lost) },
 			OnNewLeader: func(id string) {
 				logger.Info("leader", "identity", id, "self", id == identity)
@@ -359,8 +365,44 @@ func run(ctx context.Context, o options) error {
 	return nil
 }
 
+// health answers /healthz: while leading, the loop must have finished a
+// tick within three intervals.
+type health struct {
+	interval time.Duration
+	mu       sync.Mutex // guards since and last
+	since    time.Time  // when leading began; zero while not leading
+	last     func() time.Time
+}
+
+// lead marks the start (ctx set) or end (nil) of leading.
+func (h *health) lead(ctx context.Context, last func() time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.since, h.last = time.Time{}, last
+	if ctx != nil {
+		h.since = time.Now()
+	}
+}
+
+// check returns an error when the loop makes no progress.
+func (h *health) check(now time.Time) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.since.IsZero() {
+		return nil // standing by: healthy
+	}
+	last := h.last()
+	if last.Before(h.since) {
+		last = h.since
+	}
+	if late := now.Sub(last); late > 3*h.interval {
+		return fmt.Errorf("no tick finished for %s (interval %s)", late.Round(time.Millisecond), h.interval)
+	}
+	return nil
+}
+
 // serve starts /metrics, /healthz, /readyz and the dashboard (/) on addr.
-func serve(ctx context.Context, addr string, reg *prometheus.Registry, inf *informer.Informers, dashboard http.Handler, profiling bool) (*http.Server, error) {
+func serve(ctx context.Context, addr string, reg *prometheus.Registry, inf *informer.Informers, h *health, dashboard http.Handler, profiling bool) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/", dashboard)
 	if profiling {
@@ -370,7 +412,13 @@ func serve(ctx context.Context, addr string, reg *prometheus.Registry, inf *info
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := h.check(time.Now()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !inf.Synced() {
 			http.Error(w, "caches not synced", http.StatusServiceUnavailable)

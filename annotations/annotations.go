@@ -22,6 +22,10 @@ import (
 // Prefix starts every key of the contract.
 const Prefix = "microscaling.com/"
 
+// ImageLabelsPrefix starts the per-container annotations that label sync
+// writes with an image's other labels.
+const ImageLabelsPrefix = "image-labels.microscaling.com/"
+
 // The keys of the contract.
 const (
 	Group             = Prefix + "group"
@@ -123,6 +127,24 @@ func Managed(ann map[string]string) bool {
 	_, queue := ann[Queue]
 	return rule || queue
 }
+
+// GroupKey is the key of the group of a managed Deployment: its namespace
+// and group (the Deployment's name by default). A group value that is not a
+// DNS-1123 label gives the key namespace + "/" and false: such members are
+// listed (their annotations are reported) but never decided.
+func GroupKey(namespace, name string, ann map[string]string) (string, bool) {
+	g, ok := ann[Group]
+	if !ok {
+		return namespace + "/" + name, true
+	}
+	if len(validation.IsDNS1123Label(g)) > 0 {
+		return namespace + "/", false
+	}
+	return namespace + "/" + g, true
+}
+
+// ValidGroupKey reports whether a key from GroupKey names a real group.
+func ValidGroupKey(key string) bool { return !strings.HasSuffix(key, "/") }
 
 // Parse reads the microscaling.com/* annotations of a Deployment named name
 // (the default group). It returns every problem at once as an aggregate of
@@ -327,43 +349,6 @@ func distance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
-}
-
-// Annotations renders s as the annotations Parse reads back to s. Defaults
-// are written out, so the result is explicit.
-func (s Spec) Annotations() map[string]string {
-	a := map[string]string{
-		Group:          s.Group,
-		Priority:       strconv.Itoa(int(s.Priority)),
-		MinReplicas:    strconv.Itoa(int(s.MinReplicas)),
-		MaxReplicas:    strconv.Itoa(int(s.MaxReplicas)),
-		ScaleDownDelay: s.ScaleDownDelay.String(),
-		Paused:         strconv.FormatBool(s.Paused),
-		SyncLabels:     strconv.FormatBool(s.SyncLabels),
-	}
-	if s.Rule != "" {
-		a[Rule] = string(s.Rule)
-	}
-	if len(s.Queues) > 0 {
-		qs := make([]string, len(s.Queues))
-		for i, q := range s.Queues {
-			qs[i] = q.String()
-		}
-		a[Queue] = strings.Join(qs, ",")
-	}
-	if s.TargetQueueLength > 0 {
-		a[TargetQueueLength] = strconv.FormatInt(s.TargetQueueLength, 10)
-	}
-	if s.TargetWait > 0 {
-		a[TargetWait] = s.TargetWait.String()
-	}
-	if s.MaxDelta > 0 {
-		a[MaxDelta] = strconv.Itoa(int(s.MaxDelta))
-	}
-	if s.GroupMaxReplicas > 0 {
-		a[GroupMaxReplicas] = strconv.Itoa(int(s.GroupMaxReplicas))
-	}
-	return a
 }
 
 // FieldErrors returns the problems in an error returned by Parse.

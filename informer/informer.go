@@ -1,6 +1,8 @@
-// Package informer watches Deployments, Nodes and Pods with shared
-// informers, groups the managed Deployments by namespace/group, and turns the cluster's nodes and pods into the plain
-// capacity values the scaler's allocation takes.
+// Package informer is the controller's cluster adapter: it watches
+// Deployments, Nodes, Pods and RuntimeClasses with shared informers, keeps
+// the managed Deployments indexed by group (annotations.GroupKey), and turns
+// nodes and pods into the plain policy.Room a group decision takes. It
+// imports nothing of the scaler but the policy's types.
 package informer
 
 import (
@@ -15,34 +17,34 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	appslisters "k8s.io/client-go/listers/apps/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	nodelisters "k8s.io/client-go/listers/node/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/microscaling/microscaling/annotations"
-	"github.com/microscaling/microscaling/labels"
 )
 
 // groupIndex is the name of the Deployment index by namespace/group.
 const groupIndex = "microscaling-group"
 
-// GroupKey is the key of a group: namespace/group.
-func GroupKey(d *appsv1.Deployment) (string, bool) {
+// groupKey is the key of a managed Deployment's group; false when it is
+// not managed. An invalid group value has a key of its own that the loop
+// lists but never decides.
+func groupKey(d *appsv1.Deployment) (string, bool) {
 	if !annotations.Managed(d.Annotations) {
 		return "", false
 	}
-	g := d.Annotations[annotations.Group]
-	if g == "" {
-		g = d.Name
-	}
-	return d.Namespace + "/" + g, true
+	k, _ := annotations.GroupKey(d.Namespace, d.Name, d.Annotations)
+	return k, true
 }
 
 func groupIndexFunc(obj any) ([]string, error) {
 	if d, ok := obj.(*appsv1.Deployment); ok {
-		if k, ok := GroupKey(d); ok {
+		if k, ok := groupKey(d); ok {
 			return []string{k}, nil
 		}
 	}
@@ -56,12 +58,15 @@ type Informers struct {
 	Deployments appslisters.DeploymentLister
 	Nodes       corelisters.NodeLister
 	Pods        corelisters.PodLister
-	synced      []cache.InformerSynced
-	selectors   sync.Map // Deployment UID -> compiled selector at a resourceVersion
+	// RuntimeClasses give the overhead admission adds to a template's pods.
+	RuntimeClasses nodelisters.RuntimeClassLister
+	synced         []cache.InformerSynced
+	selectors      sync.Map // Deployment UID -> compiled selector at a resourceVersion
 
-	generation atomic.Uint64 // counts node and pod events: capacity is stale when it moves
-	usageMu    sync.Mutex    // guards usage
-	usage      *Usage        // the last capacity read, at some generation
+	generation atomic.Uint64 // counts node, pod and RuntimeClass events: rooms are stale when it moves
+	usageMu    sync.Mutex    // guards last
+	last       *usage        // the last usage read, at some generation
+	roomCache
 
 	groupsMu sync.Mutex // guards groups and dirty
 	// groups is the last answer of Groups, shared read-only; dirty are the
@@ -79,7 +84,7 @@ func New(client kubernetes.Interface, namespace string) (*Informers, error) {
 	if namespace != "" {
 		nf = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slim))
 	}
-	inf := &Informers{dirty: map[string]bool{}}
+	inf := &Informers{dirty: map[string]bool{}, roomCache: roomCache{rooms: map[types.UID]roomEntry{}}}
 	inf.deployments = f.Apps().V1().Deployments().Informer()
 	if err := inf.deployments.AddIndexers(cache.Indexers{groupIndex: groupIndexFunc}); err != nil {
 		return nil, fmt.Errorf("adding group index: %w", err)
@@ -100,13 +105,14 @@ func New(client kubernetes.Interface, namespace string) (*Informers, error) {
 	inf.Deployments = f.Apps().V1().Deployments().Lister()
 	nodes := nf.Core().V1().Nodes()
 	pods := f.Core().V1().Pods()
-	inf.Nodes, inf.Pods = nodes.Lister(), pods.Lister()
-	for _, i := range []cache.SharedIndexInformer{nodes.Informer(), pods.Informer()} {
+	rcs := nf.Node().V1().RuntimeClasses()
+	inf.Nodes, inf.Pods, inf.RuntimeClasses = nodes.Lister(), pods.Lister(), rcs.Lister()
+	for _, i := range []cache.SharedIndexInformer{nodes.Informer(), pods.Informer(), rcs.Informer()} {
 		if _, err := i.AddEventHandler(counter(&inf.generation)); err != nil {
-			return nil, fmt.Errorf("adding capacity handler: %w", err)
+			return nil, fmt.Errorf("adding room handler: %w", err)
 		}
 	}
-	inf.synced = []cache.InformerSynced{inf.deployments.HasSynced, nodes.Informer().HasSynced, pods.Informer().HasSynced}
+	inf.synced = []cache.InformerSynced{inf.deployments.HasSynced, nodes.Informer().HasSynced, pods.Informer().HasSynced, rcs.Informer().HasSynced}
 	inf.factories = []informers.SharedInformerFactory{f}
 	if nf != f {
 		inf.factories = append(inf.factories, nf)
@@ -161,7 +167,7 @@ func counter(n *atomic.Uint64) cache.ResourceEventHandler {
 
 func (inf *Informers) markDirty(obj any) {
 	if d, ok := obj.(*appsv1.Deployment); ok {
-		if k, ok := GroupKey(d); ok {
+		if k, ok := groupKey(d); ok {
 			inf.groupsMu.Lock()
 			inf.dirty[k] = true
 			inf.groupsMu.Unlock()
@@ -225,12 +231,10 @@ func slim(obj any) (any, error) {
 			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
 			Labels: p.Labels, DeletionTimestamp: p.DeletionTimestamp,
 		},
-		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName},
+		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, Overhead: p.Spec.Overhead, Resources: p.Spec.Resources},
 		Status: corev1.PodStatus{Phase: p.Status.Phase},
 	}
-	for _, c := range p.Spec.Containers {
-		out.Spec.Containers = append(out.Spec.Containers, corev1.Container{Resources: corev1.ResourceRequirements{Requests: c.Resources.Requests}})
-	}
+	out.Spec.InitContainers, out.Spec.Containers = requestsOnly(p.Spec.InitContainers), requestsOnly(p.Spec.Containers)
 	for _, c := range p.Status.Conditions {
 		if c.Type == corev1.PodScheduled {
 			out.Status.Conditions = []corev1.PodCondition{{Type: c.Type, Status: c.Status, Reason: c.Reason}}
@@ -242,7 +246,7 @@ func slim(obj any) (any, error) {
 func slimDeployment(d *appsv1.Deployment) *appsv1.Deployment {
 	var ann map[string]string
 	for k, v := range d.Annotations {
-		if strings.HasPrefix(k, annotations.Prefix) || strings.HasPrefix(k, labels.ImageLabelsPrefix) {
+		if strings.HasPrefix(k, annotations.Prefix) || strings.HasPrefix(k, annotations.ImageLabelsPrefix) {
 			if ann == nil {
 				ann = map[string]string{}
 			}
@@ -261,6 +265,8 @@ func slimDeployment(d *appsv1.Deployment) *appsv1.Deployment {
 			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
 				NodeSelector: t.NodeSelector, Affinity: t.Affinity, Tolerations: t.Tolerations,
 				ImagePullSecrets: t.ImagePullSecrets, ServiceAccountName: t.ServiceAccountName,
+				RuntimeClassName: t.RuntimeClassName, Overhead: t.Overhead, Resources: t.Resources,
+				InitContainers: requestsOnly(t.InitContainers),
 			}},
 		},
 		Status: appsv1.DeploymentStatus{ReadyReplicas: d.Status.ReadyReplicas},
@@ -268,6 +274,19 @@ func slimDeployment(d *appsv1.Deployment) *appsv1.Deployment {
 	for _, c := range t.Containers {
 		out.Spec.Template.Spec.Containers = append(out.Spec.Template.Spec.Containers, corev1.Container{
 			Name: c.Name, Image: c.Image, Resources: corev1.ResourceRequirements{Requests: c.Resources.Requests}})
+	}
+	return out
+}
+
+// requestsOnly keeps of containers what the pod's requests are made of:
+// their requests and (for native sidecars) restart policy.
+func requestsOnly(cs []corev1.Container) []corev1.Container {
+	if len(cs) == 0 {
+		return nil
+	}
+	out := make([]corev1.Container, len(cs))
+	for i, c := range cs {
+		out[i] = corev1.Container{Name: c.Name, RestartPolicy: c.RestartPolicy, Resources: corev1.ResourceRequirements{Requests: c.Resources.Requests}}
 	}
 	return out
 }

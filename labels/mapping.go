@@ -21,7 +21,7 @@ const (
 	// LabelPrefix starts the image labels that carry scaling rules.
 	LabelPrefix = "com.microscaling."
 	// ImageLabelsPrefix starts the per-container annotations of other labels.
-	ImageLabelsPrefix = "image-labels.microscaling.com/"
+	ImageLabelsPrefix = annotations.ImageLabelsPrefix
 	// MaxLabelValue caps one copied label value.
 	MaxLabelValue = 256
 	// MaxImageLabelsJSON caps one image-labels annotation.

@@ -212,18 +212,24 @@ func (s *Syncer) SyncAll(ctx context.Context, namespace string, workers int) (St
 }
 
 // Controller syncs Deployments with sync-labels "true" when their images
-// change and every Interval, from a shared informer.
+// change and every interval, from a shared informer.
 type Controller struct {
-	Syncer   *Syncer
-	Lister   appslisters.DeploymentLister
-	Interval time.Duration
+	syncer   *Syncer
+	lister   appslisters.DeploymentLister
+	interval time.Duration
 	queue    workqueue.TypedRateLimitingInterface[cache.ObjectName]
+}
+
+// NewController makes a label-sync controller over lister's Deployments;
+// add its Handler to the informer behind lister, then Run it.
+func NewController(s *Syncer, lister appslisters.DeploymentLister, interval time.Duration) *Controller {
+	return &Controller{syncer: s, lister: lister, interval: interval,
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[cache.ObjectName](),
+			workqueue.TypedRateLimitingQueueConfig[cache.ObjectName]{Name: "microscaling-labels"})}
 }
 
 // Handler returns the event handler to add to the Deployment informer.
 func (c *Controller) Handler() cache.ResourceEventHandler {
-	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[cache.ObjectName](),
-		workqueue.TypedRateLimitingQueueConfig[cache.ObjectName]{Name: "microscaling-labels"})
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if d, ok := obj.(*appsv1.Deployment); ok && Enabled(d) {
@@ -259,15 +265,16 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 			}
 		})
 	}
-	t := time.NewTicker(c.Interval)
+	t := time.NewTicker(c.interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			ds, err := c.Lister.List(k8slabels.Everything())
-			if err != nil {
+			ds, err := c.lister.List(k8slabels.Everything())
+			if err != nil { // a cache lister does not fail; said if it ever does
+				klog.FromContext(ctx).Error(err, "listing Deployments for label sync")
 				continue
 			}
 			for _, d := range ds {
@@ -285,13 +292,13 @@ func (c *Controller) next(ctx context.Context) bool {
 		return false
 	}
 	defer c.queue.Done(key)
-	d, err := c.Lister.Deployments(key.Namespace).Get(key.Name)
+	d, err := c.lister.Deployments(key.Namespace).Get(key.Name)
 	if apierrors.IsNotFound(err) {
 		c.queue.Forget(key)
 		return true
 	}
 	if err == nil && Enabled(d) {
-		_, err = c.Syncer.Sync(ctx, d)
+		_, err = c.syncer.Sync(ctx, d)
 	}
 	if err != nil {
 		klog.FromContext(ctx).Info("label sync failed; will retry", "deployment", key, "err", err)

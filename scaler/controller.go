@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -15,11 +16,25 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
-	resourcehelper "k8s.io/component-helpers/resource"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/scaler/dashboard"
+	"github.com/microscaling/microscaling/scaler/metrics"
+	"github.com/microscaling/microscaling/scaler/policy"
+)
+
+// Event reasons, on the Deployment.
+const (
+	ReasonScaled              = "Scaled"
+	ReasonScaledDryRun        = "ScaledDryRun"
+	ReasonScaleFailed         = "ScaleFailed"
+	ReasonExternalScale       = "ExternalScale"
+	ReasonInvalidAnnotation   = "InvalidAnnotation"
+	ReasonQueueUnreadable     = "QueueUnreadable"
+	ReasonQueueReadable       = "QueueReadable"
+	ReasonGroupBudgetConflict = "GroupBudgetConflict"
 )
 
 // Cluster is what the loop reads of the cluster; package informer
@@ -28,30 +43,13 @@ type Cluster interface {
 	// Groups returns each group's managed Deployments by group key, from
 	// the cache; callers must not change them.
 	Groups() map[string][]*appsv1.Deployment
-	// Capacity reads nodes and pods; it is called at most once a tick.
-	Capacity() (Capacity, error)
-}
-
-// Capacity gives each group its room.
-type Capacity interface {
-	Room(members []*appsv1.Deployment) (Room, error)
-}
-
-// Room is the allocation input for one group, from the cluster.
-type Room struct {
-	Free     []Resources
-	Eligible [][]int // per member: indexes into Free
-	Pending  []int32 // per member: Pending, unschedulable pods
+	// Room returns the node room the members of one group share.
+	Room(members []*appsv1.Deployment) (policy.Room, error)
 }
 
 // Queues reads every queue a tick needs, once per server.
 type Queues interface {
-	Read(ctx context.Context, refs []annotations.QueueRef) Readings
-}
-
-// Readings answers for one queue from one tick's reads.
-type Readings interface {
-	Reading(q annotations.QueueRef) (QueueReading, error)
+	Read(ctx context.Context, refs []annotations.QueueRef) policy.Readings
 }
 
 // Config tunes the loop.
@@ -60,53 +58,46 @@ type Config struct {
 	Workers  int
 	DryRun   bool
 	// History, when set, keeps recent decisions for the dashboard.
-	History *History
+	History *dashboard.History
 }
 
-// Controller runs one decision per group per tick. It is also the
-// prometheus.Collector of the per-Deployment gauges, read from its state at
-// scrape time: 10,000 members cost no stored series and no work per tick.
+// Controller runs one decision per group per tick: it gathers the inputs,
+// calls policy.DecideGroup and acts on the answer (a /scale write, an
+// Event, the gauges and the dashboard's history).
 type Controller struct {
 	cfg      Config
 	cluster  Cluster
 	queues   Queues
 	writer   Writer
 	recorder record.EventRecorder
-	metrics  *Metrics
+	metrics  *metrics.Metrics
 	clock    clock.Clock
-	queue    workqueue.TypedInterface[work]
-	ticks    uint64 // ticks begun; only Run's goroutine touches it
-	// lastRefs are the queues the last tick read; only Run's goroutine touches it.
-	lastRefs map[annotations.QueueRef]bool
-	// groups is the state of each group; only Run's goroutine touches the map.
-	groups map[string]*groupState
+	// lastTick is the unix nanoseconds at which the last tick finished.
+	lastTick atomic.Int64
 
-	mu      sync.RWMutex // guards members and each memberState's fields before rates
+	// Owned by Run's goroutine (and the tick it runs):
+	ticks    uint64                        // ticks begun
+	lastRefs map[annotations.QueueRef]bool // the queues the last tick read
+	groups   map[string]*groupState        // by group key; each touched by its group's decision only
+
+	mu      sync.RWMutex // guards members (the map) and each memberState's listing fields
 	members map[memberKey]*memberState
 }
 
 type memberKey struct{ namespace, name string }
 
-// work is one group to decide on one tick.
-type work struct {
-	key  string
-	tick *tick
-}
-
 // memberState is what the controller remembers of one Deployment.
 type memberState struct {
-	// mu guards the fields from rates on, which only the group's decision
-	// and Collect use; those before rates are guarded by Controller.mu.
-	mu sync.Mutex
-
+	// Listing fields, guarded by Controller.mu: set while the tick lists
+	// the members.
 	rv   string            // resourceVersion last looked at: unchanged, nothing to parse
 	ann  map[string]string // the annotations last parsed (of the cached object: no copy)
 	spec *annotations.Spec // the last good spec, never changed in place; nil while there was none
-	pod  Resources         // what one pod of the template requests, at rv
 	seen uint64            // the last tick that listed it
 
-	rates      Rates
-	queue      QueueState
+	// mu guards the rest, which the member's group decision and Collect use.
+	mu         sync.Mutex
+	policy     policy.MemberState
 	unreadable bool
 	// written is the replica count this controller last wrote; a different
 	// spec.replicas later means someone else scaled the Deployment.
@@ -115,50 +106,23 @@ type memberState struct {
 	// staleRV is the resourceVersion the last write replaced: while the cache
 	// still shows it, the cache has not caught up with the write.
 	staleRV string
-	hist    *MemberHistory
-	gauges  memberGauges
+	// said holds the last message of each condition Event (budget conflict,
+	// failed write, dry run): the same condition is told once.
+	said   map[string]string
+	hist   *dashboard.MemberHistory
+	gauges metrics.Gauges
 }
 
-// memberGauges are the last values of a member's gauges; the has* flags tell
-// which have been set.
-type memberGauges struct {
-	backlog, target                int64
-	desired, current               int32
-	hasBacklog, hasTarget, decided bool
-}
-
-// groupState is what the controller remembers of one group; only the worker
-// deciding the group on a tick touches it.
+// groupState is what the controller remembers of one group.
 type groupState struct {
-	// quiet: the last decision changed nothing. While the members, the
-	// room and what each queue rule wants stay as they were, the allocation
-	// would give the same again, so it is skipped.
-	quiet  bool
-	inputs []allocInput // each decided member's, at that decision
-	room   Capacity     // the capacity it packed into; nil when it needed none
+	decision policy.GroupState
 }
 
-// allocInput is what one member brought to an allocation: its state, its
-// resourceVersion (its spec, replicas and pod template) and what its queue
-// rule wanted.
-type allocInput struct {
-	st   *memberState
-	rv   string
-	want int32
-}
-
-// unchanged reports whether a quiet group's members bring what they brought
-// to its last allocation, into the same room.
-func (gs *groupState) unchanged(ms []member, room Capacity) bool {
-	if !gs.quiet || len(ms) != len(gs.inputs) || room != gs.room {
-		return false
-	}
-	for i := range ms {
-		if in := gs.inputs[i]; ms[i].st != in.st || ms[i].d.ResourceVersion != in.rv || ms[i].alloc.Want != in.want {
-			return false
-		}
-	}
-	return true
+type tick struct {
+	at       time.Time
+	readings policy.Readings
+	// members of each group, listed once for the whole tick; read-only.
+	members map[string][]memberRef
 }
 
 // memberRef is a listed member of a group with its state.
@@ -167,48 +131,22 @@ type memberRef struct {
 	st *memberState
 }
 
-type tick struct {
-	at       time.Time
-	readings Readings
-	// members of each group, listed once for the whole tick; read-only.
-	members map[string][]memberRef
-	groups  map[string]*groupState
-	pending sync.WaitGroup // groups of this tick not decided yet
-
-	capOnce sync.Once
-	cap     Capacity
-	capErr  error
-}
-
-func (t *tick) capacity(c Cluster) (Capacity, error) {
-	t.capOnce.Do(func() { t.cap, t.capErr = c.Capacity() })
-	return t.cap, t.capErr
-}
-
 // New makes a controller.
-func New(cfg Config, cluster Cluster, queues Queues, writer Writer, recorder record.EventRecorder, metrics *Metrics, clk clock.Clock) *Controller {
+func New(cfg Config, cluster Cluster, queues Queues, writer Writer, recorder record.EventRecorder, m *metrics.Metrics, clk clock.Clock) *Controller {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
 	}
 	return &Controller{
-		cfg: cfg, cluster: cluster, queues: queues, writer: writer, recorder: recorder, metrics: metrics, clock: clk,
-		queue:   workqueue.NewTypedWithConfig(workqueue.TypedQueueConfig[work]{Name: "microscaling"}),
+		cfg: cfg, cluster: cluster, queues: queues, writer: writer, recorder: recorder, metrics: m, clock: clk,
 		members: map[memberKey]*memberState{}, groups: map[string]*groupState{},
 	}
 }
 
-// Run ticks every Interval until ctx ends, then waits for the workers. It
-// never writes on the way out: replicas stay as they are.
+// Run ticks every Interval until ctx ends. It never writes on the way out:
+// replicas stay as they are.
 func (c *Controller) Run(ctx context.Context) {
 	defer utilruntime.HandleCrash()
 	logger := klog.FromContext(ctx)
-	var wg sync.WaitGroup
-	for range c.cfg.Workers {
-		wg.Go(func() {
-			for c.processNext(ctx) {
-			}
-		})
-	}
 	logger.Info("controller started", "interval", c.cfg.Interval, "workers", c.cfg.Workers, "dryRun", c.cfg.DryRun)
 	next := c.clock.Now()
 	for ctx.Err() == nil {
@@ -225,19 +163,26 @@ func (c *Controller) Run(ctx context.Context) {
 		case <-c.clock.After(next.Sub(c.clock.Now())):
 		}
 	}
-	c.queue.ShutDown()
-	wg.Wait()
 	logger.Info("controller stopped; replicas left as they are")
 }
 
-// runTick reads every queue once, then decides every group.
+// LastTick is when the last tick finished; zero before the first.
+func (c *Controller) LastTick() time.Time {
+	if n := c.lastTick.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// runTick reads every queue once, then decides every group on a bounded
+// pool of workers; it returns when every group is decided.
 func (c *Controller) runTick(ctx context.Context, now time.Time) {
 	c.ticks++
 	// Read the queues the last tick read while the members are listed; read
 	// again only when this tick needs one that read does not cover.
-	var early chan Readings
+	var early chan policy.Readings
 	if prev := c.lastRefs; len(prev) > 0 {
-		early = make(chan Readings, 1)
+		early = make(chan policy.Readings, 1)
 		go func() { early <- c.queues.Read(ctx, slices.Collect(maps.Keys(prev))) }()
 	}
 	groups := c.cluster.Groups()
@@ -265,7 +210,7 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 		}
 	}
 	c.forgetUnseen()
-	var readings Readings
+	var readings policy.Readings
 	if early != nil {
 		readings = <-early
 	}
@@ -273,18 +218,17 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 		readings = c.queues.Read(ctx, slices.Collect(maps.Keys(refs)))
 	}
 	c.lastRefs = refs
-	t := &tick{at: now, readings: readings, members: members, groups: c.groups}
-	t.pending.Add(len(members))
+	t := &tick{at: now, readings: readings, members: members}
+	keys := make([]string, 0, len(members))
 	for k := range members {
-		c.queue.Add(work{key: k, tick: t})
+		if annotations.ValidGroupKey(k) { // members of an invalid group are told of, never decided
+			keys = append(keys, k)
+		}
 	}
-	// Wait for this tick's groups so that ticks never overlap.
-	done := make(chan struct{})
-	go func() { t.pending.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-	}
+	workqueue.ParallelizeUntil(ctx, c.cfg.Workers, len(keys), func(i int) {
+		c.decide(ctx, keys[i], c.groups[keys[i]], t)
+	})
+	c.lastTick.Store(c.clock.Now().UnixNano())
 }
 
 func covers(read, need map[annotations.QueueRef]bool) bool {
@@ -293,20 +237,6 @@ func covers(read, need map[annotations.QueueRef]bool) bool {
 			return false
 		}
 	}
-	return true
-}
-
-func (c *Controller) processNext(ctx context.Context) bool {
-	w, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(w)
-	defer w.tick.pending.Done()
-	if ctx.Err() != nil {
-		return true
-	}
-	c.sync(ctx, w.key, w.tick)
 	return true
 }
 
@@ -328,7 +258,7 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 		return st
 	}
 	changed := !ok || !sameManaged(st.ann, d.Annotations)
-	st.rv, st.ann, st.pod = d.ResourceVersion, d.Annotations, PodResources(&d.Spec.Template.Spec)
+	st.rv, st.ann = d.ResourceVersion, d.Annotations
 	c.mu.Unlock()
 	if !changed {
 		return st
@@ -345,9 +275,9 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 				key = "unknown"
 			}
 			c.metrics.AnnotationErrors.WithLabelValues(d.Namespace, d.Name, key).Inc()
-			c.recorder.Eventf(d, corev1.EventTypeWarning, "InvalidAnnotation", "%s; %s", fe.Error(), kept)
+			c.recorder.Eventf(d, corev1.EventTypeWarning, ReasonInvalidAnnotation, "%s; %s", fe.Error(), kept)
 		}
-		klog.FromContext(ctx).Info("invalid annotations", "deployment", klog.KObj(d), "err", err)
+		klog.FromContext(ctx).V(2).Info("invalid annotations", "deployment", klog.KObj(d), "err", err)
 		return st
 	}
 	c.mu.Lock()
@@ -382,32 +312,72 @@ func (c *Controller) forgetUnseen() {
 	for k, st := range c.members {
 		if st.seen != c.ticks {
 			delete(c.members, k)
-			c.metrics.forget(k.namespace, k.name)
-			c.cfg.History.forget(k.namespace, k.name)
+			c.metrics.Forget(k.namespace, k.name)
+			c.cfg.History.Forget(k.namespace, k.name)
 		}
 	}
 }
 
 // member is one Deployment's part in a group decision.
 type member struct {
-	d      *appsv1.Deployment
-	st     *memberState
-	spec   *annotations.Spec
-	pod    Resources
-	cur    int32
-	alloc  Member
-	reason string // the queue rule's
+	d    *appsv1.Deployment
+	st   *memberState
+	spec *annotations.Spec
+	cur  int32
 }
 
-// sync decides one group on tick t and writes what changed.
-func (c *Controller) sync(ctx context.Context, key string, t *tick) {
-	refs, gs := t.members[key], t.groups[key]
+// decide gathers one group's inputs on tick t, decides, and acts.
+func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *tick) {
+	ms := c.gather(t.members[key])
+	if len(ms) == 0 {
+		return
+	}
+	in := policy.GroupInput{Now: t.at, Members: make([]policy.MemberInput, len(ms))}
+	specs := make([]*annotations.Spec, len(ms))
+	for i, m := range ms {
+		specs[i] = m.spec
+		in.Members[i] = policy.MemberInput{Name: m.d.Name, Version: m.d.ResourceVersion, Spec: m.spec,
+			Current: m.cur, Ready: m.d.Status.ReadyReplicas, State: &m.st.policy}
+		if m.spec.Rule == annotations.RuleQueue && !m.spec.Paused {
+			in.Members[i].Queue, in.Members[i].QueueKnown = c.readQueues(m, t)
+		}
+	}
+	if policy.NeedsRoom(specs...) {
+		ds := make([]*appsv1.Deployment, len(ms))
+		for i, m := range ms {
+			ds[i] = m.d
+		}
+		room, err := c.cluster.Room(ds)
+		if err == nil {
+			in.Room = &room
+		} else {
+			klog.FromContext(ctx).V(2).Info("room unknown: remainders hold", "group", key, "err", err)
+		}
+	}
+	for i := range ms {
+		ms[i].st.mu.Lock()
+	}
+	out := policy.DecideGroup(in, &gs.decision)
+	for i := range ms {
+		ms[i].st.mu.Unlock()
+	}
+	c.budgetConflict(key, ms, out)
+	for i, m := range ms {
+		c.record(key, m, out.Decisions[i].Replicas, t)
+	}
+	for _, i := range out.Writes {
+		c.act(ctx, key, ms[i], out.Decisions[i])
+	}
+}
+
+// gather lists a group's members that have a valid spec, with the replicas
+// they ask for now, and tells of replicas someone else set.
+func (c *Controller) gather(refs []memberRef) []member {
 	ms := make([]member, 0, len(refs))
-	budget := int32(0)
 	for _, ref := range refs {
 		d, st := ref.d, ref.st
 		c.mu.RLock()
-		spec, pod := st.spec, st.pod
+		spec := st.spec
 		c.mu.RUnlock()
 		if spec == nil {
 			continue // never had valid annotations: left alone
@@ -428,103 +398,91 @@ func (c *Controller) sync(ctx context.Context, key string, t *tick) {
 		if external {
 			c.noticeExternalScale(d, spec, prev, cur)
 		}
-		m := member{d: d, st: st, spec: spec, pod: pod, cur: cur}
-		m.alloc = Member{Name: d.Name, Priority: spec.Priority, Remainder: spec.Rule == annotations.RuleRemainder,
-			Current: cur, Min: spec.MinReplicas, Max: spec.MaxReplicas, Want: cur}
-		if spec.Paused {
-			// A paused member keeps what it has and is never written.
-			m.alloc.Min, m.alloc.Max, m.alloc.Want = cur, cur, cur
+		ms = append(ms, member{d: d, st: st, spec: spec, cur: cur})
+	}
+	return ms
+}
+
+// readQueues sums a member's queues from the tick's readings, sets its
+// backlog gauge, and tells when its queues become unreadable or readable
+// again. An unreadable queue holds the member.
+func (c *Controller) readQueues(m member, t *tick) (policy.QueueReading, bool) {
+	var sum policy.QueueReading
+	var err error
+	for _, q := range m.spec.Queues {
+		var r policy.QueueReading
+		if r, err = t.readings.Reading(q); err != nil {
+			break
 		}
-		if spec.GroupMaxReplicas > 0 {
-			if budget > 0 && budget != spec.GroupMaxReplicas {
-				c.recorder.Eventf(d, corev1.EventTypeWarning, "GroupBudgetConflict",
-					"%s=%d disagrees with another member of group %s (%d); using the smaller", annotations.GroupMaxReplicas, spec.GroupMaxReplicas, key, budget)
-				budget = min(budget, spec.GroupMaxReplicas)
-			} else {
-				budget = spec.GroupMaxReplicas
-			}
+		sum.Backlog += r.Backlog
+		sum.Waiting += r.Waiting
+		sum.Arrived += r.Arrived
+		sum.Consumers = max(sum.Consumers, r.Consumers)
+	}
+	st := m.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if err != nil {
+		if !st.unreadable {
+			c.recorder.Eventf(m.d, corev1.EventTypeWarning, ReasonQueueUnreadable, "holding at %d replicas: %v", m.cur, err)
 		}
-		ms = append(ms, m)
+		st.unreadable = true
+		return sum, false
 	}
-	if len(ms) == 0 {
-		return
+	if st.unreadable {
+		c.recorder.Eventf(m.d, corev1.EventTypeNormal, ReasonQueueReadable, "queue read again: backlog %d", sum.Backlog)
 	}
-	for i := range ms {
-		if m := &ms[i]; m.spec.Rule == annotations.RuleQueue && !m.spec.Paused {
-			c.decideQueue(m, t)
-		}
-	}
-	needed := needsRoom(ms)
-	if gs.quiet {
-		var room Capacity
-		var err error
-		if needed {
-			room, err = t.capacity(c.cluster)
-		}
-		if err == nil && gs.unchanged(ms, room) {
-			// The allocation would give the same decisions, which changed nothing.
-			for i := range ms {
-				c.record(key, &ms[i], ms[i].cur, t)
-			}
-			return
-		}
-	}
-	gs.quiet = false
-	g := Group{Budget: budget, Members: make([]Member, len(ms))}
-	for i, m := range ms {
-		g.Members[i] = m.alloc
-	}
-	var room Capacity
-	if needed {
-		room = c.fillRoom(ctx, &g, ms, t)
-	} else {
-		// A lone queue member is never held back by node room: no nodes to
-		// pack, and its pods beyond them may ask a cluster autoscaler for more.
-		g.CapacityKnown = true
-	}
-	decisions := Allocate(g)
-	// Give room back before taking it: decreases first.
-	order := make([]int, len(ms))
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortStableFunc(order, func(a, b int) int {
-		return int(decisions[a].Replicas-ms[a].cur) - int(decisions[b].Replicas-ms[b].cur)
-	})
-	for _, i := range order {
-		m, d := &ms[i], decisions[i]
-		c.record(key, m, d.Replicas, t)
-		if m.spec.Paused || d.Replicas == m.cur {
-			continue
-		}
-		c.write(ctx, m, d, key)
-	}
-	if needed && room == nil {
-		return // capacity unknown: remainders held, decide in full again
-	}
-	for i := range ms {
-		if decisions[i].Replicas != ms[i].cur {
-			return
-		}
-	}
-	gs.quiet, gs.room, gs.inputs = true, room, gs.inputs[:0]
+	st.unreadable = false
+	st.gauges.Backlog, st.gauges.HasBacklog = sum.Backlog, true
+	return sum, true
+}
+
+// budgetConflict tells each member whose group-max-replicas is not the one
+// in force, once per conflict.
+func (c *Controller) budgetConflict(key string, ms []member, out policy.GroupOutput) {
 	for _, m := range ms {
-		gs.inputs = append(gs.inputs, allocInput{st: m.st, rv: m.d.ResourceVersion, want: m.alloc.Want})
+		msg := ""
+		if b := m.spec.GroupMaxReplicas; out.BudgetConflict && b > 0 && b != out.Budget {
+			msg = fmt.Sprintf("%s=%d disagrees with another member of group %s; using the smallest, %d", annotations.GroupMaxReplicas, b, key, out.Budget)
+		}
+		c.condition(m, corev1.EventTypeWarning, ReasonGroupBudgetConflict, msg)
+	}
+}
+
+// condition records a condition Event on m when its message differs from
+// the last one told; an empty message clears the condition.
+func (c *Controller) condition(m member, typ, reason, msg string) {
+	m.st.mu.Lock()
+	same := m.st.said[reason] == msg
+	if !same {
+		if m.st.said == nil {
+			m.st.said = map[string]string{}
+		}
+		if msg == "" {
+			delete(m.st.said, reason)
+		} else {
+			m.st.said[reason] = msg
+		}
+	}
+	m.st.mu.Unlock()
+	if !same && msg != "" {
+		c.recorder.Event(m.d, typ, reason, msg)
 	}
 }
 
 // record sets a member's gauges to the group's decision and adds it to the
 // dashboard's history.
-func (c *Controller) record(group string, m *member, desired int32, t *tick) {
+func (c *Controller) record(group string, m member, desired int32, t *tick) {
 	m.st.mu.Lock()
 	defer m.st.mu.Unlock()
 	g := &m.st.gauges
-	g.desired, g.current, g.decided = desired, m.cur, true
+	g.Desired, g.Current, g.Decided = desired, m.cur, true
+	g.Target, g.HasTarget = m.spec.TargetQueueLength, m.spec.TargetQueueLength > 0
 	if m.st.hist == nil {
-		m.st.hist = c.cfg.History.member(m.d.Namespace, m.d.Name)
+		m.st.hist = c.cfg.History.Member(m.d.Namespace, m.d.Name)
 	}
-	c.cfg.History.record(m.st.hist, group, string(m.spec.Rule), m.spec.Priority, Point{
-		T: t.at.UnixMilli(), Backlog: float64(g.backlog), Target: float64(m.spec.TargetQueueLength), Desired: desired, Current: m.cur})
+	c.cfg.History.Record(m.st.hist, group, string(m.spec.Rule), m.spec.Priority, dashboard.Point{
+		T: t.at.UnixMilli(), Backlog: float64(g.Backlog), Target: float64(m.spec.TargetQueueLength), Desired: desired, Current: m.cur})
 }
 
 // noticeExternalScale tells that someone else set the replicas of a managed
@@ -532,143 +490,67 @@ func (c *Controller) record(group string, m *member, desired int32, t *tick) {
 // starts from their count and corrects it if the rules say otherwise.
 func (c *Controller) noticeExternalScale(d *appsv1.Deployment, spec *annotations.Spec, prev, cur int32) {
 	if spec.Paused {
-		c.recorder.Eventf(d, corev1.EventTypeNormal, "ExternalScale", "replicas set to %d by someone else; paused, so left as they are", cur)
+		c.recorder.Eventf(d, corev1.EventTypeNormal, ReasonExternalScale, "replicas set to %d by someone else; paused, so left as they are", cur)
 		return
 	}
-	c.recorder.Eventf(d, corev1.EventTypeNormal, "ExternalScale",
+	c.recorder.Eventf(d, corev1.EventTypeNormal, ReasonExternalScale,
 		"replicas set to %d by someone else (microscaling last set %d); microscaling manages this Deployment and decides again from %d on this tick: annotate %s=true to scale it by hand",
 		cur, prev, cur, annotations.Paused)
 }
 
-func needsRoom(ms []member) bool {
-	return len(ms) > 1 || ms[0].spec.Rule == annotations.RuleRemainder
-}
-
-func queuePolicy(s *annotations.Spec) QueuePolicy {
-	return QueuePolicy{Target: s.TargetQueueLength, Wait: s.TargetWait, Min: s.MinReplicas, Max: s.MaxReplicas, MaxDelta: s.MaxDelta, ScaleDownDelay: s.ScaleDownDelay}
-}
-
-// readQueues sums a member's queues from the tick's readings.
-func readQueues(spec *annotations.Spec, t *tick) (QueueReading, error) {
-	var sum QueueReading
-	for _, q := range spec.Queues {
-		r, err := t.readings.Reading(q)
-		if err != nil {
-			return QueueReading{}, err
-		}
-		sum.Backlog += r.Backlog
-		sum.Waiting += r.Waiting
-		sum.Arrived += r.Arrived
-		sum.Consumers = max(sum.Consumers, r.Consumers)
-	}
-	return sum, nil
-}
-
-// decideQueue reads the member's queues from the tick and applies the queue rule.
-func (c *Controller) decideQueue(m *member, t *tick) {
-	sum, readErr := readQueues(m.spec, t)
-	st := m.st
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	in := QueueInput{Now: t.at, Current: m.cur}
-	if readErr != nil {
-		if !st.unreadable {
-			c.recorder.Eventf(m.d, corev1.EventTypeWarning, "QueueUnreadable", "holding at %d replicas: %v", m.cur, readErr)
-		}
-		st.unreadable = true
-	} else {
-		if st.unreadable {
-			c.recorder.Eventf(m.d, corev1.EventTypeNormal, "QueueReadable", "queue read again: backlog %d", sum.Backlog)
-		}
-		st.unreadable = false
-		// A replica consumes once it is Ready and connected to the queue. With
-		// no connection seen at all (consumers that nsqd does not list, or
-		// none alive), Ready replicas count: they are not on the way.
-		consuming := m.d.Status.ReadyReplicas
-		if sum.Consumers > 0 {
-			consuming = int32(min(int64(consuming), sum.Consumers))
-		}
-		st.rates.Observe(QueueSample{Time: t.at, Backlog: sum.Backlog, Waiting: sum.Waiting, Arrived: sum.Arrived, Consuming: consuming})
-		in.BacklogKnown, in.Backlog, in.Waiting, in.Consuming, in.Rates = true, sum.Backlog, sum.Waiting, consuming, st.rates
-		st.gauges.backlog, st.gauges.hasBacklog = sum.Backlog, true
-	}
-	st.gauges.target, st.gauges.hasTarget = m.spec.TargetQueueLength, m.spec.TargetQueueLength > 0
-	d := DecideQueue(queuePolicy(m.spec), in, &st.queue)
-	m.alloc.Want = d.Replicas
-	m.reason = d.Reason
-}
-
-// fillRoom puts the cluster's room into g and returns the capacity it came
-// from; without it (nil), remainders hold.
-func (c *Controller) fillRoom(ctx context.Context, g *Group, ms []member, t *tick) Capacity {
-	capacity, err := t.capacity(c.cluster)
-	if err == nil {
-		var room Room
-		ds := make([]*appsv1.Deployment, len(ms))
-		for i, m := range ms {
-			ds[i] = m.d
-		}
-		if room, err = capacity.Room(ds); err == nil {
-			g.Free, g.CapacityKnown = room.Free, true
-			for i := range g.Members {
-				g.Members[i].Nodes = room.Eligible[i]
-				if g.Members[i].Nodes == nil {
-					g.Members[i].Nodes = []int{} // no node fits: not "every node"
-				}
-				g.Members[i].Pending = room.Pending[i]
-				g.Members[i].Pod = ms[i].pod
-			}
-			return capacity
-		}
-	}
-	klog.FromContext(ctx).Info("capacity unknown: remainders hold", "err", err)
-	return nil
-}
-
-func (c *Controller) write(ctx context.Context, m *member, d Decision, group string) {
-	logger := klog.FromContext(ctx).WithValues("group", group)
+// act writes one member's decision (or, in a dry run, tells it) and is the
+// one place its outcome goes: a counter, an Event, the history and a log
+// line. A failed write is told once while it fails the same way; the next
+// tick decides afresh, never retrying a stale decision.
+func (c *Controller) act(ctx context.Context, group string, m member, d policy.MemberDecision) {
+	logger := klog.FromContext(ctx).WithValues("group", group, "deployment", klog.KObj(m.d))
 	dir := "up"
 	if d.Replicas < m.cur {
 		dir = "down"
 	}
-	why := m.reason
-	if d.Reason != "" {
-		why = strings.TrimPrefix(why+"; "+d.Reason, "; ")
-	}
-	if m.alloc.Remainder && why == "" {
-		why = "spare room in the group"
-	}
-	msg := fmt.Sprintf("%s %d -> %d: %s", m.d.Name, m.cur, d.Replicas, why)
+	msg := fmt.Sprintf("%s %d -> %d: %s", m.d.Name, m.cur, d.Replicas, d.Reason)
 	if c.cfg.DryRun {
-		c.recorder.Event(m.d, corev1.EventTypeNormal, "ScaledDryRun", "dry run, not written: "+msg)
-		c.cfg.History.event(group, "dry run: "+msg, c.clock.Now())
-		logger.Info("would scale", "deployment", klog.KObj(m.d), "from", m.cur, "to", d.Replicas, "reason", why)
 		c.metrics.ScaleOps.WithLabelValues(m.d.Namespace, m.d.Name, dir, "dry-run").Inc()
+		c.condition(m, corev1.EventTypeNormal, ReasonScaledDryRun, "dry run, not written: "+msg)
+		c.cfg.History.Event(group, "dry run: "+msg, c.clock.Now())
+		logger.V(2).Info("would scale", "from", m.cur, "to", d.Replicas, "reason", d.Reason)
 		return
 	}
-	if err := c.writer.Scale(ctx, m.d, d.Replicas); err != nil {
-		if apierrors.IsNotFound(err) {
-			logger.V(2).Info("deployment deleted while deciding", "deployment", klog.KObj(m.d))
-			return
-		}
+	err := c.writer.Scale(ctx, m.d, d.Replicas)
+	if apierrors.IsNotFound(err) {
+		logger.V(2).Info("deployment deleted while deciding")
+		return
+	}
+	if err != nil {
 		c.metrics.ScaleOps.WithLabelValues(m.d.Namespace, m.d.Name, dir, "error").Inc()
-		c.recorder.Eventf(m.d, corev1.EventTypeWarning, "ScaleFailed", "%s: %v", msg, err)
-		logger.Error(err, "scaling", "deployment", klog.KObj(m.d))
+		c.condition(m, corev1.EventTypeWarning, ReasonScaleFailed, fmt.Sprintf("%s: %v", msg, err))
+		logger.V(2).Info("scale failed", "err", err)
 		return
 	}
 	m.st.mu.Lock()
 	m.st.written, m.st.hasWritten, m.st.staleRV = d.Replicas, true, m.d.ResourceVersion
 	m.st.mu.Unlock()
+	c.condition(m, corev1.EventTypeWarning, ReasonScaleFailed, "")
 	c.metrics.ScaleOps.WithLabelValues(m.d.Namespace, m.d.Name, dir, "ok").Inc()
-	c.recorder.Event(m.d, corev1.EventTypeNormal, "Scaled", msg)
-	c.cfg.History.event(group, msg, c.clock.Now())
-	logger.Info("scaled", "deployment", klog.KObj(m.d), "from", m.cur, "to", d.Replicas, "reason", why)
+	c.recorder.Event(m.d, corev1.EventTypeNormal, ReasonScaled, msg)
+	c.cfg.History.Event(group, msg, c.clock.Now())
+	logger.Info("scaled", "from", m.cur, "to", d.Replicas, "reason", d.Reason)
 }
 
-// PodResources is what one pod of spec requests as the scheduler counts it:
-// regular and sidecar containers, the largest init container, pod overhead
-// and pod-level resources.
-func PodResources(spec *corev1.PodSpec) Resources {
-	req := resourcehelper.PodRequests(&corev1.Pod{Spec: *spec}, resourcehelper.PodResourcesOptions{})
-	return Resources{Pods: 1, MilliCPU: req.Cpu().MilliValue(), Memory: req.Memory().Value()}
+// EachMember gives every member's gauges as its last decision left them;
+// it makes the Controller the metrics package's Source.
+func (c *Controller) EachMember(f func(namespace, name string, g metrics.Gauges)) {
+	c.mu.RLock()
+	keys := make([]memberKey, 0, len(c.members))
+	states := make([]*memberState, 0, len(c.members))
+	for k, st := range c.members {
+		keys, states = append(keys, k), append(states, st)
+	}
+	c.mu.RUnlock()
+	for i, st := range states {
+		st.mu.Lock()
+		g := st.gauges
+		st.mu.Unlock()
+		f(keys[i].namespace, keys[i].name, g)
+	}
 }

@@ -18,6 +18,8 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/scaler/metrics"
+	"github.com/microscaling/microscaling/scaler/policy"
 )
 
 type fakeCluster struct {
@@ -25,7 +27,9 @@ type fakeCluster struct {
 }
 
 func (f *fakeCluster) Groups() map[string][]*appsv1.Deployment { return f.groups }
-func (f *fakeCluster) Capacity() (Capacity, error)             { return nil, errors.New("no nodes in this test") }
+func (f *fakeCluster) Room([]*appsv1.Deployment) (policy.Room, error) {
+	return policy.Room{}, errors.New("no nodes in this test")
+}
 
 type fakeQueues struct {
 	mu      sync.Mutex // guards backlog, arrived and err
@@ -34,12 +38,12 @@ type fakeQueues struct {
 	err     error
 }
 
-func (f *fakeQueues) Read(context.Context, []annotations.QueueRef) Readings { return f }
-func (f *fakeQueues) Reading(annotations.QueueRef) (QueueReading, error) {
+func (f *fakeQueues) Read(context.Context, []annotations.QueueRef) policy.Readings { return f }
+func (f *fakeQueues) Reading(annotations.QueueRef) (policy.QueueReading, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	// Every message waits undelivered, and every Ready replica is connected.
-	return QueueReading{Backlog: f.backlog, Waiting: f.backlog, Arrived: f.arrived, Consumers: 1000}, f.err
+	return policy.QueueReading{Backlog: f.backlog, Waiting: f.backlog, Arrived: f.arrived, Consumers: 1000}, f.err
 }
 
 type fakeWriter struct {
@@ -63,20 +67,6 @@ func (f *fakeWriter) take() []string {
 	w := f.writes
 	f.writes = nil
 	return w
-}
-
-// runWorkers runs c's workers until the test ends; the test runs the ticks.
-func runWorkers(t *testing.T, c *Controller) context.Context {
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for range 2 {
-		wg.Go(func() {
-			for c.processNext(ctx) {
-			}
-		})
-	}
-	t.Cleanup(func() { cancel(); c.queue.ShutDown(); wg.Wait() })
-	return ctx
 }
 
 // consumerFixture is a controller deciding one queue consumer (min 1, max 5,
@@ -103,8 +93,8 @@ func newConsumerFixture(t *testing.T) consumerFixture {
 		clk: clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)),
 	}
 	f.cluster = &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/consumer": {f.consumer}}}
-	f.c = New(Config{Interval: time.Second, Workers: 2}, f.cluster, f.queues, f.writer, f.rec, NewMetrics(prometheus.NewRegistry()), f.clk)
-	f.ctx = runWorkers(t, f.c)
+	f.c = New(Config{Interval: time.Second, Workers: 2}, f.cluster, f.queues, f.writer, f.rec, metrics.NewMetrics(prometheus.NewRegistry()), f.clk)
+	f.ctx = t.Context()
 	return f
 }
 
@@ -153,7 +143,7 @@ func TestControllerTicks(t *testing.T) {
 	// The per-Deployment gauges are collected from the decisions, and gone
 	// with the Deployment.
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(c)
+	reg.MustRegister(metrics.Collector(c))
 	want := `
 # HELP microscaling_current_replicas spec.replicas of the Deployment when the decision was made.
 # TYPE microscaling_current_replicas gauge
@@ -187,7 +177,7 @@ type readsQueues struct {
 
 type readOf map[annotations.QueueRef]bool
 
-func (f *readsQueues) Read(_ context.Context, refs []annotations.QueueRef) Readings {
+func (f *readsQueues) Read(_ context.Context, refs []annotations.QueueRef) policy.Readings {
 	var hosts []string
 	r := readOf{}
 	for _, q := range refs {
@@ -201,11 +191,11 @@ func (f *readsQueues) Read(_ context.Context, refs []annotations.QueueRef) Readi
 	return r
 }
 
-func (r readOf) Reading(q annotations.QueueRef) (QueueReading, error) {
+func (r readOf) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	if !r[q] {
-		return QueueReading{}, fmt.Errorf("%s not read", q.Host)
+		return policy.QueueReading{}, fmt.Errorf("%s not read", q.Host)
 	}
-	return QueueReading{Backlog: 100, Waiting: 100, Consumers: 1}, nil
+	return policy.QueueReading{Backlog: 100, Waiting: 100, Consumers: 1}, nil
 }
 
 func (f *readsQueues) take() string {
@@ -232,8 +222,8 @@ func TestControllerReadsNewQueuesOnTheirFirstTick(t *testing.T) {
 	queues := &readsQueues{}
 	writer := &fakeWriter{}
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	c := New(Config{Interval: time.Second, Workers: 2}, cluster, queues, writer, record.NewFakeRecorder(100), NewMetrics(prometheus.NewRegistry()), clk)
-	ctx := runWorkers(t, c)
+	c := New(Config{Interval: time.Second, Workers: 2}, cluster, queues, writer, record.NewFakeRecorder(100), metrics.NewMetrics(prometheus.NewRegistry()), clk)
+	ctx := t.Context()
 	steps := []struct {
 		name         string
 		add          string // a group with a consumer on this host, added before the tick
@@ -309,7 +299,7 @@ func TestQuietGroupsWakeOnAnyChange(t *testing.T) {
 		if (st.event == "") != (len(evs) == 0) || !strings.Contains(strings.Join(evs, "|"), st.event) {
 			t.Errorf("%s: events %q, want one with %q", st.name, evs, st.event)
 		}
-		if got := c.groups["ns/consumer"].quiet; got != st.quiet {
+		if got := c.groups["ns/consumer"].decision.Quiet(); got != st.quiet {
 			t.Errorf("%s: quiet = %v, want %v", st.name, got, st.quiet)
 		}
 	}

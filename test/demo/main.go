@@ -23,7 +23,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/microscaling/microscaling/scaler"
+	"github.com/microscaling/microscaling/scaler/dashboard"
 	"github.com/microscaling/microscaling/test/harness"
 	"github.com/microscaling/microscaling/test/workload"
 )
@@ -172,8 +172,8 @@ func watch(ctx context.Context, base string, cons *workload.Consumers, start tim
 	}
 }
 
-func state(ctx context.Context, base string) (scaler.State, error) {
-	var st scaler.State
+func state(ctx context.Context, base string) (dashboard.State, error) {
+	var st dashboard.State
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/state", nil)
 	if err != nil {
 		return st, err

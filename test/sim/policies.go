@@ -5,15 +5,14 @@ import (
 	"time"
 
 	"github.com/microscaling/microscaling/annotations"
-	"github.com/microscaling/microscaling/scaler"
+	"github.com/microscaling/microscaling/scaler/policy"
 )
 
-// Microscaling is this project's decision: scaler.Rates and scaler.DecideQueue
-// at a 1 s tick, with the annotations' defaults.
+// Microscaling is this project's decision: the controller's own stepper,
+// policy.MemberState.Step, at a 1 s tick, with the annotations' defaults.
 type Microscaling struct {
-	Policy scaler.QueuePolicy
-	rates  scaler.Rates
-	state  scaler.QueueState
+	Policy policy.QueuePolicy
+	state  policy.MemberState
 	epoch  time.Time
 	name   string
 }
@@ -21,7 +20,7 @@ type Microscaling struct {
 // NewMicroscaling returns the project's policy for world w.
 func NewMicroscaling(w World) *Microscaling {
 	return &Microscaling{
-		Policy: scaler.QueuePolicy{Target: w.Target, Max: w.Max, ScaleDownDelay: annotations.DefaultScaleDownDelay},
+		Policy: policy.QueuePolicy{Target: w.Target, Max: w.Max, ScaleDownDelay: annotations.DefaultScaleDownDelay},
 		epoch:  time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
 		name:   "microscaling",
 	}
@@ -41,12 +40,9 @@ func (m *Microscaling) Interval() time.Duration { return time.Second }
 
 func (m *Microscaling) Decide(o Observation) int32 {
 	now := m.epoch.Add(o.Now)
-	m.rates.Observe(scaler.QueueSample{Time: now, Backlog: o.Backlog, Waiting: o.Waiting, Arrived: o.Arrived, Consuming: o.Consuming})
-	d := scaler.DecideQueue(m.Policy, scaler.QueueInput{
-		Now: now, Current: o.Current, Consuming: o.Consuming, BacklogKnown: true,
-		Backlog: o.Backlog, Waiting: o.Waiting, Arrived: o.Arrived, Rates: m.rates,
-	}, &m.state)
-	return d.Replicas
+	// Every consuming replica is connected; the rest are on the way.
+	return m.state.Step(m.Policy, now, o.Current, o.Consuming,
+		policy.QueueReading{Backlog: o.Backlog, Waiting: o.Waiting, Arrived: o.Arrived, Consumers: int64(o.Consuming)}, true).Replicas
 }
 
 // KEDAHPA is the HPA as KEDA drives it with defaults: the scaler is polled

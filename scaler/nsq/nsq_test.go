@@ -1,4 +1,4 @@
-package scaler
+package nsq
 
 import (
 	"context"
@@ -15,6 +15,8 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/scaler/metrics"
+	"github.com/microscaling/microscaling/scaler/policy"
 )
 
 const stats1x = `{"version":"1.3.0","health":"OK","start_time":1,"topics":[
@@ -33,13 +35,13 @@ func TestNSQReader(t *testing.T) {
 		status         int
 		delay          time.Duration
 		topic, channel string
-		want           QueueReading
+		want           policy.QueueReading
 		wantErr        string
 	}{
-		{name: "1.x bare stats: depth + in flight + deferred", body: stats1x, topic: "jobs", channel: "work", want: QueueReading{Backlog: 37, Waiting: 30, Arrived: 110, Consumers: 2}},
-		{name: "pre-1.0 data wrapper", body: statsPre1, topic: "jobs", channel: "work", want: QueueReading{Backlog: 10, Waiting: 10, Arrived: 50}},
-		{name: "topic without the channel yet counts topic depth", body: stats1x, topic: "fresh", channel: "work", want: QueueReading{Backlog: 7, Waiting: 7, Arrived: 7}},
-		{name: "unknown topic is an empty queue", body: `{"topics":null}`, topic: "nope", channel: "work", want: QueueReading{}},
+		{name: "1.x bare stats: depth + in flight + deferred", body: stats1x, topic: "jobs", channel: "work", want: policy.QueueReading{Backlog: 37, Waiting: 30, Arrived: 110, Consumers: 2}},
+		{name: "pre-1.0 data wrapper", body: statsPre1, topic: "jobs", channel: "work", want: policy.QueueReading{Backlog: 10, Waiting: 10, Arrived: 50}},
+		{name: "topic without the channel yet counts topic depth", body: stats1x, topic: "fresh", channel: "work", want: policy.QueueReading{Backlog: 7, Waiting: 7, Arrived: 7}},
+		{name: "unknown topic is an empty queue", body: `{"topics":null}`, topic: "nope", channel: "work", want: policy.QueueReading{}},
 		{name: "garbage JSON is an error", body: `<html>oops`, topic: "jobs", channel: "work", wantErr: "not an NSQ answer"},
 		{name: "HTTP error is an error", body: `boom`, status: 500, topic: "jobs", channel: "work", wantErr: "HTTP 500"},
 		{name: "slow nsqd times out", body: stats1x, delay: 300 * time.Millisecond, topic: "jobs", channel: "work", wantErr: "timeout"},
@@ -133,33 +135,13 @@ func TestNSQLookupd(t *testing.T) {
 	}
 }
 
-func TestAPIResource(t *testing.T) {
-	tests := []struct{ path, want string }{
-		{"/apis/apps/v1/namespaces/demo/deployments/consumer/scale", "deployments/scale"},
-		{"/apis/apps/v1/namespaces/demo/deployments", "deployments"},
-		{"/api/v1/namespaces/demo/events", "events"},
-		{"/api/v1/namespaces/demo/events/x", "events"},
-		{"/api/v1/nodes", "nodes"},
-		{"/apis/coordination.k8s.io/v1/namespaces/ms/leases/microscaling", "leases"},
-		{"/api/v1/namespaces/demo", "namespaces"},
-		{"/healthz", "other"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.path, func(t *testing.T) {
-			if got := apiResource(tc.path); got != tc.want {
-				t.Errorf("apiResource(%q) = %q, want %q", tc.path, got, tc.want)
-			}
-		})
-	}
-}
-
 // The read metrics' host label comes from tenants: there are never more
 // than maxHostLabels hosts, and a host's series go once no read has named it
 // for forgetAfter.
 func TestReadMetricsHostsBounded(t *testing.T) {
 	nsqd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(stats1x)) }))
 	defer nsqd.Close()
-	m := NewMetrics(prometheus.NewRegistry())
+	m := metrics.NewMetrics(prometheus.NewRegistry())
 	clk := clocktesting.NewFakePassiveClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	r := &NSQReader{Timeout: time.Second, Metrics: m, Clock: clk}
 	host := strings.TrimPrefix(nsqd.URL, "http://")
@@ -214,7 +196,7 @@ func TestVanishedProducerStillCounts(t *testing.T) {
 	defer lookupd.Close()
 	q := annotations.QueueRef{Scheme: "nsqlookupd", Host: strings.TrimPrefix(lookupd.URL, "http://"), Topic: "jobs", Channel: "work"}
 	r := &NSQReader{Timeout: time.Second}
-	read := func() (QueueReading, error) {
+	read := func() (policy.QueueReading, error) {
 		return r.Read(context.Background(), []annotations.QueueRef{q}).Reading(q)
 	}
 	step := func(name string, change func(), wantBacklog int64, wantErr bool) {

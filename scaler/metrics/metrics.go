@@ -1,4 +1,8 @@
-package scaler
+// Package metrics owns the controller's Prometheus metrics (all named
+// microscaling_*): the counters and histograms the loop and the queue reader
+// update, and a collector that reads every member's gauges from the loop's
+// state at scrape time, so 10,000 members cost no stored series.
+package metrics
 
 import (
 	"net/http"
@@ -76,7 +80,8 @@ func apiResource(path string) string {
 	}
 }
 
-func (m *Metrics) forget(ns, name string) {
+// Forget drops the series of a Deployment that is no longer managed.
+func (m *Metrics) Forget(ns, name string) {
 	m.ScaleOps.DeletePartialMatch(prometheus.Labels{"namespace": ns, "deployment": name})
 	m.AnnotationErrors.DeletePartialMatch(prometheus.Labels{"namespace": ns, "deployment": name})
 }
@@ -90,39 +95,48 @@ var (
 	currentDesc  = prometheus.NewDesc("microscaling_current_replicas", "spec.replicas of the Deployment when the decision was made.", memberLabels, nil)
 )
 
+// Gauges are one member's gauge values as its last decision left them; the
+// Has* and Decided flags tell which are set.
+type Gauges struct {
+	Backlog, Target       int64
+	Desired, Current      int32
+	HasBacklog, HasTarget bool
+	Decided               bool
+}
+
+// Source gives every member's gauges at scrape time.
+type Source interface {
+	EachMember(f func(namespace, name string, g Gauges))
+}
+
+// Collector is a prometheus.Collector of the per-Deployment gauges, read
+// from src at each scrape.
+func Collector(src Source) prometheus.Collector { return collector{src} }
+
+type collector struct{ src Source }
+
 // Describe is part of prometheus.Collector.
-func (c *Controller) Describe(ch chan<- *prometheus.Desc) {
+func (collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{backlogDesc, targetDesc, desiredDesc, currentDesc} {
 		ch <- d
 	}
 }
 
-// Collect is part of prometheus.Collector: the gauges of every member, as
-// its last decision left them.
-func (c *Controller) Collect(ch chan<- prometheus.Metric) {
-	c.mu.RLock()
-	keys := make([]memberKey, 0, len(c.members))
-	states := make([]*memberState, 0, len(c.members))
-	for k, st := range c.members {
-		keys, states = append(keys, k), append(states, st)
-	}
-	c.mu.RUnlock()
-	gauge := func(d *prometheus.Desc, v float64, k memberKey) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, k.namespace, k.name)
-	}
-	for i, st := range states {
-		st.mu.Lock()
-		g := st.gauges
-		st.mu.Unlock()
-		if g.hasBacklog {
-			gauge(backlogDesc, float64(g.backlog), keys[i])
+// Collect is part of prometheus.Collector.
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	c.src.EachMember(func(ns, name string, g Gauges) {
+		gauge := func(d *prometheus.Desc, v float64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, ns, name)
 		}
-		if g.hasTarget {
-			gauge(targetDesc, float64(g.target), keys[i])
+		if g.HasBacklog {
+			gauge(backlogDesc, float64(g.Backlog))
 		}
-		if g.decided {
-			gauge(desiredDesc, float64(g.desired), keys[i])
-			gauge(currentDesc, float64(g.current), keys[i])
+		if g.HasTarget {
+			gauge(targetDesc, float64(g.Target))
 		}
-	}
+		if g.Decided {
+			gauge(desiredDesc, float64(g.Desired))
+			gauge(currentDesc, float64(g.Current))
+		}
+	})
 }

@@ -1,4 +1,4 @@
-package scaler
+package policy
 
 import (
 	"testing"
@@ -7,7 +7,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 )
 
-func TestPodResources(t *testing.T) {
+func TestPodRequests(t *testing.T) {
 	ctr := func(cpu, mem string) corev1.Container {
 		return corev1.Container{Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
 			corev1.ResourceCPU: resource.MustParse(cpu), corev1.ResourceMemory: resource.MustParse(mem)}}}
@@ -40,9 +40,9 @@ func TestPodResources(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := PodResources(&tc.spec)
+			got := PodRequests(&tc.spec)
 			if got != (Resources{Pods: 1, MilliCPU: tc.milli, Memory: tc.bytes}) {
-				t.Errorf("PodResources = %+v, want %d millicpu, %d bytes", got, tc.milli, tc.bytes)
+				t.Errorf("PodRequests = %+v, want %d millicpu, %d bytes", got, tc.milli, tc.bytes)
 			}
 		})
 	}

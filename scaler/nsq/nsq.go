@@ -1,4 +1,9 @@
-package scaler
+// Package nsq reads queue backlogs from NSQ for the scaler: one /stats per
+// nsqd per tick however many groups name it, nsqlookupd resolution, bounded
+// decoding, and the tenant-safe HTTP client (no redirects, no proxy, refused
+// addresses checked at dial time) whose errors say a class, never a byte of
+// the answer.
+package nsq
 
 import (
 	"bytes"
@@ -17,6 +22,8 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/scaler/metrics"
+	"github.com/microscaling/microscaling/scaler/policy"
 )
 
 // maxStatsBytes bounds one /stats answer; a larger one is an error, not an OOM.
@@ -55,16 +62,6 @@ type nsqChannel struct {
 	ClientCount  int64  `json:"client_count"`
 }
 
-// QueueReading is the sum over every nsqd of one queue reference.
-type QueueReading struct {
-	Backlog int64 // waiting + in flight + deferred
-	Waiting int64 // not yet delivered: channel depth, or topic depth without a channel
-	Arrived int64
-	// Consumers is the most connections to the channel on any one nsqd: a
-	// consumer connects to every nsqd that carries its topic.
-	Consumers int64
-}
-
 // NSQReader reads nsqd /stats, once per nsqd per Read however many queues
 // name it, and resolves nsqlookupd addresses to the nsqds that carry a topic.
 type NSQReader struct {
@@ -73,7 +70,7 @@ type NSQReader struct {
 	// Metrics, when set, records each request's latency and failures, by
 	// host for at most maxHostLabels hosts (the rest as "other"); a host no
 	// read has named for forgetAfter loses its series.
-	Metrics *Metrics
+	Metrics *metrics.Metrics
 	// Clock, when set, times what is forgotten (tests); the real clock otherwise.
 	Clock clock.PassiveClock
 
@@ -114,7 +111,7 @@ type Snapshot struct {
 type lookupKey struct{ lookupd, topic string }
 
 // Read fetches the stats that refs need, in parallel.
-func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) Readings {
+func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) policy.Readings {
 	s := &Snapshot{stats: map[string]*nsqStats{}, errs: map[string]error{}, producers: map[lookupKey][]string{}, lookupErrs: map[lookupKey]error{}}
 	var mu sync.Mutex // guards s while the fetches run
 	var wg sync.WaitGroup
@@ -297,22 +294,22 @@ func (r *NSQReader) prune() {
 
 // Reading sums a queue over its nsqds. Any nsqd that could not be read makes
 // the whole reading fail: a partial sum would look like a shrinking backlog.
-func (s *Snapshot) Reading(q annotations.QueueRef) (QueueReading, error) {
+func (s *Snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	hosts := []string{q.Host}
 	if q.Scheme == "nsqlookupd" {
 		if err := s.lookupErrs[lookupKey{q.Host, q.Topic}]; err != nil {
-			return QueueReading{}, err
+			return policy.QueueReading{}, err
 		}
 		hosts = s.producers[lookupKey{q.Host, q.Topic}]
 	}
-	var out QueueReading
+	var out policy.QueueReading
 	for _, h := range hosts {
 		if err := s.errs[h]; err != nil {
-			return QueueReading{}, err
+			return policy.QueueReading{}, err
 		}
 		st, ok := s.stats[h]
 		if !ok {
-			return QueueReading{}, fmt.Errorf("nsqd %s: not read", h)
+			return policy.QueueReading{}, fmt.Errorf("nsqd %s: not read", h)
 		}
 		t, ok := st.byName[q.Topic]
 		if !ok {

@@ -1,28 +1,10 @@
-package scaler
+package policy
 
 import (
 	"cmp"
 	"fmt"
 	"slices"
 )
-
-// Resources are the requests of one pod (all containers summed) or the free
-// allocatable of a node.
-type Resources struct {
-	MilliCPU int64
-	Memory   int64 // bytes
-	Pods     int64 // a pod takes 1
-}
-
-func (r Resources) fits(pod Resources) bool {
-	return pod.MilliCPU <= r.MilliCPU && pod.Memory <= r.Memory && pod.Pods <= r.Pods
-}
-
-func (r *Resources) take(pod Resources) {
-	r.MilliCPU -= pod.MilliCPU
-	r.Memory -= pod.Memory
-	r.Pods -= pod.Pods
-}
 
 // Member is one Deployment of a group, as the allocation sees it.
 type Member struct {

@@ -1,4 +1,4 @@
-package scaler
+package dashboard
 
 import (
 	"slices"
@@ -50,9 +50,9 @@ type EventRecord struct {
 	Message string `json:"message"`
 }
 
-// member returns the history of one Deployment, made on first use; nil
+// Member returns the history of one Deployment, made on first use; nil
 // when h is nil.
-func (h *History) member(ns, name string) *MemberHistory {
+func (h *History) Member(ns, name string) *MemberHistory {
 	if h == nil {
 		return nil
 	}
@@ -67,8 +67,8 @@ func (h *History) member(ns, name string) *MemberHistory {
 	return m
 }
 
-// record adds a point to m, a member's history from h.member.
-func (h *History) record(m *MemberHistory, group, rule string, priority int32, p Point) {
+// Record adds a point to m, a member's history from h.Member.
+func (h *History) Record(m *MemberHistory, group, rule string, priority int32, p Point) {
 	if h == nil {
 		return
 	}
@@ -84,7 +84,8 @@ func (h *History) record(m *MemberHistory, group, rule string, priority int32, p
 	m.Points = append(m.Points, p)
 }
 
-func (h *History) event(group, msg string, at time.Time) {
+// Event adds a scale event of group at the given time.
+func (h *History) Event(group, msg string, at time.Time) {
 	if h == nil {
 		return
 	}
@@ -96,7 +97,8 @@ func (h *History) event(group, msg string, at time.Time) {
 	}
 }
 
-func (h *History) forget(ns, name string) {
+// Forget drops the history of a Deployment that is no longer managed.
+func (h *History) Forget(ns, name string) {
 	if h == nil {
 		return
 	}

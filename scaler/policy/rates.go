@@ -1,4 +1,4 @@
-package scaler
+package policy
 
 import (
 	"math"

@@ -1,0 +1,259 @@
+package policy
+
+import (
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/microscaling/microscaling/annotations"
+)
+
+// QueueReading is one read of a member's queues, summed over all of them.
+type QueueReading struct {
+	Backlog int64 // waiting + in flight + deferred
+	Waiting int64 // not yet delivered to any consumer
+	Arrived int64 // cumulative arrivals
+	// Consumers is the largest count of connected consumers on any of the
+	// queues; 0 when none is seen.
+	Consumers int64
+}
+
+// Readings answers for each queue from one tick's reads.
+type Readings interface {
+	Reading(q annotations.QueueRef) (QueueReading, error)
+}
+
+// Room is the node room a group's members share, as the cluster adapter
+// sees it at one moment.
+type Room struct {
+	// Version names what the room was computed from: the same Version and
+	// the same members' versions give the same room.
+	Version uint64
+	// Free is each schedulable node's allocatable minus the requests of pods
+	// that are not the group's.
+	Free []Resources
+	// Eligible holds, per member, the indexes into Free its pods may land on.
+	Eligible [][]int
+	// Pending counts, per member, pods that cannot be scheduled now.
+	Pending []int32
+	// Pods holds, per member, what one pod of its template requests.
+	Pods []Resources
+}
+
+// MemberState is what the decision remembers of one member between
+// decisions; the caller keeps one per Deployment and hands it back.
+type MemberState struct {
+	Rates Rates
+	Queue QueueState
+}
+
+// Step observes one read of the member's queues (known false: the read
+// failed) and applies the queue rule. ready is how many replicas are Ready;
+// a replica consumes once it is Ready and connected to the queue, and with
+// no connection seen at all (consumers that nsqd does not list, or none
+// alive) the Ready replicas count: they are not on the way.
+func (s *MemberState) Step(p QueuePolicy, now time.Time, cur, ready int32, r QueueReading, known bool) Decision {
+	in := QueueInput{Now: now, Current: cur}
+	if known {
+		consuming := ready
+		if r.Consumers > 0 {
+			consuming = int32(min(int64(consuming), r.Consumers))
+		}
+		s.Rates.Observe(QueueSample{Time: now, Backlog: r.Backlog, Waiting: r.Waiting, Arrived: r.Arrived, Consuming: consuming})
+		in.BacklogKnown, in.Backlog, in.Waiting, in.Arrived, in.Consuming, in.Rates = true, r.Backlog, r.Waiting, r.Arrived, consuming, s.Rates
+	}
+	return DecideQueue(p, in, &s.Queue)
+}
+
+// PolicyOf is the queue rule's settings from a member's annotations.
+func PolicyOf(s *annotations.Spec) QueuePolicy {
+	return QueuePolicy{Target: s.TargetQueueLength, Wait: s.TargetWait, Min: s.MinReplicas, Max: s.MaxReplicas, MaxDelta: s.MaxDelta, ScaleDownDelay: s.ScaleDownDelay}
+}
+
+// MemberInput is one managed Deployment with a valid spec, as a group
+// decision takes it.
+type MemberInput struct {
+	Name string
+	// Version is the Deployment's resourceVersion: its spec, replicas and
+	// pod template.
+	Version string
+	Spec    *annotations.Spec
+	// Current is the replicas asked for now; Ready those Ready.
+	Current, Ready int32
+	// Queue is the read of its queues when QueueKnown (queue members only).
+	Queue      QueueReading
+	QueueKnown bool
+	// State is the member's memory; the decision updates it.
+	State *MemberState
+}
+
+// GroupInput is everything one group decision reads.
+type GroupInput struct {
+	Now     time.Time
+	Members []MemberInput
+	// Room is the group's node room; nil while it is unknown. It is read
+	// only when NeedsRoom says so.
+	Room *Room
+}
+
+// MemberDecision is the outcome for one member.
+type MemberDecision struct {
+	Replicas int32
+	// Reason says why, for a change: the queue rule's words, then the
+	// allocation's.
+	Reason string
+}
+
+// GroupOutput is a group decision.
+type GroupOutput struct {
+	// Decisions are in the order of GroupInput.Members.
+	Decisions []MemberDecision
+	// Writes are the indexes of the members whose replicas change, in the
+	// order to write them: decreases first, so room is given back before it
+	// is taken. Paused members are never among them.
+	Writes []int
+	// Budget is the group-max-replicas in force (the smallest any member
+	// sets); 0: none. BudgetConflict is set when members disagree on it.
+	Budget         int32
+	BudgetConflict bool
+	// RoomUnknown is set when the group needed room that was not known:
+	// remainders held.
+	RoomUnknown bool
+	// Unchanged is set when the members, their queue rules and the room are
+	// as at the last decision, which changed nothing: nothing changes now.
+	Unchanged bool
+}
+
+// GroupState is what the decision remembers of one group.
+type GroupState struct {
+	// quiet: the last decision changed nothing. While the members, the room
+	// and what each queue rule wants stay as they were, the allocation would
+	// give the same again, so it is skipped.
+	quiet       bool
+	inputs      []allocInput
+	roomVersion uint64
+}
+
+// Quiet reports whether the last decision changed nothing, so that the
+// next may skip the allocation while its inputs stay the same.
+func (gs *GroupState) Quiet() bool { return gs.quiet }
+
+// allocInput is what one member brought to an allocation.
+type allocInput struct {
+	state   *MemberState
+	version string
+	want    int32
+}
+
+// NeedsRoom reports whether a group of these members shares node room: a
+// lone queue member is never held back by node room (no nodes to pack, and
+// its pods beyond them may ask a cluster autoscaler for more).
+func NeedsRoom(specs ...*annotations.Spec) bool {
+	return len(specs) > 1 || (len(specs) == 1 && specs[0].Rule == annotations.RuleRemainder)
+}
+
+// DecideGroup decides one group: the queue rule of every queue member, then
+// the allocation of the group's room by priority. Paused members keep their
+// replicas and are never written.
+func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
+	ms := in.Members
+	out := GroupOutput{Decisions: make([]MemberDecision, len(ms))}
+	g := Group{Members: make([]Member, len(ms))}
+	specs := make([]*annotations.Spec, len(ms))
+	reasons := make([]string, len(ms))
+	for i, m := range ms {
+		s := m.Spec
+		specs[i] = s
+		a := Member{Name: m.Name, Priority: s.Priority, Remainder: s.Rule == annotations.RuleRemainder,
+			Current: m.Current, Min: s.MinReplicas, Max: s.MaxReplicas, Want: m.Current}
+		switch {
+		case s.Paused:
+			a.Min, a.Max = m.Current, m.Current
+		case s.Rule == annotations.RuleQueue:
+			d := m.State.Step(PolicyOf(s), in.Now, m.Current, m.Ready, m.Queue, m.QueueKnown)
+			a.Want, reasons[i] = d.Replicas, d.Reason
+		}
+		if b := s.GroupMaxReplicas; b > 0 {
+			if out.Budget > 0 && out.Budget != b {
+				out.BudgetConflict = true
+			}
+			if out.Budget == 0 || b < out.Budget {
+				out.Budget = b
+			}
+		}
+		g.Members[i] = a
+	}
+	if len(ms) == 0 {
+		return out
+	}
+	g.Budget = out.Budget
+	needed := NeedsRoom(specs...)
+	var roomVersion uint64
+	if needed && in.Room != nil {
+		roomVersion = in.Room.Version
+	}
+	if !(needed && in.Room == nil) && gs.unchanged(ms, g.Members, roomVersion) {
+		for i, m := range ms {
+			out.Decisions[i].Replicas = m.Current
+		}
+		out.Unchanged = true
+		return out
+	}
+	gs.quiet = false
+	switch {
+	case !needed:
+		g.CapacityKnown = true
+	case in.Room != nil:
+		r := in.Room
+		g.Free, g.CapacityKnown = r.Free, true
+		for i := range g.Members {
+			g.Members[i].Nodes = r.Eligible[i]
+			if g.Members[i].Nodes == nil {
+				g.Members[i].Nodes = []int{} // no node fits: not "every node"
+			}
+			g.Members[i].Pending = r.Pending[i]
+			g.Members[i].Pod = r.Pods[i]
+		}
+	default:
+		out.RoomUnknown = true
+	}
+	alloc := Allocate(g)
+	for i, d := range alloc {
+		why := reasons[i]
+		if d.Reason != "" {
+			why = strings.TrimPrefix(why+"; "+d.Reason, "; ")
+		}
+		if g.Members[i].Remainder && why == "" {
+			why = "spare room in the group"
+		}
+		out.Decisions[i] = MemberDecision{Replicas: d.Replicas, Reason: why}
+		if d.Replicas != ms[i].Current && !ms[i].Spec.Paused {
+			out.Writes = append(out.Writes, i)
+		}
+	}
+	slices.SortStableFunc(out.Writes, func(a, b int) int {
+		return int(alloc[a].Replicas-ms[a].Current) - int(alloc[b].Replicas-ms[b].Current)
+	})
+	if out.RoomUnknown || len(out.Writes) > 0 {
+		return out // decide in full again next time
+	}
+	gs.quiet, gs.roomVersion, gs.inputs = true, roomVersion, gs.inputs[:0]
+	for i, m := range ms {
+		gs.inputs = append(gs.inputs, allocInput{state: m.State, version: m.Version, want: g.Members[i].Want})
+	}
+	return out
+}
+
+// unchanged reports whether a quiet group's members bring what they brought
+// to its last allocation, into the same room.
+func (gs *GroupState) unchanged(ms []MemberInput, alloc []Member, roomVersion uint64) bool {
+	if !gs.quiet || len(ms) != len(gs.inputs) || roomVersion != gs.roomVersion {
+		return false
+	}
+	for i := range ms {
+		if in := gs.inputs[i]; ms[i].State != in.state || ms[i].Version != in.version || alloc[i].Want != in.want {
+			return false
+		}
+	}
+	return true
+}

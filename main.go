@@ -285,8 +285,8 @@ func run(ctx context.Context, o options) error {
 	logger.Info("caches synced")
 	work := func(ctx context.Context) {
 		metrics.Leader.Set(1)
-		hc.lead(ctx, ctrl.LastTick)
-		defer func() { hc.lead(nil, nil); metrics.Leader.Set(0) }()
+		hc.lead(true, ctrl.LastTick)
+		defer func() { hc.lead(false, nil); metrics.Leader.Set(0) }()
 		var wg sync.WaitGroup
 		if labelRun != nil {
 			wg.Go(func() { labelRun(ctx) })
@@ -374,12 +374,13 @@ type health struct {
 	last     func() time.Time
 }
 
-// lead marks the start (ctx set) or end (nil) of leading.
-func (h *health) lead(ctx context.Context, last func() time.Time) {
+// lead marks the start or end of leading; last tells when the loop
+// finished its last tick.
+func (h *health) lead(leading bool, last func() time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.since, h.last = time.Time{}, last
-	if ctx != nil {
+	if leading {
 		h.since = time.Now()
 	}
 }

@@ -1,0 +1,192 @@
+package policy
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/microscaling/microscaling/annotations"
+)
+
+
+// spec parses annotations for a test member; it fails the test on an error.
+func spec(t *testing.T, ann ...string) *annotations.Spec {
+	t.Helper()
+	m := map[string]string{}
+	for i := 0; i+1 < len(ann); i += 2 {
+		m[annotations.Prefix+ann[i]] = ann[i+1]
+	}
+	s, err := annotations.Parse("x", m)
+	if err != nil {
+		t.Fatalf("test spec %v: %v", ann, err)
+	}
+	return &s
+}
+
+// node is free room of cpu millicores and pods.
+func node(milli, pods int64) Resources {
+	return Resources{MilliCPU: milli, Memory: 1 << 40, Pods: pods}
+}
+
+var pod100m = Resources{MilliCPU: 100, Memory: 1 << 20, Pods: 1}
+
+// room is one group's room on the given nodes, every member eligible for
+// every node, with pods of 100m and no Pending pods unless given.
+func room(version uint64, members int, pending []int32, free ...Resources) *Room {
+	r := &Room{Version: version, Free: free}
+	all := make([]int, len(free))
+	for i := range all {
+		all[i] = i
+	}
+	for i := range members {
+		r.Eligible = append(r.Eligible, all)
+		r.Pods = append(r.Pods, pod100m)
+		p := int32(0)
+		if i < len(pending) {
+			p = pending[i]
+		}
+		r.Pending = append(r.Pending, p)
+	}
+	return r
+}
+
+func describe(in GroupInput, out GroupOutput) string {
+	var parts []string
+	for i, d := range out.Decisions {
+		parts = append(parts, fmt.Sprintf("%s=%d", in.Members[i].Name, d.Replicas))
+	}
+	var writes []string
+	for _, i := range out.Writes {
+		writes = append(writes, in.Members[i].Name)
+	}
+	s := strings.Join(parts, " ") + " writes[" + strings.Join(writes, ",") + "]"
+	if out.BudgetConflict {
+		s += fmt.Sprintf(" budget-conflict(%d)", out.Budget)
+	}
+	if out.RoomUnknown {
+		s += " room-unknown"
+	}
+	return s
+}
+
+func TestDecideGroup(t *testing.T) {
+	consumer := func(cur int32, backlog int64, ann ...string) MemberInput {
+		return MemberInput{Name: "consumer", Version: "1", Current: cur, Ready: cur, State: &MemberState{},
+			Spec:  spec(t, append([]string{"queue", "nsq://h:4151/t/c", "target-queue-length", "50", "max-replicas", "20"}, ann...)...),
+			Queue: QueueReading{Backlog: backlog, Waiting: backlog, Consumers: int64(cur)}, QueueKnown: true}
+	}
+	remainder := func(name string, cur int32, ann ...string) MemberInput {
+		return MemberInput{Name: name, Version: "1", Current: cur, Ready: cur, State: &MemberState{},
+			Spec: spec(t, append([]string{"rule", "remainder", "priority", "2", "max-replicas", "40"}, ann...)...)}
+	}
+	tests := []struct {
+		name string
+		in   GroupInput
+		want string
+	}{
+		{
+			name: "a remainder fills the room a consumer does not need",
+			in:   GroupInput{Members: []MemberInput{consumer(1, 0), remainder("remainder", 0)}, Room: room(1, 2, nil, node(1000, 110))},
+			want: "consumer=1 remainder=9 writes[remainder]",
+		},
+		{
+			name: "a growing consumer takes the remainder's room; the remainder is written first",
+			in:   GroupInput{Members: []MemberInput{consumer(1, 400), remainder("remainder", 9)}, Room: room(1, 2, nil, node(1000, 110))},
+			want: "consumer=5 remainder=5 writes[remainder,consumer]",
+		},
+		{
+			name: "a remainder with Pending pods gives them back",
+			in:   GroupInput{Members: []MemberInput{consumer(1, 0), remainder("remainder", 12)}, Room: room(1, 2, []int32{0, 3}, node(1000, 110))},
+			want: "consumer=1 remainder=9 writes[remainder]",
+		},
+		{
+			name: "equal priorities take turns",
+			in: GroupInput{Members: []MemberInput{remainder("a", 0), remainder("b", 0)},
+				Room: room(1, 2, nil, node(700, 110))},
+			want: "a=4 b=3 writes[b,a]", // the smaller growth first
+		},
+		{
+			name: "members that disagree on the budget: the smallest holds, and it is said",
+			in: GroupInput{Members: []MemberInput{consumer(1, 0, "group-max-replicas", "6"), remainder("remainder", 0, "group-max-replicas", "4")},
+				Room: room(1, 2, nil, node(1000, 110))},
+			want: "consumer=1 remainder=3 writes[remainder] budget-conflict(4)",
+		},
+		{
+			name: "a paused member keeps its replicas and is never written",
+			in:   GroupInput{Members: []MemberInput{consumer(3, 1000, "paused", "true"), remainder("remainder", 0)}, Room: room(1, 2, nil, node(1000, 110))},
+			want: "consumer=3 remainder=7 writes[remainder]",
+		},
+		{
+			name: "room unknown: the remainder holds, the consumer still grows",
+			in:   GroupInput{Members: []MemberInput{consumer(1, 400), remainder("remainder", 2)}},
+			want: "consumer=5 remainder=2 writes[consumer] room-unknown",
+		},
+		{
+			name: "a lone consumer needs no room",
+			in:   GroupInput{Members: []MemberInput{consumer(1, 400)}},
+			want: "consumer=5 writes[consumer]",
+		},
+		{
+			name: "a lone remainder without room holds",
+			in:   GroupInput{Members: []MemberInput{remainder("remainder", 2)}},
+			want: "remainder=2 writes[] room-unknown",
+		},
+		{
+			name: "an unreadable queue holds its member",
+			in: GroupInput{Members: []MemberInput{func() MemberInput { m := consumer(2, 1000); m.QueueKnown = false; return m }(), remainder("remainder", 8)},
+				Room: room(1, 2, nil, node(1000, 110))},
+			want: "consumer=2 remainder=8 writes[]",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.in.Now = t0
+			out := DecideGroup(tc.in, &GroupState{})
+			if got := describe(tc.in, out); got != tc.want {
+				t.Errorf("got  %s\nwant %s", got, tc.want)
+			}
+		})
+	}
+}
+
+// A decision that changed nothing makes the group quiet; the next is
+// Unchanged only while every member's version, what its rule wants and the
+// room's version are the same.
+func TestDecideGroupUnchanged(t *testing.T) {
+	c := MemberInput{Name: "consumer", Version: "1", Current: 1, Ready: 1, State: &MemberState{},
+		Spec:  spec(t, "queue", "nsq://h:4151/t/c", "target-queue-length", "50", "max-replicas", "20"),
+		Queue: QueueReading{Consumers: 1}, QueueKnown: true}
+	r := MemberInput{Name: "remainder", Version: "1", Current: 9, Ready: 9, State: &MemberState{},
+		Spec: spec(t, "rule", "remainder", "priority", "2", "max-replicas", "40")}
+	gs := &GroupState{}
+	members := []MemberInput{c, r}
+	rm := room(1, 2, nil, node(1000, 110))
+	steps := []struct {
+		name      string
+		change    func(in *GroupInput)
+		unchanged bool
+		writes    int
+	}{
+		{name: "first decision: full, changes nothing", change: func(*GroupInput) {}},
+		{name: "same inputs: unchanged", change: func(*GroupInput) {}, unchanged: true},
+		{name: "a member's new version: decided in full", change: func(in *GroupInput) { in.Members[1].Version = "2" }},
+		{name: "quiet again", change: func(*GroupInput) {}, unchanged: true},
+		{name: "the room moved: decided in full, the remainder grows", change: func(in *GroupInput) {
+			in.Room = room(2, 2, nil, node(1500, 110))
+		}, writes: 1},
+		{name: "a backlog: the queue rule wants more, decided in full", change: func(in *GroupInput) {
+			in.Members[1].Current = 14
+			in.Members[0].Queue = QueueReading{Backlog: 400, Waiting: 400, Consumers: 1}
+		}, writes: 2},
+	}
+	for i, st := range steps {
+		in := GroupInput{Now: t0.Add(time.Duration(i) * time.Second), Members: members, Room: rm}
+		st.change(&in)
+		rm = in.Room
+		out := DecideGroup(in, gs)
+		if out.Unchanged != st.unchanged || len(out.Writes) != st.writes {
+			t.Errorf("%s: unchanged %v, writes %d (%s); want %v, %d", st.name, out.Unchanged, len(out.Writes), describe(in, out), st.unchanged, st.writes)
+		}
+	}
+}

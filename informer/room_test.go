@@ -59,7 +59,9 @@ func TestFits(t *testing.T) {
 // RuntimeClass's overhead as admission does, nodes it may not land on are
 // not eligible, Pending pods are counted, and the Version moves with a pod.
 func TestRoom(t *testing.T) {
-	cpu := func(m string) corev1.ResourceList { return corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(m)} }
+	cpu := func(m string) corev1.ResourceList {
+		return corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(m)}
+	}
 	always := corev1.ContainerRestartPolicyAlways
 	kata := "kata"
 	remainderSpec := corev1.PodSpec{

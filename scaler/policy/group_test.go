@@ -9,7 +9,6 @@ import (
 	"github.com/microscaling/microscaling/annotations"
 )
 
-
 // spec parses annotations for a test member; it fails the test on an error.
 func spec(t *testing.T, ann ...string) *annotations.Spec {
 	t.Helper()

@@ -75,7 +75,7 @@ func TestInstallManifests(t *testing.T) {
 		{"update deployments -n demo --subresource=scale", "yes"},
 		{"watch pods -A", "yes"},
 	} {
-		out, _ := s.Kubectl(t.Context(), append([]string{"auth", "can-i", as}, strings.Fields(tc.verb)...)...)
+		out := canI(t, s, as, tc.verb)
 		if strings.TrimSpace(out) != tc.want {
 			t.Errorf("can-i %s: %q, want %s", tc.verb, strings.TrimSpace(out), tc.want)
 		}
@@ -125,7 +125,10 @@ func TestDashboardInBrowser(t *testing.T) {
 		if m == nil {
 			t.Fatalf("no row for %s in the page", name)
 		}
-		shown, _ := strconv.Atoi(m[1])
+		shown, err := strconv.Atoi(m[1])
+		if err != nil {
+			t.Fatalf("%s: replicas %q on the page: %v", name, m[1], err)
+		}
 		metric, err := c.metric(t.Context(), "microscaling_current_replicas", `deployment="`+name+`"`)
 		if err != nil {
 			t.Fatal(err)
@@ -145,7 +148,10 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("screenshot %s: %v", shot, err)
 	}
 	if dst := os.Getenv("MICROSCALING_SCREENSHOT"); dst != "" {
-		b, _ := os.ReadFile(shot)
+		b, err := os.ReadFile(shot)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(dst, b, 0o644); err != nil {
 			t.Error(err)
 		}

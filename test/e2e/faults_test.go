@@ -148,7 +148,7 @@ func TestKubectlScale(t *testing.T) {
 	}
 	waitEvent(t, s, "default", "managed", "ExternalScale", 10*time.Second)
 	waitReplicas(t, s, "default", "managed", 10*time.Second, "1 (corrected: the queue is empty)", func(n int32) bool { return n == 1 })
-	ticks, _ := c.metric(t.Context(), "microscaling_tick_duration_seconds_count")
+	ticks := mustMetric(t, c, "microscaling_tick_duration_seconds_count")
 	eventually(t, 10*time.Second, func(ctx context.Context) error {
 		now, err := c.metric(ctx, "microscaling_tick_duration_seconds_count")
 		if err != nil || now < ticks+3 {
@@ -156,7 +156,7 @@ func TestKubectlScale(t *testing.T) {
 		}
 		return nil
 	})
-	if n, _ := replicas(t.Context(), s, "default", "paused"); n != 5 {
+	if n := mustReplicas(t, s, "default", "paused"); n != 5 {
 		t.Errorf("paused Deployment changed to %d after kubectl scale to 5", n)
 	}
 }
@@ -198,7 +198,7 @@ func TestChangesMidDecision(t *testing.T) {
 	time.Sleep(3 * time.Second) // three more ticks under the guard
 	stop()
 	for _, name := range []string{"consumer", "bg"} {
-		evs, _ := events(t.Context(), s, "default", name)
+		evs := mustEvents(t, s, "default", name)
 		for _, e := range evs {
 			if strings.HasPrefix(e, "Warning") {
 				t.Errorf("%s: %s", name, e)

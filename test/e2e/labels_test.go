@@ -341,7 +341,7 @@ func startCrane(t *testing.T, s *harness.Stack) string {
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	eventually(t, 10*time.Second, func(ctx context.Context) error {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+host+"/v2/", nil)
+		req := mustRequest(t, ctx, http.MethodGet, "http://"+host+"/v2/")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return err
@@ -380,7 +380,7 @@ func TestSyncLabelsJobRBAC(t *testing.T) {
 	waitEvent(t, s, "default", "rbac", "LabelsSynced", 5*time.Second)
 	as := "--as=system:serviceaccount:microscaling-system:microscaling-sync-labels"
 	for _, verb := range []string{"delete deployments", "update deployments", "patch deployments --subresource=scale", "list secrets", "create pods"} {
-		out, _ := s.Kubectl(t.Context(), append([]string{"auth", "can-i", as}, strings.Fields(verb)...)...)
+		out := canI(t, s, as, verb)
 		if strings.TrimSpace(out) != "no" {
 			t.Errorf("the sync-labels account can %s: %q", verb, out)
 		}

@@ -40,10 +40,10 @@ func TestLeaderElectionHandover(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitReplicas(t, s, "default", "consumer", 10*time.Second, "8", func(n int32) bool { return n == 8 })
-	if ops, _ := a.metric(t.Context(), "microscaling_scale_operations_total", `result="ok"`); ops == 0 {
+	if ops := mustMetric(t, a, "microscaling_scale_operations_total", `result="ok"`); ops == 0 {
 		t.Errorf("leader a made no writes")
 	}
-	if ops, _ := b.metric(t.Context(), "microscaling_scale_operations_total"); ops != 0 {
+	if ops := mustMetric(t, b, "microscaling_scale_operations_total"); ops != 0 {
 		t.Errorf("standby b wrote %v times", ops)
 	}
 
@@ -65,18 +65,18 @@ func TestLeaderElectionHandover(t *testing.T) {
 		return nil
 	})
 	t.Logf("b took over %s after a was killed", time.Since(killed).Round(100*time.Millisecond))
-	if n, _ := replicas(t.Context(), s, "default", "consumer"); n != 8 {
+	if n := mustReplicas(t, s, "default", "consumer"); n != 8 {
 		t.Errorf("replicas %d after the handover, want 8", n)
 	}
 	// Scaling resumes under b: the queue is emptied and it shrinks to 0.
-	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+s.NSQ.HTTPAddr+"/channel/empty?topic=jobs&channel=work", nil)
+	req := mustRequest(t, t.Context(), http.MethodPost, "http://"+s.NSQ.HTTPAddr+"/channel/empty?topic=jobs&channel=work")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	waitReplicas(t, s, "default", "consumer", 10*time.Second, "0", func(n int32) bool { return n == 0 })
-	if ops, _ := b.metric(t.Context(), "microscaling_scale_operations_total", `result="ok"`); ops == 0 {
+	if ops := mustMetric(t, b, "microscaling_scale_operations_total", `result="ok"`); ops == 0 {
 		t.Errorf("new leader b made no writes")
 	}
 }

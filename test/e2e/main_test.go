@@ -305,3 +305,65 @@ func ensureChannel(t *testing.T, s *harness.Stack, topic, channel string) {
 		t.Fatal(err)
 	}
 }
+
+// mustReplicas is spec.replicas of a Deployment; a failed read fails the test.
+func mustReplicas(t *testing.T, s *harness.Stack, ns, name string) int32 {
+	t.Helper()
+	n, err := replicas(t.Context(), s, ns, name)
+	if err != nil {
+		t.Fatalf("reading the replicas of %s/%s: %v", ns, name, err)
+	}
+	return n
+}
+
+// mustEvents lists a Deployment's Events; a failed list fails the test.
+func mustEvents(t *testing.T, s *harness.Stack, ns, name string) []string {
+	t.Helper()
+	evs, err := events(t.Context(), s, ns, name)
+	if err != nil {
+		t.Fatalf("listing the Events of %s/%s: %v", ns, name, err)
+	}
+	return evs
+}
+
+// mustMetric reads a metric of the controller; a failed read fails the test.
+func mustMetric(t *testing.T, c *controller, name string, match ...string) float64 {
+	t.Helper()
+	v, err := c.metric(t.Context(), name, match...)
+	if err != nil {
+		t.Fatalf("reading %s: %v", name, err)
+	}
+	return v
+}
+
+// mustDeployment reads a Deployment; a failed read fails the test.
+func mustDeployment(t *testing.T, s *harness.Stack, ns, name string) *appsv1.Deployment {
+	t.Helper()
+	d, err := s.Client.AppsV1().Deployments(ns).Get(t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("reading %s/%s: %v", ns, name, err)
+	}
+	return d
+}
+
+// mustRequest makes a request; a bad method or URL fails the test.
+func mustRequest(t *testing.T, ctx context.Context, method, url string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	if err != nil {
+		t.Fatalf("request %s %s: %v", method, url, err)
+	}
+	return req
+}
+
+// canI asks the API server whether as may do verb; an answer other than
+// yes or no fails the test.
+func canI(t *testing.T, s *harness.Stack, as, verb string) string {
+	t.Helper()
+	out, err := s.Kubectl(t.Context(), append([]string{"auth", "can-i", as}, strings.Fields(verb)...)...)
+	ans := strings.TrimSpace(out)
+	if ans != "yes" && ans != "no" {
+		t.Fatalf("kubectl auth can-i %s %s: %q, %v", as, verb, out, err)
+	}
+	return ans
+}

@@ -92,7 +92,7 @@ func reaction(t *testing.T, s *harness.Stack, ns, name string, from int32, topic
 
 func emptyChannel(t *testing.T, s *harness.Stack) {
 	t.Helper()
-	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+s.NSQ.HTTPAddr+"/channel/empty?topic=jobs&channel=work", nil)
+	req := mustRequest(t, t.Context(), http.MethodPost, "http://"+s.NSQ.HTTPAddr+"/channel/empty?topic=jobs&channel=work")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	nodev1 "k8s.io/api/node/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -55,39 +57,43 @@ func TestRemainderGivesWayToConsumer(t *testing.T) {
 	waitReplicas(t, s, "default", "background", 15*time.Second, "9 (the spare room)", func(n int32) bool { return n == 9 })
 	assertNoPending(t, s, "background")
 
-	cons := consumers(t, s, "default", "consumer", "jobs", "work", 100*time.Millisecond)
+	consumers(t, s, "default", "consumer", "jobs", "work", 100*time.Millisecond)
 	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 400); err != nil {
 		t.Fatal(err)
 	}
 	waitReplicas(t, s, "default", "consumer", 10*time.Second, "more than 4", func(n int32) bool { return n > 4 })
 	// Within the same decision the remainder made room: the group never asks for more than fits.
-	cr, _ := replicas(t.Context(), s, "default", "consumer")
-	br, _ := replicas(t.Context(), s, "default", "background")
+	cr := mustReplicas(t, s, "default", "consumer")
+	br := mustReplicas(t, s, "default", "background")
 	if cr+br > 10 {
 		t.Errorf("consumer %d + background %d > 10 pods of room", cr, br)
 	}
 	waitEvent(t, s, "default", "background", "taken by higher priorities", 5*time.Second)
 	// No consumer pod stays Pending for want of the remainder's room.
 	eventually(t, 15*time.Second, func(ctx context.Context) error {
-		n, _ := replicas(ctx, s, "default", "consumer")
-		running, pending := podCounts(ctx, t, s, "consumer")
+		n, err := replicas(ctx, s, "default", "consumer")
+		if err != nil {
+			return err
+		}
+		running, pending, err := podCounts(ctx, s, "consumer")
+		if err != nil {
+			return err
+		}
 		if pending > 0 || running < int(min(n, 10)) {
 			return fmt.Errorf("consumer pods: %d running, %d pending of %d", running, pending, n)
 		}
 		return nil
 	})
-	_ = cons
 	// The backlog clears: the consumer shrinks and the remainder takes the room back.
 	waitReplicas(t, s, "default", "consumer", 90*time.Second, "1", func(n int32) bool { return n == 1 })
 	waitReplicas(t, s, "default", "background", 15*time.Second, "9", func(n int32) bool { return n == 9 })
 	assertNoPending(t, s, "background")
 }
 
-func podCounts(ctx context.Context, t *testing.T, s *harness.Stack, app string) (running, pending int) {
+func podCounts(ctx context.Context, s *harness.Stack, app string) (running, pending int, err error) {
 	pods, err := s.Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: labels.Set{"app": app}.String()})
 	if err != nil {
-		t.Logf("listing pods: %v", err)
-		return 0, 0
+		return 0, 0, fmt.Errorf("listing the pods of %s: %w", app, err)
 	}
 	for _, p := range pods.Items {
 		if p.DeletionTimestamp != nil {
@@ -100,7 +106,7 @@ func podCounts(ctx context.Context, t *testing.T, s *harness.Stack, app string) 
 			pending++
 		}
 	}
-	return running, pending
+	return running, pending, nil
 }
 
 func assertNoPending(t *testing.T, s *harness.Stack, app string) {
@@ -110,7 +116,10 @@ func assertNoPending(t *testing.T, s *harness.Stack, app string) {
 		if err != nil {
 			return err
 		}
-		running, pending := podCounts(ctx, t, s, app)
+		running, pending, err := podCounts(ctx, s, app)
+		if err != nil {
+			return err
+		}
 		if pending != 0 || running != int(n) {
 			return fmt.Errorf("%s: %d running, %d pending, want %d running", app, running, pending, n)
 		}
@@ -137,8 +146,8 @@ func TestGroupBudget(t *testing.T) {
 	// It stays capped while the backlog stays.
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
-		c, _ := replicas(t.Context(), s, "default", "consumer")
-		b, _ := replicas(t.Context(), s, "default", "background")
+		c := mustReplicas(t, s, "default", "consumer")
+		b := mustReplicas(t, s, "default", "background")
 		if c+b > 6 {
 			t.Fatalf("group total %d > budget 6", c+b)
 		}
@@ -160,7 +169,7 @@ func TestPausedIsLeftAlone(t *testing.T) {
 	}
 	// The witness on the same queue scales: the controller saw the backlog.
 	waitReplicas(t, s, "default", "witness", 10*time.Second, "more than 1", func(n int32) bool { return n > 1 })
-	before, _ := s.Client.AppsV1().Deployments("default").Get(t.Context(), "paused", metav1.GetOptions{})
+	before := mustDeployment(t, s, "default", "paused")
 	// Let a few more ticks pass, then check nothing touched it.
 	eventually(t, 10*time.Second, func(ctx context.Context) error {
 		ticks, err := c.metric(ctx, "microscaling_tick_duration_seconds_count")
@@ -169,11 +178,11 @@ func TestPausedIsLeftAlone(t *testing.T) {
 		}
 		return nil
 	})
-	after, _ := s.Client.AppsV1().Deployments("default").Get(t.Context(), "paused", metav1.GetOptions{})
+	after := mustDeployment(t, s, "default", "paused")
 	if *after.Spec.Replicas != 2 || after.Generation != before.Generation {
 		t.Errorf("paused Deployment changed: replicas %d, generation %d -> %d", *after.Spec.Replicas, before.Generation, after.Generation)
 	}
-	evs, _ := events(t.Context(), s, "default", "paused")
+	evs := mustEvents(t, s, "default", "paused")
 	for _, e := range evs {
 		if strings.HasPrefix(e, "Normal Scaled:") {
 			t.Errorf("paused Deployment got event %q", e)
@@ -237,11 +246,11 @@ func TestQueueUnreadable(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitReplicas(t, s, "default", "consumer", 10*time.Second, "more than 0", func(n int32) bool { return n > 0 })
-	held, _ := replicas(t.Context(), s, "default", "consumer")
+	held := mustReplicas(t, s, "default", "consumer")
 	s.NSQ.Kill() // a crash: no goodbye, in-memory messages lost
 	waitEvent(t, s, "default", "consumer", "Warning QueueUnreadable", 10*time.Second)
 	for range 5 {
-		n, _ := replicas(t.Context(), s, "default", "consumer")
+		n := mustReplicas(t, s, "default", "consumer")
 		if n < held {
 			t.Fatalf("scaled down from %d to %d while the queue was unreadable", held, n)
 		}
@@ -279,8 +288,45 @@ func TestDryRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitEvent(t, s, "default", "consumer", "ScaledDryRun", 10*time.Second)
-	d, _ := s.Client.AppsV1().Deployments("default").Get(t.Context(), "consumer", metav1.GetOptions{})
+	d := mustDeployment(t, s, "default", "consumer")
 	if *d.Spec.Replicas != 1 || d.Generation != 1 {
 		t.Errorf("dry run wrote: replicas %d, generation %d", *d.Spec.Replicas, d.Generation)
+	}
+}
+
+// A remainder is packed by what the scheduler admits for one of its pods:
+// a native sidecar that runs beside a 1 CPU init container, and the 50m
+// overhead its RuntimeClass adds. 100m + 300m sidecar, 1 CPU init, 50m
+// overhead = 1350m a pod: two fit a 3-CPU node, four the cluster, none
+// Pending (counting the containers alone would ask for 20).
+func TestRemainderPackedByAdmittedRequests(t *testing.T) {
+	s := harness.StartT(t, harness.Options{Nodes: []harness.Node{{Name: "n1", CPU: "3", Memory: "8Gi"}, {Name: "n2", CPU: "3", Memory: "8Gi"}}})
+	rc := &nodev1.RuntimeClass{ObjectMeta: metav1.ObjectMeta{Name: "sandboxed"}, Handler: "sandboxed",
+		Overhead: &nodev1.Overhead{PodFixed: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("50m")}}}
+	if _, err := s.Client.NodeV1().RuntimeClasses().Create(t.Context(), rc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	d := deployment("default", "background", 0, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "20"}, "100m")
+	always := corev1.ContainerRestartPolicyAlways
+	d.Spec.Template.Spec.RuntimeClassName = &rc.Name
+	d.Spec.Template.Spec.InitContainers = []corev1.Container{
+		{Name: "proxy", Image: "example.com/proxy:1", RestartPolicy: &always, Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("300m")}}},
+		{Name: "setup", Image: "example.com/setup:1", Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1")}}},
+	}
+	create(t, s, d)
+	startController(t, s.Kubeconfig)
+	waitReplicas(t, s, "default", "background", 15*time.Second, "4", func(n int32) bool { return n == 4 })
+	assertNoPending(t, s, "background")
+	pods, err := s.Client.CoreV1().Pods("default").List(t.Context(), metav1.ListOptions{LabelSelector: "app=background"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if got := p.Spec.Overhead.Cpu().MilliValue(); got != 50 {
+			t.Errorf("pod %s carries %dm overhead, want the RuntimeClass's 50m", p.Name, got)
+		}
+	}
+	if evs := mustEvents(t, s, "default", "background"); len(evs) != 1 || !strings.Contains(evs[0], "0 -> 4") {
+		t.Errorf("events %q, want one Scaled 0 -> 4", evs)
 	}
 }

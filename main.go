@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +18,8 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -28,7 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -47,6 +50,39 @@ import (
 	scalermetrics "github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/nsq"
 )
+
+// version is the release, from manifests/VERSION (the one place the chart,
+// the kustomize image tags and the binary take it from); -ldflags
+// "-X main.version=..." overrides it.
+//
+//go:embed manifests/VERSION
+var version string
+
+// revision is the commit built; -ldflags "-X main.revision=..." sets it,
+// else the Go toolchain's VCS stamp is used.
+var revision string
+
+// build describes this binary.
+type build struct{ version, revision, goVersion, platform string }
+
+func buildInfo() build {
+	b := build{version: strings.TrimSpace(version), revision: revision, goVersion: runtime.Version(), platform: runtime.GOOS + "/" + runtime.GOARCH}
+	if info, ok := debug.ReadBuildInfo(); ok && b.revision == "" {
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" {
+				b.revision = s.Value
+			}
+		}
+	}
+	if b.revision == "" {
+		b.revision = "unknown"
+	}
+	return b
+}
+
+func (b build) String() string {
+	return fmt.Sprintf("microscaling %s (revision %s, %s, %s)", b.version, b.revision, b.goVersion, b.platform)
+}
 
 type options struct {
 	syncLabels    bool
@@ -70,6 +106,7 @@ type options struct {
 
 const usage = `usage: microscaling [controller] [flags]   run the controller (the default)
        microscaling sync-labels [flags]    fill annotations from image labels once, then exit
+       microscaling version                print the version, revision, Go version and platform
        microscaling COMMAND -h             the flags of a command`
 
 func main() {
@@ -85,6 +122,8 @@ func main() {
 		err = controllerMain(ctx, args)
 	case "sync-labels":
 		err = syncLabelsMain(ctx, args)
+	case "version":
+		fmt.Println(buildInfo())
 	default:
 		fmt.Fprintf(os.Stderr, "microscaling: unknown command %q\n%s\n", cmd, usage)
 		os.Exit(2)
@@ -183,8 +222,8 @@ func newClient(kubeconfig string, qps float32, burst int, wrap ...func(http.Roun
 	// Protobuf, as the Kubernetes controllers use: lists of 10,000
 	// Deployments decode in a fraction of the time and memory of JSON.
 	// Custom resources fall back to JSON.
-	cfg.ContentType = runtime.ContentTypeProtobuf
-	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	cfg.ContentType = k8sruntime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = k8sruntime.ContentTypeProtobuf + "," + k8sruntime.ContentTypeJSON
 	for _, w := range wrap {
 		cfg.Wrap(w)
 	}
@@ -224,6 +263,9 @@ func run(ctx context.Context, o options) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := scalermetrics.NewMetrics(reg)
+	b := buildInfo()
+	scalermetrics.RegisterBuildInfo(reg, b.version, b.revision, b.goVersion, b.platform)
+	logger.Info("starting", "version", b.version, "revision", b.revision)
 	client, err := newClient(o.kubeconfig, 50, 100, metrics.CountRequests)
 	if err != nil {
 		return err

@@ -6,7 +6,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"sigs.k8s.io/yaml"
 
 	"github.com/microscaling/microscaling/test/harness"
 )
@@ -73,6 +76,13 @@ func TestHelmTemplate(t *testing.T) {
 		{name: "default"},
 		{name: "label-sync", set: []string{"labelSync.enabled=true", "labelSync.platform=linux/arm64"}},
 		{name: "single-dry-run", set: []string{"replicaCount=1", "controller.leaderElect=false", "controller.dryRun=true", "controller.watchNamespace=team-a", "controller.interval=500ms"}},
+		{name: "everything", set: []string{"replicaCount=3", "priorityClassName=system-cluster-critical",
+			"podAnnotations.team=platform", "podLabels.tier=control", "serviceAccount.annotations.iam=role-a", "serviceAccount.labels.audit=yes",
+			"extraArgs[0]=--profiling", "env[0].name=TZ", "env[0].value=UTC", "resources.limits.memory=512Mi",
+			"topologySpreadConstraints[0].maxSkew=1", "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname", "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+			"topologySpreadConstraints[0].labelSelector.matchLabels.app\\.kubernetes\\.io/name=microscaling",
+			"podSecurityContext.runAsUser=1000", "serviceMonitor.enabled=true", "prometheusRule.enabled=true",
+			"networkPolicy.enabled=true", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring"}},
 	}
 	helm := tool(t, "helm-*")
 	for _, tc := range tests {
@@ -91,6 +101,70 @@ func TestKustomize(t *testing.T) {
 	for _, dir := range []string{"install", "demo", "sync-labels"} {
 		t.Run(dir, func(t *testing.T) {
 			golden(t, "kustomize-"+dir+".yaml", run(t, kubectl, "kustomize", dir))
+		})
+	}
+}
+
+// The release is written once, in VERSION; the chart and the kustomize
+// image tags must say the same.
+func TestVersionsAgree(t *testing.T) {
+	read := func(path string) []byte {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	version := strings.TrimSpace(string(read("VERSION")))
+	if version == "" {
+		t.Fatal("VERSION is empty")
+	}
+	var chart struct{ Version, AppVersion string }
+	if err := yaml.Unmarshal(read("helm/microscaling/Chart.yaml"), &chart); err != nil {
+		t.Fatal(err)
+	}
+	if chart.AppVersion != version || chart.Version != version {
+		t.Errorf("Chart.yaml version %q, appVersion %q; VERSION says %q", chart.Version, chart.AppVersion, version)
+	}
+	for _, dir := range []string{"install", "demo"} {
+		var k struct {
+			Images []struct{ Name, NewTag string } `json:"images"`
+		}
+		if err := yaml.Unmarshal(read(filepath.Join(dir, "kustomization.yaml")), &k); err != nil {
+			t.Fatal(err)
+		}
+		if len(k.Images) == 0 {
+			t.Errorf("%s/kustomization.yaml sets no image tag", dir)
+		}
+		for _, img := range k.Images {
+			if img.NewTag != version {
+				t.Errorf("%s/kustomization.yaml tags %s %q; VERSION says %q", dir, img.Name, img.NewTag, version)
+			}
+		}
+	}
+}
+
+// A wrong value fails at template time with a message naming it.
+func TestHelmRefusesBadValues(t *testing.T) {
+	helm := tool(t, "helm-*")
+	tests := []struct{ set, want string }{
+		{"controller.interval=fast", "/controller/interval"},
+		{"replicaCount=-1", "/replicaCount"},
+		{"controller.workers=0", "/controller/workers"},
+		{"bogus=1", "'bogus' not allowed"},
+		{"image.pullPolicy=Sometimes", "/image/pullPolicy"},
+		{"metrics.port=70000", "/metrics/port"},
+		{"replicaCount=2,controller.leaderElect=false", "replicaCount > 1 needs controller.leaderElect=true"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.set, func(t *testing.T) {
+			cmd := exec.Command(helm, "template", "x", "helm/microscaling", "--set", tc.set)
+			cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+			out, err := cmd.CombinedOutput()
+			if err == nil || !strings.Contains(string(out), tc.want) {
+				t.Errorf("helm template --set %s: %v, output %q; want a failure saying %q", tc.set, err, out, tc.want)
+			}
 		})
 	}
 }

@@ -40,6 +40,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
+// RegisterBuildInfo registers microscaling_build_info, always 1, whose
+// labels say which build runs.
+func RegisterBuildInfo(reg prometheus.Registerer, version, revision, goVersion, platform string) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "microscaling_build_info", Help: "Always 1; the labels say which build runs.",
+		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": goVersion, "platform": platform}})
+	g.Set(1)
+	reg.MustRegister(g)
+}
+
 // CountRequests wraps a client transport so that every API request is counted.
 func (m *Metrics) CountRequests(rt http.RoundTripper) http.RoundTripper {
 	return roundTripperFunc(func(r *http.Request) (*http.Response, error) {

@@ -2,7 +2,7 @@
 GO ?= go
 
 
-.PHONY: test deps demo binaries cluster simulate fuzz bench-reaction bench-labels bench-scale bench-burst
+.PHONY: test deps demo binaries image image-binaries cluster simulate fuzz bench-reaction bench-labels bench-scale bench-burst
 
 # Builds the real parts once (cached outside the clone), then runs every test
 # with the race detector against them.
@@ -11,6 +11,15 @@ test: binaries deps
 
 binaries:
 	@test/tools/build.sh >/dev/null
+
+# The controller and demo images, linux/amd64 + linux/arm64, offline with
+# podman (REGISTRY=host/prefix pushes, OCI_DIR=dir writes OCI layouts).
+image:
+	test/tools/image.sh
+
+# Only the binaries and CA roots in .image/, for docker buildx.
+image-binaries:
+	test/tools/image.sh binaries
 
 # Debian's Chromium, for the dashboard's browser test.
 deps:

@@ -80,6 +80,20 @@ func TestInstallManifests(t *testing.T) {
 			t.Errorf("can-i %s: %q, want %s", tc.verb, strings.TrimSpace(out), tc.want)
 		}
 	}
+	// kubectl delete -k leaves nothing of either.
+	for _, dir := range []string{"demo", "install"} {
+		if out, err := s.Kubectl(t.Context(), "delete", "-k", filepath.Join("..", "..", "manifests", dir), "--wait=true"); err != nil {
+			t.Fatalf("kubectl delete -k manifests/%s: %v\n%s", dir, err, out)
+		}
+	}
+	eventually(t, 60*time.Second, func(ctx context.Context) error {
+		for _, kind := range []string{"namespace/microscaling-system", "namespace/demo", "clusterrole/microscaling", "clusterrolebinding/microscaling", "priorityclass/microscaling-remainder"} {
+			if out, err := s.Kubectl(ctx, "get", kind, "--ignore-not-found", "-o", "name"); err != nil || strings.TrimSpace(out) != "" {
+				return fmt.Errorf("%s still there (%v): %s", kind, err, out)
+			}
+		}
+		return nil
+	})
 }
 
 // TestDashboardInBrowser drives the dashboard in headless Chromium and checks
@@ -156,47 +170,6 @@ func TestDashboardInBrowser(t *testing.T) {
 			t.Error(err)
 		}
 	}
-}
-
-// TestHelmChartInstall renders the chart with helm, applies it with kubectl
-// to the real control plane, and runs the controller as the chart's
-// ServiceAccount: the chart's RBAC is enough to scale the demo.
-func TestHelmChartInstall(t *testing.T) {
-	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "2", Memory: "8Gi"}}})
-	helm, err := filepath.Glob(filepath.Join(s.Bin, "helm-*"))
-	if err != nil || len(helm) == 0 {
-		t.Fatalf("no helm in %s", s.Bin)
-	}
-	if _, err := s.Kubectl(t.Context(), "create", "namespace", "ms"); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.CommandContext(t.Context(), helm[0], "template", "ms", "../../manifests/helm/microscaling", "--namespace", "ms")
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-	rendered, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("helm template: %v", err)
-	}
-	path := filepath.Join(t.TempDir(), "chart.yaml")
-	if err := os.WriteFile(path, rendered, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := s.Kubectl(t.Context(), "apply", "-f", path); err != nil {
-		t.Fatal(err)
-	} else {
-		t.Logf("kubectl apply (helm template):\n%s", out)
-	}
-	for _, args := range [][]string{{"apply", "-k", "../../manifests/demo"}, {"-n", "demo", "annotate", "deployment", "consumer", "--overwrite",
-		fmt.Sprintf("microscaling.com/queue=nsq://%s/jobs/work", s.NSQ.HTTPAddr)}} {
-		if _, err := s.Kubectl(t.Context(), args...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	kc, err := s.ServiceAccountKubeconfig("ms", "ms")
-	if err != nil {
-		t.Fatal(err)
-	}
-	startController(t, kc, "--leader-elect", "--leader-elect-lease-namespace=ms", "--leader-elect-lease-name=microscaling")
-	demoConsumerGrows(t, s, 300, 20*time.Second)
 }
 
 // demoConsumerGrows publishes n messages to the demo's queue and waits for

@@ -66,18 +66,30 @@ type controller struct {
 // one acting as a ServiceAccount) and waits until it is ready.
 func startController(t *testing.T, kubeconfig string, args ...string) *controller {
 	t.Helper()
+	return launch(t, func(addr string) *exec.Cmd {
+		cmd := exec.Command(controllerBin, append([]string{"--kubeconfig=" + kubeconfig, "--metrics-addr=" + addr, "--v=2"}, args...)...)
+		if v := os.Getenv("MICROSCALING_CONTROLLER_GOMEMLIMIT"); v != "" {
+			cmd.Env = append(os.Environ(), "GOMEMLIMIT="+v) // as manifests/install sets it
+		}
+		return cmd
+	})
+}
+
+// launch starts the controller command that command makes for a metrics
+// address, and waits until it is ready; it is stopped when the test ends.
+func launch(t *testing.T, command func(metricsAddr string) *exec.Cmd) *controller {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := l.Addr().String()
-	l.Close()
-	c := &controller{metrics: addr, log: &bytes.Buffer{}, done: make(chan struct{})}
-	c.cmd = exec.Command(controllerBin, append([]string{"--kubeconfig=" + kubeconfig, "--metrics-addr=" + addr, "--v=2"}, args...)...)
-	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
-	if v := os.Getenv("MICROSCALING_CONTROLLER_GOMEMLIMIT"); v != "" {
-		c.cmd.Env = append(os.Environ(), "GOMEMLIMIT="+v) // as manifests/install sets it
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
 	}
+	c := &controller{metrics: addr, log: &bytes.Buffer{}, done: make(chan struct{})}
+	c.cmd = command(addr)
+	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)

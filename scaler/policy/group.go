@@ -1,3 +1,8 @@
+// Package policy is the controller's pure decision: what one pod requests
+// (as the scheduler counts it), arrival and service rates from queue
+// counters, the queue rule, the allocation of a group's room by priority, and
+// DecideGroup, which ties them together for one group. It takes plain values
+// and a time, returns plain values, and imports no client.
 package policy
 
 import (

@@ -326,7 +326,13 @@ func TestRemainderPackedByAdmittedRequests(t *testing.T) {
 			t.Errorf("pod %s carries %dm overhead, want the RuntimeClass's 50m", p.Name, got)
 		}
 	}
-	if evs := mustEvents(t, s, "default", "background"); len(evs) != 1 || !strings.Contains(evs[0], "0 -> 4") {
-		t.Errorf("events %q, want one Scaled 0 -> 4", evs)
+	var scaled []string
+	for _, e := range mustEvents(t, s, "default", "background") {
+		if strings.HasPrefix(e, "Normal Scaled: ") {
+			scaled = append(scaled, e)
+		}
+	}
+	if len(scaled) != 1 || !strings.Contains(scaled[0], "0 -> 4") {
+		t.Errorf("microscaling's events %q, want one Scaled 0 -> 4", scaled)
 	}
 }

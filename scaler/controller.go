@@ -116,6 +116,8 @@ type memberState struct {
 // groupState is what the controller remembers of one group.
 type groupState struct {
 	decision policy.GroupState
+	// roomErr is the last reason its room was unknown: told when it changes.
+	roomErr string
 }
 
 type tick struct {
@@ -348,10 +350,19 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 			ds[i] = m.d
 		}
 		room, err := c.cluster.Room(ds)
+		why := ""
 		if err == nil {
 			in.Room = &room
 		} else {
-			klog.FromContext(ctx).V(2).Info("room unknown: remainders hold", "group", key, "err", err)
+			why = err.Error()
+		}
+		if why != gs.roomErr {
+			gs.roomErr = why
+			if why != "" {
+				klog.FromContext(ctx).Info("room unknown: remainders hold", "group", key, "err", err)
+			} else {
+				klog.FromContext(ctx).Info("room known again", "group", key)
+			}
 		}
 	}
 	for i := range ms {

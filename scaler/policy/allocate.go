@@ -29,8 +29,8 @@ type Group struct {
 	// Free is each schedulable node's allocatable minus the requests of pods
 	// that are not in this group.
 	Free []Resources
-	// CapacityKnown is false until the node and pod caches are synced.
-	CapacityKnown bool
+	// RoomKnown is false while the node room cannot be verified: remainders hold.
+	RoomKnown bool
 	// Budget is group-max-replicas; 0 means none.
 	Budget int32
 }
@@ -50,7 +50,7 @@ func Allocate(g Group) []Decision {
 	total := int32(0)
 
 	place := func(i int) bool {
-		if !g.CapacityKnown {
+		if !g.RoomKnown {
 			return true // nothing to pack against; remainders are held instead
 		}
 		m := &g.Members[i]
@@ -134,7 +134,7 @@ func Allocate(g Group) []Decision {
 			break // a higher priority has pods without room: lower ones stay at min
 		}
 		if g.Members[level[0]].Remainder {
-			grow(k, func(i int) int32 { return remainderLimit(&g.Members[i], g.CapacityKnown) }, true)
+			grow(k, func(i int) int32 { return remainderLimit(&g.Members[i], g.RoomKnown) }, true)
 		} else {
 			grow(k, func(i int) int32 { return min(g.Members[i].Want, g.Members[i].Max) }, false)
 		}
@@ -182,7 +182,7 @@ func allocReason(m *Member, got int32, g Group) string {
 		return ""
 	case got <= m.Min && m.Min > 0:
 		return fmt.Sprintf("held at min %d: room taken by higher priorities", m.Min)
-	case m.Remainder && !g.CapacityKnown:
+	case m.Remainder && !g.RoomKnown:
 		return "spare room unverified: not growing"
 	case m.Remainder && m.Pending > 0:
 		return fmt.Sprintf("%d pods pending: giving their room back", m.Pending)

@@ -26,7 +26,7 @@ func TestAllocate(t *testing.T) {
 	}{
 		{
 			name: "steady state changes nothing",
-			group: Group{CapacityKnown: true, Free: nodes(2, 2000), Members: []Member{
+			group: Group{RoomKnown: true, Free: nodes(2, 2000), Members: []Member{
 				{Name: "consumer", Priority: 1, Want: 3, Current: 3, Max: 10, Pod: pod500m},
 				{Name: "remainder", Priority: 2, Remainder: true, Current: 5, Max: 10, Pod: pod500m},
 			}},
@@ -34,7 +34,7 @@ func TestAllocate(t *testing.T) {
 		},
 		{
 			name: "remainder fills spare room",
-			group: Group{CapacityKnown: true, Free: nodes(2, 2000), Members: []Member{
+			group: Group{RoomKnown: true, Free: nodes(2, 2000), Members: []Member{
 				{Name: "consumer", Priority: 1, Want: 1, Current: 1, Max: 10, Pod: pod500m},
 				{Name: "remainder", Priority: 2, Remainder: true, Current: 0, Max: 20, Pod: pod500m},
 			}},
@@ -42,7 +42,7 @@ func TestAllocate(t *testing.T) {
 		},
 		{
 			name: "consumer takes the remainder's room in one step",
-			group: Group{CapacityKnown: true, Free: nodes(2, 2000), Members: []Member{
+			group: Group{RoomKnown: true, Free: nodes(2, 2000), Members: []Member{
 				{Name: "consumer", Priority: 1, Want: 6, Current: 1, Max: 10, Pod: pod500m},
 				{Name: "remainder", Priority: 2, Remainder: true, Current: 7, Max: 20, Pod: pod500m},
 			}},
@@ -50,7 +50,7 @@ func TestAllocate(t *testing.T) {
 		},
 		{
 			name: "remainder never below its min",
-			group: Group{CapacityKnown: true, Free: nodes(2, 2000), Members: []Member{
+			group: Group{RoomKnown: true, Free: nodes(2, 2000), Members: []Member{
 				{Name: "consumer", Priority: 1, Want: 8, Current: 1, Max: 10, Pod: pod500m},
 				{Name: "remainder", Priority: 2, Remainder: true, Current: 7, Min: 2, Max: 20, Pod: pod500m},
 			}},
@@ -58,7 +58,7 @@ func TestAllocate(t *testing.T) {
 		},
 		{
 			name: "min above room is still owed",
-			group: Group{CapacityKnown: true, Free: nodes(1, 1000), Members: []Member{
+			group: Group{RoomKnown: true, Free: nodes(1, 1000), Members: []Member{
 				{Name: "consumer", Priority: 1, Want: 4, Current: 4, Min: 4, Max: 10, Pod: pod500m},
 				{Name: "remainder", Priority: 2, Remainder: true, Current: 1, Min: 1, Max: 20, Pod: pod500m},
 			}},
@@ -66,7 +66,7 @@ func TestAllocate(t *testing.T) {
 		},
 		{
 			name: "consumer beyond node room is not capped but lower priorities are",
-			group: Group{CapacityKnown: true, Free: nodes(1, 2000), Members: []Member{
+			group: Group{RoomKnown: true, Free: nodes(1, 2000), Members: []Member{
 				{Name: "consumer", Priority: 1, Want: 6, Current: 2, Max: 10, Pod: pod500m},
 				{Name: "batch", Priority: 2, Want: 3, Current: 1, Max: 10, Pod: pod500m},
 				{Name: "remainder", Priority: 3, Remainder: true, Current: 0, Max: 20, Pod: pod500m},
@@ -75,14 +75,14 @@ func TestAllocate(t *testing.T) {
 		},
 		{
 			name: "lone queue member with no node data grows to want",
-			group: Group{CapacityKnown: true, Members: []Member{
+			group: Group{RoomKnown: true, Members: []Member{
 				{Name: "consumer", Priority: 1, Want: 5, Current: 1, Min: 1, Max: 10, Pod: pod500m},
 			}},
 			want: []int32{5},
 		},
 		{
 			name: "two remainders by priority",
-			group: Group{CapacityKnown: true, Free: nodes(1, 4000), Members: []Member{
+			group: Group{RoomKnown: true, Free: nodes(1, 4000), Members: []Member{
 				{Name: "consumer", Priority: 1, Want: 2, Current: 2, Max: 10, Pod: pod500m},
 				{Name: "bg-low", Priority: 3, Remainder: true, Current: 0, Max: 20, Pod: pod500m},
 				{Name: "bg-high", Priority: 2, Remainder: true, Current: 0, Max: 4, Pod: pod500m},
@@ -91,7 +91,7 @@ func TestAllocate(t *testing.T) {
 		},
 		{
 			name: "equal priorities take turns",
-			group: Group{CapacityKnown: true, Free: nodes(1, 3000), Members: []Member{
+			group: Group{RoomKnown: true, Free: nodes(1, 3000), Members: []Member{
 				{Name: "a", Priority: 1, Want: 5, Current: 0, Max: 10, Pod: pod500m},
 				{Name: "b", Priority: 1, Want: 5, Current: 0, Max: 10, Pod: pod500m},
 			}, Budget: 6},
@@ -99,7 +99,7 @@ func TestAllocate(t *testing.T) {
 		},
 		{
 			name: "group budget caps the total",
-			group: Group{CapacityKnown: true, Free: nodes(4, 4000), Budget: 10, Members: []Member{
+			group: Group{RoomKnown: true, Free: nodes(4, 4000), Budget: 10, Members: []Member{
 				{Name: "consumer", Priority: 1, Want: 7, Current: 2, Max: 10, Pod: pod500m},
 				{Name: "remainder", Priority: 2, Remainder: true, Current: 8, Max: 20, Pod: pod500m},
 			}},
@@ -107,7 +107,7 @@ func TestAllocate(t *testing.T) {
 		},
 		{
 			name: "unverified room: remainder does not grow",
-			group: Group{CapacityKnown: false, Members: []Member{
+			group: Group{RoomKnown: false, Members: []Member{
 				{Name: "consumer", Priority: 1, Want: 2, Current: 2, Max: 10, Pod: pod500m},
 				{Name: "remainder", Priority: 2, Remainder: true, Current: 3, Max: 20, Pod: pod500m},
 			}},
@@ -115,7 +115,7 @@ func TestAllocate(t *testing.T) {
 		},
 		{
 			name: "pending remainder pods give their room back",
-			group: Group{CapacityKnown: true, Free: nodes(2, 2000), Members: []Member{
+			group: Group{RoomKnown: true, Free: nodes(2, 2000), Members: []Member{
 				{Name: "consumer", Priority: 1, Want: 1, Current: 1, Max: 10, Pod: pod500m},
 				{Name: "remainder", Priority: 2, Remainder: true, Current: 7, Pending: 2, Max: 20, Pod: pod500m},
 			}},
@@ -123,7 +123,7 @@ func TestAllocate(t *testing.T) {
 		},
 		{
 			name: "multi-container pod requests are summed by the caller and packed per node",
-			group: Group{CapacityKnown: true, Free: nodes(2, 1500), Members: []Member{
+			group: Group{RoomKnown: true, Free: nodes(2, 1500), Members: []Member{
 				{Name: "consumer", Priority: 1, Want: 1, Current: 1, Max: 10, Pod: Resources{MilliCPU: 700, Pods: 1}},
 				{Name: "remainder", Priority: 2, Remainder: true, Max: 20, Pod: Resources{MilliCPU: 700, Pods: 1}},
 			}},
@@ -131,7 +131,7 @@ func TestAllocate(t *testing.T) {
 		},
 		{
 			name: "remainder only counts nodes it may land on",
-			group: Group{CapacityKnown: true, Free: nodes(3, 1000), Members: []Member{
+			group: Group{RoomKnown: true, Free: nodes(3, 1000), Members: []Member{
 				{Name: "consumer", Priority: 1, Want: 1, Current: 1, Max: 10, Pod: pod500m},
 				{Name: "remainder", Priority: 2, Remainder: true, Max: 20, Pod: pod500m, Nodes: []int{2}},
 			}},

@@ -207,10 +207,10 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 	gs.quiet = false
 	switch {
 	case !needed:
-		g.CapacityKnown = true
+		g.RoomKnown = true
 	case in.Room != nil:
 		r := in.Room
-		g.Free, g.CapacityKnown = r.Free, true
+		g.Free, g.RoomKnown = r.Free, true
 		for i := range g.Members {
 			g.Members[i].Nodes = r.Eligible[i]
 			if g.Members[i].Nodes == nil {

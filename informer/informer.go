@@ -15,8 +15,10 @@ import (
 	"sync/atomic"
 
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -30,6 +32,36 @@ import (
 
 // groupIndex is the name of the Deployment index by namespace/group.
 const groupIndex = "microscaling-group"
+
+// targetIndex is the name of the HorizontalPodAutoscaler index by the
+// Deployment it targets, namespace/name.
+const targetIndex = "microscaling-hpa-target"
+
+func hpaTarget(obj any) ([]string, error) {
+	h, ok := obj.(*autoscalingv2.HorizontalPodAutoscaler)
+	if !ok || h.Spec.ScaleTargetRef.Kind != "Deployment" {
+		return nil, nil
+	}
+	if gv, err := schema.ParseGroupVersion(h.Spec.ScaleTargetRef.APIVersion); err != nil || gv.Group != "apps" {
+		return nil, nil // not a Deployment of apps: not ours to index
+	}
+	return []string{h.Namespace + "/" + h.Spec.ScaleTargetRef.Name}, nil
+}
+
+// Autoscalers names the HorizontalPodAutoscalers (KEDA's keda-hpa-* among
+// them) that target the Deployment namespace/name, sorted.
+func (inf *Informers) Autoscalers(namespace, name string) []string {
+	objs, err := inf.hpas.GetIndexer().ByIndex(targetIndex, namespace+"/"+name)
+	if err != nil || len(objs) == 0 { // err: no such index, which New adds
+		return nil
+	}
+	names := make([]string, 0, len(objs))
+	for _, o := range objs {
+		names = append(names, o.(*autoscalingv2.HorizontalPodAutoscaler).Name)
+	}
+	slices.Sort(names)
+	return names
+}
 
 // groupKey is the key of a managed Deployment's group; false when it is
 // not managed. An invalid group value has a key of its own that the loop
@@ -60,8 +92,10 @@ type Informers struct {
 	Pods        corelisters.PodLister
 	// RuntimeClasses give the overhead admission adds to a template's pods.
 	RuntimeClasses nodelisters.RuntimeClassLister
-	synced         []cache.InformerSynced
-	selectors      sync.Map // Deployment UID -> compiled selector at a resourceVersion
+	// hpas are the HorizontalPodAutoscalers, indexed by the Deployment they target.
+	hpas      cache.SharedIndexInformer
+	synced    []cache.InformerSynced
+	selectors sync.Map // Deployment UID -> compiled selector at a resourceVersion
 
 	generation atomic.Uint64 // counts node, pod and RuntimeClass events: rooms are stale when it moves
 	usageMu    sync.Mutex    // guards last
@@ -112,7 +146,11 @@ func New(client kubernetes.Interface, namespace string) (*Informers, error) {
 			return nil, fmt.Errorf("adding room handler: %w", err)
 		}
 	}
-	inf.synced = []cache.InformerSynced{inf.deployments.HasSynced, nodes.Informer().HasSynced, pods.Informer().HasSynced, rcs.Informer().HasSynced}
+	inf.hpas = f.Autoscaling().V2().HorizontalPodAutoscalers().Informer()
+	if err := inf.hpas.AddIndexers(cache.Indexers{targetIndex: hpaTarget}); err != nil {
+		return nil, fmt.Errorf("adding autoscaler index: %w", err)
+	}
+	inf.synced = []cache.InformerSynced{inf.deployments.HasSynced, nodes.Informer().HasSynced, pods.Informer().HasSynced, rcs.Informer().HasSynced, inf.hpas.HasSynced}
 	inf.factories = []informers.SharedInformerFactory{f}
 	if nf != f {
 		inf.factories = append(inf.factories, nf)

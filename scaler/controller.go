@@ -35,6 +35,8 @@ const (
 	ReasonQueueUnreadable     = "QueueUnreadable"
 	ReasonQueueReadable       = "QueueReadable"
 	ReasonGroupBudgetConflict = "GroupBudgetConflict"
+	ReasonConflictingScaler   = "ConflictingAutoscaler"
+	ReasonAutoscalerGone      = "AutoscalerGone"
 )
 
 // Cluster is what the loop reads of the cluster; package informer
@@ -45,6 +47,9 @@ type Cluster interface {
 	Groups() map[string][]*appsv1.Deployment
 	// Room returns the node room the members of one group share.
 	Room(members []*appsv1.Deployment) (policy.Room, error)
+	// Autoscalers names the other autoscalers (HorizontalPodAutoscalers,
+	// KEDA's among them) that target the Deployment namespace/name.
+	Autoscalers(namespace, name string) []string
 }
 
 // Queues reads every queue a tick needs, once per server.
@@ -393,6 +398,9 @@ func (c *Controller) gather(refs []memberRef) []member {
 		if spec == nil {
 			continue // never had valid annotations: left alone
 		}
+		if c.conflicting(d, st) {
+			continue // another autoscaler scales it: left alone
+		}
 		cur := int32(1)
 		if d.Spec.Replicas != nil {
 			cur = *d.Spec.Replicas
@@ -412,6 +420,37 @@ func (c *Controller) gather(refs []memberRef) []member {
 		ms = append(ms, member{d: d, st: st, spec: spec, cur: cur})
 	}
 	return ms
+}
+
+// conflicting reports whether another autoscaler targets d, in which case
+// d is left out of its group's decision (its pods count as anyone else's),
+// told once with a Warning and a gauge, and taken back with a Normal Event
+// when the other goes. In a dry run d is decided anyway, as a shadow of the
+// other autoscaler, and nothing is written.
+func (c *Controller) conflicting(d *appsv1.Deployment, st *memberState) bool {
+	hpas := c.cluster.Autoscalers(d.Namespace, d.Name)
+	st.mu.Lock()
+	was := st.gauges.Conflicting
+	st.gauges.Conflicting = len(hpas) > 0 && !c.cfg.DryRun
+	if st.gauges.Conflicting {
+		st.hasWritten = false // its replicas are the other's now: no ExternalScale when it goes
+	}
+	st.mu.Unlock()
+	m := member{d: d, st: st}
+	switch {
+	case len(hpas) > 0 && c.cfg.DryRun:
+		c.condition(m, corev1.EventTypeNormal, ReasonConflictingScaler, fmt.Sprintf(
+			"dry run: deciding beside HorizontalPodAutoscaler %s, which scales this Deployment; ScaledDryRun Events say what microscaling would do", strings.Join(hpas, ", ")))
+		return false
+	case len(hpas) > 0:
+		c.condition(m, corev1.EventTypeWarning, ReasonConflictingScaler, fmt.Sprintf(
+			"left alone: HorizontalPodAutoscaler %s also scales this Deployment; delete it (or remove the microscaling.com/ annotations) so that one autoscaler decides", strings.Join(hpas, ", ")))
+		return true
+	case was:
+		c.condition(m, corev1.EventTypeWarning, ReasonConflictingScaler, "")
+		c.recorder.Event(d, corev1.EventTypeNormal, ReasonAutoscalerGone, "no other autoscaler targets this Deployment any more: microscaling scales it again")
+	}
+	return false
 }
 
 // readQueues sums a member's queues from the tick's readings, sets its

@@ -24,9 +24,16 @@ import (
 
 type fakeCluster struct {
 	groups map[string][]*appsv1.Deployment
+	mu     sync.Mutex          // guards hpas
+	hpas   map[string][]string // namespace/name -> HPAs that target it
 }
 
 func (f *fakeCluster) Groups() map[string][]*appsv1.Deployment { return f.groups }
+func (f *fakeCluster) Autoscalers(namespace, name string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.hpas[namespace+"/"+name]
+}
 func (f *fakeCluster) Room([]*appsv1.Deployment) (policy.Room, error) {
 	return policy.Room{}, errors.New("no nodes in this test")
 }
@@ -322,5 +329,73 @@ func TestAnnotationErrorKeysAreBounded(t *testing.T) {
 	}
 	if n := testutil.CollectAndCount(f.c.metrics.AnnotationErrors); n != 2 {
 		t.Errorf("%d annotation error series, want 2", n)
+	}
+}
+
+// A Deployment that another autoscaler targets is left alone, said once
+// with a Warning naming it and a gauge; when the other goes, it is told and
+// decided again on that tick. In a dry run it is decided beside the other.
+func TestControllerLeavesAnotherAutoscalersDeploymentAlone(t *testing.T) {
+	for _, dryRun := range []bool{false, true} {
+		t.Run(fmt.Sprintf("dry run %v", dryRun), func(t *testing.T) {
+			f := newConsumerFixture(t)
+			f.c.cfg.DryRun = dryRun
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(metrics.Collector(f.c))
+			f.queues.mu.Lock()
+			f.queues.backlog = 400
+			f.queues.mu.Unlock()
+			f.cluster.mu.Lock()
+			f.cluster.hpas = map[string][]string{"ns/consumer": {"keda-hpa-consumer"}}
+			f.cluster.mu.Unlock()
+			tick := func() (string, string) {
+				f.clk.Step(time.Second)
+				f.c.runTick(f.ctx, f.clk.Now())
+				var evs []string
+				for len(f.rec.Events) > 0 {
+					evs = append(evs, <-f.rec.Events)
+				}
+				return strings.Join(f.writer.take(), ","), strings.Join(evs, " | ")
+			}
+			conflicting := func() float64 {
+				t.Helper()
+				mfs, err := reg.Gather()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, mf := range mfs {
+					if mf.GetName() == "microscaling_conflicting_autoscaler" {
+						return mf.GetMetric()[0].GetGauge().GetValue()
+					}
+				}
+				return 0
+			}
+			writes, evs := tick()
+			if dryRun {
+				if writes != "" || !strings.Contains(evs, "Normal ConflictingAutoscaler dry run: deciding beside HorizontalPodAutoscaler keda-hpa-consumer") || !strings.Contains(evs, "ScaledDryRun") {
+					t.Fatalf("shadowing: writes %q, events %q", writes, evs)
+				}
+				return
+			}
+			if writes != "" || evs != "Warning ConflictingAutoscaler left alone: HorizontalPodAutoscaler keda-hpa-consumer also scales this Deployment; delete it (or remove the microscaling.com/ annotations) so that one autoscaler decides" {
+				t.Fatalf("with an HPA: writes %q, events %q; want none and one Warning", writes, evs)
+			}
+			if g := conflicting(); g != 1 {
+				t.Errorf("microscaling_conflicting_autoscaler = %v, want 1", g)
+			}
+			if writes, evs := tick(); writes != "" || evs != "" {
+				t.Errorf("still an HPA: writes %q, events %q; want nothing", writes, evs)
+			}
+			f.cluster.mu.Lock()
+			f.cluster.hpas = nil
+			f.cluster.mu.Unlock()
+			writes, evs = tick()
+			if writes != "consumer=5" || !strings.Contains(evs, "Normal AutoscalerGone") || strings.Contains(evs, "ExternalScale") {
+				t.Errorf("HPA gone: writes %q, events %q; want consumer=5 and AutoscalerGone", writes, evs)
+			}
+			if g := conflicting(); g != 0 {
+				t.Errorf("microscaling_conflicting_autoscaler = %v after the HPA went, want no series", g)
+			}
+		})
 	}
 }

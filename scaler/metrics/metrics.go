@@ -102,6 +102,7 @@ var (
 	targetDesc   = prometheus.NewDesc("microscaling_queue_target", "The target-queue-length of the Deployment.", memberLabels, nil)
 	desiredDesc  = prometheus.NewDesc("microscaling_desired_replicas", "Replicas the last decision asked for.", memberLabels, nil)
 	currentDesc  = prometheus.NewDesc("microscaling_current_replicas", "spec.replicas of the Deployment when the decision was made.", memberLabels, nil)
+	conflictDesc = prometheus.NewDesc("microscaling_conflicting_autoscaler", "1 while another autoscaler (an HPA, KEDA's too) targets the Deployment, which microscaling then leaves alone.", memberLabels, nil)
 )
 
 // Gauges are one member's gauge values as its last decision left them; the
@@ -111,6 +112,8 @@ type Gauges struct {
 	Desired, Current      int32
 	HasBacklog, HasTarget bool
 	Decided               bool
+	// Conflicting: another autoscaler targets the Deployment, which is left alone.
+	Conflicting bool
 }
 
 // Source gives every member's gauges at scrape time.
@@ -126,7 +129,7 @@ type collector struct{ src Source }
 
 // Describe is part of prometheus.Collector.
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{backlogDesc, targetDesc, desiredDesc, currentDesc} {
+	for _, d := range []*prometheus.Desc{backlogDesc, targetDesc, desiredDesc, currentDesc, conflictDesc} {
 		ch <- d
 	}
 }
@@ -146,6 +149,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		if g.Decided {
 			gauge(desiredDesc, float64(g.Desired))
 			gauge(currentDesc, float64(g.Current))
+		}
+		if g.Conflicting {
+			gauge(conflictDesc, 1)
 		}
 	})
 }

@@ -11,6 +11,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -18,8 +20,10 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -43,6 +47,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/informer"
 	"github.com/microscaling/microscaling/labels"
 	"github.com/microscaling/microscaling/scaler"
@@ -106,6 +111,7 @@ type options struct {
 
 const usage = `usage: microscaling [controller] [flags]   run the controller (the default)
        microscaling sync-labels [flags]    fill annotations from image labels once, then exit
+       microscaling validate -f FILE|DIR|- check manifests' microscaling.com/* annotations (exit 1 on a problem)
        microscaling version                print the version, revision, Go version and platform
        microscaling COMMAND -h             the flags of a command`
 
@@ -124,6 +130,11 @@ func main() {
 		err = syncLabelsMain(ctx, args)
 	case "version":
 		fmt.Println(buildInfo())
+	case "validate":
+		var bad bool
+		if bad, err = validateMain(args, os.Stdin, os.Stdout); err == nil && bad {
+			os.Exit(1)
+		}
 	default:
 		fmt.Fprintf(os.Stderr, "microscaling: unknown command %q\n%s\n", cmd, usage)
 		os.Exit(2)
@@ -172,6 +183,63 @@ func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, platf
 	}
 	return &labels.Syncer{Client: client, Recorder: recorder, Resolver: labels.NewResolver(*p, timeout, tagTTL),
 		Prefixes: strings.Split(prefixes, ",")}, nil
+}
+
+// files is a repeatable -f flag.
+type files []string
+
+func (f *files) String() string     { return strings.Join(*f, ",") }
+func (f *files) Set(v string) error { *f = append(*f, v); return nil }
+
+// validateMain checks the microscaling.com/* annotations of manifests with
+// the controller's own parser, for CI: it reports whether any was wrong.
+func validateMain(args []string, stdin io.Reader, out io.Writer) (bool, error) {
+	flags := flag.NewFlagSet("validate", flag.ContinueOnError)
+	var paths files
+	flags.Var(&paths, "f", "a manifest file, a directory of them (.yaml, .yml, .json, recursively) or - for standard input; repeatable")
+	if err := flags.Parse(args); err != nil {
+		return false, err
+	}
+	if len(paths) == 0 {
+		return false, errors.New("validate: no input: give -f FILE, -f DIR or -f -")
+	}
+	checked, bad := 0, 0
+	check := func(r io.Reader, source string) error {
+		n, problems, err := annotations.CheckManifests(r, source)
+		checked += n
+		bad += len(problems)
+		for _, p := range problems {
+			fmt.Fprintln(out, p)
+		}
+		return err
+	}
+	for _, p := range paths {
+		if p == "-" {
+			if err := check(stdin, "-"); err != nil {
+				return false, err
+			}
+			continue
+		}
+		err := filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if d.IsDir() || (path != p && !slices.Contains([]string{".yaml", ".yml", ".json"}, filepath.Ext(path))) {
+				return nil
+			}
+			f, err := os.Open(path)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			return check(f, path)
+		})
+		if err != nil {
+			return false, fmt.Errorf("validate: %w", err)
+		}
+	}
+	fmt.Fprintf(out, "%d objects with microscaling.com/ annotations checked, %d problems\n", checked, bad)
+	return bad > 0, nil
 }
 
 // syncLabelsMain is the one-shot label sync, for a Job or CronJob.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,5 +96,64 @@ func TestHealthz(t *testing.T) {
 	h.lead(false, nil)
 	if err := h.check(now.Add(time.Hour)); err != nil {
 		t.Errorf("no longer leading: %v", err)
+	}
+}
+
+// validate checks manifests with the controller's parser and messages, and
+// reports whether any was wrong; an unreadable stream or no input is an error.
+func TestValidate(t *testing.T) {
+	bad := `apiVersion: v1
+kind: List
+items:
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata:
+    name: c
+    namespace: t
+    annotations:
+      microscaling.com/queue: "nsq://h:4151/t/c"
+      microscaling.com/max-replica: "3"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: x, annotations: {microscaling.com/rule: remainder}}
+`
+	tests := []struct {
+		name    string
+		args    []string
+		stdin   string
+		bad     bool
+		err     string
+		outputs []string
+	}{
+		{name: "the repo's own manifests pass", args: []string{"-f", "manifests/install", "-f", "manifests/demo", "-f", "manifests/testdata/helm-everything.yaml"},
+			outputs: []string{"2 objects with microscaling.com/ annotations checked, 0 problems"}},
+		{name: "mistakes in a List on stdin, every one named", args: []string{"-f", "-"}, stdin: bad, bad: true, outputs: []string{
+			`-: Deployment t/c: microscaling.com/max-replica="3": unknown key (did you mean microscaling.com/max-replicas?)`,
+			`-: Deployment t/c: microscaling.com/max-replicas="": required`,
+			"-: ConfigMap x: microscaling.com/* annotations act only on apps/v1 Deployments",
+			"2 objects with microscaling.com/ annotations checked, 4 problems"}},
+		{name: "no input", err: "no input"},
+		{name: "broken YAML", args: []string{"-f", "-"}, stdin: "kind: [", err: "reading manifests"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out strings.Builder
+			bad, err := validateMain(tc.args, strings.NewReader(tc.stdin), &out)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want one saying %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || bad != tc.bad {
+				t.Fatalf("bad = %v, err = %v; want %v, nil\n%s", bad, err, tc.bad, out.String())
+			}
+			for _, want := range tc.outputs {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("output lacks %q:\n%s", want, out.String())
+				}
+			}
+		})
 	}
 }

@@ -117,6 +117,10 @@ const usage = `usage: microscaling [controller] [flags]   run the controller (th
 
 func main() {
 	cmd, args := "controller", os.Args[1:]
+	if len(args) > 0 && slices.Contains([]string{"-h", "-help", "--help", "help"}, args[0]) {
+		fmt.Println(usage)
+		return
+	}
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
 	}
@@ -302,6 +306,20 @@ func newClient(kubeconfig string, qps float32, burst int, wrap ...func(http.Roun
 	return client, nil
 }
 
+// newBroadcaster sends Events to the API server. client-go's defaults
+// merge similar Events into "combined from similar events" after 10 and
+// drop all but 25 per object in five minutes; every scale write is a
+// decision a user wants to read, so each keeps its own Event: up to 600
+// similar ones in ten minutes before they are combined, and a per-object
+// budget of 120 Events refilled at one a second.
+func newBroadcaster(ctx context.Context, client kubernetes.Interface) record.EventBroadcaster {
+	b := record.NewBroadcaster(record.WithContext(ctx), record.WithCorrelatorOptions(record.CorrelatorOptions{
+		MaxEvents: 600, MaxIntervalInSeconds: 600, BurstSize: 120, QPS: 1,
+	}))
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	return b
+}
+
 // apiServerAddrs are the API server's addresses, which no queue address
 // may name.
 func apiServerAddrs(ctx context.Context, kubeconfig string) ([]netip.AddrPort, error) {
@@ -344,8 +362,7 @@ func run(ctx context.Context, o options) error {
 		identity = fmt.Sprintf("%s_%d", host, os.Getpid())
 	}
 
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	broadcaster := newBroadcaster(ctx, client)
 	defer broadcaster.Shutdown()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "microscaling", Host: identity})
 

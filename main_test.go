@@ -3,13 +3,17 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 )
 
@@ -155,5 +159,33 @@ metadata: {name: x, annotations: {microscaling.com/rule: remainder}}
 				}
 			}
 		})
+	}
+}
+
+// Every scale write keeps its own Event: 30 in a minute on one Deployment
+// are 30 Events, not one "combined from similar events".
+func TestEveryScaleKeepsItsEvent(t *testing.T) {
+	client := fake.NewClientset()
+	b := newBroadcaster(t.Context(), client)
+	defer b.Shutdown()
+	rec := b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "microscaling"})
+	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "consumer", Namespace: "ns", UID: "u1"}}
+	for i := range 30 {
+		rec.Eventf(d, corev1.EventTypeNormal, "Scaled", "consumer %d -> %d: backlog %d > target 50", i, i+1, 100+i)
+	}
+	err := wait.PollUntilContextTimeout(t.Context(), 20*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
+		evs, err := client.CoreV1().Events("ns").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, e := range evs.Items {
+			if strings.Contains(e.Message, "combined from similar events") {
+				return false, fmt.Errorf("an Event was combined: %q", e.Message)
+			}
+		}
+		return len(evs.Items) == 30, nil
+	})
+	if err != nil {
+		t.Fatalf("30 scale Events: %v", err)
 	}
 }

@@ -285,11 +285,17 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 			c.recorder.Eventf(d, corev1.EventTypeWarning, ReasonInvalidAnnotation, "%s; %s", fe.Error(), kept)
 		}
 		klog.FromContext(ctx).V(2).Info("invalid annotations", "deployment", klog.KObj(d), "err", err)
+		st.mu.Lock()
+		st.gauges.Invalid = true
+		st.mu.Unlock()
 		return st
 	}
 	c.mu.Lock()
 	st.spec = &spec
 	c.mu.Unlock()
+	st.mu.Lock()
+	st.gauges.Invalid = false
+	st.mu.Unlock()
 	return st
 }
 
@@ -476,13 +482,13 @@ func (c *Controller) readQueues(m member, t *tick) (policy.QueueReading, bool) {
 		if !st.unreadable {
 			c.recorder.Eventf(m.d, corev1.EventTypeWarning, ReasonQueueUnreadable, "holding at %d replicas: %v", m.cur, err)
 		}
-		st.unreadable = true
+		st.unreadable, st.gauges.Unreadable = true, true
 		return sum, false
 	}
 	if st.unreadable {
 		c.recorder.Eventf(m.d, corev1.EventTypeNormal, ReasonQueueReadable, "queue read again: backlog %d", sum.Backlog)
 	}
-	st.unreadable = false
+	st.unreadable, st.gauges.Unreadable = false, false
 	st.gauges.Backlog, st.gauges.HasBacklog = sum.Backlog, true
 	return sum, true
 }
@@ -527,6 +533,7 @@ func (c *Controller) record(group string, m member, desired int32, t *tick) {
 	defer m.st.mu.Unlock()
 	g := &m.st.gauges
 	g.Desired, g.Current, g.Decided = desired, m.cur, true
+	g.Group, g.Rule, g.Priority, g.Paused = m.spec.Group, string(m.spec.Rule), m.spec.Priority, m.spec.Paused
 	g.Target, g.HasTarget = m.spec.TargetQueueLength, m.spec.TargetQueueLength > 0
 	if m.st.hist == nil {
 		m.st.hist = c.cfg.History.Member(m.d.Namespace, m.d.Name)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -158,6 +159,9 @@ microscaling_current_replicas{deployment="consumer",namespace="ns"} 1
 # HELP microscaling_desired_replicas Replicas the last decision asked for.
 # TYPE microscaling_desired_replicas gauge
 microscaling_desired_replicas{deployment="consumer",namespace="ns"} 1
+# HELP microscaling_member_info Always 1 for a decided member; its labels say its group, rule and priority (join on namespace, deployment).
+# TYPE microscaling_member_info gauge
+microscaling_member_info{deployment="consumer",group="consumer",namespace="ns",priority="1",rule="queue"} 1
 # HELP microscaling_queue_backlog Messages waiting, in flight or deferred on the Deployment's queues.
 # TYPE microscaling_queue_backlog gauge
 microscaling_queue_backlog{deployment="consumer",namespace="ns"} 0
@@ -397,5 +401,54 @@ func TestControllerLeavesAnotherAutoscalersDeploymentAlone(t *testing.T) {
 				t.Errorf("microscaling_conflicting_autoscaler = %v after the HPA went, want no series", g)
 			}
 		})
+	}
+}
+
+// The state gauges follow the member: an unreadable queue, invalid
+// annotations and paused are each 1 while they last.
+func TestStateGauges(t *testing.T) {
+	f := newConsumerFixture(t)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.Collector(f.c))
+	gauge := func(name string) float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == name {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		return 0
+	}
+	tick := func() {
+		f.clk.Step(time.Second)
+		f.c.runTick(f.ctx, f.clk.Now())
+	}
+	f.queues.mu.Lock()
+	f.queues.err = errors.New("nsqd down")
+	f.queues.mu.Unlock()
+	tick()
+	if g := gauge("microscaling_queue_unreadable"); g != 1 {
+		t.Errorf("queue unreadable: gauge %v, want 1", g)
+	}
+	f.queues.mu.Lock()
+	f.queues.err = nil
+	f.queues.mu.Unlock()
+	f.consumer.Annotations = maps.Clone(f.consumer.Annotations) // the cache replaces objects, never edits them
+	f.consumer.Annotations[annotations.Paused] = "maybe"
+	f.consumer.ResourceVersion += "t"
+	tick()
+	if g, u := gauge("microscaling_annotations_invalid"), gauge("microscaling_queue_unreadable"); g != 1 || u != 0 {
+		t.Errorf("invalid annotations, queue readable: invalid %v, unreadable %v; want 1, 0", g, u)
+	}
+	f.consumer.Annotations = maps.Clone(f.consumer.Annotations)
+	f.consumer.Annotations[annotations.Paused] = "true"
+	f.consumer.ResourceVersion += "t"
+	tick()
+	if g, p := gauge("microscaling_annotations_invalid"), gauge("microscaling_member_paused"); g != 0 || p != 1 {
+		t.Errorf("paused: invalid %v, paused %v; want 0, 1", g, p)
 	}
 }

@@ -6,6 +6,7 @@ package metrics
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -97,12 +98,16 @@ func (m *Metrics) Forget(ns, name string) {
 
 // The per-Deployment gauges, collected from the controller's state.
 var (
-	memberLabels = []string{"namespace", "deployment"}
-	backlogDesc  = prometheus.NewDesc("microscaling_queue_backlog", "Messages waiting, in flight or deferred on the Deployment's queues.", memberLabels, nil)
-	targetDesc   = prometheus.NewDesc("microscaling_queue_target", "The target-queue-length of the Deployment.", memberLabels, nil)
-	desiredDesc  = prometheus.NewDesc("microscaling_desired_replicas", "Replicas the last decision asked for.", memberLabels, nil)
-	currentDesc  = prometheus.NewDesc("microscaling_current_replicas", "spec.replicas of the Deployment when the decision was made.", memberLabels, nil)
-	conflictDesc = prometheus.NewDesc("microscaling_conflicting_autoscaler", "1 while another autoscaler (an HPA, KEDA's too) targets the Deployment, which microscaling then leaves alone.", memberLabels, nil)
+	memberLabels   = []string{"namespace", "deployment"}
+	backlogDesc    = prometheus.NewDesc("microscaling_queue_backlog", "Messages waiting, in flight or deferred on the Deployment's queues.", memberLabels, nil)
+	targetDesc     = prometheus.NewDesc("microscaling_queue_target", "The target-queue-length of the Deployment.", memberLabels, nil)
+	desiredDesc    = prometheus.NewDesc("microscaling_desired_replicas", "Replicas the last decision asked for.", memberLabels, nil)
+	currentDesc    = prometheus.NewDesc("microscaling_current_replicas", "spec.replicas of the Deployment when the decision was made.", memberLabels, nil)
+	infoDesc       = prometheus.NewDesc("microscaling_member_info", "Always 1 for a decided member; its labels say its group, rule and priority (join on namespace, deployment).", append(memberLabels, "group", "rule", "priority"), nil)
+	pausedDesc     = prometheus.NewDesc("microscaling_member_paused", "1 while the Deployment is annotated paused: left as it is.", memberLabels, nil)
+	unreadableDesc = prometheus.NewDesc("microscaling_queue_unreadable", "1 while the Deployment's queue cannot be read: the member is held.", memberLabels, nil)
+	invalidDesc    = prometheus.NewDesc("microscaling_annotations_invalid", "1 while the Deployment's microscaling.com/* annotations do not parse (the last good ones, if any, stay in force).", memberLabels, nil)
+	conflictDesc   = prometheus.NewDesc("microscaling_conflicting_autoscaler", "1 while another autoscaler (an HPA, KEDA's too) targets the Deployment, which microscaling then leaves alone.", memberLabels, nil)
 )
 
 // Gauges are one member's gauge values as its last decision left them; the
@@ -114,6 +119,12 @@ type Gauges struct {
 	Decided               bool
 	// Conflicting: another autoscaler targets the Deployment, which is left alone.
 	Conflicting bool
+	// Paused, Unreadable (its queue read failed) and Invalid (its
+	// annotations do not parse) are the member's state.
+	Paused, Unreadable, Invalid bool
+	// Group, Rule and Priority label microscaling_member_info once decided.
+	Group, Rule string
+	Priority    int32
 }
 
 // Source gives every member's gauges at scrape time.
@@ -129,7 +140,7 @@ type collector struct{ src Source }
 
 // Describe is part of prometheus.Collector.
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{backlogDesc, targetDesc, desiredDesc, currentDesc, conflictDesc} {
+	for _, d := range []*prometheus.Desc{backlogDesc, targetDesc, desiredDesc, currentDesc, conflictDesc, infoDesc, pausedDesc, unreadableDesc, invalidDesc} {
 		ch <- d
 	}
 }
@@ -150,8 +161,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(desiredDesc, float64(g.Desired))
 			gauge(currentDesc, float64(g.Current))
 		}
-		if g.Conflicting {
-			gauge(conflictDesc, 1)
+		for d, on := range map[*prometheus.Desc]bool{conflictDesc: g.Conflicting, pausedDesc: g.Paused, unreadableDesc: g.Unreadable, invalidDesc: g.Invalid} {
+			if on {
+				gauge(d, 1)
+			}
+		}
+		if g.Decided {
+			ch <- prometheus.MustNewConstMetric(infoDesc, prometheus.GaugeValue, 1, ns, name, g.Group, g.Rule, strconv.Itoa(int(g.Priority)))
 		}
 	})
 }

@@ -168,3 +168,18 @@ func TestHelmRefusesBadValues(t *testing.T) {
 		})
 	}
 }
+
+// The chart and kustomize install the same admission policy.
+func TestAdmissionPolicyOnce(t *testing.T) {
+	a, err := os.ReadFile("install/admission-policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("helm/microscaling/files/admission-policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Error("install/admission-policy.yaml and helm/microscaling/files/admission-policy.yaml differ: keep them the same")
+	}
+}

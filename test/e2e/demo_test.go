@@ -87,7 +87,7 @@ func TestInstallManifests(t *testing.T) {
 		}
 	}
 	eventually(t, 60*time.Second, func(ctx context.Context) error {
-		for _, kind := range []string{"namespace/microscaling-system", "namespace/demo", "clusterrole/microscaling", "clusterrolebinding/microscaling", "priorityclass/microscaling-remainder"} {
+		for _, kind := range []string{"namespace/microscaling-system", "namespace/demo", "clusterrole/microscaling", "clusterrolebinding/microscaling", "validatingadmissionpolicy/microscaling-annotations", "validatingadmissionpolicybinding/microscaling-annotations", "priorityclass/microscaling-remainder"} {
 			if out, err := s.Kubectl(ctx, "get", kind, "--ignore-not-found", "-o", "name"); err != nil || strings.TrimSpace(out) != "" {
 				return fmt.Errorf("%s still there (%v): %s", kind, err, out)
 			}

@@ -436,7 +436,7 @@ func TestHelmChartInstall(t *testing.T) {
 		if strings.TrimSpace(left) != "" {
 			return fmt.Errorf("left in microscaling-system: %s", left)
 		}
-		for _, kind := range []string{"clusterrole/microscaling", "clusterrolebinding/microscaling", "namespace/demo", "priorityclass/microscaling-remainder"} {
+		for _, kind := range []string{"clusterrole/microscaling", "clusterrolebinding/microscaling", "validatingadmissionpolicy/microscaling-annotations", "validatingadmissionpolicybinding/microscaling-annotations", "namespace/demo", "priorityclass/microscaling-remainder"} {
 			if out, err := s.Kubectl(ctx, "get", kind, "--ignore-not-found", "-o", "name"); err != nil || strings.TrimSpace(out) != "" {
 				return fmt.Errorf("%s still there (%v): %s", kind, err, out)
 			}

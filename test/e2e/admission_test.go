@@ -1,0 +1,110 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/test/harness"
+)
+
+// celCannotExpress are the corpus cases where the admission policy and the
+// controller's parser disagree on purpose, with why (also in
+// docs/annotations.md).
+var celCannotExpress = map[string]string{
+	"the same queue twice": "the parser refuses a queue named twice; the policy checks each queue's shape, not that they differ",
+}
+
+// The ValidatingAdmissionPolicy of manifests/install, bound with Deny on the
+// real API server, refuses exactly the Deployments the controller's parser
+// refuses: every key with every hostile value, and the valid cases.
+func TestAdmissionPolicyAgreesWithParse(t *testing.T) {
+	s := harness.StartT(t, harness.Options{})
+	dir := filepath.Join("..", "..", "manifests", "install")
+	b, err := os.ReadFile(filepath.Join(dir, "admission-binding.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deny := filepath.Join(t.TempDir(), "binding-deny.yaml")
+	if err := os.WriteFile(deny, []byte(strings.Replace(string(b), "validationActions: [Warn]", "validationActions: [Deny]", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{filepath.Join(dir, "admission-policy.yaml"), deny} {
+		if out, err := s.Kubectl(t.Context(), "apply", "-f", f); err != nil {
+			t.Fatalf("applying %s: %v\n%s", f, err, out)
+		}
+	}
+	const q = "nsq://127.0.0.1:4151/jobs/work"
+	base := func() map[string]string {
+		return map[string]string{annotations.Queue: q, annotations.TargetQueueLength: "5", annotations.MaxReplicas: "5"}
+	}
+	admitted := func(ctx context.Context, name string, ann map[string]string) (bool, string, error) {
+		d := deployment("default", name, 1, ann)
+		_, err := s.Client.AppsV1().Deployments("default").Create(ctx, d, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		switch {
+		case err == nil:
+			return true, "", nil
+		case strings.Contains(err.Error(), "microscaling-annotations"):
+			return false, err.Error(), nil
+		default:
+			return false, "", err
+		}
+	}
+	// The policy is in force once a Deployment without max-replicas is refused.
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		ann := base()
+		delete(ann, annotations.MaxReplicas)
+		ok, _, err := admitted(ctx, "probe", ann)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return fmt.Errorf("the policy is not in force yet")
+		}
+		return nil
+	})
+	type tc struct {
+		name string
+		ann  map[string]string
+	}
+	cases := []tc{{"valid queue member", base()},
+		{"valid remainder", map[string]string{annotations.Rule: "remainder", annotations.MaxReplicas: "3", annotations.Priority: "2", annotations.Group: "g"}},
+		{"valid wait target", map[string]string{annotations.Queue: "nsqlookupd://[::1]:4161/jobs/work, nsq://h.example:4151/jobs/w2#ephemeral", annotations.TargetWait: "1.5s", annotations.MaxReplicas: "5", annotations.MinReplicas: "+2", annotations.ScaleDownDelay: "1m30s"}},
+		{"a typo", map[string]string{annotations.Queue: q, annotations.TargetQueueLength: "5", annotations.MaxReplicas: "5", "microscaling.com/max-replica": "3"}},
+		{"min above max", map[string]string{annotations.Queue: q, annotations.TargetQueueLength: "5", annotations.MaxReplicas: "5", annotations.MinReplicas: "6"}},
+		{"the same queue twice", map[string]string{annotations.Queue: q + "," + q, annotations.TargetQueueLength: "5", annotations.MaxReplicas: "5"}},
+		{"queue on a remainder", map[string]string{annotations.Queue: q, annotations.Rule: "remainder", annotations.MaxReplicas: "5"}},
+	}
+	for _, key := range annotations.Keys {
+		for i, v := range hostileValues {
+			ann := base()
+			ann[key] = v
+			cases = append(cases, tc{fmt.Sprintf("%s=%q (%d)", strings.TrimPrefix(key, annotations.Prefix), v[:min(len(v), 20)], i), ann})
+		}
+	}
+	disagree := 0
+	for i, c := range cases {
+		_, perr := annotations.Parse("x", c.ann)
+		ok, msg, err := admitted(t.Context(), fmt.Sprintf("case-%d", i), c.ann)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if ok == (perr == nil) {
+			continue
+		}
+		if why, known := celCannotExpress[c.name]; known {
+			t.Logf("%s: disagreement documented: %s", c.name, why)
+			continue
+		}
+		disagree++
+		t.Errorf("%s: the parser says %v; the policy admitted=%v %s", c.name, perr, ok, msg)
+	}
+	t.Logf("%d cases, %d disagreements", len(cases), disagree)
+}

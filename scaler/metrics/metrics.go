@@ -29,7 +29,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		ScaleOps:         prometheus.NewCounterVec(prometheus.CounterOpts{Name: "microscaling_scale_operations_total", Help: "Writes to /scale, by direction (up, down) and result."}, append(memberLabels, "direction", "result")),
 		QueueReadErrors:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "microscaling_queue_read_errors_total", Help: "Failed reads of an nsqd or nsqlookupd."}, []string{"host"}),
-		QueueReadLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "microscaling_queue_read_seconds", Help: "Latency of reading an nsqd or nsqlookupd.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"host"}),
+		QueueReadLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "microscaling_queue_read_duration_seconds", Help: "Latency of reading an nsqd or nsqlookupd.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"host"}),
 		AnnotationErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "microscaling_annotation_errors_total", Help: "Invalid microscaling.com/* annotations seen, by key."}, append(memberLabels, "key")),
 		TickDuration:     prometheus.NewHistogram(prometheus.HistogramOpts{Name: "microscaling_tick_duration_seconds", Help: "From the start of a tick to the last group decided.", Buckets: prometheus.ExponentialBuckets(0.001, 1.25, 40)}),
 		TickLag:          prometheus.NewHistogram(prometheus.HistogramOpts{Name: "microscaling_tick_lag_seconds", Help: "From a tick's scheduled start to its last group decided.", Buckets: prometheus.ExponentialBuckets(0.001, 1.25, 40)}),

@@ -187,14 +187,14 @@ func scaleRun(t *testing.T, n int) {
 		reactions = append(reactions, reaction(t, s, []string{"bench-a", "bench-b"}[g%2], fmt.Sprintf("g%d-q1", g), 0, "t"+strconv.Itoa(g), 100))
 	}
 	slices.Sort(reactions)
-	stats := `microscaling_queue_read_seconds_bucket{host="` + s.NSQ.HTTPAddr + `",`
+	stats := `microscaling_queue_read_duration_seconds_bucket{host="` + s.NSQ.HTTPAddr + `",`
 	line := fmt.Sprintf("SCALE deployments=%d groups=%d ready=%s first-tick=%s rss-mib=%.0f (max %.0f) heap-inuse-mib=%.0f next-gc-mib=%.0f "+
 		"cpu-ms-per-tick=%.1f lag-p50-ms=%.0f lag-p99-ms=%.0f stats-read-p50-ms=%.1f "+
 		"api-reads-per-tick=%.2f api-writes-per-tick=%.2f nsq-stats-per-tick=%.2f ticks=%.0f reaction-median=%s reaction-worst=%s",
 		n, groups, ready.Round(10*time.Millisecond), firstTick.Round(10*time.Millisecond), samples.median/(1<<20), samples.max/(1<<20),
 		m1["go_memstats_heap_inuse_bytes"]/(1<<20), m1["go_memstats_next_gc_bytes"]/(1<<20),
 		1000*(cpu1-cpu0)/ticks, 1000*p50, 1000*p99, 1000*histQuantile(m0, m1, stats, 0.5), reads/ticks, writes/ticks,
-		per(`microscaling_queue_read_seconds_count{host="`+s.NSQ.HTTPAddr+`"}`), ticks,
+		per(`microscaling_queue_read_duration_seconds_count{host="`+s.NSQ.HTTPAddr+`"}`), ticks,
 		reactions[len(reactions)/2].Round(time.Millisecond), reactions[len(reactions)-1].Round(time.Millisecond))
 	t.Log(line)
 	fmt.Println(line)

@@ -44,6 +44,8 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
+	logsapi "k8s.io/component-base/logs/api/v1"
+	_ "k8s.io/component-base/logs/json/register" // --logging-format=json
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -168,11 +170,25 @@ func controllerMain(ctx context.Context, args []string) error {
 	fs.BoolVar(&o.syncLabels, "sync-labels", false, "fill annotations from image labels for Deployments with microscaling.com/sync-labels: \"true\" (needs secrets get)")
 	fs.DurationVar(&o.labelInterval, "label-sync-interval", 5*time.Minute, "how often label sync re-reads every image (a moved tag is picked up)")
 	labelFlags(fs, &o.platform, &o.prefixes)
-	klog.InitFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	return run(ctx, o)
+}
+
+// parseFlags adds the logging flags of k8s.io/component-base (--v,
+// --vmodule, --logging-format=text|json, ...) after a command's own, parses
+// args and applies the logging configuration.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	logging := logsapi.NewLoggingConfiguration()
+	logsapi.AddGoFlags(logging, fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := logsapi.ValidateAndApply(logging, nil); err != nil {
+		return fmt.Errorf("logging flags: %w", err)
+	}
+	return nil
 }
 
 func labelFlags(fs *flag.FlagSet, platform, prefixes *string) {
@@ -262,8 +278,7 @@ func syncLabelsMain(ctx context.Context, args []string) error {
 	fs.IntVar(&burst, "kube-api-burst", 1000, "burst of requests to the API server")
 	fs.DurationVar(&timeout, "registry-timeout", 10*time.Second, "timeout of one registry request")
 	labelFlags(fs, &platform, &prefixes)
-	klog.InitFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	client, err := newClient(kubeconfig, float32(qps), burst)

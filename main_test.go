@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"strings"
 	"testing"
@@ -187,5 +188,17 @@ func TestEveryScaleKeepsItsEvent(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatalf("30 scale Events: %v", err)
+	}
+}
+
+// A logging format that does not exist is refused by name.
+func TestLoggingFlags(t *testing.T) {
+	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
+	err := parseFlags(fs, []string{"--logging-format=xml"})
+	if err == nil || !strings.Contains(err.Error(), "xml") {
+		t.Errorf("--logging-format=xml: %v, want an error naming it", err)
+	}
+	if fs.Lookup("v") == nil || fs.Lookup("logging-format") == nil {
+		t.Error("the logging flags --v and --logging-format are missing")
 	}
 }

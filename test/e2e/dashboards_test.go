@@ -87,7 +87,9 @@ func TestDashboardsAndAlertsQueryRealMetrics(t *testing.T) {
 	}
 	var rule struct {
 		Spec struct {
-			Groups []struct{ Rules []struct{ Alert, Expr string } }
+			Groups []struct {
+				Rules []struct{ Alert, Expr string }
+			}
 		}
 	}
 	if err := yaml.Unmarshal(out, &rule); err != nil {

@@ -201,8 +201,7 @@ func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, platf
 	if err != nil {
 		return nil, fmt.Errorf("--platform %q: %w", platform, err)
 	}
-	return &labels.Syncer{Client: client, Recorder: recorder, Resolver: labels.NewResolver(*p, timeout, tagTTL),
-		Prefixes: strings.Split(prefixes, ",")}, nil
+	return labels.NewSyncer(client, recorder, labels.NewResolver(*p, timeout, tagTTL), strings.Split(prefixes, ",")), nil
 }
 
 // files is a repeatable -f flag.

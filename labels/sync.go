@@ -45,6 +45,13 @@ type keychainSeen struct {
 	at time.Time
 }
 
+// NewSyncer makes a Syncer that reads images with resolver, patches
+// through client, records Events with recorder and exposes the image labels
+// that start with prefixes.
+func NewSyncer(client kubernetes.Interface, recorder record.EventRecorder, resolver *Resolver, prefixes []string) *Syncer {
+	return &Syncer{Client: client, Recorder: recorder, Resolver: resolver, Prefixes: prefixes}
+}
+
 // Enabled reports whether d asks for label sync.
 func Enabled(d *appsv1.Deployment) bool { return d.Annotations[annotations.SyncLabels] == "true" }
 

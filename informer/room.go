@@ -3,6 +3,7 @@ package informer
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -39,6 +40,20 @@ type memberVersion struct {
 	rv  string
 }
 
+// same reports whether the entry was computed for these members at these
+// resourceVersions.
+func (e *roomEntry) same(members []*appsv1.Deployment) bool {
+	if len(e.members) != len(members) {
+		return false
+	}
+	for i, d := range members {
+		if e.members[i].uid != d.UID || e.members[i].rv != d.ResourceVersion {
+			return false
+		}
+	}
+	return true
+}
+
 // Room returns the room a group's members share: each schedulable node's
 // allocatable minus the requests of pods that are not the members' own,
 // the nodes each member's pods may land on, each member's Pending pods and
@@ -53,26 +68,26 @@ func (inf *Informers) Room(members []*appsv1.Deployment) (policy.Room, error) {
 	if len(members) == 0 {
 		return policy.Room{Version: u.generation}, nil
 	}
-	key := make([]memberVersion, len(members))
-	for i, d := range members {
-		key[i] = memberVersion{d.UID, d.ResourceVersion}
-	}
 	inf.roomsMu.Lock()
-	e, ok := inf.rooms[key[0].uid]
+	e, ok := inf.rooms[members[0].UID]
 	inf.roomsMu.Unlock()
-	if ok && e.room.Version == u.generation && slices.Equal(e.members, key) {
+	if ok && e.room.Version == u.generation && e.same(members) {
 		return e.room, nil // shared: callers only read it
 	}
 	r, err := inf.room(u, members)
 	if err != nil {
 		return r, err
 	}
+	key := make([]memberVersion, len(members))
+	for i, d := range members {
+		key[i] = memberVersion{d.UID, d.ResourceVersion}
+	}
 	inf.roomsMu.Lock()
 	if inf.roomsGen != u.generation {
 		clear(inf.rooms) // rooms of an older generation are never used again
 		inf.roomsGen = u.generation
 	}
-	inf.rooms[key[0].uid] = roomEntry{members: key, room: r}
+	inf.rooms[members[0].UID] = roomEntry{members: key, room: r}
 	inf.roomsMu.Unlock()
 	return r, nil
 }
@@ -89,6 +104,8 @@ func (inf *Informers) usage() (*usage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing nodes: %w", err)
 	}
+	// In name order: the same cluster packs the same way every time.
+	slices.SortFunc(nodes, func(a, b *corev1.Node) int { return strings.Compare(a.Name, b.Name) })
 	u := &usage{generation: gen, index: map[string]int{}}
 	for _, n := range nodes {
 		if n.Spec.Unschedulable || !ready(n) {

@@ -33,7 +33,8 @@ var (
 func TestDashboardsAndAlertsQueryRealMetrics(t *testing.T) {
 	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	ensureChannel(t, s, "jobs", "work")
-	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "target-queue-length", "10", "max-replicas", "3")))
+	// An empty queue takes the consumer from 1 to its min at once: a write.
+	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "target-queue-length", "10", "max-replicas", "3", "scale-down-delay", "0s")))
 	create(t, s, deployment("default", "paused", 1, queueAnn(s, "jobs", "work", "target-queue-length", "10", "max-replicas", "3", "paused", "true")))
 	create(t, s, deployment("default", "invalid", 1, queueAnn(s, "jobs", "work", "target-queue-length", "10", "max-replicas", "lots")))
 	create(t, s, deployment("default", "unreadable", 1, map[string]string{"microscaling.com/queue": "nsq://127.0.0.1:1/jobs/work",

@@ -123,11 +123,6 @@ type groupState struct {
 	decision policy.GroupState
 	// roomErr is the last reason its room was unknown: told when it changes.
 	roomErr string
-	// Buffers reused by each decision of the group.
-	ms      []member
-	members []policy.MemberInput
-	specs   []*annotations.Spec
-	ds      []*appsv1.Deployment
 }
 
 type tick struct {
@@ -346,14 +341,12 @@ type member struct {
 
 // decide gathers one group's inputs on tick t, decides, and acts.
 func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *tick) {
-	gs.ms = c.gather(gs.ms[:0], t.members[key])
-	ms := gs.ms
+	ms := c.gather(t.members[key])
 	if len(ms) == 0 {
 		return
 	}
-	gs.members, gs.specs = slices.Grow(gs.members[:0], len(ms))[:len(ms)], slices.Grow(gs.specs[:0], len(ms))[:len(ms)]
-	in := policy.GroupInput{Now: t.at, Members: gs.members}
-	specs := gs.specs
+	in := policy.GroupInput{Now: t.at, Members: make([]policy.MemberInput, len(ms))}
+	specs := make([]*annotations.Spec, len(ms))
 	for i, m := range ms {
 		specs[i] = m.spec
 		in.Members[i] = policy.MemberInput{Name: m.d.Name, Version: m.d.ResourceVersion, Spec: m.spec,
@@ -363,11 +356,11 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		}
 	}
 	if policy.NeedsRoom(specs...) {
-		gs.ds = gs.ds[:0]
-		for _, m := range ms {
-			gs.ds = append(gs.ds, m.d)
+		ds := make([]*appsv1.Deployment, len(ms))
+		for i, m := range ms {
+			ds[i] = m.d
 		}
-		room, err := c.cluster.Room(gs.ds)
+		room, err := c.cluster.Room(ds)
 		why := ""
 		if err == nil {
 			in.Room = &room
@@ -399,9 +392,10 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 	}
 }
 
-// gather appends to ms a group's members that have a valid spec, with the
-// replicas they ask for now, and tells of replicas someone else set.
-func (c *Controller) gather(ms []member, refs []memberRef) []member {
+// gather lists a group's members that have a valid spec, with the replicas
+// they ask for now, and tells of replicas someone else set.
+func (c *Controller) gather(refs []memberRef) []member {
+	ms := make([]member, 0, len(refs))
 	for _, ref := range refs {
 		d, st := ref.d, ref.st
 		c.mu.RLock()

@@ -137,22 +137,6 @@ type GroupState struct {
 	quiet       bool
 	inputs      []allocInput
 	roomVersion uint64
-
-	// Buffers reused by each decision (a group is decided every tick).
-	members   []Member
-	specs     []*annotations.Spec
-	reasons   []string
-	decisions []MemberDecision
-}
-
-// grow returns buf resliced to n elements, zeroed, reusing its array.
-func grow[T any](buf []T, n int) []T {
-	if cap(buf) < n {
-		return make([]T, n)
-	}
-	buf = buf[:n]
-	clear(buf)
-	return buf
 }
 
 // Quiet reports whether the last decision changed nothing, so that the
@@ -175,14 +159,13 @@ func NeedsRoom(specs ...*annotations.Spec) bool {
 
 // DecideGroup decides one group: the queue rule of every queue member, then
 // the allocation of the group's room by priority. Paused members keep their
-// replicas and are never written. The output's slices are gs's: valid until
-// the next decision with gs.
+// replicas and are never written.
 func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 	ms := in.Members
-	gs.decisions, gs.members, gs.specs, gs.reasons = grow(gs.decisions, len(ms)), grow(gs.members, len(ms)), grow(gs.specs, len(ms)), grow(gs.reasons, len(ms))
-	out := GroupOutput{Decisions: gs.decisions}
-	g := Group{Members: gs.members}
-	specs, reasons := gs.specs, gs.reasons
+	out := GroupOutput{Decisions: make([]MemberDecision, len(ms))}
+	g := Group{Members: make([]Member, len(ms))}
+	specs := make([]*annotations.Spec, len(ms))
+	reasons := make([]string, len(ms))
 	for i, m := range ms {
 		s := m.Spec
 		specs[i] = s

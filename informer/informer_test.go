@@ -44,15 +44,8 @@ func describe(groups map[string][]*appsv1.Deployment) string {
 func TestGroupsFollowTheCache(t *testing.T) {
 	client := fake.NewClientset(managed("a", "c2", "g"), managed("a", "c1", "g"), managed("b", "c1", "g"),
 		managed("a", "solo", ""), &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "unmanaged"}})
-	inf, err := New(client, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer func() { cancel(); inf.Shutdown() }()
-	if !inf.Run(ctx) {
-		t.Fatal("caches never synced")
-	}
+	inf := startInformers(t, client)
+	ctx := t.Context()
 	want := func(step, groups string) {
 		t.Helper()
 		var got string

@@ -103,15 +103,8 @@ func TestRoom(t *testing.T) {
 		podOf("r1", "remainder", "batch-1", remainderSpec, cpu("50m")),
 		podOf("r2", "remainder", "", remainderSpec, cpu("50m")),
 		podOf("other", "other", "batch-1", consumerSpec, nil))
-	inf, err := New(client, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer func() { cancel(); inf.Shutdown() }()
-	if !inf.Run(ctx) {
-		t.Fatal("caches never synced")
-	}
+	inf := startInformers(t, client)
+	ctx := t.Context()
 	members := []*appsv1.Deployment{consumer, remainder}
 	r, err := inf.Room(members)
 	if err != nil {

@@ -254,23 +254,14 @@ func runImage(t *testing.T, kubeconfig string, args ...string) *controller {
 // spare room with the remainder and grows the consumer with real go-nsq
 // consumers, the remainder giving way, as the process-based tests show.
 func TestControllerFromImage(t *testing.T) {
-	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "1", Memory: "8Gi"}, {Name: "n2", CPU: "1", Memory: "8Gi"}}})
-	ensureChannel(t, s, "jobs", "work")
-	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "group", "demo",
-		"target-queue-length", "20", "min-replicas", "1", "max-replicas", "10", "scale-down-delay", "2s"), "200m"))
-	create(t, s, deployment("default", "background", 0, map[string]string{"microscaling.com/group": "demo",
-		"microscaling.com/priority": "2", "microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "20"}, "200m"))
+	s := tenPodGroup(t)
 	c := runImage(t, s.Kubeconfig)
 	if v := mustMetric(t, c, "microscaling_build_info", `version="`+version(t)+`"`, `platform="linux/amd64"`); v != 1 {
 		t.Errorf("microscaling_build_info for version %s: %v, want 1", version(t), v)
 	}
 	waitReplicas(t, s, "default", "background", 20*time.Second, "9 (the spare room)", func(n int32) bool { return n == 9 })
 	assertNoPending(t, s, "background")
-	consumers(t, s, "default", "consumer", "jobs", "work", 100*time.Millisecond)
-	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 400); err != nil {
-		t.Fatal(err)
-	}
-	waitReplicas(t, s, "default", "consumer", 15*time.Second, "more than 4", func(n int32) bool { return n > 4 })
+	backlogGrowsConsumer(t, s, 15*time.Second)
 	eventually(t, 10*time.Second, func(ctx context.Context) error {
 		cr, err := replicas(ctx, s, "default", "consumer")
 		if err != nil {

@@ -47,21 +47,11 @@ func TestConsumerFollowsBacklog(t *testing.T) {
 // tick when the backlog rises, and takes it back when the backlog clears.
 func TestRemainderGivesWayToConsumer(t *testing.T) {
 	// Two nodes of 1 CPU, pods of 200m: room for 10 pods.
-	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "1", Memory: "8Gi"}, {Name: "n2", CPU: "1", Memory: "8Gi"}}})
-	ensureChannel(t, s, "jobs", "work")
-	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "group", "demo", "priority", "1",
-		"target-queue-length", "20", "min-replicas", "1", "max-replicas", "10", "scale-down-delay", "2s"), "200m"))
-	create(t, s, deployment("default", "background", 0, map[string]string{"microscaling.com/group": "demo",
-		"microscaling.com/priority": "2", "microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "20"}, "200m"))
+	s := tenPodGroup(t)
 	startController(t, s.Kubeconfig)
 	waitReplicas(t, s, "default", "background", 15*time.Second, "9 (the spare room)", func(n int32) bool { return n == 9 })
 	assertNoPending(t, s, "background")
-
-	consumers(t, s, "default", "consumer", "jobs", "work", 100*time.Millisecond)
-	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 400); err != nil {
-		t.Fatal(err)
-	}
-	waitReplicas(t, s, "default", "consumer", 10*time.Second, "more than 4", func(n int32) bool { return n > 4 })
+	backlogGrowsConsumer(t, s, 10*time.Second)
 	// Within the same decision the remainder made room: the group never asks for more than fits.
 	cr := mustReplicas(t, s, "default", "consumer")
 	br := mustReplicas(t, s, "default", "background")
@@ -88,6 +78,29 @@ func TestRemainderGivesWayToConsumer(t *testing.T) {
 	waitReplicas(t, s, "default", "consumer", 90*time.Second, "1", func(n int32) bool { return n == 1 })
 	waitReplicas(t, s, "default", "background", 15*time.Second, "9", func(n int32) bool { return n == 9 })
 	assertNoPending(t, s, "background")
+}
+
+// tenPodGroup starts a stack of two 1-CPU nodes, room for 10 pods of 200m,
+// with a group of a consumer (target 20, min 1, max 10) and a remainder.
+func tenPodGroup(t *testing.T) *harness.Stack {
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "1", Memory: "8Gi"}, {Name: "n2", CPU: "1", Memory: "8Gi"}}})
+	ensureChannel(t, s, "jobs", "work")
+	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "group", "demo", "priority", "1",
+		"target-queue-length", "20", "min-replicas", "1", "max-replicas", "10", "scale-down-delay", "2s"), "200m"))
+	create(t, s, deployment("default", "background", 0, map[string]string{"microscaling.com/group": "demo",
+		"microscaling.com/priority": "2", "microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "20"}, "200m"))
+	return s
+}
+
+// backlogGrowsConsumer runs real consumers for the consumer's Running pods,
+// publishes 400 messages and waits for the consumer to pass 4 replicas.
+func backlogGrowsConsumer(t *testing.T, s *harness.Stack, within time.Duration) {
+	t.Helper()
+	consumers(t, s, "default", "consumer", "jobs", "work", 100*time.Millisecond)
+	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 400); err != nil {
+		t.Fatal(err)
+	}
+	waitReplicas(t, s, "default", "consumer", within, "more than 4", func(n int32) bool { return n > 4 })
 }
 
 func podCounts(ctx context.Context, s *harness.Stack, app string) (running, pending int, err error) {

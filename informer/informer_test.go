@@ -39,6 +39,21 @@ func describe(groups map[string][]*appsv1.Deployment) string {
 	return strings.Join(out, " ")
 }
 
+// startInformers runs the informers on client until the test ends.
+func startInformers(t *testing.T, client *fake.Clientset) *Informers {
+	t.Helper()
+	inf, err := New(client, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); inf.Shutdown() })
+	if !inf.Run(ctx) {
+		t.Fatal("caches never synced")
+	}
+	return inf
+}
+
 // Groups follows the cache: members join, move and leave; an unchanged
 // cache gives the same map without listing again.
 func TestGroupsFollowTheCache(t *testing.T) {

@@ -51,6 +51,9 @@ func hpaTarget(obj any) ([]string, error) {
 // Autoscalers names the HorizontalPodAutoscalers (KEDA's keda-hpa-* among
 // them) that target the Deployment namespace/name, sorted.
 func (inf *Informers) Autoscalers(namespace, name string) []string {
+	if inf.hpaCount.Load() <= 0 {
+		return nil
+	}
 	objs, err := inf.hpas.GetIndexer().ByIndex(targetIndex, namespace+"/"+name)
 	if err != nil || len(objs) == 0 { // err: no such index, which New adds
 		return nil
@@ -149,6 +152,12 @@ func New(client kubernetes.Interface, namespace string) (*Informers, error) {
 	inf.hpas = f.Autoscaling().V2().HorizontalPodAutoscalers().Informer()
 	if err := inf.hpas.AddIndexers(cache.Indexers{targetIndex: hpaTarget}); err != nil {
 		return nil, fmt.Errorf("adding autoscaler index: %w", err)
+	}
+	if _, err := inf.hpas.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { inf.hpaCount.Add(1) },
+		DeleteFunc: func(any) { inf.hpaCount.Add(-1) },
+	}); err != nil {
+		return nil, fmt.Errorf("adding autoscaler handler: %w", err)
 	}
 	inf.synced = []cache.InformerSynced{inf.deployments.HasSynced, nodes.Informer().HasSynced, pods.Informer().HasSynced, rcs.Informer().HasSynced, inf.hpas.HasSynced}
 	inf.factories = []informers.SharedInformerFactory{f}

@@ -111,6 +111,9 @@ type memberState struct {
 	// staleRV is the resourceVersion the last write replaced: while the cache
 	// still shows it, the cache has not caught up with the write.
 	staleRV string
+	// hpa: another autoscaler targeted it at the last look; owned by the
+	// tick that decides its group.
+	hpa bool
 	// said holds the last message of each condition Event (budget conflict,
 	// failed write, dry run): the same condition is told once.
 	said   map[string]string
@@ -123,6 +126,8 @@ type groupState struct {
 	decision policy.GroupState
 	// roomErr is the last reason its room was unknown: told when it changes.
 	roomErr string
+	// budgetSaid: a budget conflict was told and not yet cleared.
+	budgetSaid bool
 }
 
 type tick struct {
@@ -383,7 +388,10 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 	for i := range ms {
 		ms[i].st.mu.Unlock()
 	}
-	c.budgetConflict(key, ms, out)
+	if out.BudgetConflict || gs.budgetSaid {
+		c.budgetConflict(key, ms, out)
+		gs.budgetSaid = out.BudgetConflict
+	}
 	for i, m := range ms {
 		c.record(key, m, out.Decisions[i].Replicas, t)
 	}
@@ -435,27 +443,29 @@ func (c *Controller) gather(refs []memberRef) []member {
 // other autoscaler, and nothing is written.
 func (c *Controller) conflicting(d *appsv1.Deployment, st *memberState) bool {
 	hpas := c.cluster.Autoscalers(d.Namespace, d.Name)
+	if len(hpas) == 0 && !st.hpa {
+		return false // the common case: nothing to tell
+	}
+	st.hpa = len(hpas) > 0
 	st.mu.Lock()
-	was := st.gauges.Conflicting
-	st.gauges.Conflicting = len(hpas) > 0 && !c.cfg.DryRun
+	st.gauges.Conflicting = st.hpa && !c.cfg.DryRun
 	if st.gauges.Conflicting {
 		st.hasWritten = false // its replicas are the other's now: no ExternalScale when it goes
 	}
 	st.mu.Unlock()
 	m := member{d: d, st: st}
 	switch {
-	case len(hpas) > 0 && c.cfg.DryRun:
+	case st.hpa && c.cfg.DryRun:
 		c.condition(m, corev1.EventTypeNormal, ReasonConflictingScaler, fmt.Sprintf(
 			"dry run: deciding beside HorizontalPodAutoscaler %s, which scales this Deployment; ScaledDryRun Events say what microscaling would do", strings.Join(hpas, ", ")))
 		return false
-	case len(hpas) > 0:
+	case st.hpa:
 		c.condition(m, corev1.EventTypeWarning, ReasonConflictingScaler, fmt.Sprintf(
 			"left alone: HorizontalPodAutoscaler %s also scales this Deployment; delete it (or remove the microscaling.com/ annotations) so that one autoscaler decides", strings.Join(hpas, ", ")))
 		return true
-	case was:
-		c.condition(m, corev1.EventTypeWarning, ReasonConflictingScaler, "")
-		c.recorder.Event(d, corev1.EventTypeNormal, ReasonAutoscalerGone, "no other autoscaler targets this Deployment any more: microscaling scales it again")
 	}
+	c.condition(m, corev1.EventTypeWarning, ReasonConflictingScaler, "")
+	c.recorder.Event(d, corev1.EventTypeNormal, ReasonAutoscalerGone, "no other autoscaler targets this Deployment any more: microscaling scales it again")
 	return false
 }
 

@@ -95,8 +95,10 @@ type Informers struct {
 	Pods        corelisters.PodLister
 	// RuntimeClasses give the overhead admission adds to a template's pods.
 	RuntimeClasses nodelisters.RuntimeClassLister
-	// hpas are the HorizontalPodAutoscalers, indexed by the Deployment they target.
+	// hpas are the HorizontalPodAutoscalers, indexed by the Deployment they
+	// target; hpaCount counts them (most clusters have none to look up).
 	hpas      cache.SharedIndexInformer
+	hpaCount  atomic.Int64
 	synced    []cache.InformerSynced
 	selectors sync.Map // Deployment UID -> compiled selector at a resourceVersion
 

@@ -102,9 +102,9 @@ type Informers struct {
 	synced    []cache.InformerSynced
 	selectors sync.Map // Deployment UID -> compiled selector at a resourceVersion
 
-	generation atomic.Uint64 // counts node, pod and RuntimeClass events: rooms are stale when it moves
-	usageMu    sync.Mutex    // guards last
-	last       *usage        // the last usage read, at some generation
+	generation atomic.Uint64         // counts node, pod and RuntimeClass events: rooms are stale when it moves
+	usageMu    sync.Mutex            // serializes computing a new usage
+	last       atomic.Pointer[usage] // the last usage read, at some generation
 	roomCache
 
 	groupsMu sync.Mutex // guards groups and dirty

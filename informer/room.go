@@ -68,9 +68,9 @@ func (inf *Informers) Room(members []*appsv1.Deployment) (policy.Room, error) {
 	if len(members) == 0 {
 		return policy.Room{Version: u.generation}, nil
 	}
-	inf.roomsMu.Lock()
+	inf.roomsMu.RLock()
 	e, ok := inf.rooms[members[0].UID]
-	inf.roomsMu.Unlock()
+	inf.roomsMu.RUnlock()
 	if ok && e.room.Version == u.generation && e.same(members) {
 		return e.room, nil // shared: callers only read it
 	}
@@ -92,13 +92,17 @@ func (inf *Informers) Room(members []*appsv1.Deployment) (policy.Room, error) {
 	return r, nil
 }
 
-// usage reads nodes and pods from the caches, once per generation.
+// usage reads nodes and pods from the caches, once per generation; while
+// the generation stands, every group of every worker gets it without a lock.
 func (inf *Informers) usage() (*usage, error) {
 	gen := inf.generation.Load()
+	if u := inf.last.Load(); u != nil && u.generation == gen {
+		return u, nil
+	}
 	inf.usageMu.Lock()
 	defer inf.usageMu.Unlock()
-	if inf.last != nil && inf.last.generation == gen {
-		return inf.last, nil
+	if u := inf.last.Load(); u != nil && u.generation == gen {
+		return u, nil
 	}
 	nodes, err := inf.Nodes.List(k8slabels.Everything())
 	if err != nil {
@@ -125,7 +129,7 @@ func (inf *Informers) usage() (*usage, error) {
 			u.free[i] = u.free[i].Sub(policy.PodRequests(&p.Spec))
 		}
 	}
-	inf.last = u
+	inf.last.Store(u)
 	return u, nil
 }
 
@@ -242,7 +246,7 @@ func fits(spec *corev1.PodSpec, n *corev1.Node) bool {
 
 // roomCache holds the rooms computed at one generation.
 type roomCache struct {
-	roomsMu  sync.Mutex // guards rooms and roomsGen
+	roomsMu  sync.RWMutex // guards rooms and roomsGen
 	rooms    map[types.UID]roomEntry
 	roomsGen uint64
 }

@@ -180,8 +180,18 @@ func controllerMain(ctx context.Context, args []string) error {
 // --vmodule, --logging-format=text|json, ...) after a command's own, parses
 // args and applies the logging configuration.
 func parseFlags(fs *flag.FlagSet, args []string) error {
+	own := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) { own[f.Name] = true })
 	logging := logsapi.NewLoggingConfiguration()
 	logsapi.AddGoFlags(logging, fs)
+	// -h: the command's own flags first, then the logging flags.
+	fs.Usage = func() {
+		out := fs.Output()
+		fmt.Fprintf(out, "usage: microscaling %s [flags]\n\nflags:\n", fs.Name())
+		printFlags(fs, func(name string) bool { return own[name] })
+		fmt.Fprintf(out, "\nlogging flags:\n")
+		printFlags(fs, func(name string) bool { return !own[name] })
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -189,6 +199,21 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		return fmt.Errorf("logging flags: %w", err)
 	}
 	return nil
+}
+
+// printFlags prints the flags of fs that keep says to, with their help and
+// defaults.
+func printFlags(fs *flag.FlagSet, keep func(name string) bool) {
+	fs.VisitAll(func(f *flag.Flag) {
+		if !keep(f.Name) {
+			return
+		}
+		def := ""
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+			def = fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(fs.Output(), "  --%s\t%s%s\n", f.Name, f.Usage, def)
+	})
 }
 
 func labelFlags(fs *flag.FlagSet, platform, prefixes *string) {

@@ -202,3 +202,19 @@ func TestLoggingFlags(t *testing.T) {
 		t.Error("the logging flags --v and --logging-format are missing")
 	}
 }
+
+// A command's -h lists its own flags before the logging flags.
+func TestCommandHelp(t *testing.T) {
+	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
+	fs.String("kubeconfig", "", "path to a kubeconfig")
+	var out strings.Builder
+	fs.SetOutput(&out)
+	if err := parseFlags(fs, []string{"-h"}); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v, want flag.ErrHelp", err)
+	}
+	help := out.String()
+	own, logging, v := strings.Index(help, "--kubeconfig"), strings.Index(help, "logging flags:"), strings.Index(help, "--v\t")
+	if own < 0 || logging < 0 || v < 0 || !(own < logging && logging < v) {
+		t.Errorf("help lists its own flags, then the logging flags? own %d, heading %d, --v %d:\n%s", own, logging, v, help)
+	}
+}

@@ -8,6 +8,7 @@ package main
 import (
 	"context"
 	_ "embed"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/http/pprof"
 	"net/netip"
 	"net/url"
@@ -31,7 +33,6 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -46,6 +47,8 @@ import (
 	"k8s.io/client-go/tools/record"
 	logsapi "k8s.io/component-base/logs/api/v1"
 	_ "k8s.io/component-base/logs/json/register" // --logging-format=json
+	"k8s.io/component-base/metrics/legacyregistry"
+	_ "k8s.io/component-base/metrics/prometheus/clientgo" // client-go's REST client, workqueue and leader election metrics
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -53,9 +56,11 @@ import (
 	"github.com/microscaling/microscaling/informer"
 	"github.com/microscaling/microscaling/labels"
 	"github.com/microscaling/microscaling/scaler"
+	"github.com/microscaling/microscaling/scaler/access"
 	"github.com/microscaling/microscaling/scaler/dashboard"
 	scalermetrics "github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/nsq"
+	"github.com/microscaling/microscaling/scaler/status"
 )
 
 // version is the release, from manifests/VERSION (the one place the chart,
@@ -107,6 +112,8 @@ type options struct {
 	leaseNamespace string
 	identity       string
 	metricsAddr    string
+	metricsAuth    string
+	advertise      string
 	profiling      bool
 	dryRun         bool
 }
@@ -114,6 +121,8 @@ type options struct {
 const usage = `usage: microscaling [controller] [flags]   run the controller (the default)
        microscaling sync-labels [flags]    fill annotations from image labels once, then exit
        microscaling validate -f FILE|DIR|- check manifests' microscaling.com/* annotations (exit 1 on a problem)
+       microscaling status [-n NS] [--group G]  each managed Deployment's state, read from the controller
+                                           with your own credentials (as kubectl-microscaling: kubectl microscaling status)
        microscaling version                print the version, revision, Go version and platform
        microscaling COMMAND -h             the flags of a command`
 
@@ -136,6 +145,8 @@ func main() {
 		err = syncLabelsMain(ctx, args)
 	case "version":
 		fmt.Println(buildInfo())
+	case "status":
+		err = statusMain(ctx, args, os.Stdout)
 	case "validate":
 		var bad bool
 		if bad, err = validateMain(args, os.Stdin, os.Stdout); err == nil && bad {
@@ -165,6 +176,8 @@ func controllerMain(ctx context.Context, args []string) error {
 	fs.StringVar(&o.leaseNamespace, "leader-elect-lease-namespace", "microscaling-system", "namespace of the Lease")
 	fs.StringVar(&o.identity, "leader-elect-identity", "", "identity in the Lease; hostname_pid when empty")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8080", "address of /metrics, /healthz, /readyz and the dashboard (/); empty: none")
+	fs.StringVar(&o.metricsAuth, "metrics-auth", "kubernetes", "who may read /metrics, /api/state and pprof: kubernetes (a bearer token checked with TokenReview, access with SubjectAccessReview: get on /metrics, and /api/state shows the namespaces where the user may get Deployments) or none (anyone who reaches the port)")
+	fs.StringVar(&o.advertise, "advertise-address", "", "host:port at which the other replicas reach this one's --metrics-addr, put in the Lease so that a standby forwards /api/state to the leader; POD_IP and the --metrics-addr port when empty and POD_IP is set")
 	fs.BoolVar(&o.profiling, "profiling", false, "serve Go's pprof profiles under /debug/pprof/ on --metrics-addr")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "decide, log and emit Events, but write nothing")
 	fs.BoolVar(&o.syncLabels, "sync-labels", false, "fill annotations from image labels for Deployments with microscaling.com/sync-labels: \"true\" (needs secrets get)")
@@ -172,6 +185,21 @@ func controllerMain(ctx context.Context, args []string) error {
 	labelFlags(fs, &o.platform, &o.prefixes)
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if o.metricsAuth != "kubernetes" && o.metricsAuth != "none" {
+		return fmt.Errorf("--metrics-auth: must be kubernetes or none")
+	}
+	if o.advertise == "" && os.Getenv("POD_IP") != "" && o.metricsAddr != "" {
+		_, port, err := net.SplitHostPort(o.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr %q: %w", o.metricsAddr, err)
+		}
+		o.advertise = net.JoinHostPort(os.Getenv("POD_IP"), port)
+	}
+	if o.advertise != "" {
+		if _, _, err := net.SplitHostPort(o.advertise); err != nil {
+			return fmt.Errorf("--advertise-address %q: %w", o.advertise, err)
+		}
 	}
 	return run(ctx, o)
 }
@@ -212,7 +240,11 @@ func printFlags(fs *flag.FlagSet, keep func(name string) bool) {
 		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
 			def = fmt.Sprintf(" (default %s)", f.DefValue)
 		}
-		fmt.Fprintf(fs.Output(), "  --%s\t%s%s\n", f.Name, f.Usage, def)
+		dash := "--"
+		if len(f.Name) == 1 {
+			dash = "-"
+		}
+		fmt.Fprintf(fs.Output(), "  %s%s\t%s%s\n", dash, f.Name, f.Usage, def)
 	})
 }
 
@@ -284,6 +316,49 @@ func validateMain(args []string, stdin io.Reader, out io.Writer) (bool, error) {
 	}
 	fmt.Fprintf(out, "%d objects with microscaling.com/ annotations checked, %d problems\n", checked, bad)
 	return bad > 0, nil
+}
+
+// statusMain prints what the controller shows the user of the kubeconfig.
+func statusMain(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ExitOnError)
+	var namespace, group, token, format string
+	t := status.Target{}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	overrides := &clientcmd.ConfigOverrides{}
+	fs.StringVar(&rules.ExplicitPath, "kubeconfig", "", "path to a kubeconfig; $KUBECONFIG or ~/.kube/config when empty")
+	fs.StringVar(&overrides.CurrentContext, "context", "", "the kubeconfig context to use")
+	fs.StringVar(&namespace, "n", "", "only this namespace; every namespace you may read when empty")
+	fs.StringVar(&namespace, "namespace", "", "the same as -n")
+	fs.StringVar(&group, "group", "", "only this group (its name, without the namespace)")
+	fs.StringVar(&token, "token", "", "a bearer token to present instead of the kubeconfig's credentials")
+	fs.StringVar(&format, "o", "table", "output: table or json")
+	fs.StringVar(&t.Namespace, "controller-namespace", "microscaling-system", "namespace of the controller's pods")
+	fs.StringVar(&t.Selector, "selector", "app.kubernetes.io/name=microscaling", "label selector of the controller's pods")
+	fs.IntVar(&t.Port, "port", 8080, "the controller's --metrics-addr port")
+	fs.StringVar(&t.Address, "address", "", "host:port of the controller's --metrics-addr, read directly instead of through a port-forward")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if format != "table" && format != "json" {
+		return errors.New("-o: must be table or json")
+	}
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides).ClientConfig()
+	if err != nil {
+		return fmt.Errorf("loading the kubeconfig: %w", err)
+	}
+	if token != "" {
+		cfg = rest.AnonymousClientConfig(cfg)
+		cfg.BearerToken = token
+	}
+	st, err := status.Fetch(ctx, cfg, t)
+	if err != nil {
+		return err
+	}
+	if format == "json" {
+		keep := func(ns string) bool { return namespace == "" || ns == namespace }
+		return json.NewEncoder(out).Encode(st.Filter(keep))
+	}
+	return status.Print(out, st, namespace, group)
 }
 
 // syncLabelsMain is the one-shot label sync, for a Job or CronJob.
@@ -385,8 +460,10 @@ func apiServerAddrs(ctx context.Context, kubeconfig string) ([]netip.AddrPort, e
 
 func run(ctx context.Context, o options) error {
 	logger := klog.FromContext(ctx)
+	// Ours, beside component-base's registry, which holds the Go and
+	// process collectors and client-go's REST client, workqueue and leader
+	// election metrics (from their metrics providers).
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := scalermetrics.NewMetrics(reg)
 	b := buildInfo()
 	scalermetrics.RegisterBuildInfo(reg, b.version, b.revision, b.goVersion, b.platform)
@@ -399,6 +476,9 @@ func run(ctx context.Context, o options) error {
 	if identity == "" {
 		host, _ := os.Hostname() // an empty hostname still leaves the pid
 		identity = fmt.Sprintf("%s_%d", host, os.Getpid())
+	}
+	if o.advertise != "" {
+		identity += "@" + o.advertise // where a standby finds the leader
 	}
 
 	broadcaster := newBroadcaster(ctx, client)
@@ -434,7 +514,11 @@ func run(ctx context.Context, o options) error {
 	}
 
 	if o.metricsAddr != "" {
-		srv, err := serve(ctx, o.metricsAddr, reg, inf, hc, dashboard.Dashboard(history), o.profiling)
+		var rv *access.Reviewer
+		if o.metricsAuth == "kubernetes" {
+			rv = access.NewReviewer(client, 10*time.Second)
+		}
+		srv, err := serve(ctx, o.metricsAddr, prometheus.Gatherers{reg, legacyregistry.DefaultGatherer}, inf, hc, history, rv, o.profiling)
 		if err != nil {
 			return err
 		}
@@ -469,14 +553,14 @@ func run(ctx context.Context, o options) error {
 		Client:     client.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: identity, EventRecorder: recorder},
 	}
-	return lead(ctx, lock, o.leaseName, identity, work)
+	return lead(ctx, lock, o.leaseName, identity, work, hc.newLeader)
 }
 
 // lead runs work while holding the Lease, until ctx ends or the Lease is
 // lost. The election runs on a context of its own that ends only once work
 // has returned, so the Lease is released after the last write, never while
 // a decision is still in flight.
-func lead(ctx context.Context, lock resourcelock.Interface, name, identity string, work func(context.Context)) error {
+func lead(ctx context.Context, lock resourcelock.Interface, name, identity string, work func(context.Context), newLeader func(id string)) error {
 	logger := klog.FromContext(ctx)
 	electCtx, endElection := context.WithCancel(context.WithoutCancel(ctx))
 	defer endElection()
@@ -516,6 +600,9 @@ func lead(ctx context.Context, lock resourcelock.Interface, name, identity strin
 			OnStoppedLeading: func() { close(lost) },
 			OnNewLeader: func(id string) {
 				logger.Info("leader", "identity", id, "self", id == identity)
+				if newLeader != nil {
+					newLeader(id)
+				}
 			},
 		},
 	})
@@ -535,9 +622,33 @@ func lead(ctx context.Context, lock resourcelock.Interface, name, identity strin
 // tick within three intervals.
 type health struct {
 	interval time.Duration
-	mu       sync.Mutex // guards since and last
+	mu       sync.Mutex // guards since, last and leader
 	since    time.Time  // when leading began; zero while not leading
 	last     func() time.Time
+	// leader is the address the current leader advertises in the Lease
+	// (after the "@" of its identity); empty when unknown or none.
+	leader string
+}
+
+// newLeader notes the identity the Lease names.
+func (h *health) newLeader(id string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.leader = ""
+	if i := strings.LastIndex(id, "@"); i >= 0 {
+		h.leader = id[i+1:]
+	}
+}
+
+// forwardTo is the leader's address when this process stands by and the
+// leader advertises one: a standby answers with the leader's state.
+func (h *health) forwardTo() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.since.IsZero() {
+		return ""
+	}
+	return h.leader
 }
 
 // lead marks the start or end of leading; last tells when the loop
@@ -568,17 +679,39 @@ func (h *health) check(now time.Time) error {
 	return nil
 }
 
-// serve starts /metrics, /healthz, /readyz and the dashboard (/) on addr.
-func serve(ctx context.Context, addr string, reg *prometheus.Registry, inf *informer.Informers, h *health, dashboard http.Handler, profiling bool) (*http.Server, error) {
-	mux := http.NewServeMux()
-	mux.Handle("/", dashboard)
-	if profiling {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+// serve starts /metrics, /healthz, /readyz and the dashboard (/ and
+// /api/state) on addr. With a Reviewer, /metrics and pprof need get on
+// their path, and /api/state shows each user the namespaces where they
+// may get Deployments; /healthz and /readyz stay open. A standby forwards
+// /api/state to the leader.
+func serve(ctx context.Context, addr string, g prometheus.Gatherer, inf *informer.Informers, h *health, history *dashboard.History, rv *access.Reviewer, profiling bool) (*http.Server, error) {
+	guard := func(h http.Handler) http.Handler { return h }
+	var view dashboard.Viewer
+	if rv != nil {
+		guard = rv.Require
+		view = func(r *http.Request, namespaces []string) (func(string) bool, error) {
+			u, err := rv.Authenticate(r.Context(), r)
+			if err != nil {
+				return nil, err
+			}
+			all, allowed, err := rv.Namespaces(r.Context(), u, namespaces)
+			if err != nil || all {
+				return nil, err
+			}
+			return func(ns string) bool { return allowed[ns] }, nil
+		}
 	}
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux := http.NewServeMux()
+	local := dashboard.Dashboard(history, view, access.Deny)
+	mux.Handle("/", local)
+	mux.Handle("/api/state", forwardToLeader(h, rv, local))
+	if profiling {
+		mux.Handle("/debug/pprof/", guard(http.HandlerFunc(pprof.Index)))
+		mux.Handle("/debug/pprof/profile", guard(http.HandlerFunc(pprof.Profile)))
+		mux.Handle("/debug/pprof/symbol", guard(http.HandlerFunc(pprof.Symbol)))
+		mux.Handle("/debug/pprof/trace", guard(http.HandlerFunc(pprof.Trace)))
+	}
+	mux.Handle("/metrics", guard(promhttp.HandlerFor(g, promhttp.HandlerOpts{})))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := h.check(time.Now()); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
@@ -608,3 +741,43 @@ func serve(ctx context.Context, addr string, reg *prometheus.Registry, inf *info
 	klog.FromContext(ctx).Info("serving metrics and health", "addr", l.Addr().String())
 	return srv, nil
 }
+
+// forwardedHeader marks a request a standby forwarded: it is never
+// forwarded again.
+const forwardedHeader = "X-Microscaling-Forwarded"
+
+// forwardToLeader answers /api/state on a standby with the leader's: the
+// request, its bearer token included, goes to the address the leader put in
+// the Lease, where it is checked again. A standby checks the token first,
+// so that it relays nothing for anyone. The leader, a process without
+// election and a standby that knows no leader address serve their own.
+func forwardToLeader(h *health, rv *access.Reviewer, local http.Handler) http.Handler {
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", pr.In.Context().Value(leaderKey{}).(string)
+			pr.Out.Header.Set(forwardedHeader, "1")
+		},
+		Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			ResponseHeaderTimeout: 5 * time.Second, MaxIdleConns: 4},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			klog.FromContext(r.Context()).V(2).Info("forwarding to the leader failed", "err", err)
+			http.Error(w, "the leader did not answer", http.StatusBadGateway)
+		},
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		leader := h.forwardTo()
+		if leader == "" || r.Header.Get(forwardedHeader) != "" {
+			local.ServeHTTP(w, r)
+			return
+		}
+		if rv != nil {
+			if _, err := rv.Authenticate(r.Context(), r); err != nil {
+				access.Deny(w, err)
+				return
+			}
+		}
+		proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), leaderKey{}, leader)))
+	})
+}
+
+type leaderKey struct{}

@@ -48,7 +48,7 @@ func TestLeaseReleasedAfterWork(t *testing.T) {
 			<-ctx.Done()
 			close(stopping)
 			<-finish // a write still in flight
-		})
+		}, nil)
 	}()
 	select {
 	case <-started:
@@ -213,8 +213,8 @@ func TestCommandHelp(t *testing.T) {
 		t.Fatalf("-h: %v, want flag.ErrHelp", err)
 	}
 	help := out.String()
-	own, logging, v := strings.Index(help, "--kubeconfig"), strings.Index(help, "logging flags:"), strings.Index(help, "--v\t")
+	own, logging, v := strings.Index(help, "--kubeconfig"), strings.Index(help, "logging flags:"), strings.Index(help, " -v\t")
 	if own < 0 || logging < 0 || v < 0 || !(own < logging && logging < v) {
-		t.Errorf("help lists its own flags, then the logging flags? own %d, heading %d, --v %d:\n%s", own, logging, v, help)
+		t.Errorf("help lists its own flags, then the logging flags? own %d, heading %d, -v %d:\n%s", own, logging, v, help)
 	}
 }

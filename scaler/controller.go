@@ -39,6 +39,9 @@ const (
 	ReasonAutoscalerGone      = "AutoscalerGone"
 )
 
+// HeldConflict is the Held word of a member another autoscaler scales.
+const HeldConflict = "conflict"
+
 // Cluster is what the loop reads of the cluster; package informer
 // implements it from shared informer caches.
 type Cluster interface {
@@ -346,7 +349,7 @@ type member struct {
 
 // decide gathers one group's inputs on tick t, decides, and acts.
 func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *tick) {
-	ms := c.gather(t.members[key])
+	ms := c.gather(key, t)
 	if len(ms) == 0 {
 		return
 	}
@@ -393,7 +396,7 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		gs.budgetSaid = out.BudgetConflict
 	}
 	for i, m := range ms {
-		c.record(key, m, out.Decisions[i].Replicas, t)
+		c.record(key, m, out.Decisions[i], t)
 	}
 	for _, i := range out.Writes {
 		c.act(ctx, key, ms[i], out.Decisions[i])
@@ -402,7 +405,8 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 
 // gather lists a group's members that have a valid spec, with the replicas
 // they ask for now, and tells of replicas someone else set.
-func (c *Controller) gather(refs []memberRef) []member {
+func (c *Controller) gather(key string, t *tick) []member {
+	refs := t.members[key]
 	ms := make([]member, 0, len(refs))
 	for _, ref := range refs {
 		d, st := ref.d, ref.st
@@ -412,12 +416,16 @@ func (c *Controller) gather(refs []memberRef) []member {
 		if spec == nil {
 			continue // never had valid annotations: left alone
 		}
-		if c.conflicting(d, st) {
-			continue // another autoscaler scales it: left alone
-		}
 		cur := int32(1)
 		if d.Spec.Replicas != nil {
 			cur = *d.Spec.Replicas
+		}
+		if c.conflicting(d, st) {
+			// Another autoscaler scales it: left alone, shown as held by it.
+			st.mu.Lock()
+			c.recordLocked(key, member{d: d, st: st, spec: spec, cur: cur}, t, dashboard.Status{Replicas: cur, Desired: cur, Held: HeldConflict})
+			st.mu.Unlock()
+			continue
 		}
 		st.mu.Lock()
 		if st.hasWritten && d.ResourceVersion == st.staleRV {
@@ -536,20 +544,43 @@ func (c *Controller) condition(m member, typ, reason, msg string) {
 	}
 }
 
-// record sets a member's gauges to the group's decision and adds it to the
-// dashboard's history.
-func (c *Controller) record(group string, m member, desired int32, t *tick) {
+// record sets a member's gauges to the group's decision and adds it, with
+// the member's status, to the dashboard's history.
+func (c *Controller) record(group string, m member, d policy.MemberDecision, t *tick) {
 	m.st.mu.Lock()
 	defer m.st.mu.Unlock()
 	g := &m.st.gauges
-	g.Desired, g.Current, g.Decided = desired, m.cur, true
+	g.Desired, g.Current, g.Decided = d.Replicas, m.cur, true
 	g.Group, g.Rule, g.Priority, g.Paused = m.spec.Group, string(m.spec.Rule), m.spec.Priority, m.spec.Paused
 	g.Target, g.HasTarget = m.spec.TargetQueueLength, m.spec.TargetQueueLength > 0
+	s := dashboard.Status{Replicas: m.cur, Desired: d.Replicas, Target: m.spec.TargetQueueLength, Held: d.Held}
+	if m.spec.TargetWait > 0 {
+		s.TargetWait = m.spec.TargetWait.String()
+	}
+	if m.spec.Rule == annotations.RuleQueue && g.HasBacklog && !g.Unreadable {
+		b := g.Backlog
+		s.Backlog = &b
+	}
+	if r := m.st.policy.Rates; r.ArrivalKnown {
+		s.Arrival = &r.Arrival
+		if r.ServiceKnown {
+			s.Service = &r.Service
+		}
+	}
+	if d.Replicas != m.cur && d.Reason != "" {
+		s.Reason, s.ReasonAt = fmt.Sprintf("%d -> %d: %s", m.cur, d.Replicas, d.Reason), t.at.UnixMilli()
+	}
+	c.recordLocked(group, m, t, s)
+}
+
+// recordLocked adds a member's point and status to the history; m.st.mu
+// is held.
+func (c *Controller) recordLocked(group string, m member, t *tick, s dashboard.Status) {
 	if m.st.hist == nil {
 		m.st.hist = c.cfg.History.Member(m.d.Namespace, m.d.Name)
 	}
 	c.cfg.History.Record(m.st.hist, group, string(m.spec.Rule), m.spec.Priority, dashboard.Point{
-		T: t.at.UnixMilli(), Backlog: float64(g.Backlog), Target: float64(m.spec.TargetQueueLength), Desired: desired, Current: m.cur})
+		T: t.at.UnixMilli(), Backlog: float64(m.st.gauges.Backlog), Target: float64(m.spec.TargetQueueLength), Desired: s.Desired, Current: s.Replicas}, s)
 }
 
 // noticeExternalScale tells that someone else set the replicas of a managed

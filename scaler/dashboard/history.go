@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -14,9 +15,12 @@ type History struct {
 	TotalPoints int // over all members
 	Events      int
 
-	mu      sync.Mutex // guards members and events
+	mu      sync.Mutex // guards members, events, gen and snap
 	members map[string]*MemberHistory
 	events  []EventRecord
+	gen     uint64 // changes counted; snap is of gen snapGen
+	snap    *State
+	snapGen uint64
 }
 
 // NewHistory keeps points per member and events in all.
@@ -40,7 +44,29 @@ type MemberHistory struct {
 	Name      string  `json:"name"`
 	Rule      string  `json:"rule"`
 	Priority  int32   `json:"priority"`
+	Status    Status  `json:"status"`
 	Points    []Point `json:"points"`
+}
+
+// Status is a member as its last decision left it.
+type Status struct {
+	Replicas int32 `json:"replicas"`
+	Desired  int32 `json:"desired"`
+	// Backlog is nil while the queue is unknown (not read, or unreadable).
+	Backlog    *int64 `json:"backlog,omitempty"`
+	Target     int64  `json:"target,omitempty"`
+	TargetWait string `json:"targetWait,omitempty"`
+	// Arrival is messages per second; Service, per consuming replica. Nil
+	// while not known.
+	Arrival *float64 `json:"arrival,omitempty"`
+	Service *float64 `json:"service,omitempty"`
+	// Held names what keeps the member from what its load asks for: max,
+	// min, max-delta, delay, unreadable, paused, budget, room, conflict,
+	// invalid.
+	Held string `json:"held,omitempty"`
+	// Reason is the last change's reason, at ReasonAt (unix milliseconds).
+	Reason   string `json:"reason,omitempty"`
+	ReasonAt int64  `json:"reasonAt,omitempty"`
 }
 
 // EventRecord is one scale, with its reason.
@@ -67,14 +93,20 @@ func (h *History) Member(ns, name string) *MemberHistory {
 	return m
 }
 
-// Record adds a point to m, a member's history from h.Member.
-func (h *History) Record(m *MemberHistory, group, rule string, priority int32, p Point) {
+// Record adds a point to m, a member's history from h.Member, and sets its
+// status; a status without a Reason keeps the last one.
+func (h *History) Record(m *MemberHistory, group, rule string, priority int32, p Point, s Status) {
 	if h == nil {
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.gen++
 	m.Group, m.Rule, m.Priority = group, rule, priority
+	if s.Reason == "" {
+		s.Reason, s.ReasonAt = m.Status.Reason, m.Status.ReasonAt
+	}
+	m.Status = s
 	limit := max(10, min(h.Points, h.TotalPoints/max(1, len(h.members))))
 	if len(m.Points) >= limit {
 		// Shift in place: the slice never grows past limit.
@@ -91,6 +123,7 @@ func (h *History) Event(group, msg string, at time.Time) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.gen++
 	h.events = append(h.events, EventRecord{T: at.UnixMilli(), Group: group, Message: msg})
 	if len(h.events) > h.Events {
 		h.events = slices.Delete(h.events, 0, len(h.events)-h.Events)
@@ -104,6 +137,7 @@ func (h *History) Forget(ns, name string) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.gen++
 	delete(h.members, ns+"/"+name)
 }
 
@@ -113,11 +147,16 @@ type State struct {
 	Events  []EventRecord   `json:"events"`
 }
 
-// State copies the history, members sorted by group then priority.
-func (h *History) State() State {
+// State is a copy of the history, members sorted by group then priority.
+// It is copied at most once per change (a tick's worth of points is one
+// change per member), not per request; callers must not modify it.
+func (h *History) State() *State {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var st State
+	if h.snap != nil && h.snapGen == h.gen {
+		return h.snap
+	}
+	st := &State{}
 	for _, m := range h.members {
 		c := *m
 		c.Points = slices.Clone(m.Points)
@@ -139,5 +178,35 @@ func (h *History) State() State {
 		return 1
 	})
 	st.Events = slices.Clone(h.events)
+	h.snap, h.snapGen = st, h.gen
 	return st
+}
+
+// Namespaces lists the namespaces st has members in, sorted.
+func (st *State) Namespaces() []string {
+	var ns []string
+	for _, m := range st.Members {
+		if len(ns) == 0 || ns[len(ns)-1] != m.Namespace {
+			ns = append(ns, m.Namespace)
+		}
+	}
+	slices.Sort(ns)
+	return slices.Compact(ns)
+}
+
+// Filter returns the part of st in the namespaces keep accepts: their
+// members, and the events of their groups.
+func (st *State) Filter(keep func(namespace string) bool) *State {
+	out := &State{Members: []MemberHistory{}, Events: []EventRecord{}}
+	for _, m := range st.Members {
+		if keep(m.Namespace) {
+			out.Members = append(out.Members, m)
+		}
+	}
+	for _, e := range st.Events {
+		if ns, _, _ := strings.Cut(e.Group, "/"); keep(ns) {
+			out.Events = append(out.Events, e)
+		}
+	}
+	return out
 }

@@ -18,7 +18,7 @@ func TestHistory(t *testing.T) {
 	}
 	for p := range 50 { // every member decided on every tick
 		for i, m := range ms {
-			h.Record(m, fmt.Sprintf("ns/g%d", 3-i), "queue", int32(i), Point{T: int64(p), Desired: int32(p)})
+			h.Record(m, fmt.Sprintf("ns/g%d", 3-i), "queue", int32(i), Point{T: int64(p), Desired: int32(p)}, Status{Desired: int32(p)})
 		}
 	}
 	for i := range 8 {
@@ -40,14 +40,47 @@ func TestHistory(t *testing.T) {
 	if len(st.Events) != 5 || st.Events[0].Message != "e3" {
 		t.Errorf("events %+v, want the last 5 from e3", st.Events)
 	}
-	st.Members[0].Points[0].Desired = -1 // a copy: the history is unchanged
-	if h.State().Members[0].Points[0].Desired == -1 {
-		t.Error("State shares its points with the history")
+	if h.State() != st {
+		t.Error("State copied the history again with nothing changed")
+	}
+	first := st.Members[0]
+	h.Record(h.Member(first.Namespace, first.Name), first.Group, "queue", first.Priority, Point{T: 99, Desired: 99}, Status{Desired: 99})
+	if p := st.Members[0].Points; p[len(p)-1].Desired == 99 || st.Members[0].Status.Desired == 99 {
+		t.Error("a State taken before a change shows it: it shares the history's points")
+	}
+	if now := h.State(); now.Members[0].Status.Desired != 99 {
+		t.Errorf("State after a change: status %+v, want desired 99", now.Members[0].Status)
 	}
 	h.Forget("ns", "m0")
 	if n := len(h.State().Members); n != 3 {
 		t.Errorf("after Forget: %d members, want 3", n)
 	}
 	var nilHistory *History
-	nilHistory.Record(nilHistory.Member("ns", "x"), "g", "queue", 1, Point{}) // a controller without a dashboard
+	nilHistory.Record(nilHistory.Member("ns", "x"), "g", "queue", 1, Point{}, Status{}) // a controller without a dashboard
+}
+
+// Filter keeps the members and the events of the namespaces it is told to;
+// Namespaces lists each once.
+func TestFilter(t *testing.T) {
+	h := NewHistory(10, 10)
+	for _, ns := range []string{"b", "a", "b"} {
+		for _, name := range []string{"x", "y"} {
+			h.Record(h.Member(ns, name), ns+"/g", "queue", 1, Point{}, Status{})
+		}
+		h.Event(ns+"/g", "scaled in "+ns, time.Unix(0, 0))
+	}
+	st := h.State()
+	if got := fmt.Sprint(st.Namespaces()); got != "[a b]" {
+		t.Errorf("Namespaces() = %s, want [a b]", got)
+	}
+	only := st.Filter(func(ns string) bool { return ns == "a" })
+	if len(only.Members) != 2 || only.Members[0].Namespace != "a" || only.Members[1].Namespace != "a" {
+		t.Errorf("members of a: %+v", only.Members)
+	}
+	if len(only.Events) != 1 || only.Events[0].Message != "scaled in a" {
+		t.Errorf("events of a: %+v", only.Events)
+	}
+	if none := st.Filter(func(string) bool { return false }); len(none.Members) != 0 || len(none.Events) != 0 || none.Members == nil {
+		t.Errorf("nothing allowed: %+v (members must encode as [], not null)", none)
+	}
 }

@@ -142,7 +142,8 @@ func Allocate(g Group) []Decision {
 
 	for i := range g.Members {
 		m := &g.Members[i]
-		out[i] = Decision{Replicas: got[i], Reason: allocReason(m, got[i], g)}
+		why, held := allocReason(m, got[i], g, total)
+		out[i] = Decision{Replicas: got[i], Reason: why, Held: held}
 	}
 	return out
 }
@@ -172,25 +173,31 @@ func levels(ms []Member, order []int) [][]int {
 	return out
 }
 
-func allocReason(m *Member, got int32, g Group) string {
+// allocReason says why a member got less than it wanted, and what held it
+// (HeldBudget or HeldRoom).
+func allocReason(m *Member, got int32, g Group, total int32) (string, string) {
 	want := min(m.Want, m.Max)
 	if m.Remainder {
 		want = m.Max
 	}
+	held := HeldRoom
+	if g.Budget > 0 && total >= g.Budget {
+		held = HeldBudget
+	}
 	switch {
 	case got >= want:
-		return ""
+		return "", ""
 	case got <= m.Min && m.Min > 0:
-		return fmt.Sprintf("held at min %d: room taken by higher priorities", m.Min)
+		return fmt.Sprintf("held at min %d: room taken by higher priorities", m.Min), held
 	case m.Remainder && !g.RoomKnown:
-		return "spare room unverified: not growing"
+		return "spare room unverified: not growing", HeldRoom
 	case m.Remainder && m.Pending > 0:
-		return fmt.Sprintf("%d pods pending: giving their room back", m.Pending)
+		return fmt.Sprintf("%d pods pending: giving their room back", m.Pending), HeldRoom
 	case m.Remainder && got > m.Current:
-		return fmt.Sprintf("spare room for %d of max %d", got, want)
-	case g.Budget > 0:
-		return fmt.Sprintf("cut to %d of %d wanted: group room (budget %d) taken by higher priorities", got, want, g.Budget)
+		return fmt.Sprintf("spare room for %d of max %d", got, want), held
+	case held == HeldBudget:
+		return fmt.Sprintf("cut to %d of %d wanted: group room (budget %d) taken by higher priorities", got, want, g.Budget), held
 	default:
-		return fmt.Sprintf("cut to %d of %d wanted: node room taken by higher priorities", got, want)
+		return fmt.Sprintf("cut to %d of %d wanted: node room taken by higher priorities", got, want), held
 	}
 }

@@ -107,6 +107,10 @@ type MemberDecision struct {
 	// Reason says why, for a change: the queue rule's words, then the
 	// allocation's.
 	Reason string
+	// Held names what keeps the member from what its load asks for (a
+	// Held* word; the allocation's, else the queue rule's); empty when
+	// nothing does.
+	Held string
 }
 
 // GroupOutput is a group decision.
@@ -148,6 +152,7 @@ type allocInput struct {
 	state   *MemberState
 	version string
 	want    int32
+	held    string // what held it then, and holds it while nothing changes
 }
 
 // NeedsRoom reports whether a group of these members shares node room: a
@@ -166,6 +171,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 	g := Group{Members: make([]Member, len(ms))}
 	specs := make([]*annotations.Spec, len(ms))
 	reasons := make([]string, len(ms))
+	held := make([]string, len(ms))
 	for i, m := range ms {
 		s := m.Spec
 		specs[i] = s
@@ -174,9 +180,10 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 		switch {
 		case s.Paused:
 			a.Min, a.Max = m.Current, m.Current
+			held[i] = HeldPaused
 		case s.Rule == annotations.RuleQueue:
 			d := m.State.Step(PolicyOf(s), in.Now, m.Current, m.Ready, m.Queue, m.QueueKnown)
-			a.Want, reasons[i] = d.Replicas, d.Reason
+			a.Want, reasons[i], held[i] = d.Replicas, d.Reason, d.Held
 		}
 		if b := s.GroupMaxReplicas; b > 0 {
 			if out.Budget > 0 && out.Budget != b {
@@ -199,7 +206,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 	}
 	if !(needed && in.Room == nil) && gs.unchanged(ms, g.Members, roomVersion) {
 		for i, m := range ms {
-			out.Decisions[i].Replicas = m.Current
+			out.Decisions[i] = MemberDecision{Replicas: m.Current, Held: gs.inputs[i].held}
 		}
 		out.Unchanged = true
 		return out
@@ -231,7 +238,10 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 		if g.Members[i].Remainder && why == "" {
 			why = "spare room in the group"
 		}
-		out.Decisions[i] = MemberDecision{Replicas: d.Replicas, Reason: why}
+		if d.Held != "" && held[i] != HeldPaused {
+			held[i] = d.Held
+		}
+		out.Decisions[i] = MemberDecision{Replicas: d.Replicas, Reason: why, Held: held[i]}
 		if d.Replicas != ms[i].Current && !ms[i].Spec.Paused {
 			out.Writes = append(out.Writes, i)
 		}
@@ -244,7 +254,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 	}
 	gs.quiet, gs.roomVersion, gs.inputs = true, roomVersion, gs.inputs[:0]
 	for i, m := range ms {
-		gs.inputs = append(gs.inputs, allocInput{state: m.State, version: m.Version, want: g.Members[i].Want})
+		gs.inputs = append(gs.inputs, allocInput{state: m.State, version: m.Version, want: g.Members[i].Want, held: out.Decisions[i].Held})
 	}
 	return out
 }

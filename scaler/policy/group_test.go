@@ -53,7 +53,11 @@ func room(version uint64, members int, pending []int32, free ...Resources) *Room
 func describe(in GroupInput, out GroupOutput) string {
 	var parts []string
 	for i, d := range out.Decisions {
-		parts = append(parts, fmt.Sprintf("%s=%d", in.Members[i].Name, d.Replicas))
+		held := ""
+		if d.Held != "" {
+			held = "(" + d.Held + ")"
+		}
+		parts = append(parts, fmt.Sprintf("%s=%d%s", in.Members[i].Name, d.Replicas, held))
 	}
 	var writes []string
 	for _, i := range out.Writes {
@@ -87,39 +91,39 @@ func TestDecideGroup(t *testing.T) {
 		{
 			name: "a remainder fills the room a consumer does not need",
 			in:   GroupInput{Members: []MemberInput{consumer(1, 0), remainder("remainder", 0)}, Room: room(1, 2, nil, node(1000, 110))},
-			want: "consumer=1 remainder=9 writes[remainder]",
+			want: "consumer=1 remainder=9(room) writes[remainder]",
 		},
 		{
 			name: "a growing consumer takes the remainder's room; the remainder is written first",
 			in:   GroupInput{Members: []MemberInput{consumer(1, 400), remainder("remainder", 9)}, Room: room(1, 2, nil, node(1000, 110))},
-			want: "consumer=5 remainder=5 writes[remainder,consumer]",
+			want: "consumer=5 remainder=5(room) writes[remainder,consumer]",
 		},
 		{
 			name: "a remainder with Pending pods gives them back",
 			in:   GroupInput{Members: []MemberInput{consumer(1, 0), remainder("remainder", 12)}, Room: room(1, 2, []int32{0, 3}, node(1000, 110))},
-			want: "consumer=1 remainder=9 writes[remainder]",
+			want: "consumer=1 remainder=9(room) writes[remainder]",
 		},
 		{
 			name: "equal priorities take turns",
 			in: GroupInput{Members: []MemberInput{remainder("a", 0), remainder("b", 0)},
 				Room: room(1, 2, nil, node(700, 110))},
-			want: "a=4 b=3 writes[b,a]", // the smaller growth first
+			want: "a=4(room) b=3(room) writes[b,a]", // the smaller growth first
 		},
 		{
 			name: "members that disagree on the budget: the smallest holds, and it is said",
 			in: GroupInput{Members: []MemberInput{consumer(1, 0, "group-max-replicas", "6"), remainder("remainder", 0, "group-max-replicas", "4")},
 				Room: room(1, 2, nil, node(1000, 110))},
-			want: "consumer=1 remainder=3 writes[remainder] budget-conflict(4)",
+			want: "consumer=1 remainder=3(budget) writes[remainder] budget-conflict(4)",
 		},
 		{
 			name: "a paused member keeps its replicas and is never written",
 			in:   GroupInput{Members: []MemberInput{consumer(3, 1000, "paused", "true"), remainder("remainder", 0)}, Room: room(1, 2, nil, node(1000, 110))},
-			want: "consumer=3 remainder=7 writes[remainder]",
+			want: "consumer=3(paused) remainder=7(room) writes[remainder]",
 		},
 		{
 			name: "room unknown: the remainder holds, the consumer still grows",
 			in:   GroupInput{Members: []MemberInput{consumer(1, 400), remainder("remainder", 2)}},
-			want: "consumer=5 remainder=2 writes[consumer] room-unknown",
+			want: "consumer=5 remainder=2(room) writes[consumer] room-unknown",
 		},
 		{
 			name: "a lone consumer needs no room",
@@ -129,13 +133,13 @@ func TestDecideGroup(t *testing.T) {
 		{
 			name: "a lone remainder without room holds",
 			in:   GroupInput{Members: []MemberInput{remainder("remainder", 2)}},
-			want: "remainder=2 writes[] room-unknown",
+			want: "remainder=2(room) writes[] room-unknown",
 		},
 		{
 			name: "an unreadable queue holds its member",
 			in: GroupInput{Members: []MemberInput{func() MemberInput { m := consumer(2, 1000); m.QueueKnown = false; return m }(), remainder("remainder", 8)},
 				Room: room(1, 2, nil, node(1000, 110))},
-			want: "consumer=2 remainder=8 writes[]",
+			want: "consumer=2(unreadable) remainder=8(room) writes[]",
 		},
 	}
 	for _, tc := range tests {

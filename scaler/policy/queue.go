@@ -66,7 +66,22 @@ type QueueState struct {
 type Decision struct {
 	Replicas int32
 	Reason   string
+	// Held names what keeps Replicas from what the load alone asks for
+	// (one of the Held* words); empty when nothing does.
+	Held string
 }
+
+// What holds a member, in Decision.Held and MemberDecision.Held.
+const (
+	HeldMax        = "max"        // max-replicas
+	HeldMin        = "min"        // min-replicas
+	HeldMaxDelta   = "max-delta"  // the step allowed per decision
+	HeldDelay      = "delay"      // the scale-down delay (or a rising load) keeps replicas up
+	HeldUnreadable = "unreadable" // the queue cannot be read
+	HeldPaused     = "paused"     // annotated paused
+	HeldBudget     = "budget"     // group-max-replicas, taken by higher priorities
+	HeldRoom       = "room"       // node room, taken by higher priorities or unverified
+)
 
 // DecideQueue applies the queue rule to one member.
 //
@@ -89,7 +104,7 @@ type Decision struct {
 func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	cur := in.Current
 	if !in.BacklogKnown {
-		return Decision{Replicas: cur, Reason: "queue unreadable: holding"}
+		return Decision{Replicas: cur, Reason: "queue unreadable: holding", Held: HeldUnreadable}
 	}
 	r := in.Rates
 	arrival := 0.0
@@ -144,23 +159,34 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 		want = cur // shrink only at or below 0.7 x every target
 	}
 	st.window.add(in.Now, max(floor, 0), cur, in.Arrived, p.ScaleDownDelay)
+	held := ""
 	if want < cur {
+		free := want
 		if st.window.rising(in.Now, in.Arrived) {
 			want = cur
 		}
-		want = max(want, min(st.window.max(), cur))
+		if want = max(want, min(st.window.max(), cur)); want > free {
+			held = HeldDelay
+		}
 	}
 	if p.MaxDelta > 0 {
-		want = min(max(want, cur-p.MaxDelta), cur+p.MaxDelta)
+		if w := min(max(want, cur-p.MaxDelta), cur+p.MaxDelta); w != want {
+			want, held = w, HeldMaxDelta
+		}
 	}
-	want = min(max(want, p.Min), p.Max)
+	switch {
+	case want > p.Max:
+		want, held = p.Max, HeldMax
+	case want < p.Min:
+		want, held = p.Min, HeldMin
+	}
 	if known {
 		st.learn(cur, want, arrival, r.Service)
 	}
 	if want == cur {
-		return Decision{Replicas: want} // steady: no reason needed, none built
+		return Decision{Replicas: want, Held: held} // steady: no reason needed, none built
 	}
-	return Decision{Replicas: want, Reason: p.reason(in, want, known, arrival)}
+	return Decision{Replicas: want, Reason: p.reason(in, want, known, arrival), Held: held}
 }
 
 func (st *QueueState) utilization() float64 {

@@ -30,11 +30,13 @@ func TestDecideQueue(t *testing.T) {
 		// fresh: the rule has not seen the member before in (otherwise it saw
 		// it steady at its current replicas a minute before).
 		fresh bool
+		// held: what the decision says holds the member.
+		held string
 	}{
 		{name: "steady state changes nothing", in: QueueInput{Current: 6, Consuming: 6, Backlog: 50, Waiting: 10, BacklogKnown: true, Rates: known(50, 10)}, want: 6},
 		{name: "steady state inside the dead band", in: QueueInput{Current: 5, Consuming: 5, Backlog: 40, BacklogKnown: true, Rates: known(30, 10)}, want: 5},
-		{name: "missing metric never scales down", in: QueueInput{Current: 5, BacklogKnown: false}, want: 5, reason: "unreadable"},
-		{name: "missing metric never scales up", in: QueueInput{Current: 5, Backlog: 5000, BacklogKnown: false}, want: 5},
+		{name: "missing metric never scales down", in: QueueInput{Current: 5, BacklogKnown: false}, want: 5, reason: "unreadable", held: HeldUnreadable},
+		{name: "missing metric never scales up", in: QueueInput{Current: 5, Backlog: 5000, BacklogKnown: false}, want: 5, held: HeldUnreadable},
 		// 40/s at 10/s is 4.2 at 95% busy, plus 400 waiting above target over 30 s at 10/s = 1.3.
 		{name: "rate aware grow", in: QueueInput{Current: 2, Consuming: 2, Backlog: 500, Waiting: 450, BacklogKnown: true, Rates: known(40, 10)}, want: 6, reason: "in 40.0/s"},
 		{name: "messages held in flight are not drained by more replicas", in: QueueInput{Current: 5, Consuming: 5, Backlog: 150, Waiting: 0, BacklogKnown: true, Rates: known(40, 10)}, want: 5},
@@ -46,13 +48,13 @@ func TestDecideQueue(t *testing.T) {
 		{name: "from zero with a small backlog", in: QueueInput{Current: 0, Backlog: 3, Waiting: 3, BacklogKnown: true}, want: 1},
 		{name: "from zero with a large backlog", in: QueueInput{Current: 0, Backlog: 500, Waiting: 500, BacklogKnown: true, Rates: arrivalsOnly(0)}, want: 4},
 		{name: "never zero while messages wait", in: QueueInput{Current: 1, Consuming: 1, Backlog: 2, BacklogKnown: true, Rates: known(0, 10)}, want: 1},
-		{name: "empty queue goes to min", policy: QueuePolicy{Target: 50, Min: 1, Max: 20}, in: QueueInput{Current: 4, Consuming: 4, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, want: 1},
+		{name: "empty queue goes to min", policy: QueuePolicy{Target: 50, Min: 1, Max: 20}, in: QueueInput{Current: 4, Consuming: 4, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, want: 1, held: HeldMin},
 		{name: "empty queue goes to zero", policy: QueuePolicy{Target: 50, Max: 20}, in: QueueInput{Current: 4, Consuming: 4, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, want: 0},
 		{name: "no shrink above 0.7 target", policy: QueuePolicy{Target: 50, Max: 20}, in: QueueInput{Current: 4, Consuming: 4, Backlog: 36, BacklogKnown: true, Rates: known(0, 10)}, want: 4},
-		{name: "max delta caps growth", policy: QueuePolicy{Target: 50, Max: 20, MaxDelta: 2}, in: QueueInput{Current: 2, Consuming: 2, Backlog: 1000, Waiting: 1000, BacklogKnown: true, Rates: known(100, 10)}, want: 4},
-		{name: "max delta caps shrink", policy: QueuePolicy{Target: 50, Max: 20, MaxDelta: 2}, in: QueueInput{Current: 8, Consuming: 8, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, want: 6},
-		{name: "max caps growth", in: QueueInput{Current: 2, Consuming: 2, Backlog: 100000, Waiting: 100000, BacklogKnown: true, Rates: known(100, 10)}, want: 20},
-		{name: "min lifts", policy: QueuePolicy{Target: 50, Min: 3, Max: 20}, in: QueueInput{Current: 0, Backlog: 0, BacklogKnown: true}, want: 3},
+		{name: "max delta caps growth", policy: QueuePolicy{Target: 50, Max: 20, MaxDelta: 2}, in: QueueInput{Current: 2, Consuming: 2, Backlog: 1000, Waiting: 1000, BacklogKnown: true, Rates: known(100, 10)}, want: 4, held: HeldMaxDelta},
+		{name: "max delta caps shrink", policy: QueuePolicy{Target: 50, Max: 20, MaxDelta: 2}, in: QueueInput{Current: 8, Consuming: 8, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, want: 6, held: HeldMaxDelta},
+		{name: "max caps growth", in: QueueInput{Current: 2, Consuming: 2, Backlog: 100000, Waiting: 100000, BacklogKnown: true, Rates: known(100, 10)}, want: 20, held: HeldMax},
+		{name: "min lifts", policy: QueuePolicy{Target: 50, Min: 3, Max: 20}, in: QueueInput{Current: 0, Backlog: 0, BacklogKnown: true}, want: 3, held: HeldMin},
 		// Never below demand: 60/s at 10/s needs 6 (7 at the shrink's 90%).
 		{
 			name: "a drained surplus goes back to demand, not below",
@@ -69,12 +71,12 @@ func TestDecideQueue(t *testing.T) {
 				{Current: 10, Consuming: 10, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)},
 			},
 			in:   QueueInput{Current: 10, Consuming: 10, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)},
-			want: 9,
+			want: 9, held: HeldDelay,
 		},
 		{
 			name: "a controller that just started holds the replicas it found",
 			in:   QueueInput{Current: 9, Consuming: 9, Backlog: 0, BacklogKnown: true, Rates: known(10, 10)},
-			want: 9, fresh: true,
+			want: 9, fresh: true, held: HeldDelay,
 		},
 		// Wait target: 40/s at 10/s; 240 waiting take 6 s at 4 x 10/s, and must
 		// clear in 5 s while arrivals are served: (40 + 240/5) / 10 = 8.8.
@@ -111,6 +113,9 @@ func TestDecideQueue(t *testing.T) {
 			}
 			if !strings.Contains(got.Reason, tc.reason) {
 				t.Errorf("reason %q does not say %q", got.Reason, tc.reason)
+			}
+			if got.Held != tc.held {
+				t.Errorf("held by %q, want %q", got.Held, tc.held)
 			}
 		})
 	}

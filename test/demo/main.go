@@ -103,7 +103,7 @@ func run(duration time.Duration, nodes int, nodeCPU, dashboard string, maxRate f
 	}
 	dashboard = l.Addr().String()
 	l.Close()
-	ctrl := exec.Command(bin, "--kubeconfig="+s.Kubeconfig, "--metrics-addr="+dashboard, "--namespace=demo")
+	ctrl := exec.Command(bin, "--kubeconfig="+s.Kubeconfig, "--metrics-addr="+dashboard, "--metrics-auth=none", "--namespace=demo")
 	logFile, err := os.Create(filepath.Join(s.Dir, "controller.log"))
 	if err != nil {
 		return err

@@ -1,0 +1,179 @@
+// Package access owns who may read the controller's state over HTTP: a
+// bearer token is checked with a TokenReview, what its user may read with
+// SubjectAccessReviews (as kube-rbac-proxy does), both cached briefly. A
+// scraper needs get on the non-resource URL /metrics; a person reading the
+// state sees only the namespaces where they may get Deployments.
+package access
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/cache"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+)
+
+// User is an authenticated caller.
+type User struct {
+	authenticationv1.UserInfo
+}
+
+// Errors a check returns; Status maps them to an HTTP status.
+var (
+	ErrNoToken      = errors.New("a bearer token is required")
+	ErrUnauthorized = errors.New("the bearer token was not accepted")
+	ErrForbidden    = errors.New("not allowed")
+)
+
+// Status is the HTTP status for an error of this package: 401, 403, or 503
+// when the API server could not answer.
+func Status(err error) int {
+	switch {
+	case errors.Is(err, ErrNoToken), errors.Is(err, ErrUnauthorized):
+		return http.StatusUnauthorized
+	case errors.Is(err, ErrForbidden):
+		return http.StatusForbidden
+	default:
+		return http.StatusServiceUnavailable
+	}
+}
+
+// Reviewer checks tokens and access against the API server.
+type Reviewer struct {
+	client kubernetes.Interface
+	ttl    time.Duration
+	// users by the SHA-256 of a token (never the token itself); decisions
+	// by user and attributes. Both bounded, entries expire after ttl.
+	users     *cache.LRUExpireCache
+	decisions *cache.LRUExpireCache
+}
+
+// NewReviewer checks with client's TokenReviews and SubjectAccessReviews,
+// keeping each answer for ttl.
+func NewReviewer(client kubernetes.Interface, ttl time.Duration) *Reviewer {
+	return &Reviewer{client: client, ttl: ttl, users: cache.NewLRUExpireCache(4096), decisions: cache.NewLRUExpireCache(16384)}
+}
+
+// maxToken bounds the Authorization header read; Kubernetes tokens are a
+// few kilobytes at most.
+const maxToken = 16 << 10
+
+// Authenticate returns the user of the request's bearer token.
+func (rv *Reviewer) Authenticate(ctx context.Context, r *http.Request) (*User, error) {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	token = strings.TrimSpace(token)
+	if !ok || token == "" {
+		return nil, ErrNoToken
+	}
+	if len(token) > maxToken {
+		return nil, ErrUnauthorized
+	}
+	key := sha256.Sum256([]byte(token))
+	if v, ok := rv.users.Get(key); ok {
+		if v == nil {
+			return nil, ErrUnauthorized
+		}
+		return v.(*User), nil
+	}
+	res, err := rv.client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: token}}, metav1.CreateOptions{})
+	if err != nil {
+		klog.FromContext(ctx).V(2).Info("TokenReview failed", "err", err)
+		return nil, fmt.Errorf("checking the token: %w", err)
+	}
+	if !res.Status.Authenticated {
+		rv.users.Add(key, nil, rv.ttl)
+		return nil, ErrUnauthorized
+	}
+	u := &User{res.Status.User}
+	rv.users.Add(key, u, rv.ttl)
+	return u, nil
+}
+
+// Allowed reports whether u may do what the attributes say: exactly one of
+// res and nonRes is set.
+func (rv *Reviewer) Allowed(ctx context.Context, u *User, res *authorizationv1.ResourceAttributes, nonRes *authorizationv1.NonResourceAttributes) (bool, error) {
+	key := fmt.Sprintf("%s\x00%s\x00%v\x00%v\x00%v", u.Username, u.UID, u.Groups, res, nonRes)
+	if v, ok := rv.decisions.Get(key); ok {
+		return v.(bool), nil
+	}
+	extra := map[string]authorizationv1.ExtraValue{}
+	for k, v := range u.Extra {
+		extra[k] = authorizationv1.ExtraValue(v)
+	}
+	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+		User: u.Username, UID: u.UID, Groups: u.Groups, Extra: extra, ResourceAttributes: res, NonResourceAttributes: nonRes}}
+	out, err := rv.client.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+	if err != nil {
+		klog.FromContext(ctx).V(2).Info("SubjectAccessReview failed", "err", err)
+		return false, fmt.Errorf("checking access: %w", err)
+	}
+	rv.decisions.Add(key, out.Status.Allowed, rv.ttl)
+	return out.Status.Allowed, nil
+}
+
+// Require wraps h so that only a user who may get the request's path as a
+// non-resource URL (as /metrics is granted to a scraper) reaches it.
+func (rv *Reviewer) Require(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, err := rv.Authenticate(r.Context(), r)
+		if err == nil {
+			var ok bool
+			ok, err = rv.Allowed(r.Context(), u, nil, &authorizationv1.NonResourceAttributes{Path: r.URL.Path, Verb: "get"})
+			if err == nil && !ok {
+				err = ErrForbidden
+			}
+		}
+		if err != nil {
+			Deny(w, err)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// Deny answers a request that failed a check, without echoing anything of
+// it.
+func Deny(w http.ResponseWriter, err error) {
+	code := Status(err)
+	if code == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="microscaling"`)
+	}
+	msg := http.StatusText(code)
+	switch {
+	case errors.Is(err, ErrNoToken), errors.Is(err, ErrUnauthorized), errors.Is(err, ErrForbidden):
+		msg = err.Error()
+	}
+	http.Error(w, msg, code)
+}
+
+// Namespaces returns which namespaces u may read the state of: all when u
+// may get Deployments cluster-wide, else those of candidates where u may
+// get Deployments.
+func (rv *Reviewer) Namespaces(ctx context.Context, u *User, candidates []string) (all bool, allowed map[string]bool, err error) {
+	get := func(ns string) (bool, error) {
+		return rv.Allowed(ctx, u, &authorizationv1.ResourceAttributes{Namespace: ns, Verb: "get", Group: "apps", Resource: "deployments"}, nil)
+	}
+	if all, err = get(""); err != nil || all {
+		return all, nil, err
+	}
+	allowed = map[string]bool{}
+	for _, ns := range candidates {
+		ok, err := get(ns)
+		if err != nil {
+			return false, nil, err
+		}
+		if ok {
+			allowed[ns] = true
+		}
+	}
+	return false, allowed, nil
+}

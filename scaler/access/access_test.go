@@ -1,0 +1,93 @@
+package access
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+// reviewer answers TokenReviews for the token "alice-token" (user alice)
+// and allows alice get on deployments in namespace a and on /metrics; it
+// counts the reviews made.
+func reviewer(t *testing.T) (*Reviewer, *int) {
+	client := fake.NewClientset()
+	calls := 0
+	client.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		calls++
+		tr := a.(k8stesting.CreateAction).GetObject().(*authenticationv1.TokenReview)
+		if tr.Spec.Token == "alice-token" {
+			tr.Status = authenticationv1.TokenReviewStatus{Authenticated: true, User: authenticationv1.UserInfo{Username: "alice", Groups: []string{"devs"}}}
+		}
+		return true, tr, nil
+	})
+	client.PrependReactor("create", "subjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		calls++
+		sar := a.(k8stesting.CreateAction).GetObject().(*authorizationv1.SubjectAccessReview)
+		s := sar.Spec
+		switch {
+		case s.User != "alice":
+		case s.NonResourceAttributes != nil:
+			sar.Status.Allowed = s.NonResourceAttributes.Path == "/metrics" && s.NonResourceAttributes.Verb == "get"
+		case s.ResourceAttributes != nil:
+			r := s.ResourceAttributes
+			sar.Status.Allowed = r.Namespace == "a" && r.Verb == "get" && r.Group == "apps" && r.Resource == "deployments"
+		}
+		return true, sar, nil
+	})
+	return NewReviewer(client, time.Minute), &calls
+}
+
+func get(h http.Handler, path, token string) int {
+	r := httptest.NewRequest(http.MethodGet, path, nil)
+	if token != "" {
+		r.Header.Set("Authorization", "Bearer "+token)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w.Code
+}
+
+func TestRequire(t *testing.T) {
+	rv, calls := reviewer(t)
+	h := rv.Require(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	for _, tc := range []struct {
+		path, token string
+		want        int
+	}{
+		{"/metrics", "", http.StatusUnauthorized},
+		{"/metrics", "mallory-token", http.StatusUnauthorized},
+		{"/metrics", "alice-token", http.StatusOK},
+		{"/debug/pprof/", "alice-token", http.StatusForbidden},
+	} {
+		if got := get(h, tc.path, tc.token); got != tc.want {
+			t.Errorf("GET %s with %q: %d, want %d", tc.path, tc.token, got, tc.want)
+		}
+	}
+	before := *calls
+	get(h, "/metrics", "alice-token")
+	get(h, "/metrics", "mallory-token")
+	if *calls != before {
+		t.Errorf("%d more reviews for answers already known, want none (cached)", *calls-before)
+	}
+}
+
+func TestNamespaces(t *testing.T) {
+	rv, _ := reviewer(t)
+	r := httptest.NewRequest(http.MethodGet, "/api/state", nil)
+	r.Header.Set("Authorization", "Bearer alice-token")
+	u, err := rv.Authenticate(r.Context(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, allowed, err := rv.Namespaces(r.Context(), u, []string{"a", "b"})
+	if err != nil || all || !allowed["a"] || allowed["b"] {
+		t.Errorf("Namespaces = all %v, %v, %v; want only a", all, allowed, err)
+	}
+}

@@ -1,0 +1,235 @@
+// Package status owns `microscaling status` (also `kubectl microscaling
+// status`): reaching a controller's /api/state, through a port-forward to
+// one of its pods or at an address, with the user's own credentials from the
+// kubeconfig (so the controller shows only the namespaces the user may read),
+// and the table it prints.
+package status
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/httpstream"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/portforward"
+	"k8s.io/client-go/transport/spdy"
+
+	"github.com/microscaling/microscaling/scaler/dashboard"
+)
+
+// maxState bounds the answer read from a controller.
+const maxState = 64 << 20
+
+// Target says where the controller is.
+type Target struct {
+	// Address is host:port of a controller's --metrics-addr, read directly;
+	// when empty, a port-forward to a Ready pod of Selector in Namespace,
+	// port Port, is opened through the API server.
+	Address   string
+	Namespace string
+	Selector  string
+	Port      int
+}
+
+// Fetch reads the state the controller shows the user of cfg. The request
+// carries cfg's credentials (a token, a token file or an exec plugin);
+// client certificates cannot be presented to the controller.
+func Fetch(ctx context.Context, cfg *rest.Config, t Target) (*dashboard.State, error) {
+	if cfg.BearerToken == "" && cfg.BearerTokenFile == "" && cfg.ExecProvider == nil && cfg.AuthProvider == nil {
+		return nil, errors.New("the kubeconfig user has no bearer token (a client certificate cannot be presented to the controller): use a user with a token, or --token")
+	}
+	rt, err := rest.TransportFor(cfg) // adds the user's credentials to every request
+	if err != nil {
+		return nil, fmt.Errorf("credentials from the kubeconfig: %w", err)
+	}
+	addr := t.Address
+	if addr == "" {
+		local, stop, err := forward(ctx, cfg, t)
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+		addr = local
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, (&url.URL{Scheme: "http", Host: addr, Path: "/api/state"}).String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Transport: rt}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("reading the controller's state: %w", err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusUnauthorized:
+		return nil, errors.New("the controller did not accept your token (401)")
+	case http.StatusForbidden:
+		return nil, errors.New("the controller refused your user (403)")
+	default:
+		return nil, fmt.Errorf("the controller answered %s", resp.Status)
+	}
+	var st dashboard.State
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxState)).Decode(&st); err != nil {
+		return nil, fmt.Errorf("the controller's state: %w", err)
+	}
+	return &st, nil
+}
+
+// forward opens a port-forward to a Ready controller pod and returns the
+// local address and a function that closes it.
+func forward(ctx context.Context, cfg *rest.Config, t Target) (string, func(), error) {
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return "", nil, err
+	}
+	pods, err := client.CoreV1().Pods(t.Namespace).List(ctx, metav1.ListOptions{LabelSelector: t.Selector})
+	if err != nil {
+		return "", nil, fmt.Errorf("finding the controller (pods %s in namespace %s): %w", t.Selector, t.Namespace, err)
+	}
+	pod := ""
+	for _, p := range pods.Items {
+		if ready(&p) {
+			pod = p.Name
+			break
+		}
+	}
+	if pod == "" {
+		return "", nil, fmt.Errorf("no Ready controller pod (%s) in namespace %s", t.Selector, t.Namespace)
+	}
+	u := client.CoreV1().RESTClient().Post().Resource("pods").Namespace(t.Namespace).Name(pod).SubResource("portforward").URL()
+	// WebSockets first, as kubectl does; SPDY when the server refuses the upgrade.
+	ws, err := portforward.NewSPDYOverWebsocketDialer(u, cfg)
+	if err != nil {
+		return "", nil, err
+	}
+	up, upgrader, err := spdy.RoundTripperFor(cfg)
+	if err != nil {
+		return "", nil, err
+	}
+	dialer := portforward.NewFallbackDialer(ws, spdy.NewDialer(upgrader, &http.Client{Transport: up}, http.MethodPost, u), func(err error) bool {
+		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
+	})
+	fwdCtx, stop := context.WithCancel(ctx)
+	readyCh := make(chan struct{})
+	pf, err := portforward.NewOnAddressesWithContext(fwdCtx, dialer, []string{"127.0.0.1"}, []string{"0:" + strconv.Itoa(t.Port)}, readyCh, io.Discard, io.Discard)
+	if err != nil {
+		stop()
+		return "", nil, err
+	}
+	errCh := make(chan error, 1)
+	go func() { errCh <- pf.ForwardPorts() }()
+	select {
+	case <-readyCh:
+	case err := <-errCh:
+		stop()
+		return "", nil, fmt.Errorf("port-forward to pod %s/%s: %w", t.Namespace, pod, err)
+	case <-ctx.Done():
+		stop()
+		return "", nil, ctx.Err()
+	}
+	ports, err := pf.GetPorts()
+	if err != nil || len(ports) == 0 {
+		stop()
+		return "", nil, fmt.Errorf("port-forward to pod %s/%s: no local port", t.Namespace, pod)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", ports[0].Local), stop, nil
+}
+
+func ready(p *corev1.Pod) bool {
+	if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// Print writes st as a table, one line a member, groups together; only
+// members of namespace (all when empty) and of group (all when empty: a
+// group's name without its namespace).
+func Print(w io.Writer, st *dashboard.State, namespace, group string) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAMESPACE\tGROUP\tMEMBER\tRULE\tPRIORITY\tREPLICAS\tDESIRED\tBACKLOG/TARGET\tIN/OUT\tHELD BY\tLAST REASON")
+	n := 0
+	for _, m := range st.Members {
+		_, g, _ := strings.Cut(m.Group, "/")
+		if (namespace != "" && m.Namespace != namespace) || (group != "" && g != group) {
+			continue
+		}
+		n++
+		s := m.Status
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", m.Namespace, or(g, "-"), m.Name, m.Rule, m.Priority,
+			s.Replicas, s.Desired, backlog(s), rates(s), or(s.Held, "-"), or(reason(s), "-"))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if n == 0 {
+		_, err := fmt.Fprintln(w, "no managed Deployments that you may read")
+		return err
+	}
+	return nil
+}
+
+func backlog(s dashboard.Status) string {
+	b := "-"
+	if s.Backlog != nil {
+		b = strconv.FormatInt(*s.Backlog, 10)
+	}
+	var t []string
+	if s.Target > 0 {
+		t = append(t, strconv.FormatInt(s.Target, 10))
+	}
+	if s.TargetWait != "" {
+		t = append(t, "wait "+s.TargetWait)
+	}
+	if len(t) == 0 {
+		return b
+	}
+	return b + "/" + strings.Join(t, ",")
+}
+
+func rates(s dashboard.Status) string {
+	f := func(v *float64) string {
+		if v == nil {
+			return "?"
+		}
+		return strconv.FormatFloat(*v, 'f', 1, 64) + "/s"
+	}
+	if s.Arrival == nil && s.Service == nil {
+		return "-"
+	}
+	return f(s.Arrival) + " / " + f(s.Service)
+}
+
+func reason(s dashboard.Status) string {
+	if s.Reason == "" {
+		return ""
+	}
+	return time.UnixMilli(s.ReasonAt).UTC().Format("15:04:05") + " " + s.Reason
+}
+
+func or(s, dflt string) string {
+	if s == "" {
+		return dflt
+	}
+	return s
+}

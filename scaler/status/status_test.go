@@ -1,0 +1,46 @@
+package status
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/microscaling/microscaling/scaler/dashboard"
+)
+
+func TestPrint(t *testing.T) {
+	backlog, in, out := int64(120), 51.0, 9.8
+	at := time.Date(2026, 11, 30, 15, 4, 5, 0, time.UTC).UnixMilli()
+	st := &dashboard.State{Members: []dashboard.MemberHistory{
+		{Namespace: "team-a", Group: "team-a/jobs", Name: "consumer", Rule: "queue", Priority: 1, Status: dashboard.Status{
+			Replicas: 5, Desired: 6, Backlog: &backlog, Target: 50, Arrival: &in, Service: &out, Held: "max", Reason: "5 -> 6: backlog 120 > target 50", ReasonAt: at}},
+		{Namespace: "team-a", Group: "team-a/jobs", Name: "remainder", Rule: "remainder", Priority: 2, Status: dashboard.Status{Replicas: 9, Desired: 9, Held: "room"}},
+		{Namespace: "team-b", Group: "team-b/other", Name: "worker", Rule: "queue", Priority: 1, Status: dashboard.Status{Replicas: 1, Desired: 1, TargetWait: "5s", Held: "conflict"}},
+	}}
+	var b bytes.Buffer
+	if err := Print(&b, st, "team-a", ""); err != nil {
+		t.Fatal(err)
+	}
+	want := `NAMESPACE  GROUP  MEMBER     RULE       PRIORITY  REPLICAS  DESIRED  BACKLOG/TARGET  IN/OUT          HELD BY  LAST REASON
+team-a     jobs   consumer   queue      1         5         6        120/50          51.0/s / 9.8/s  max      15:04:05 5 -> 6: backlog 120 > target 50
+team-a     jobs   remainder  remainder  2         9         9        -               -               room     -
+`
+	if b.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
+	}
+	b.Reset()
+	if err := Print(&b, st, "", "other"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "-/wait 5s") || !strings.Contains(b.String(), "conflict") || strings.Contains(b.String(), "team-a") {
+		t.Errorf("group other:\n%s", b.String())
+	}
+	b.Reset()
+	if err := Print(&b, st, "team-c", ""); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "no managed Deployments that you may read") {
+		t.Errorf("nothing to show:\n%s", b.String())
+	}
+}

@@ -75,14 +75,16 @@ func TestHelmTemplate(t *testing.T) {
 	}{
 		{name: "default"},
 		{name: "label-sync", set: []string{"labelSync.enabled=true", "labelSync.platform=linux/arm64"}},
-		{name: "single-dry-run", set: []string{"replicaCount=1", "controller.leaderElect=false", "controller.dryRun=true", "controller.watchNamespace=team-a", "controller.interval=500ms"}},
+		{name: "single-dry-run", set: []string{"replicaCount=1", "controller.leaderElect=false", "controller.dryRun=true", "controller.watchNamespace=team-a", "controller.interval=500ms",
+			"metrics.auth=none", "statusAccess.groups=null"}},
 		{name: "everything", set: []string{"replicaCount=3", "priorityClassName=system-cluster-critical",
 			"podAnnotations.team=platform", "podLabels.tier=control", "serviceAccount.annotations.iam=role-a", "serviceAccount.labels.audit=yes",
 			"extraArgs[0]=--profiling", "env[0].name=TZ", "env[0].value=UTC", "resources.limits.memory=512Mi",
 			"topologySpreadConstraints[0].maxSkew=1", "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname", "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
 			"topologySpreadConstraints[0].labelSelector.matchLabels.app\\.kubernetes\\.io/name=microscaling",
 			"podSecurityContext.runAsUser=1000", "serviceMonitor.enabled=true", "prometheusRule.enabled=true",
-			"networkPolicy.enabled=true", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring"}},
+			"networkPolicy.enabled=true", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
+			"metrics.readers[0].kind=ServiceAccount", "metrics.readers[0].name=prometheus-k8s", "metrics.readers[0].namespace=monitoring"}},
 	}
 	helm := tool(t, "helm-*")
 	for _, tc := range tests {

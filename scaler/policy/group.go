@@ -152,7 +152,7 @@ type allocInput struct {
 	state   *MemberState
 	version string
 	want    int32
-	held    string // what held it then, and holds it while nothing changes
+	held    string // what the allocation held it by then, and holds it by while nothing changes
 }
 
 // NeedsRoom reports whether a group of these members shares node room: a
@@ -206,7 +206,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 	}
 	if !(needed && in.Room == nil) && gs.unchanged(ms, g.Members, roomVersion) {
 		for i, m := range ms {
-			out.Decisions[i] = MemberDecision{Replicas: m.Current, Held: gs.inputs[i].held}
+			out.Decisions[i] = MemberDecision{Replicas: m.Current, Held: heldBy(held[i], gs.inputs[i].held)}
 		}
 		out.Unchanged = true
 		return out
@@ -238,10 +238,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 		if g.Members[i].Remainder && why == "" {
 			why = "spare room in the group"
 		}
-		if d.Held != "" && held[i] != HeldPaused {
-			held[i] = d.Held
-		}
-		out.Decisions[i] = MemberDecision{Replicas: d.Replicas, Reason: why, Held: held[i]}
+		out.Decisions[i] = MemberDecision{Replicas: d.Replicas, Reason: why, Held: heldBy(held[i], d.Held)}
 		if d.Replicas != ms[i].Current && !ms[i].Spec.Paused {
 			out.Writes = append(out.Writes, i)
 		}
@@ -254,9 +251,18 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 	}
 	gs.quiet, gs.roomVersion, gs.inputs = true, roomVersion, gs.inputs[:0]
 	for i, m := range ms {
-		gs.inputs = append(gs.inputs, allocInput{state: m.State, version: m.Version, want: g.Members[i].Want, held: out.Decisions[i].Held})
+		gs.inputs = append(gs.inputs, allocInput{state: m.State, version: m.Version, want: g.Members[i].Want, held: alloc[i].Held})
 	}
 	return out
+}
+
+// heldBy is what holds a member: paused first, then the allocation (room,
+// budget), then its queue rule.
+func heldBy(rule, alloc string) string {
+	if alloc != "" && rule != HeldPaused {
+		return alloc
+	}
+	return rule
 }
 
 // unchanged reports whether a quiet group's members bring what they brought

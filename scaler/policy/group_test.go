@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -170,9 +171,15 @@ func TestDecideGroupUnchanged(t *testing.T) {
 		change    func(in *GroupInput)
 		unchanged bool
 		writes    int
+		// held: what holds the consumer and the remainder, when given.
+		held string
 	}{
-		{name: "first decision: full, changes nothing", change: func(*GroupInput) {}},
-		{name: "same inputs: unchanged", change: func(*GroupInput) {}, unchanged: true},
+		{name: "first decision: full, changes nothing", change: func(*GroupInput) {}, held: "consumer=1 remainder=9(room)"},
+		{name: "same inputs: unchanged, held by the same", change: func(*GroupInput) {}, unchanged: true, held: "consumer=1 remainder=9(room)"},
+		{name: "a paused consumer says so while unchanged", change: func(in *GroupInput) {
+			in.Members = slices.Clone(in.Members)
+			in.Members[0].Spec = spec(t, "queue", "nsq://h:4151/t/c", "target-queue-length", "50", "max-replicas", "20", "paused", "true")
+		}, unchanged: true, held: "consumer=1(paused) remainder=9(room)"},
 		{name: "a member's new version: decided in full", change: func(in *GroupInput) { in.Members[1].Version = "2" }},
 		{name: "quiet again", change: func(*GroupInput) {}, unchanged: true},
 		{name: "the room moved: decided in full, the remainder grows", change: func(in *GroupInput) {
@@ -190,6 +197,9 @@ func TestDecideGroupUnchanged(t *testing.T) {
 		out := DecideGroup(in, gs)
 		if out.Unchanged != st.unchanged || len(out.Writes) != st.writes {
 			t.Errorf("%s: unchanged %v, writes %d (%s); want %v, %d", st.name, out.Unchanged, len(out.Writes), describe(in, out), st.unchanged, st.writes)
+		}
+		if got := strings.Split(describe(in, out), " writes")[0]; st.held != "" && got != st.held {
+			t.Errorf("%s: %s, want %s", st.name, got, st.held)
 		}
 	}
 }

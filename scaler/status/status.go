@@ -142,12 +142,13 @@ func forward(ctx context.Context, cfg *rest.Config, t Target) (string, func(), e
 		stop()
 		return "", nil, ctx.Err()
 	}
+	closeForward := func() { stop(); <-errCh } // returns once the forwarder has stopped
 	ports, err := pf.GetPorts()
 	if err != nil || len(ports) == 0 {
-		stop()
+		closeForward()
 		return "", nil, fmt.Errorf("port-forward to pod %s/%s: no local port", t.Namespace, pod)
 	}
-	return fmt.Sprintf("127.0.0.1:%d", ports[0].Local), stop, nil
+	return fmt.Sprintf("127.0.0.1:%d", ports[0].Local), closeForward, nil
 }
 
 func ready(p *corev1.Pod) bool {

@@ -58,15 +58,24 @@ func TestMain(m *testing.M) {
 type controller struct {
 	cmd     *exec.Cmd
 	metrics string // host:port
-	log     *bytes.Buffer
-	done    chan struct{}
+	// token, when set, is presented to the controller (--metrics-auth=kubernetes).
+	token string
+	log   *bytes.Buffer
+	done  chan struct{}
 }
 
 // startController runs the controller binary with kubeconfig (an admin one, or
 // one acting as a ServiceAccount) and waits until it is ready.
 func startController(t *testing.T, kubeconfig string, args ...string) *controller {
 	t.Helper()
-	return launch(t, func(addr string) *exec.Cmd {
+	return startControllerAt(t, "", kubeconfig, args...)
+}
+
+// startControllerAt is startController with its metrics address given
+// (host:port; a free port when empty).
+func startControllerAt(t *testing.T, addr, kubeconfig string, args ...string) *controller {
+	t.Helper()
+	return launchAt(t, addr, func(addr string) *exec.Cmd {
 		cmd := exec.Command(controllerBin, append([]string{"--kubeconfig=" + kubeconfig, "--metrics-addr=" + addr, "--metrics-auth=none", "--v=2"}, args...)...)
 		if v := os.Getenv("MICROSCALING_CONTROLLER_GOMEMLIMIT"); v != "" {
 			cmd.Env = append(os.Environ(), "GOMEMLIMIT="+v) // as manifests/install sets it
@@ -79,13 +88,14 @@ func startController(t *testing.T, kubeconfig string, args ...string) *controlle
 // address, and waits until it is ready; it is stopped when the test ends.
 func launch(t *testing.T, command func(metricsAddr string) *exec.Cmd) *controller {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
+	return launchAt(t, "", command)
+}
+
+// launchAt is launch with the metrics address given; a free port when empty.
+func launchAt(t *testing.T, addr string, command func(metricsAddr string) *exec.Cmd) *controller {
+	t.Helper()
+	if addr == "" {
+		addr = freeAddr(t)
 	}
 	c := &controller{metrics: addr, log: &bytes.Buffer{}, done: make(chan struct{})}
 	c.cmd = command(addr)
@@ -106,6 +116,20 @@ func launch(t *testing.T, command func(metricsAddr string) *exec.Cmd) *controlle
 		return err
 	})
 	return c
+}
+
+// freeAddr is a free 127.0.0.1 address.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr
 }
 
 func (c *controller) stop() {
@@ -132,6 +156,9 @@ func (c *controller) get(ctx context.Context, path string) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.metrics+path, nil)
 	if err != nil {
 		return "", err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -70,6 +70,11 @@ type Stack struct {
 	Dir string
 	// Bin is where the binaries are (kubectl among them).
 	Bin string
+	// PortForwardTarget is where a port-forward to port 8080 of any pod in
+	// namespace microscaling-system lands (kwok's kubelet server forwards
+	// it): a test serves a controller's --metrics-addr there to be reached
+	// as `kubectl port-forward` reaches a real pod.
+	PortForwardTarget string
 
 	etcdURL   string
 	apiURL    string
@@ -203,6 +208,7 @@ func (s *Stack) startAPIServer(ctx context.Context) error {
 			"--token-auth-file=" + tokenFile, "--authorization-mode=Node,RBAC",
 			"--service-cluster-ip-range=10.0.0.0/24", "--endpoint-reconciler-type=none",
 			"--enable-priority-and-fairness=false", "--v=0",
+			"--kubelet-preferred-address-types=InternalIP", // kwok's kubelet API, for port-forward
 		},
 	}
 	s.Config = &rest.Config{
@@ -231,9 +237,34 @@ func (s *Stack) runAPIServer(ctx context.Context) error {
 }
 
 func (s *Stack) startControllers(ctx context.Context) error {
-	ports, err := freePorts(2)
+	ports, err := freePorts(4)
 	if err != nil {
 		return err
+	}
+	// kwok serves the kubelet API (port-forward) on the nodes' address.
+	s.PortForwardTarget = addr(ports[3])
+	stages, err := os.ReadFile(filepath.Join(s.Bin, "kwok-stages.yaml"))
+	if err != nil {
+		return fmt.Errorf("reading kwok stages: %w", err)
+	}
+	kwokConfig := filepath.Join(s.Dir, "kwok.yaml")
+	forward := fmt.Sprintf(`
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterPortForward
+metadata:
+  name: microscaling
+spec:
+  selector:
+    matchNamespaces: [microscaling-system]
+  forwards:
+  - ports: [8080]
+    target:
+      address: 127.0.0.1
+      port: %d
+`, ports[3])
+	if err := os.WriteFile(kwokConfig, append(stages, forward...), 0o600); err != nil {
+		return fmt.Errorf("writing kwok config: %w", err)
 	}
 	kcm := &process{
 		name: "kube-controller-manager", bin: filepath.Join(s.Bin, "kube-controller-manager"),
@@ -255,9 +286,11 @@ func (s *Stack) startControllers(ctx context.Context) error {
 	kwok := &process{
 		name: "kwok", bin: filepath.Join(s.Bin, "kwok"), log: filepath.Join(s.Dir, "kwok.log"),
 		args: []string{
-			"-c", filepath.Join(s.Bin, "kwok-stages.yaml"), "--kubeconfig=" + s.Kubeconfig,
+			"-c", kwokConfig, "--kubeconfig=" + s.Kubeconfig,
 			"--manage-nodes-with-label-selector=type=kwok", "--cidr=10.244.0.0/16", "--node-ip=127.0.0.2",
 			"--node-lease-duration-seconds=40",
+			"--server-address=127.0.0.2:" + strconv.Itoa(ports[2]), "--node-port=" + strconv.Itoa(ports[2]),
+			"--tls-cert-file=" + s.pki.serverCert, "--tls-private-key-file=" + s.pki.serverKey,
 		},
 	}
 	s.others = []*process{kcm, sched, kwok}
@@ -340,6 +373,13 @@ func (s *Stack) UserConfig(u User) *rest.Config {
 	c := rest.CopyConfig(s.Config)
 	c.BearerToken = u.Token
 	return c
+}
+
+// UserKubeconfig writes a kubeconfig that authenticates as u with its
+// bearer token, as a person's kubeconfig does.
+func (s *Stack) UserKubeconfig(u User) (string, error) {
+	path := filepath.Join(s.Dir, "kubeconfig-user-"+u.Name)
+	return path, s.writeKubeconfig(path, u.Name, u.Token)
 }
 
 // ServiceAccountKubeconfig writes a kubeconfig that acts as the service

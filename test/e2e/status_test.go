@@ -1,0 +1,242 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/microscaling/microscaling/scaler/dashboard"
+	"github.com/microscaling/microscaling/test/harness"
+)
+
+// TestStatusAsTenant: `kubectl microscaling status`, as a person without
+// admin rights, through a real port-forward (API server, kwok's kubelet API)
+// to a controller pod that stands by: the standby answers with the leader's
+// state, the person sees only the namespace where they may get Deployments,
+// and each line agrees with the Deployment. /metrics and /api/state need a
+// token; /metrics needs get on it.
+func TestStatusAsTenant(t *testing.T) {
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{
+		{Name: "n1", CPU: "2", Memory: "8Gi"}, {Name: "n2", CPU: "2", Memory: "8Gi"}}})
+	installDemo(t, s) // demo's group, and microscaling-system's controller pods (kwok's)
+	// Another tenant's group, which alice must not see.
+	if _, err := s.Kubectl(t.Context(), "create", "namespace", "team-b"); err != nil {
+		t.Fatal(err)
+	}
+	ensureChannel(t, s, "other", "work")
+	create(t, s, deployment("team-b", "worker", 1, queueAnn(s, "other", "work", "target-queue-length", "10", "max-replicas", "3")))
+	alice, bob := s.Users[0], s.Users[1]
+	for _, args := range [][]string{
+		{"create", "rolebinding", "alice-view", "-n", "demo", "--clusterrole=view", "--user=" + alice.Name},
+		{"create", "clusterrolebinding", "bob-scrapes", "--clusterrole=microscaling-metrics-reader", "--user=" + bob.Name},
+	} {
+		if out, err := s.Kubectl(t.Context(), args...); err != nil {
+			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+		}
+	}
+
+	// The leader, and a standby at the address the controller pods'
+	// port-forwards land on; both as manifests/install's ServiceAccount.
+	kc, err := s.ServiceAccountKubeconfig("microscaling-system", "microscaling")
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--leader-elect", "--leader-elect-lease-namespace=microscaling-system", "--metrics-auth=kubernetes"}
+	leaderAddr := freeAddr(t)
+	leader := startControllerAt(t, leaderAddr, kc, append(args, "--leader-elect-identity=leader", "--advertise-address="+leaderAddr)...)
+	leader.token = s.Config.BearerToken
+	waitLeader(t, leader, 1, 20*time.Second)
+	standby := startControllerAt(t, s.PortForwardTarget, kc, append(args, "--leader-elect-identity=standby", "--advertise-address="+s.PortForwardTarget)...)
+	standby.token = s.Config.BearerToken
+	waitLeader(t, standby, 0, 5*time.Second)
+
+	// Who may read what, on the leader.
+	for _, tc := range []struct {
+		path, who, token string
+		want             int
+	}{
+		{"/metrics", "nobody", "", http.StatusUnauthorized},
+		{"/api/state", "nobody", "", http.StatusUnauthorized},
+		{"/metrics", "a bad token", "not-a-token", http.StatusUnauthorized},
+		{"/metrics", "alice (no get on /metrics)", alice.Token, http.StatusForbidden},
+		{"/metrics", "bob (microscaling-metrics-reader)", bob.Token, http.StatusOK},
+		{"/healthz", "nobody", "", http.StatusOK},
+	} {
+		if code := statusCode(t, leader.metrics, tc.path, tc.token); code != tc.want {
+			t.Errorf("GET %s as %s: %d, want %d", tc.path, tc.who, code, tc.want)
+		}
+	}
+	// client-go's own metrics, through component-base's providers.
+	for _, name := range []string{"rest_client_requests_total", "leader_election_master_status", "microscaling_build_info"} {
+		if v, err := leader.metric(t.Context(), name); err != nil || v == 0 {
+			t.Errorf("%s on /metrics: %v (%v)", name, v, err)
+		}
+	}
+
+	// The remainder fills the room; the consumer is steady.
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		n, err := demoReplicas(ctx, s, "remainder")
+		if err != nil || n == 0 {
+			return fmt.Errorf("remainder replicas %d (%v), want > 0", n, err)
+		}
+		return nil
+	})
+
+	// kubectl finds the plugin on PATH, as a person would install it.
+	plugins := t.TempDir()
+	if err := os.Symlink(controllerBin, filepath.Join(plugins, "kubectl-microscaling")); err != nil {
+		t.Fatal(err)
+	}
+	status := func(ctx context.Context, u harness.User, args ...string) (string, error) {
+		kc, err := s.UserKubeconfig(u)
+		if err != nil {
+			return "", err
+		}
+		cmd := exec.CommandContext(ctx, filepath.Join(s.Bin, "kubectl"), append([]string{"microscaling", "status"}, args...)...)
+		cmd.Env = append(os.Environ(), "PATH="+plugins+string(os.PathListSeparator)+os.Getenv("PATH"), "KUBECONFIG="+kc)
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) } // a hang shows its goroutines
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("kubectl microscaling status %v: %v\n%s", args, err, out)
+		}
+		return string(out), nil
+	}
+
+	// Alice sees demo's two members, never team-b; every line's replicas are
+	// the Deployment's, what holds each is said.
+	var table string
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		out, err := status(ctx, alice)
+		if err != nil {
+			return err
+		}
+		table = out
+		rows := statusRows(out)
+		if len(rows) != 2 || rows[0]["MEMBER"] != "consumer" || rows[1]["MEMBER"] != "remainder" {
+			return fmt.Errorf("want demo's consumer and remainder:\n%s", out)
+		}
+		for _, r := range rows {
+			if r["NAMESPACE"] != "demo" || r["GROUP"] != "demo" {
+				return fmt.Errorf("a row not of demo/demo:\n%s", out)
+			}
+			n, err := demoReplicas(ctx, s, r["MEMBER"])
+			if err != nil {
+				return err
+			}
+			if r["REPLICAS"] != strconv.Itoa(int(n)) {
+				return fmt.Errorf("%s: status says %s replicas, the Deployment has %d:\n%s", r["MEMBER"], r["REPLICAS"], n, out)
+			}
+		}
+		if r := rows[1]; r["RULE"] != "remainder" || r["PRIORITY"] != "2" || r["HELD BY"] != "room" {
+			return fmt.Errorf("remainder: rule %s, priority %s, held by %s; want remainder, 2, room (it fills the spare room):\n%s", r["RULE"], r["PRIORITY"], r["HELD BY"], out)
+		}
+		if r := rows[0]; r["RULE"] != "queue" || r["BACKLOG/TARGET"] != "0/50" || !slices.Contains([]string{"delay", "min"}, r["HELD BY"]) {
+			return fmt.Errorf("consumer: rule %s, backlog %s, held by %s; want queue, 0/50, delay or min:\n%s", r["RULE"], r["BACKLOG/TARGET"], r["HELD BY"], out)
+		}
+		return nil
+	})
+	t.Logf("kubectl microscaling status, as alice:\n%s", table)
+	if strings.Contains(table, "team-b") || strings.Contains(table, "worker") {
+		t.Errorf("alice sees team-b:\n%s", table)
+	}
+
+	// The same as JSON, against the leader's own state as admin.
+	out, err := status(t.Context(), alice, "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mine dashboard.State
+	if err := json.Unmarshal([]byte(out), &mine); err != nil {
+		t.Fatalf("status -o json: %v\n%s", err, out)
+	}
+	body, err := leader.get(t.Context(), "/api/state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all dashboard.State
+	if err := json.Unmarshal([]byte(body), &all); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := memberNames(&mine), memberNames(&all); !slices.Equal(got, []string{"demo/consumer", "demo/remainder"}) || !slices.Contains(want, "team-b/worker") {
+		t.Errorf("alice's members %v; the leader's (as admin) %v", got, want)
+	}
+
+	// Bob may get no Deployment anywhere: nothing to show.
+	out, err = status(t.Context(), bob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "no managed Deployments that you may read") || strings.Contains(out, "demo") {
+		t.Errorf("bob's status:\n%s", out)
+	}
+}
+
+func statusCode(t *testing.T, addr, path, token string) int {
+	t.Helper()
+	req := mustRequest(t, t.Context(), http.MethodGet, "http://"+addr+path)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// statusRows parses the table of `microscaling status`: one map per line,
+// by column heading.
+func statusRows(out string) []map[string]string {
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) == 0 {
+		return nil
+	}
+	head := lines[0]
+	var starts []int
+	var names []string
+	for i := 0; i < len(head); {
+		j := i
+		for j < len(head) && !(head[j] == ' ' && j+1 < len(head) && head[j+1] == ' ') {
+			j++
+		}
+		starts, names = append(starts, i), append(names, head[i:j])
+		for j < len(head) && head[j] == ' ' {
+			j++
+		}
+		i = j
+	}
+	var rows []map[string]string
+	for _, l := range lines[1:] {
+		r := map[string]string{}
+		for k, st := range starts {
+			end := len(l)
+			if k+1 < len(starts) {
+				end = min(starts[k+1], len(l))
+			}
+			if st < len(l) {
+				r[names[k]] = strings.TrimSpace(l[st:end])
+			}
+		}
+		rows = append(rows, r)
+	}
+	return rows
+}
+
+func memberNames(st *dashboard.State) []string {
+	var out []string
+	for _, m := range st.Members {
+		out = append(out, m.Namespace+"/"+m.Name)
+	}
+	return out
+}

@@ -123,6 +123,7 @@ const usage = `usage: microscaling [controller] [flags]   run the controller (th
        microscaling validate -f FILE|DIR|- check manifests' microscaling.com/* annotations (exit 1 on a problem)
        microscaling status [-n NS] [--group G]  each managed Deployment's state, read from the controller
                                            with your own credentials (as kubectl-microscaling: kubectl microscaling status)
+       microscaling dashboard [--listen ADDR]  the controller's dashboard on a local address, as you
        microscaling version                print the version, revision, Go version and platform
        microscaling COMMAND -h             the flags of a command`
 
@@ -147,6 +148,8 @@ func main() {
 		fmt.Println(buildInfo())
 	case "status":
 		err = statusMain(ctx, args, os.Stdout)
+	case "dashboard":
+		err = dashboardMain(ctx, args, os.Stdout)
 	case "validate":
 		var bad bool
 		if bad, err = validateMain(args, os.Stdin, os.Stdout); err == nil && bad {
@@ -318,39 +321,59 @@ func validateMain(args []string, stdin io.Reader, out io.Writer) (bool, error) {
 	return bad > 0, nil
 }
 
+// reachFlags are the flags of the commands that reach the controller as
+// the user of a kubeconfig.
+type reachFlags struct {
+	rules     *clientcmd.ClientConfigLoadingRules
+	overrides *clientcmd.ConfigOverrides
+	token     string
+	target    status.Target
+}
+
+func addReachFlags(fs *flag.FlagSet) *reachFlags {
+	r := &reachFlags{rules: clientcmd.NewDefaultClientConfigLoadingRules(), overrides: &clientcmd.ConfigOverrides{}}
+	fs.StringVar(&r.rules.ExplicitPath, "kubeconfig", "", "path to a kubeconfig; $KUBECONFIG or ~/.kube/config when empty")
+	fs.StringVar(&r.overrides.CurrentContext, "context", "", "the kubeconfig context to use")
+	fs.StringVar(&r.token, "token", "", "a bearer token to present instead of the kubeconfig's credentials")
+	fs.StringVar(&r.target.Namespace, "controller-namespace", "microscaling-system", "namespace of the controller's pods")
+	fs.StringVar(&r.target.Selector, "selector", "app.kubernetes.io/name=microscaling", "label selector of the controller's pods")
+	fs.IntVar(&r.target.Port, "port", 8080, "the controller's --metrics-addr port")
+	fs.StringVar(&r.target.Address, "address", "", "host:port of the controller's --metrics-addr, read directly instead of through a port-forward")
+	return r
+}
+
+func (r *reachFlags) config() (*rest.Config, error) {
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(r.rules, r.overrides).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("loading the kubeconfig: %w", err)
+	}
+	if r.token != "" {
+		cfg = rest.AnonymousClientConfig(cfg)
+		cfg.BearerToken = r.token
+	}
+	return cfg, nil
+}
+
 // statusMain prints what the controller shows the user of the kubeconfig.
 func statusMain(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ExitOnError)
-	var namespace, group, token, format string
-	t := status.Target{}
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	overrides := &clientcmd.ConfigOverrides{}
-	fs.StringVar(&rules.ExplicitPath, "kubeconfig", "", "path to a kubeconfig; $KUBECONFIG or ~/.kube/config when empty")
-	fs.StringVar(&overrides.CurrentContext, "context", "", "the kubeconfig context to use")
+	var namespace, group, format string
 	fs.StringVar(&namespace, "n", "", "only this namespace; every namespace you may read when empty")
 	fs.StringVar(&namespace, "namespace", "", "the same as -n")
 	fs.StringVar(&group, "group", "", "only this group (its name, without the namespace)")
-	fs.StringVar(&token, "token", "", "a bearer token to present instead of the kubeconfig's credentials")
 	fs.StringVar(&format, "o", "table", "output: table or json")
-	fs.StringVar(&t.Namespace, "controller-namespace", "microscaling-system", "namespace of the controller's pods")
-	fs.StringVar(&t.Selector, "selector", "app.kubernetes.io/name=microscaling", "label selector of the controller's pods")
-	fs.IntVar(&t.Port, "port", 8080, "the controller's --metrics-addr port")
-	fs.StringVar(&t.Address, "address", "", "host:port of the controller's --metrics-addr, read directly instead of through a port-forward")
+	reach := addReachFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if format != "table" && format != "json" {
 		return errors.New("-o: must be table or json")
 	}
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides).ClientConfig()
+	cfg, err := reach.config()
 	if err != nil {
-		return fmt.Errorf("loading the kubeconfig: %w", err)
+		return err
 	}
-	if token != "" {
-		cfg = rest.AnonymousClientConfig(cfg)
-		cfg.BearerToken = token
-	}
-	st, err := status.Fetch(ctx, cfg, t)
+	st, err := status.Fetch(ctx, cfg, reach.target)
 	if err != nil {
 		return err
 	}
@@ -359,6 +382,38 @@ func statusMain(ctx context.Context, args []string, out io.Writer) error {
 		return json.NewEncoder(out).Encode(st.Filter(keep))
 	}
 	return status.Print(out, st, namespace, group)
+}
+
+// dashboardMain serves the controller's dashboard on a local address, as
+// the user of the kubeconfig, until interrupted.
+func dashboardMain(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("dashboard", flag.ExitOnError)
+	var listen string
+	fs.StringVar(&listen, "listen", "127.0.0.1:8081", "local address of the dashboard (keep it on loopback: it acts as you)")
+	reach := addReachFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := reach.config()
+	if err != nil {
+		return err
+	}
+	c, err := status.Open(ctx, cfg, reach.target)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	l, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", listen, err)
+	}
+	srv := &http.Server{Handler: c.Proxy(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
+	context.AfterFunc(ctx, func() { _ = srv.Close() })
+	fmt.Fprintf(out, "the dashboard, as you: http://%s/ (Ctrl-C stops)\n", l.Addr())
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }
 
 // syncLabelsMain is the one-shot label sync, for a Job or CronJob.

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httputil"
 	"net/url"
 	"strconv"
 	"strings"
@@ -43,10 +44,26 @@ type Target struct {
 	Port      int
 }
 
-// Fetch reads the state the controller shows the user of cfg. The request
-// carries cfg's credentials (a token, a token file or an exec plugin);
-// client certificates cannot be presented to the controller.
-func Fetch(ctx context.Context, cfg *rest.Config, t Target) (*dashboard.State, error) {
+// Client reaches a controller with the user's credentials: Addr is where
+// its --metrics-addr answers (a port-forward's local end, or the address
+// given), Transport adds the credentials.
+type Client struct {
+	Addr      string
+	Transport http.RoundTripper
+	close     func()
+}
+
+// Close ends the port-forward, if any, once it has stopped.
+func (c *Client) Close() {
+	if c.close != nil {
+		c.close()
+	}
+}
+
+// Open reaches the controller t names as the user of cfg: requests carry
+// cfg's credentials (a token, a token file or an exec plugin); client
+// certificates cannot be presented to the controller.
+func Open(ctx context.Context, cfg *rest.Config, t Target) (*Client, error) {
 	if cfg.BearerToken == "" && cfg.BearerTokenFile == "" && cfg.ExecProvider == nil && cfg.AuthProvider == nil {
 		return nil, errors.New("the kubeconfig user has no bearer token (a client certificate cannot be presented to the controller): use a user with a token, or --token")
 	}
@@ -54,22 +71,29 @@ func Fetch(ctx context.Context, cfg *rest.Config, t Target) (*dashboard.State, e
 	if err != nil {
 		return nil, fmt.Errorf("credentials from the kubeconfig: %w", err)
 	}
-	addr := t.Address
-	if addr == "" {
-		local, stop, err := forward(ctx, cfg, t)
-		if err != nil {
+	c := &Client{Addr: t.Address, Transport: rt}
+	if c.Addr == "" {
+		if c.Addr, c.close, err = forward(ctx, cfg, t); err != nil {
 			return nil, err
 		}
-		defer stop()
-		addr = local
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, (&url.URL{Scheme: "http", Host: addr, Path: "/api/state"}).String(), nil)
+	return c, nil
+}
+
+// Fetch reads the state the controller shows the user of cfg.
+func Fetch(ctx context.Context, cfg *rest.Config, t Target) (*dashboard.State, error) {
+	c, err := Open(ctx, cfg, t)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := (&http.Client{Transport: rt}).Do(req)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, (&url.URL{Scheme: "http", Host: c.Addr, Path: "/api/state"}).String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Transport: c.Transport}).Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("reading the controller's state: %w", err)
 	}
@@ -88,6 +112,24 @@ func Fetch(ctx context.Context, cfg *rest.Config, t Target) (*dashboard.State, e
 		return nil, fmt.Errorf("the controller's state: %w", err)
 	}
 	return &st, nil
+}
+
+// Proxy serves the controller's dashboard (the page and /api/state only)
+// on a local address, each request sent with the user's credentials, as
+// kubectl proxy does for the API server.
+func (c *Client) Proxy() http.Handler {
+	p := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", c.Addr
+			pr.Out.Header.Del("Authorization") // only the kubeconfig's credentials
+			pr.Out.Header.Del("Cookie")
+		},
+		Transport: c.Transport,
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /{$}", p)
+	mux.Handle("GET /api/state", p)
+	return mux
 }
 
 // forward opens a port-forward to a Ready controller pod and returns the

@@ -171,6 +171,47 @@ func TestStatusAsTenant(t *testing.T) {
 		t.Errorf("alice's members %v; the leader's (as admin) %v", got, want)
 	}
 
+	// The dashboard as alice, on a local address: the page, and her state
+	// with no token of the browser's.
+	kcAlice, err := s.UserKubeconfig(alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := freeAddr(t)
+	dash := exec.CommandContext(t.Context(), filepath.Join(s.Bin, "kubectl"), "microscaling", "dashboard", "--listen", local)
+	dash.Env = append(os.Environ(), "PATH="+plugins+string(os.PathListSeparator)+os.Getenv("PATH"), "KUBECONFIG="+kcAlice)
+	var dashOut strings.Builder
+	dash.Stdout, dash.Stderr = &dashOut, &dashOut
+	if err := dash.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = dash.Process.Signal(syscall.SIGTERM)
+		_ = dash.Wait()
+		if t.Failed() {
+			t.Logf("kubectl microscaling dashboard:\n%s", dashOut.String())
+		}
+	})
+	browser := &controller{metrics: local}
+	eventually(t, 20*time.Second, func(ctx context.Context) error {
+		page, err := browser.get(ctx, "/")
+		if err != nil || !strings.Contains(page, "<html") {
+			return fmt.Errorf("the page: %v", err)
+		}
+		body, err := browser.get(ctx, "/api/state")
+		if err != nil {
+			return err
+		}
+		var st dashboard.State
+		if err := json.Unmarshal([]byte(body), &st); err != nil {
+			return err
+		}
+		if got := memberNames(&st); !slices.Equal(got, []string{"demo/consumer", "demo/remainder"}) {
+			return fmt.Errorf("the dashboard shows alice %v", got)
+		}
+		return nil
+	})
+
 	// Bob may get no Deployment anywhere: nothing to show.
 	out, err = status(t.Context(), bob)
 	if err != nil {

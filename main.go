@@ -107,6 +107,8 @@ type options struct {
 	interval       time.Duration
 	workers        int
 	queueTimeout   time.Duration
+	queueMaxBytes  int64
+	queueReads     int
 	leaderElect    bool
 	leaseName      string
 	leaseNamespace string
@@ -174,6 +176,8 @@ func controllerMain(ctx context.Context, args []string) error {
 	fs.DurationVar(&o.interval, "interval", time.Second, "how often every group is decided")
 	fs.IntVar(&o.workers, "workers", 4, "groups decided in parallel")
 	fs.DurationVar(&o.queueTimeout, "queue-timeout", 500*time.Millisecond, "timeout of one nsqd or nsqlookupd request")
+	fs.Int64Var(&o.queueMaxBytes, "queue-max-bytes", nsq.DefaultMaxBytes, "largest nsqd or nsqlookupd answer read; a larger one makes its queues unreadable")
+	fs.IntVar(&o.queueReads, "queue-concurrency", nsq.DefaultConcurrency, "nsqd and nsqlookupd requests in flight at once")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "hold a Lease so that only one replica writes")
 	fs.StringVar(&o.leaseName, "leader-elect-lease-name", "microscaling", "name of the Lease")
 	fs.StringVar(&o.leaseNamespace, "leader-elect-lease-namespace", "microscaling-system", "namespace of the Lease")
@@ -188,6 +192,9 @@ func controllerMain(ctx context.Context, args []string) error {
 	labelFlags(fs, &o.platform, &o.prefixes)
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if o.queueMaxBytes < 1024 || o.queueReads < 1 {
+		return errors.New("--queue-max-bytes must be at least 1024 and --queue-concurrency at least 1")
 	}
 	if o.metricsAuth != "kubernetes" && o.metricsAuth != "none" {
 		return fmt.Errorf("--metrics-auth: must be kubernetes or none")
@@ -552,7 +559,7 @@ func run(ctx context.Context, o options) error {
 	}
 	history := dashboard.NewHistory(600, 100)
 	ctrl := scaler.New(scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun, History: history},
-		inf, &nsq.NSQReader{Client: nsq.NewQueueClient(deny...), Timeout: o.queueTimeout, Metrics: metrics},
+		inf, &nsq.NSQReader{Client: nsq.NewQueueClient(deny...), Timeout: o.queueTimeout, Metrics: metrics, MaxBytes: o.queueMaxBytes, Concurrency: o.queueReads},
 		scaler.ScaleWriter{Client: client}, recorder, metrics, clock.RealClock{})
 	reg.MustRegister(scalermetrics.Collector(ctrl)) // the per-Deployment gauges
 

@@ -6,7 +6,6 @@
 package nsq
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,9 +24,6 @@ import (
 	"github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/policy"
 )
-
-// maxStatsBytes bounds one /stats answer; a larger one is an error, not an OOM.
-const maxStatsBytes = 64 << 20
 
 // nsqStats is the part of nsqd's GET /stats?format=json that we read. nsqd
 // 1.x returns it bare; before 1.0 it was wrapped in {"data": ...}.
@@ -73,6 +69,13 @@ type NSQReader struct {
 	Metrics *metrics.Metrics
 	// Clock, when set, times what is forgotten (tests); the real clock otherwise.
 	Clock clock.PassiveClock
+	// MaxBytes bounds one answer (DefaultMaxBytes when 0); Concurrency, the
+	// requests in flight over every read (DefaultConcurrency when 0).
+	MaxBytes    int64
+	Concurrency int
+
+	semOnce sync.Once
+	sem     chan struct{}
 
 	mu      sync.Mutex           // guards labeled, vanished and announced
 	labeled map[string]time.Time // host -> last read
@@ -117,12 +120,18 @@ func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) polic
 	var wg sync.WaitGroup
 	// First resolve lookupd topics to nsqds.
 	lookups := map[lookupKey]bool{}
-	nsqds := map[string]bool{}
+	nsqds := map[string]map[string]bool{} // host -> the topics read there
+	want := func(host, topic string) {
+		if nsqds[host] == nil {
+			nsqds[host] = map[string]bool{}
+		}
+		nsqds[host][topic] = true
+	}
 	for _, q := range refs {
 		if q.Scheme == "nsqlookupd" {
 			lookups[lookupKey{q.Host, q.Topic}] = true
 		} else {
-			nsqds[q.Host] = true
+			want(q.Host, q.Topic)
 		}
 	}
 	for k := range lookups {
@@ -141,16 +150,16 @@ func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) polic
 	}
 	wg.Wait()
 	vanished := r.keepVanished(lookups, s.producers)
-	for _, ps := range s.producers {
+	for k, ps := range s.producers {
 		for _, p := range ps {
-			nsqds[p] = true
+			want(p, k.topic)
 		}
 	}
 	r.prune()
-	for host := range nsqds {
+	for host, topics := range nsqds {
 		wg.Go(func() {
 			t0 := time.Now()
-			st, err := r.stats(ctx, host)
+			st, err := r.stats(ctx, host, topics)
 			r.observe(host, time.Since(t0), err)
 			mu.Lock()
 			defer mu.Unlock()
@@ -332,9 +341,15 @@ func (s *Snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) 
 	return out, nil
 }
 
-func (r *NSQReader) get(ctx context.Context, u string, into any) error {
+// get fetches u and decodes its answer as it streams in, with at most
+// Concurrency requests in flight across every read.
+func (r *NSQReader) get(ctx context.Context, u string, decode func(*json.Decoder) error) error {
 	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
+	if err := r.acquire(ctx); err != nil {
+		return err
+	}
+	defer r.release()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
@@ -348,38 +363,56 @@ func (r *NSQReader) get(ctx context.Context, u string, into any) error {
 		return err
 	}
 	defer resp.Body.Close()
-	buf := bodies.Get().(*bytes.Buffer)
-	defer func() {
-		if buf.Cap() <= maxPooledBytes { // one huge answer must not stay
-			bodies.Put(buf)
-		}
-	}()
-	buf.Reset()
-	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, maxStatsBytes+1)); err != nil {
-		return fmt.Errorf("reading %s: %w", u, err)
-	}
-	body := buf.Bytes()
-	if len(body) > maxStatsBytes {
-		return fmt.Errorf("%s: %w: more than %d bytes", u, errTooLarge, maxStatsBytes)
-	}
 	if resp.StatusCode != http.StatusOK {
-		// The body is the server's, which a tenant may control: never echoed.
+		// The body is the server's, which a tenant may control: never read.
 		return &httpError{status: resp.StatusCode}
 	}
-	if err := json.Unmarshal(body, into); err != nil {
+	limit := r.maxBytes()
+	body := &countingReader{r: io.LimitReader(resp.Body, limit+1)}
+	err = decode(json.NewDecoder(body))
+	if body.n > limit {
+		return fmt.Errorf("%s: %w: more than %d bytes", u, errTooLarge, limit)
+	}
+	if err != nil {
 		return fmt.Errorf("decoding %s: %w", u, err)
 	}
 	return nil
 }
 
+// DefaultMaxBytes bounds one answer when MaxBytes is 0: a /stats of 2,000
+// topics is about 1 MB.
+const DefaultMaxBytes = 8 << 20
+
+// DefaultConcurrency bounds the requests in flight when Concurrency is 0.
+const DefaultConcurrency = 16
+
+func (r *NSQReader) maxBytes() int64 {
+	if r.MaxBytes > 0 {
+		return r.MaxBytes
+	}
+	return DefaultMaxBytes
+}
+
+func (r *NSQReader) acquire(ctx context.Context) error {
+	r.semOnce.Do(func() {
+		n := r.Concurrency
+		if n <= 0 {
+			n = DefaultConcurrency
+		}
+		r.sem = make(chan struct{}, n)
+	})
+	select {
+	case r.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (r *NSQReader) release() { <-r.sem }
+
 // defaultQueueClient serves readers built without a client (tests).
 var defaultQueueClient = NewQueueClient()
-
-// bodies are buffers for answers: a /stats of 2,000 topics is about 1 MB
-// each tick, better not allocated anew.
-var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-const maxPooledBytes = 8 << 20
 
 // maxProducers bounds the nsqds one lookup may name, each a request a tick.
 const maxProducers = 64
@@ -388,27 +421,25 @@ type httpError struct{ status int }
 
 func (e *httpError) Error() string { return fmt.Sprintf("HTTP %d", e.status) }
 
-func (r *NSQReader) stats(ctx context.Context, host string) (*nsqStats, error) {
-	var st nsqStats
+func (r *NSQReader) stats(ctx context.Context, host string, topics map[string]bool) (*nsqStats, error) {
+	var st *nsqStats
 	u := "http://" + host + "/stats?format=json&include_clients=false&include_mem=false"
-	if err := r.get(ctx, u, &st); err != nil {
+	err := r.get(ctx, u, func(dec *json.Decoder) (err error) {
+		st, err = decodeStats(dec, topics)
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("nsqd %s stats: %w", host, err)
-	}
-	if st.Data != nil {
-		return st.Data.index(), nil
 	}
 	return st.index(), nil
 }
 
 func (r *NSQReader) lookup(ctx context.Context, lookupd, topic string) ([]string, error) {
-	var res struct {
-		Data      *json.RawMessage `json:"data"`
-		Producers []struct {
-			Broadcast string `json:"broadcast_address"`
-			HTTPPort  int    `json:"http_port"`
-		} `json:"producers"`
-	}
-	err := r.get(ctx, "http://"+lookupd+"/lookup?topic="+url.QueryEscape(topic), &res)
+	var ps []producer
+	err := r.get(ctx, "http://"+lookupd+"/lookup?topic="+url.QueryEscape(topic), func(dec *json.Decoder) (err error) {
+		ps, err = decodeLookup(dec)
+		return err
+	})
 	var he *httpError
 	if errors.As(err, &he) && he.status == http.StatusNotFound {
 		return nil, nil // no nsqd carries the topic yet: an empty queue
@@ -416,16 +447,8 @@ func (r *NSQReader) lookup(ctx context.Context, lookupd, topic string) ([]string
 	if err != nil {
 		return nil, fmt.Errorf("nsqlookupd %s lookup %s: %w", lookupd, topic, err)
 	}
-	if res.Data != nil { // pre-1.0 wrapper
-		if err := json.Unmarshal(*res.Data, &res); err != nil {
-			return nil, fmt.Errorf("nsqlookupd %s lookup %s: decoding data: %w", lookupd, topic, err)
-		}
-	}
-	if len(res.Producers) > maxProducers {
-		return nil, fmt.Errorf("nsqlookupd %s lookup %s: %d nsqds, more than the %d read per topic", lookupd, topic, len(res.Producers), maxProducers)
-	}
 	var out []string
-	for _, p := range res.Producers {
+	for _, p := range ps {
 		a, err := producerAddr(p.Broadcast, p.HTTPPort)
 		if err != nil {
 			return nil, fmt.Errorf("nsqlookupd %s lookup %s: %w", lookupd, topic, err)

@@ -123,6 +123,8 @@ func readError(role, host string, err error) error {
 		cls = errTooLarge.Error()
 	case errors.Is(err, errBadProducer):
 		cls = errBadProducer.Error()
+	case errors.Is(err, errTooManyProducers):
+		cls = errTooManyProducers.Error()
 	case errors.As(err, &he):
 		cls = fmt.Sprintf("HTTP %d", he.status)
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():

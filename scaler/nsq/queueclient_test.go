@@ -54,7 +54,7 @@ func TestLookupProducersAreChecked(t *testing.T) {
 		{name: "a path smuggled in the broadcast address", body: `{"producers":[{"broadcast_address":"127.0.0.1/admin?x=","http_port":4151}]}`, want: "invalid nsqd address"},
 		{name: "credentials in the broadcast address", body: `{"producers":[{"broadcast_address":"user@127.0.0.1","http_port":4151}]}`, want: "invalid nsqd address"},
 		{name: "a port out of range", body: `{"producers":[{"broadcast_address":"127.0.0.1","http_port":70000}]}`, want: "port out of range"},
-		{name: "too many nsqds", body: `{"producers":[` + strings.Repeat(`{"broadcast_address":"127.0.0.1","http_port":4151},`, 64) + `{"broadcast_address":"127.0.0.1","http_port":4151}]}`, want: "more than the 64"},
+		{name: "too many nsqds", body: `{"producers":[` + strings.Repeat(`{"broadcast_address":"127.0.0.1","http_port":4151},`, 64) + `{"broadcast_address":"127.0.0.1","http_port":4151}]}`, want: "more than 64"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,121 @@
+package nsq
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/microscaling/microscaling/annotations"
+)
+
+// allocated is what f allocated on the heap, in bytes.
+func allocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// A 10 MB /stats and a lookup naming 100,000 nsqds fail fast, as a class a
+// tenant may see, having allocated far less than the answer (the server's
+// side allocates nothing per answer, so what is counted is the reader's).
+func TestHugeAnswersFailFast(t *testing.T) {
+	topic := `{"topic_name":"t%d","depth":1,"message_count":1,"channels":[{"channel_name":"c","depth":1,"in_flight_count":0,"deferred_count":0,"message_count":1,"client_count":1}]},`
+	var stats strings.Builder
+	stats.WriteString(`{"topics":[`)
+	for i := 0; stats.Len() < 10<<20; i++ {
+		fmt.Fprintf(&stats, topic, i)
+	}
+	stats.WriteString(`{"topic_name":"jobs","depth":1}]}`)
+	producers := []byte(`{"producers":[` + strings.Repeat(`{"broadcast_address":"127.0.0.1","http_port":4151},`, 100000) + `{"broadcast_address":"127.0.0.1","http_port":4151}]}`)
+	statsBody := []byte(stats.String()) // made once: the server allocates nothing per answer
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/lookup") {
+			_, _ = w.Write(producers)
+			return
+		}
+		_, _ = w.Write(statsBody)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	for _, tc := range []struct {
+		name, scheme, class string
+		limit               uint64
+	}{
+		{"a 10 MB /stats", "nsq", "answer too large", 32 << 20},
+		{"100,000 nsqds from one lookup", "nsqlookupd", "too many nsqds", 1 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &NSQReader{Timeout: 5 * time.Second}
+			q := annotations.QueueRef{Scheme: tc.scheme, Host: host, Topic: "jobs", Channel: "work"}
+			var err error
+			t0 := time.Now()
+			n := allocated(func() { _, err = r.Read(context.Background(), []annotations.QueueRef{q}).Reading(q) })
+			if err == nil || !strings.Contains(err.Error(), tc.class) {
+				t.Fatalf("err = %v, want the class %q", err, tc.class)
+			}
+			if n > tc.limit {
+				t.Errorf("allocated %d MiB reading it, want under %d MiB", n>>20, tc.limit>>20)
+			}
+			t.Logf("%s: %v after %s, %.1f MiB allocated", tc.name, err, time.Since(t0).Round(time.Millisecond), float64(n)/(1<<20))
+		})
+	}
+}
+
+// Only the topics a read asks for are kept of a /stats answer.
+func TestOnlyReferencedTopicsAreKept(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(stats1x)) }))
+	defer srv.Close()
+	r := &NSQReader{Timeout: time.Second}
+	st, err := r.stats(context.Background(), strings.TrimPrefix(srv.URL, "http://"), map[string]bool{"fresh": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Topics) != 1 || st.Topics[0].Name != "fresh" || st.Topics[0].Depth != 7 {
+		t.Errorf("kept %+v, want only topic fresh", st.Topics)
+	}
+}
+
+// However many nsqds a tick reads, at most Concurrency requests are in
+// flight.
+func TestReadsAreBounded(t *testing.T) {
+	var inFlight, most atomic.Int32
+	var mu sync.Mutex
+	var servers []*httptest.Server
+	var refs []annotations.QueueRef
+	for range 24 {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			n := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			mu.Lock()
+			if n > most.Load() {
+				most.Store(n)
+			}
+			mu.Unlock()
+			time.Sleep(20 * time.Millisecond) // a slow nsqd: requests overlap
+			_, _ = w.Write([]byte(stats1x))
+		}))
+		defer srv.Close()
+		servers = append(servers, srv)
+		refs = append(refs, annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(srv.URL, "http://"), Topic: "jobs", Channel: "work"})
+	}
+	r := &NSQReader{Timeout: 5 * time.Second, Concurrency: 4}
+	snap := r.Read(context.Background(), refs)
+	for _, q := range refs {
+		if _, err := snap.Reading(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := most.Load(); m > 4 || m < 2 {
+		t.Errorf("%d requests in flight at most, want 2 to 4 (Concurrency 4)", m)
+	}
+}

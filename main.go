@@ -108,6 +108,7 @@ type options struct {
 	workers        int
 	queueTimeout   time.Duration
 	queueMaxBytes  int64
+	queueAllow     string
 	queueReads     int
 	leaderElect    bool
 	leaseName      string
@@ -176,6 +177,7 @@ func controllerMain(ctx context.Context, args []string) error {
 	fs.DurationVar(&o.interval, "interval", time.Second, "how often every group is decided")
 	fs.IntVar(&o.workers, "workers", 4, "groups decided in parallel")
 	fs.DurationVar(&o.queueTimeout, "queue-timeout", 500*time.Millisecond, "timeout of one nsqd or nsqlookupd request")
+	fs.StringVar(&o.queueAllow, "queue-allow", nsq.DefaultAllow, "queue endpoints tenants may name: comma-separated CIDRs (checked on the resolved address) and DNS suffixes (on the name, for example .svc.cluster.local); link-local, multicast and the API server's addresses are refused whatever it says")
 	fs.Int64Var(&o.queueMaxBytes, "queue-max-bytes", nsq.DefaultMaxBytes, "largest nsqd or nsqlookupd answer read; a larger one makes its queues unreadable")
 	fs.IntVar(&o.queueReads, "queue-concurrency", nsq.DefaultConcurrency, "nsqd and nsqlookupd requests in flight at once")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "hold a Lease so that only one replica writes")
@@ -557,9 +559,13 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	queuePolicy, err := nsq.ParsePolicy(o.queueAllow, deny...)
+	if err != nil {
+		return fmt.Errorf("--queue-allow: %w", err)
+	}
 	history := dashboard.NewHistory(600, 100)
 	ctrl := scaler.New(scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun, History: history},
-		inf, &nsq.NSQReader{Client: nsq.NewQueueClient(deny...), Timeout: o.queueTimeout, Metrics: metrics, MaxBytes: o.queueMaxBytes, Concurrency: o.queueReads},
+		inf, &nsq.NSQReader{Client: nsq.NewQueueClient(queuePolicy), Timeout: o.queueTimeout, Metrics: metrics, MaxBytes: o.queueMaxBytes, Concurrency: o.queueReads},
 		scaler.ScaleWriter{Client: client}, recorder, metrics, clock.RealClock{})
 	reg.MustRegister(scalermetrics.Collector(ctrl)) // the per-Deployment gauges
 

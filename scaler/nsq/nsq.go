@@ -13,6 +13,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"sync"
@@ -370,10 +371,12 @@ func (r *NSQReader) get(ctx context.Context, u string, decode func(*json.Decoder
 	limit := r.maxBytes()
 	body := &countingReader{r: io.LimitReader(resp.Body, limit+1)}
 	err = decode(json.NewDecoder(body))
-	if body.n > limit {
+	switch {
+	case body.n > limit:
 		return fmt.Errorf("%s: %w: more than %d bytes", u, errTooLarge, limit)
-	}
-	if err != nil {
+	case err != nil && ctx.Err() != nil:
+		return fmt.Errorf("reading %s: %w", u, ctx.Err()) // the timeout, whatever the body read said
+	case err != nil:
 		return fmt.Errorf("decoding %s: %w", u, err)
 	}
 	return nil
@@ -412,7 +415,7 @@ func (r *NSQReader) acquire(ctx context.Context) error {
 func (r *NSQReader) release() { <-r.sem }
 
 // defaultQueueClient serves readers built without a client (tests).
-var defaultQueueClient = NewQueueClient()
+var defaultQueueClient = NewQueueClient(Policy{Nets: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}})
 
 // maxProducers bounds the nsqds one lookup may name, each a request a tick.
 const maxProducers = 64

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,42 +19,127 @@ import (
 // errNotAllowed is what a queue address that tenants may not reach gives.
 var errNotAllowed = errors.New("address not allowed for a queue")
 
-// NewQueueClient is the HTTP client of the queue reader. Queue addresses
-// come from tenants, so it follows no redirect, uses no proxy, and refuses
-// at dial time (after name resolution, so a DNS answer cannot smuggle one
-// in) link-local addresses (cloud metadata services live there), unspecified
-// and multicast addresses, and each address in deny (the API server's).
-func NewQueueClient(deny ...netip.AddrPort) *http.Client {
-	d := &net.Dialer{Timeout: 5 * time.Second, Control: func(_, address string, _ syscall.RawConn) error {
-		ap, err := netip.ParseAddrPort(address)
-		if err != nil {
-			return fmt.Errorf("%w: %v", errNotAllowed, err)
-		}
-		return allowedQueueAddr(ap, deny)
-	}}
-	return &http.Client{
-		Transport: &http.Transport{
-			Proxy:               nil,
-			DialContext:         d.DialContext,
-			MaxIdleConnsPerHost: 2,
-			IdleConnTimeout:     90 * time.Second,
-		},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
+// DefaultAllow is the queue endpoint policy when the operator sets none:
+// private, shared (CGNAT) and loopback networks, where in-cluster Services
+// and the local demo live.
+const DefaultAllow = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,127.0.0.0/8,fc00::/7,::1/128"
+
+// Policy says which queue endpoints tenants may name: an address is read
+// when its resolved IP is in one of Nets, or its host name ends with one of
+// Suffixes (a DNS suffix such as ".svc.cluster.local", or a whole name).
+// Link-local (cloud metadata), multicast and unspecified addresses, and
+// each of Deny (the API server's), are refused whatever the policy says.
+type Policy struct {
+	Nets     []netip.Prefix
+	Suffixes []string
+	Deny     []netip.AddrPort
 }
 
-func allowedQueueAddr(ap netip.AddrPort, deny []netip.AddrPort) error {
+// ParsePolicy reads a comma-separated list of CIDRs and DNS suffixes.
+func ParsePolicy(allow string, deny ...netip.AddrPort) (Policy, error) {
+	p := Policy{Deny: deny}
+	for _, e := range strings.Split(allow, ",") {
+		e = strings.TrimSpace(e)
+		switch {
+		case e == "":
+		case strings.Contains(e, "/"):
+			n, err := netip.ParsePrefix(e)
+			if err != nil {
+				return Policy{}, fmt.Errorf("queue allow-list entry %q: %w", e, err)
+			}
+			p.Nets = append(p.Nets, n.Masked())
+		default:
+			name := strings.ToLower(strings.TrimPrefix(e, "."))
+			if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
+				return Policy{}, fmt.Errorf("queue allow-list entry %q: neither a CIDR nor a DNS suffix: %s", e, strings.Join(errs, "; "))
+			}
+			p.Suffixes = append(p.Suffixes, name)
+		}
+	}
+	return p, nil
+}
+
+// nameAllowed reports whether host matches a DNS suffix of the policy.
+func (p Policy) nameAllowed(host string) bool {
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	for _, s := range p.Suffixes {
+		if host == s || strings.HasSuffix(host, "."+s) {
+			return true
+		}
+	}
+	return false
+}
+
+// check reports whether ip:port may be dialed; byName: the host name the
+// address was resolved from matched a DNS suffix.
+func (p Policy) check(ap netip.AddrPort, byName bool) error {
 	a := ap.Addr().Unmap()
 	switch {
 	case a.IsLinkLocalUnicast(), a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast(), a.IsMulticast(), a.IsUnspecified():
 		return errNotAllowed
 	}
-	for _, d := range deny {
+	for _, d := range p.Deny {
 		if d.Addr().Unmap() == a && d.Port() == ap.Port() {
 			return errNotAllowed
 		}
 	}
-	return nil
+	if byName {
+		return nil
+	}
+	for _, n := range p.Nets {
+		if n.Contains(a) {
+			return nil
+		}
+	}
+	return errNotAllowed
+}
+
+// NewQueueClient is the HTTP client of the queue reader. Queue addresses
+// come from tenants, so it follows no redirect, uses no proxy, and dials
+// only addresses the policy allows: a host name is resolved here, each
+// address checked, and the checked address is the one dialed, so a DNS
+// answer cannot swap in another between the check and the dial.
+func NewQueueClient(p Policy) *http.Client {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	dial := func(ctx context.Context, network, address string) (net.Conn, error) {
+		host, port, err := net.SplitHostPort(address)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errNotAllowed, err)
+		}
+		pn, err := strconv.ParseUint(port, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("%w: port %q", errNotAllowed, port)
+		}
+		ips := []netip.Addr{}
+		if ip, err := netip.ParseAddr(host); err == nil {
+			ips = append(ips, ip)
+		} else if ips, err = net.DefaultResolver.LookupNetIP(ctx, "ip", host); err != nil {
+			return nil, err
+		}
+		byName := p.nameAllowed(host)
+		var last error = errNotAllowed
+		for _, ip := range ips {
+			ap := netip.AddrPortFrom(ip.Unmap(), uint16(pn))
+			if last = p.check(ap, byName); last != nil {
+				continue
+			}
+			c, err := d.DialContext(ctx, network, ap.String())
+			if err == nil {
+				return c, nil
+			}
+			last = err
+		}
+		return nil, last
+	}
+	return &http.Client{
+		Transport: &http.Transport{
+			Proxy:               nil,
+			DialContext:         dial,
+			MaxIdleConnsPerHost: 2,
+			IdleConnTimeout:     90 * time.Second,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
 }
 
 // producerAddr checks an nsqd address that an nsqlookupd announced: a host

@@ -23,7 +23,11 @@ func TestQueueClientRefuses(t *testing.T) {
 	redirect := httptest.NewServer(http.RedirectHandler(secret.URL+"/stats", http.StatusFound))
 	defer redirect.Close()
 	apiServer := netip.MustParseAddrPort(strings.TrimPrefix(secret.URL, "http://"))
-	r := &NSQReader{Client: NewQueueClient(apiServer), Timeout: 2 * time.Second}
+	policy, err := ParsePolicy(DefaultAllow, apiServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &NSQReader{Client: NewQueueClient(policy), Timeout: 2 * time.Second}
 	tests := []struct {
 		name, host, want string
 	}{
@@ -32,6 +36,7 @@ func TestQueueClientRefuses(t *testing.T) {
 		{name: "IPv6 link-local", host: "[fe80::1]:4151", want: "not allowed"},
 		{name: "unspecified", host: "0.0.0.0:4151", want: "not allowed"},
 		{name: "the API server", host: apiServer.String(), want: "not allowed"},
+		{name: "a public address outside the allow-list", host: "8.8.8.8:4151", want: "not allowed"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -71,6 +76,8 @@ func TestLookupProducersAreChecked(t *testing.T) {
 
 func TestAllowedQueueAddr(t *testing.T) {
 	deny := []netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:443")}
+	// With every network allowed, what is refused whatever the policy says.
+	everywhere := []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
 	for addr, ok := range map[string]bool{
 		"127.0.0.1:4151":         true,
 		"10.0.0.1:4151":          true, // the API server's host, another port
@@ -83,12 +90,55 @@ func TestAllowedQueueAddr(t *testing.T) {
 		"[2001:db8::1]:4151":     true,
 		"[::ffff:169.254.1.1]:1": false,
 	} {
-		err := allowedQueueAddr(netip.MustParseAddrPort(addr), deny)
+		err := Policy{Nets: everywhere, Deny: deny}.check(netip.MustParseAddrPort(addr), false)
 		if (err == nil) != ok {
 			t.Errorf("%s: err = %v, want allowed %v", addr, err, ok)
 		}
 		if err != nil && !errors.Is(err, errNotAllowed) {
 			t.Errorf("%s: err = %v, want errNotAllowed", addr, err)
+		}
+	}
+}
+
+// The operator's allow-list: CIDRs on the resolved address, DNS suffixes on
+// the name; an address it does not allow is never dialed.
+func TestQueueAllowList(t *testing.T) {
+	hits := 0
+	nsqd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		hits++
+		_, _ = w.Write([]byte(stats1x))
+	}))
+	defer nsqd.Close()
+	port := nsqd.URL[strings.LastIndex(nsqd.URL, ":")+1:]
+	for _, tc := range []struct {
+		name, allow, host, wantErr string
+		wantHits                   int
+	}{
+		{name: "loopback allowed by CIDR", allow: "127.0.0.0/8", host: "127.0.0.1:" + port, wantHits: 1},
+		{name: "loopback not in the list: never dialed", allow: "10.0.0.0/8", host: "127.0.0.1:" + port, wantErr: "not allowed"},
+		{name: "a name allowed by its DNS suffix", allow: "10.0.0.0/8,localhost", host: "localhost:" + port, wantHits: 1},
+		{name: "a name no suffix matches", allow: "10.0.0.0/8,.svc.cluster.local", host: "localhost:" + port, wantErr: "not allowed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hits = 0
+			p, err := ParsePolicy(tc.allow)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := &NSQReader{Client: NewQueueClient(p), Timeout: 2 * time.Second}
+			ref := annotations.QueueRef{Scheme: "nsq", Host: tc.host, Topic: "jobs", Channel: "work"}
+			_, err = r.Read(context.Background(), []annotations.QueueRef{ref}).Reading(ref)
+			if (tc.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("err = %v, want %q", err, tc.wantErr)
+			}
+			if hits != tc.wantHits {
+				t.Errorf("the nsqd saw %d requests, want %d", hits, tc.wantHits)
+			}
+		})
+	}
+	for _, bad := range []string{"10.0.0.0/33", "not a name!", "-bad.example"} {
+		if _, err := ParsePolicy(bad); err == nil || !strings.Contains(err.Error(), "queue allow-list entry") {
+			t.Errorf("ParsePolicy(%q) = %v, want an error naming the entry", bad, err)
 		}
 	}
 }

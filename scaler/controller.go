@@ -67,6 +67,10 @@ type Config struct {
 	DryRun   bool
 	// History, when set, keeps recent decisions for the dashboard.
 	History *dashboard.History
+	// QueueHostsPerNamespace bounds the distinct queue hosts the members of
+	// one namespace may name (0: no bound); the queues of hosts past it (in
+	// sorted order) are not read, and their members are held.
+	QueueHostsPerNamespace int
 }
 
 // Controller runs one decision per group per tick: it gathers the inputs,
@@ -136,6 +140,9 @@ type groupState struct {
 type tick struct {
 	at       time.Time
 	readings policy.Readings
+	// allowedHosts are, for each namespace over QueueHostsPerNamespace, the
+	// queue hosts read; read-only.
+	allowedHosts map[string]map[string]bool
 	// members of each group, listed once for the whole tick; read-only.
 	members map[string][]memberRef
 }
@@ -201,8 +208,13 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 		go func() { early <- c.queues.Read(ctx, slices.Collect(maps.Keys(prev))) }()
 	}
 	groups := c.cluster.Groups()
-	refs := map[annotations.QueueRef]bool{}
+	type nsRef struct {
+		namespace string
+		q         annotations.QueueRef
+	}
+	named := map[nsRef]bool{}
 	members := make(map[string][]memberRef, len(groups))
+	hosts := map[string]map[string]bool{} // by namespace
 	for k, ds := range groups {
 		ms := make([]memberRef, len(ds))
 		for i, d := range ds {
@@ -210,7 +222,11 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 			ms[i] = memberRef{d, st}
 			if st.spec != nil {
 				for _, q := range st.spec.Queues {
-					refs[q] = true
+					named[nsRef{d.Namespace, q}] = true
+					if hosts[d.Namespace] == nil {
+						hosts[d.Namespace] = map[string]bool{}
+					}
+					hosts[d.Namespace][q.Host] = true
 				}
 			}
 		}
@@ -225,6 +241,13 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 		}
 	}
 	c.forgetUnseen()
+	allowed := c.capHosts(hosts)
+	refs := map[annotations.QueueRef]bool{}
+	for r := range named {
+		if a := allowed[r.namespace]; a == nil || a[r.q.Host] {
+			refs[r.q] = true
+		}
+	}
 	var readings policy.Readings
 	if early != nil {
 		readings = <-early
@@ -233,7 +256,7 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 		readings = c.queues.Read(ctx, slices.Collect(maps.Keys(refs)))
 	}
 	c.lastRefs = refs
-	t := &tick{at: now, readings: readings, members: members}
+	t := &tick{at: now, readings: readings, members: members, allowedHosts: allowed}
 	keys := make([]string, 0, len(members))
 	for k := range members {
 		if annotations.ValidGroupKey(k) { // members of an invalid group are told of, never decided
@@ -244,6 +267,31 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 		c.decide(ctx, keys[i], c.groups[keys[i]], t)
 	})
 	c.lastTick.Store(c.clock.Now().UnixNano())
+}
+
+// capHosts keeps, for each namespace naming more queue hosts than
+// QueueHostsPerNamespace, the first ones in sorted order (the same every
+// tick), and returns the hosts kept for those namespaces.
+func (c *Controller) capHosts(hosts map[string]map[string]bool) map[string]map[string]bool {
+	limit := c.cfg.QueueHostsPerNamespace
+	if limit <= 0 {
+		return nil
+	}
+	var allowed map[string]map[string]bool
+	for ns, hs := range hosts {
+		if len(hs) <= limit {
+			continue
+		}
+		keep := slices.Sorted(maps.Keys(hs))[:limit]
+		if allowed == nil {
+			allowed = map[string]map[string]bool{}
+		}
+		allowed[ns] = map[string]bool{}
+		for _, h := range keep {
+			allowed[ns][h] = true
+		}
+	}
+	return allowed
 }
 
 func covers(read, need map[annotations.QueueRef]bool) bool {
@@ -484,6 +532,10 @@ func (c *Controller) readQueues(m member, t *tick) (policy.QueueReading, bool) {
 	var sum policy.QueueReading
 	var err error
 	for _, q := range m.spec.Queues {
+		if a := t.allowedHosts[m.d.Namespace]; a != nil && !a[q.Host] {
+			err = fmt.Errorf("queue host %s not read: namespace %s names more than %d queue hosts", q.Host, m.d.Namespace, c.cfg.QueueHostsPerNamespace)
+			break
+		}
 		var r policy.QueueReading
 		if r, err = t.readings.Reading(q); err != nil {
 			break

@@ -452,3 +452,49 @@ func TestStateGauges(t *testing.T) {
 		t.Errorf("paused: invalid %v, paused %v; want 0, 1", g, p)
 	}
 }
+
+// A namespace naming more queue hosts than QueueHostsPerNamespace has the
+// ones past the bound (in sorted order, the same every tick) left unread and
+// their members held with a Warning; another namespace is untouched.
+func TestQueueHostsPerNamespace(t *testing.T) {
+	consumer := func(ns, name, host string) *appsv1.Deployment {
+		replicas := int32(1)
+		return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, ResourceVersion: "1",
+			Annotations: map[string]string{annotations.Queue: "nsq://" + host + "/t/c", annotations.TargetQueueLength: "10", annotations.MaxReplicas: "5"}},
+			Spec: appsv1.DeploymentSpec{Replicas: &replicas}, Status: appsv1.DeploymentStatus{ReadyReplicas: replicas}}
+	}
+	cluster := &fakeCluster{groups: map[string][]*appsv1.Deployment{}}
+	for i, h := range []string{"h3:1", "h1:1", "h2:1"} {
+		name := fmt.Sprintf("m%d", i)
+		cluster.groups["greedy/"+name] = []*appsv1.Deployment{consumer("greedy", name, h)}
+	}
+	cluster.groups["other/x"] = []*appsv1.Deployment{consumer("other", "x", "h3:1")}
+	queues := &readsQueues{}
+	writer := &fakeWriter{}
+	rec := record.NewFakeRecorder(100)
+	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	c := New(Config{Interval: time.Second, Workers: 2, QueueHostsPerNamespace: 2}, cluster, queues, writer, rec, metrics.NewMetrics(prometheus.NewRegistry()), clk)
+	for range 2 {
+		clk.Step(time.Second)
+		c.runTick(t.Context(), clk.Now())
+	}
+	writes := writer.take()
+	slices.Sort(writes)
+	// greedy's h1 and h2 are read and decided; its h3 is not, but other's is.
+	if got := strings.Join(writes, ","); got != "m1=5,m2=5,x=5" {
+		t.Errorf("writes %q, want m1=5,m2=5,x=5 (greedy/m0 on h3 held)", got)
+	}
+	if got := queues.take(); got != "h1:1+h2:1+h3:1 h1:1+h2:1+h3:1" {
+		t.Errorf("reads %q", got)
+	}
+	close(rec.Events)
+	var held []string
+	for e := range rec.Events {
+		if strings.Contains(e, "QueueUnreadable") {
+			held = append(held, e)
+		}
+	}
+	if len(held) != 1 || !strings.Contains(held[0], "namespace greedy names more than 2 queue hosts") {
+		t.Errorf("QueueUnreadable Events %q, want one for greedy/m0 naming the bound", held)
+	}
+}

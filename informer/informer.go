@@ -224,6 +224,13 @@ func (inf *Informers) markDirty(obj any) {
 	}
 }
 
+// Deployment returns a Deployment from the cache, managed or not; callers
+// must not change it.
+func (inf *Informers) Deployment(namespace, name string) (*appsv1.Deployment, bool) {
+	d, err := inf.Deployments.Deployments(namespace).Get(name)
+	return d, err == nil
+}
+
 // Groups returns the managed Deployments of every group by namespace/group,
 // each sorted by name. They come from the cache, and the map is shared until
 // a Deployment changes: callers must not change either. Only the groups whose

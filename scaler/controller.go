@@ -37,6 +37,7 @@ const (
 	ReasonGroupBudgetConflict = "GroupBudgetConflict"
 	ReasonConflictingScaler   = "ConflictingAutoscaler"
 	ReasonAutoscalerGone      = "AutoscalerGone"
+	ReasonReleased            = "Released"
 )
 
 // HeldConflict is the Held word of a member another autoscaler scales.
@@ -50,6 +51,8 @@ type Cluster interface {
 	Groups() map[string][]*appsv1.Deployment
 	// Room returns the node room the members of one group share.
 	Room(members []*appsv1.Deployment) (policy.Room, error)
+	// Deployment returns a Deployment from the cache, managed or not.
+	Deployment(namespace, name string) (*appsv1.Deployment, bool)
 	// Autoscalers names the other autoscalers (HorizontalPodAutoscalers,
 	// KEDA's among them) that target the Deployment namespace/name.
 	Autoscalers(namespace, name string) []string
@@ -321,12 +324,27 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 		return st
 	}
 	changed := !ok || !sameManaged(st.ann, d.Annotations)
+	before := st.ann
 	st.rv, st.ann = d.ResourceVersion, d.Annotations
 	c.mu.Unlock()
 	if !changed {
 		return st
 	}
 	spec, err := annotations.Parse(d.Name, d.Annotations)
+	if removed := removedDefining(before, d.Annotations); err != nil && st.spec != nil && len(removed) > 0 {
+		// Taking away what made it managed is a release, not a mistake to
+		// keep the last settings through.
+		c.mu.Lock()
+		st.spec = nil
+		c.mu.Unlock()
+		st.mu.Lock()
+		st.gauges, st.hasWritten = metrics.Gauges{}, false
+		st.mu.Unlock()
+		c.cfg.History.Forget(d.Namespace, d.Name)
+		c.release(d, removed)
+		klog.FromContext(ctx).Info("released", "deployment", klog.KObj(d), "removed", removed)
+		return st
+	}
 	if err != nil {
 		kept := "the Deployment is left alone"
 		if st.spec != nil {
@@ -355,6 +373,20 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 	return st
 }
 
+// removedDefining lists the keys that make a Deployment managed (rule,
+// queue, group) that before had and now does not.
+func removedDefining(before, now map[string]string) []string {
+	var out []string
+	for _, k := range []string{annotations.Rule, annotations.Queue, annotations.Group} {
+		if _, had := before[k]; had {
+			if _, has := now[k]; !has {
+				out = append(out, k)
+			}
+		}
+	}
+	return out
+}
+
 // sameManaged reports whether a and b hold the same microscaling.com/* annotations.
 func sameManaged(a, b map[string]string) bool {
 	n := 0
@@ -375,16 +407,37 @@ func sameManaged(a, b map[string]string) bool {
 }
 
 // forgetUnseen drops the state of members the current tick did not list.
+// One that still exists lost what made it managed: it is told it is
+// released.
 func (c *Controller) forgetUnseen() {
+	type gone struct {
+		key memberKey
+		ann map[string]string
+	}
+	var released []gone
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for k, st := range c.members {
 		if st.seen != c.ticks {
 			delete(c.members, k)
 			c.metrics.Forget(k.namespace, k.name)
 			c.cfg.History.Forget(k.namespace, k.name)
+			if st.spec != nil {
+				released = append(released, gone{k, st.ann})
+			}
 		}
 	}
+	c.mu.Unlock()
+	for _, g := range released {
+		if d, ok := c.cluster.Deployment(g.key.namespace, g.key.name); ok && !annotations.Managed(d.Annotations) {
+			c.release(d, removedDefining(g.ann, d.Annotations))
+		}
+	}
+}
+
+// release tells that d is no longer scaled because the keys that made it
+// managed were removed; its replicas stay as they are.
+func (c *Controller) release(d *appsv1.Deployment, removed []string) {
+	c.recorder.Eventf(d, corev1.EventTypeNormal, ReasonReleased, "%s removed: microscaling no longer scales this Deployment; its replicas stay as they are", strings.Join(removed, ", "))
 }
 
 // member is one Deployment's part in a group decision.

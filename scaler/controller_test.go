@@ -25,11 +25,28 @@ import (
 
 type fakeCluster struct {
 	groups map[string][]*appsv1.Deployment
+	// unmanaged are Deployments the cache holds that no group lists.
+	unmanaged []*appsv1.Deployment
 	mu     sync.Mutex          // guards hpas
 	hpas   map[string][]string // namespace/name -> HPAs that target it
 }
 
 func (f *fakeCluster) Groups() map[string][]*appsv1.Deployment { return f.groups }
+func (f *fakeCluster) Deployment(namespace, name string) (*appsv1.Deployment, bool) {
+	for _, ds := range f.groups {
+		for _, d := range ds {
+			if d.Namespace == namespace && d.Name == name {
+				return d, true
+			}
+		}
+	}
+	for _, d := range f.unmanaged {
+		if d.Namespace == namespace && d.Name == name {
+			return d, true
+		}
+	}
+	return nil, false
+}
 func (f *fakeCluster) Autoscalers(namespace, name string) []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -496,5 +513,71 @@ func TestQueueHostsPerNamespace(t *testing.T) {
 	}
 	if len(held) != 1 || !strings.Contains(held[0], "namespace greedy names more than 2 queue hosts") {
 		t.Errorf("QueueUnreadable Events %q, want one for greedy/m0 naming the bound", held)
+	}
+}
+
+// Removing the queue of a managed Deployment releases it with a Normal
+// Event, whether what is left no longer makes it managed (the informer
+// drops it) or no longer parses (rule: queue left behind): no write follows
+// however large the backlog, its gauges go, and naming a queue again takes
+// it back.
+func TestRemovingTheQueueReleases(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		explicit    bool // microscaling.com/rule: queue stays, so it is still listed
+		stillListed bool
+	}{
+		{name: "no rule left: no longer managed"},
+		{name: "rule: queue left: no longer parses", explicit: true, stillListed: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newConsumerFixture(t)
+			if tc.explicit {
+				f.consumer.Annotations[annotations.Rule] = "queue"
+			}
+			tick := func() []string {
+				f.clk.Step(time.Second)
+				f.c.runTick(f.ctx, f.clk.Now())
+				return f.writer.take()
+			}
+			events := func() string {
+				var evs []string
+				for len(f.rec.Events) > 0 {
+					evs = append(evs, <-f.rec.Events)
+				}
+				return strings.Join(evs, "|")
+			}
+			f.queues.backlog = 5
+			tick()
+			events()
+			ann := f.consumer.Annotations
+			f.consumer.Annotations = maps.Clone(ann) // a new object from the informer, as the API server sends it
+			delete(f.consumer.Annotations, annotations.Queue)
+			f.consumer.ResourceVersion = "2"
+			groups := f.cluster.groups
+			if !tc.stillListed {
+				f.cluster.groups, f.cluster.unmanaged = nil, []*appsv1.Deployment{f.consumer}
+			}
+			f.queues.backlog = 1000
+			if w := tick(); len(w) != 0 {
+				t.Errorf("writes %q after the queue was removed, want none", w)
+			}
+			if evs := events(); !strings.Contains(evs, "Normal Released microscaling.com/queue removed: microscaling no longer scales this Deployment") || strings.Contains(evs, "InvalidAnnotation") {
+				t.Errorf("events %q, want one Normal Released and no InvalidAnnotation", evs)
+			}
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(metrics.Collector(f.c))
+			if n, err := testutil.GatherAndCount(reg); err != nil || n != 0 {
+				t.Errorf("a released Deployment has %d series (%v), want none", n, err)
+			}
+			if tick(); events() != "" {
+				t.Error("told again on the next tick")
+			}
+			f.consumer.Annotations, f.consumer.ResourceVersion = ann, "3"
+			f.cluster.groups, f.cluster.unmanaged = groups, nil
+			if w := tick(); strings.Join(w, ",") != "consumer=5" {
+				t.Errorf("writes %q once the queue is back, want consumer=5", w)
+			}
+		})
 	}
 }

@@ -38,6 +38,8 @@ func (c *roomCluster) Groups() map[string][]*appsv1.Deployment {
 
 func (c *roomCluster) Autoscalers(string, string) []string { return nil }
 
+func (c *roomCluster) Deployment(string, string) (*appsv1.Deployment, bool) { return nil, false }
+
 func (c *roomCluster) Room(ms []*appsv1.Deployment) (policy.Room, error) {
 	r := policy.Room{Version: 1, Free: []policy.Resources{{MilliCPU: 1000, Memory: 1 << 40, Pods: 110}}}
 	for range ms {

@@ -45,6 +45,9 @@ type cacheKey struct{ cred, ref string }
 // MaxConfigBytes bounds an image's config blob, where its labels are.
 const MaxConfigBytes = 1 << 20
 
+// errConfigTooLarge marks a config blob declared over MaxConfigBytes.
+var errConfigTooLarge = fmt.Errorf("more than the %d read", MaxConfigBytes)
+
 // maxCacheEntries bounds each cache of the Resolver.
 const maxCacheEntries = 4096
 
@@ -155,7 +158,7 @@ func (r *Resolver) resolve(ctx context.Context, image string, kc *Keychain) (str
 		return "", nil, fmt.Errorf("reading manifest of %s: %w", image, err)
 	}
 	if m.Config.Size > MaxConfigBytes {
-		return "", nil, fmt.Errorf("config of %s: %d bytes, more than the %d read", image, m.Config.Size, MaxConfigBytes)
+		return "", nil, fmt.Errorf("config of %s: %d bytes, %w", image, m.Config.Size, errConfigTooLarge)
 	}
 	cf, err := img.ConfigFile()
 	if err != nil {

@@ -92,3 +92,37 @@ func TestLargeConfigRefused(t *testing.T) {
 		t.Errorf("labels %d, err %v; want the config refused for its size", len(l), err)
 	}
 }
+
+// A failed read reaches the tenant's Event as the image and a class, never
+// the registry's message, detail or body.
+func TestFailureEchoesNothing(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = io.WriteString(w, `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"internal-db.corp:5432 secret","detail":"token=hunter2"},{"code":"EVIL CODE","message":"x"}]}`)
+	}))
+	defer srv.Close()
+	garbage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+		_, _ = io.WriteString(w, "<html>password=hunter2</html>")
+	}))
+	defer garbage.Close()
+	r := NewResolver(v1.Platform{OS: "linux", Architecture: "amd64"}, 5*time.Second, time.Minute)
+	for _, tc := range []struct{ image, want string }{
+		{strings.TrimPrefix(srv.URL, "http://") + "/app:1", "registry answered HTTP 404 MANIFEST_UNKNOWN"},
+		{strings.TrimPrefix(garbage.URL, "http://") + "/app:1", "registry answered HTTP 500"},
+	} {
+		_, _, err := r.Labels(context.Background(), tc.image, nil)
+		if err == nil {
+			t.Fatalf("%s: no error", tc.image)
+		}
+		got := failure(tc.image, err)
+		if !strings.HasSuffix(got, tc.want) || strings.Contains(got, "hunter2") || strings.Contains(got, "secret") || strings.Contains(got, "EVIL") {
+			t.Errorf("%s: Event text %q, want it to end with %q and quote nothing of the registry", tc.image, got, tc.want)
+		}
+	}
+}

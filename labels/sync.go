@@ -68,7 +68,9 @@ func (s *Syncer) Sync(ctx context.Context, d *appsv1.Deployment) (bool, error) {
 	for _, c := range d.Spec.Template.Spec.Containers {
 		digest, l, err := s.Resolver.Labels(ctx, c.Image, kc)
 		if err != nil {
-			s.Recorder.Eventf(d, corev1.EventTypeWarning, "LabelSyncFailed", "container %s: %v", c.Name, err)
+			// The registry's own words go to the log only: a registry is
+			// anyone's, and its answer is not echoed to the tenant.
+			s.Recorder.Eventf(d, corev1.EventTypeWarning, "LabelSyncFailed", "container %s: %s", c.Name, failure(c.Image, err))
 			return false, fmt.Errorf("deployment %s/%s: %w", d.Namespace, d.Name, err)
 		}
 		imgs = append(imgs, Image{Container: c.Name, Digest: digest, Labels: l})

@@ -220,7 +220,12 @@ func TestLabelSync(t *testing.T) {
 			t.Errorf("priv-no got priority %q without credentials", p)
 		}
 		waitEvent(t, s, "default", "priv-no", "Warning LabelSyncFailed", 5*time.Second)
-		waitEvent(t, s, "default", "priv-no", "UNAUTHORIZED", time.Second)
+		waitEvent(t, s, "default", "priv-no", "registry answered HTTP 401 UNAUTHORIZED", time.Second)
+		for _, e := range mustEvents(t, s, "default", "priv-no") {
+			if strings.Contains(e, "authentication required") {
+				t.Errorf("an Event quotes the registry's message: %s", e)
+			}
+		}
 		if strings.Contains(out, regPass) {
 			t.Errorf("the output shows the registry password")
 		}

@@ -18,6 +18,7 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8slabels "k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
@@ -25,6 +26,7 @@ import (
 	appslisters "k8s.io/client-go/listers/apps/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	nodelisters "k8s.io/client-go/listers/node/v1"
+	schedulinglisters "k8s.io/client-go/listers/scheduling/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/microscaling/microscaling/annotations"
@@ -95,6 +97,8 @@ type Informers struct {
 	Pods        corelisters.PodLister
 	// RuntimeClasses give the overhead admission adds to a template's pods.
 	RuntimeClasses nodelisters.RuntimeClassLister
+	// PriorityClasses tell the priority a remainder's pods run at.
+	PriorityClasses schedulinglisters.PriorityClassLister
 	// hpas are the HorizontalPodAutoscalers, indexed by the Deployment they
 	// target; hpaCount counts them (most clusters have none to look up).
 	hpas      cache.SharedIndexInformer
@@ -151,6 +155,8 @@ func New(client kubernetes.Interface, namespace string) (*Informers, error) {
 			return nil, fmt.Errorf("adding room handler: %w", err)
 		}
 	}
+	pcs := nf.Scheduling().V1().PriorityClasses()
+	inf.PriorityClasses = pcs.Lister()
 	inf.hpas = f.Autoscaling().V2().HorizontalPodAutoscalers().Informer()
 	if err := inf.hpas.AddIndexers(cache.Indexers{targetIndex: hpaTarget}); err != nil {
 		return nil, fmt.Errorf("adding autoscaler index: %w", err)
@@ -161,7 +167,7 @@ func New(client kubernetes.Interface, namespace string) (*Informers, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("adding autoscaler handler: %w", err)
 	}
-	inf.synced = []cache.InformerSynced{inf.deployments.HasSynced, nodes.Informer().HasSynced, pods.Informer().HasSynced, rcs.Informer().HasSynced, inf.hpas.HasSynced}
+	inf.synced = []cache.InformerSynced{inf.deployments.HasSynced, nodes.Informer().HasSynced, pods.Informer().HasSynced, rcs.Informer().HasSynced, inf.hpas.HasSynced, pcs.Informer().HasSynced}
 	inf.factories = []informers.SharedInformerFactory{f}
 	if nf != f {
 		inf.factories = append(inf.factories, nf)
@@ -222,6 +228,30 @@ func (inf *Informers) markDirty(obj any) {
 			inf.groupsMu.Unlock()
 		}
 	}
+}
+
+// PodPriority is the priority the pods of d run at, as the Priority
+// admission plugin sets it: its template's PriorityClass, else the
+// cluster's global default, else 0; class names the PriorityClass ("" for
+// none). A PriorityClass named but not found is an error.
+func (inf *Informers) PodPriority(d *appsv1.Deployment) (value int32, class string, err error) {
+	if name := d.Spec.Template.Spec.PriorityClassName; name != "" {
+		pc, err := inf.PriorityClasses.Get(name)
+		if err != nil {
+			return 0, name, fmt.Errorf("PriorityClass %s: %w", name, err)
+		}
+		return pc.Value, name, nil
+	}
+	pcs, err := inf.PriorityClasses.List(k8slabels.Everything())
+	if err != nil {
+		return 0, "", err
+	}
+	for _, pc := range pcs {
+		if pc.GlobalDefault {
+			return pc.Value, pc.Name, nil
+		}
+	}
+	return 0, "", nil
 }
 
 // Deployment returns a Deployment from the cache, managed or not; callers
@@ -322,7 +352,8 @@ func slimDeployment(d *appsv1.Deployment) *appsv1.Deployment {
 				NodeSelector: t.NodeSelector, Affinity: t.Affinity, Tolerations: t.Tolerations,
 				ImagePullSecrets: t.ImagePullSecrets, ServiceAccountName: t.ServiceAccountName,
 				RuntimeClassName: t.RuntimeClassName, Overhead: t.Overhead, Resources: t.Resources,
-				InitContainers: requestsOnly(t.InitContainers),
+				PriorityClassName: t.PriorityClassName,
+				InitContainers:    requestsOnly(t.InitContainers),
 			}},
 		},
 		Status: appsv1.DeploymentStatus{ReadyReplicas: d.Status.ReadyReplicas},

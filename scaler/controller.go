@@ -38,6 +38,7 @@ const (
 	ReasonConflictingScaler   = "ConflictingAutoscaler"
 	ReasonAutoscalerGone      = "AutoscalerGone"
 	ReasonReleased            = "Released"
+	ReasonRemainderPriority   = "RemainderPriority"
 )
 
 // HeldConflict is the Held word of a member another autoscaler scales.
@@ -53,6 +54,8 @@ type Cluster interface {
 	Room(members []*appsv1.Deployment) (policy.Room, error)
 	// Deployment returns a Deployment from the cache, managed or not.
 	Deployment(namespace, name string) (*appsv1.Deployment, bool)
+	// PodPriority is the priority d's pods run at, and its PriorityClass.
+	PodPriority(d *appsv1.Deployment) (int32, string, error)
 	// Autoscalers names the other autoscalers (HorizontalPodAutoscalers,
 	// KEDA's among them) that target the Deployment namespace/name.
 	Autoscalers(namespace, name string) []string
@@ -70,6 +73,10 @@ type Config struct {
 	DryRun   bool
 	// History, when set, keeps recent decisions for the dashboard.
 	History *dashboard.History
+	// RemainderMaxPriority is the highest pod priority a remainder may grow
+	// at: a remainder takes room from everything at or below its priority
+	// in the cluster, so it must run below them.
+	RemainderMaxPriority int32
 	// QueueHostsPerNamespace bounds the distinct queue hosts the members of
 	// one namespace may name (0: no bound); the queues of hosts past it (in
 	// sorted order) are not read, and their members are held.
@@ -463,6 +470,9 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		if m.spec.Rule == annotations.RuleQueue && !m.spec.Paused {
 			in.Members[i].Queue, in.Members[i].QueueKnown = c.readQueues(m, t)
 		}
+		if m.spec.Rule == annotations.RuleRemainder && !m.spec.Paused {
+			in.Members[i].NoGrowth = !c.lowPriority(m)
+		}
 	}
 	if policy.NeedsRoom(specs...) {
 		ds := make([]*appsv1.Deployment, len(ms))
@@ -502,6 +512,26 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 	for _, i := range out.Writes {
 		c.act(ctx, key, ms[i], out.Decisions[i])
 	}
+}
+
+// lowPriority reports whether a remainder's pods run below
+// RemainderMaxPriority, and tells with a Warning (once while it lasts) when
+// they do not: it is then not grown.
+func (c *Controller) lowPriority(m member) bool {
+	value, class, err := c.cluster.PodPriority(m.d)
+	msg := ""
+	switch {
+	case err != nil:
+		msg = fmt.Sprintf("not growing: its pods' priority is unknown (%v); a remainder needs a PriorityClass with a value of at most %d", err, c.cfg.RemainderMaxPriority)
+	case value > c.cfg.RemainderMaxPriority:
+		of := "no PriorityClass"
+		if class != "" {
+			of = "PriorityClass " + class
+		}
+		msg = fmt.Sprintf("not growing: its pods would run at priority %d (%s), and a remainder takes room from everything at or below its priority in the cluster; give it a PriorityClass with a value of at most %d", value, of, c.cfg.RemainderMaxPriority)
+	}
+	c.condition(m, corev1.EventTypeWarning, ReasonRemainderPriority, msg)
+	return msg == ""
 }
 
 // gather lists a group's members that have a valid spec, with the replicas

@@ -32,6 +32,12 @@ type fakeCluster struct {
 }
 
 func (f *fakeCluster) Groups() map[string][]*appsv1.Deployment { return f.groups }
+func (f *fakeCluster) PodPriority(d *appsv1.Deployment) (int32, string, error) {
+	if d.Spec.Template.Spec.PriorityClassName == "low" {
+		return -10, "low", nil
+	}
+	return 0, "", nil
+}
 func (f *fakeCluster) Deployment(namespace, name string) (*appsv1.Deployment, bool) {
 	for _, ds := range f.groups {
 		for _, d := range ds {

@@ -40,6 +40,9 @@ func (c *roomCluster) Autoscalers(string, string) []string { return nil }
 
 func (c *roomCluster) Deployment(string, string) (*appsv1.Deployment, bool) { return nil, false }
 
+// PodPriority: every pod of this test runs low enough for a remainder.
+func (c *roomCluster) PodPriority(*appsv1.Deployment) (int32, string, error) { return -1, "low", nil }
+
 func (c *roomCluster) Room(ms []*appsv1.Deployment) (policy.Room, error) {
 	r := policy.Room{Version: 1, Free: []policy.Resources{{MilliCPU: 1000, Memory: 1 << 40, Pods: 110}}}
 	for range ms {

@@ -90,6 +90,9 @@ type MemberInput struct {
 	QueueKnown bool
 	// State is the member's memory; the decision updates it.
 	State *MemberState
+	// NoGrowth keeps the member at or below Current (a remainder whose pods
+	// would run at too high a priority).
+	NoGrowth bool
 }
 
 // GroupInput is everything one group decision reads.
@@ -181,6 +184,9 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 		case s.Paused:
 			a.Min, a.Max = m.Current, m.Current
 			held[i] = HeldPaused
+		case m.NoGrowth:
+			a.Max = min(a.Max, m.Current)
+			held[i] = HeldPriority
 		case s.Rule == annotations.RuleQueue:
 			d := m.State.Step(PolicyOf(s), in.Now, m.Current, m.Ready, m.Queue, m.QueueKnown)
 			a.Want, reasons[i], held[i] = d.Replicas, d.Reason, d.Held
@@ -259,7 +265,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 // heldBy is what holds a member: paused first, then the allocation (room,
 // budget), then its queue rule.
 func heldBy(rule, alloc string) string {
-	if alloc != "" && rule != HeldPaused {
+	if alloc != "" && rule != HeldPaused && rule != HeldPriority {
 		return alloc
 	}
 	return rule

@@ -127,6 +127,12 @@ func TestDecideGroup(t *testing.T) {
 			want: "consumer=5 remainder=2(room) writes[consumer] room-unknown",
 		},
 		{
+			name: "a remainder whose pods' priority is too high does not grow, and says why",
+			in: GroupInput{Members: []MemberInput{consumer(1, 0), func() MemberInput { m := remainder("remainder", 2); m.NoGrowth = true; return m }()},
+				Room: room(1, 2, nil, node(1000, 110))},
+			want: "consumer=1 remainder=2(priority) writes[]",
+		},
+		{
 			name: "a lone consumer needs no room",
 			in:   GroupInput{Members: []MemberInput{consumer(1, 400)}},
 			want: "consumer=5 writes[consumer]",

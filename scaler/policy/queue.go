@@ -81,6 +81,7 @@ const (
 	HeldPaused     = "paused"     // annotated paused
 	HeldBudget     = "budget"     // group-max-replicas, taken by higher priorities
 	HeldRoom       = "room"       // node room, taken by higher priorities or unverified
+	HeldPriority   = "priority"   // a remainder whose pods' priority is not low enough to grow
 )
 
 // DecideQueue applies the queue rule to one member.

@@ -20,6 +20,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	schedulingv1 "k8s.io/api/scheduling/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -255,10 +257,27 @@ func deployment(ns, name string, replicas int32, ann map[string]string, cpus ...
 	}
 }
 
+// remainderClass is the low PriorityClass create gives remainders that name
+// none: the controller grows a remainder only below priority 0.
+const remainderClass = "e2e-remainder"
+
 func create(t *testing.T, s *harness.Stack, d *appsv1.Deployment) {
 	t.Helper()
+	if d.Annotations["microscaling.com/rule"] == "remainder" && d.Spec.Template.Spec.PriorityClassName == "" {
+		ensureRemainderClass(t, s)
+		d.Spec.Template.Spec.PriorityClassName = remainderClass
+	}
 	if _, err := s.Client.AppsV1().Deployments(d.Namespace).Create(t.Context(), d, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating %s: %v", d.Name, err)
+	}
+}
+
+// ensureRemainderClass creates remainderClass (value -20) if it is not there.
+func ensureRemainderClass(t *testing.T, s *harness.Stack) {
+	t.Helper()
+	pc := &schedulingv1.PriorityClass{ObjectMeta: metav1.ObjectMeta{Name: remainderClass}, Value: -20, Description: "remainders in the e2e tests"}
+	if _, err := s.Client.SchedulingV1().PriorityClasses().Create(t.Context(), pc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("creating PriorityClass %s: %v", remainderClass, err)
 	}
 }
 

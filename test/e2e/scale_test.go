@@ -42,6 +42,7 @@ func TestScaleBenchmark(t *testing.T) {
 func scaleRun(t *testing.T, n int) {
 	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "64", Memory: "256Gi", Pods: 1000}}})
 	groups := n / 5
+	ensureRemainderClass(t, s)
 	t0 := time.Now()
 	for _, ns := range []string{"bench-a", "bench-b"} {
 		if _, err := s.Kubectl(t.Context(), "create", "namespace", ns); err != nil {
@@ -79,6 +80,7 @@ func scaleRun(t *testing.T, n int) {
 		rem := deployment(ns, group+"-rem", 0, map[string]string{"microscaling.com/group": group, "microscaling.com/priority": "9",
 			"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "5"})
 		rem.Spec.Template.Spec.NodeSelector = map[string]string{"pool": "none"} // fits no node: no pods, full capacity path
+		rem.Spec.Template.Spec.PriorityClassName = remainderClass
 		work <- rem
 	}
 	close(work)

@@ -10,6 +10,10 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
+	schedulingv1 "k8s.io/api/scheduling/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/microscaling/microscaling/test/harness"
 	"github.com/microscaling/microscaling/test/workload"
 )
@@ -78,5 +82,45 @@ func TestHostileQueueEndpoints(t *testing.T) {
 	}
 	if n := internalHits.Load(); n != 0 {
 		t.Errorf("the address outside --queue-allow got %d requests, want none", n)
+	}
+}
+
+// TestRemainderPriority: a remainder whose pods would run at priority 0
+// (no PriorityClass) or above is not grown, with one Warning saying why; one
+// under a negative PriorityClass fills the room.
+func TestRemainderPriority(t *testing.T) {
+	s := harness.StartT(t, harness.Options{Nodes: []harness.Node{{Name: "n1", CPU: "2", Memory: "8Gi"}}})
+	high := &schedulingv1.PriorityClass{ObjectMeta: metav1.ObjectMeta{Name: "high"}, Value: 1000}
+	if _, err := s.Client.SchedulingV1().PriorityClasses().Create(t.Context(), high, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rem := func(name, class string) *appsv1.Deployment {
+		d := deployment("default", name, 0, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"})
+		d.Spec.Template.Spec.PriorityClassName = class
+		return d
+	}
+	for _, d := range []*appsv1.Deployment{rem("none", ""), rem("high", "high")} {
+		if _, err := s.Client.AppsV1().Deployments("default").Create(t.Context(), d, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	create(t, s, deployment("default", "low", 0, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"}))
+	startController(t, s.Kubeconfig)
+	waitReplicas(t, s, "default", "low", 15*time.Second, "3", func(n int32) bool { return n == 3 })
+	waitEvent(t, s, "default", "none", "Warning RemainderPriority: not growing: its pods would run at priority 0 (no PriorityClass)", 5*time.Second)
+	waitEvent(t, s, "default", "high", "Warning RemainderPriority: not growing: its pods would run at priority 1000 (PriorityClass high)", 5*time.Second)
+	for _, name := range []string{"none", "high"} {
+		if n := mustReplicas(t, s, "default", name); n != 0 {
+			t.Errorf("%s grew to %d", name, n)
+		}
+		warned := 0
+		for _, e := range mustEvents(t, s, "default", name) {
+			if strings.HasPrefix(e, "Warning RemainderPriority") {
+				warned++
+			}
+		}
+		if warned != 1 {
+			t.Errorf("%s: %d RemainderPriority Warnings, want one while it lasts", name, warned)
+		}
 	}
 }

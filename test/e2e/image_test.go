@@ -6,6 +6,7 @@ import (
 	"io"
 	"log"
 	"net/http/httptest"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -256,6 +257,7 @@ func runImage(t *testing.T, kubeconfig string, args ...string) *controller {
 func TestControllerFromImage(t *testing.T) {
 	s := tenPodGroup(t)
 	c := runImage(t, s.Kubeconfig)
+	c.token = s.Config.BearerToken // --metrics-auth=kubernetes, the default
 	if v := mustMetric(t, c, "microscaling_build_info", `version="`+version(t)+`"`, `platform="linux/amd64"`); v != 1 {
 		t.Errorf("microscaling_build_info for version %s: %v, want 1", version(t), v)
 	}
@@ -403,6 +405,15 @@ func TestHelmChartInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := runImage(t, kc, args...)
+	// The chart's --metrics-auth=kubernetes: its ServiceAccount reviews the
+	// caller's token.
+	if code := statusCode(t, c.metrics, "/metrics", ""); code != http.StatusUnauthorized {
+		t.Errorf("/metrics without a token: %d, want 401", code)
+	}
+	c.token = s.Config.BearerToken
+	if v := mustMetric(t, c, "microscaling_build_info"); v != 1 {
+		t.Errorf("microscaling_build_info with the admin's token: %v, want 1", v)
+	}
 	eventually(t, 30*time.Second, func(ctx context.Context) error {
 		n, err := demoReplicas(ctx, s, "remainder")
 		if err != nil {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # build.sh builds the real parts the tests run against (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubectl, kwok, nsqd, nsqlookupd)
+# kube-controller-manager, kube-scheduler, kubectl, kwok, nsqd, nsqlookupd,
+# and the tools crane, helm and promtool)
 # from the Go module proxy, in small wrapper modules outside the project's
 # go.mod, and caches the binaries outside the clone. A rebuild happens only
 # when the pinned versions below change.
@@ -16,6 +17,8 @@ NSQ_VERSION=v1.3.0
 # crane's version is in its file name, so changing it rebuilds crane alone.
 GGCR_VERSION=v0.22.1
 HELM_VERSION=v3.22.0
+# promtool checks the chart's alerting rules and the dashboard's queries.
+PROMETHEUS_VERSION=v0.316.0
 GO_SVC_FORK=github.com/mreiferson/go-svc@v1.2.2-0.20210815184239-7a96e00010f6
 
 PINS="k8s=${K8S_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION} nsq=${NSQ_VERSION} go=$(go env GOVERSION)"
@@ -147,5 +150,6 @@ build_kwok
 build_k8s
 install_versioned crane "$GGCR_VERSION" github.com/google/go-containerregistry/cmd/crane "a third-party registry for tests: about 30 s cold"
 install_versioned helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "lint and template of the chart: about 1 minute cold"
+install_versioned promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool "Prometheus's rule checker: about 10 minutes cold"
 log "all binaries ready in $BIN ($((SECONDS - t0)) s)"
 echo "$BIN"

@@ -99,8 +99,7 @@ func (b build) String() string {
 type options struct {
 	syncLabels    bool
 	labelInterval time.Duration
-	platform      string
-	prefixes      string
+	labels        labelOptions
 
 	kubeconfig     string
 	namespace      string
@@ -195,7 +194,7 @@ func controllerMain(ctx context.Context, args []string) error {
 	fs.BoolVar(&o.dryRun, "dry-run", false, "decide, log and emit Events, but write nothing")
 	fs.BoolVar(&o.syncLabels, "sync-labels", false, "fill annotations from image labels for Deployments with microscaling.com/sync-labels: \"true\" (needs secrets get)")
 	fs.DurationVar(&o.labelInterval, "label-sync-interval", 5*time.Minute, "how often label sync re-reads every image (a moved tag is picked up)")
-	labelFlags(fs, &o.platform, &o.prefixes)
+	labelFlags(fs, &o.labels)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -264,17 +263,28 @@ func printFlags(fs *flag.FlagSet, keep func(name string) bool) {
 	})
 }
 
-func labelFlags(fs *flag.FlagSet, platform, prefixes *string) {
+// labelOptions are the flags of label sync.
+type labelOptions struct{ platform, prefixes, keys string }
+
+func labelFlags(fs *flag.FlagSet, l *labelOptions) {
+	platform, prefixes := &l.platform, &l.prefixes
+	fs.StringVar(&l.keys, "image-label-keys", strings.Join(labels.DefaultKeys, ","), "the microscaling.com/ keys image labels may set (queue, group and min-replicas are left out by default: an image publisher would pick the address read, the Deployments that share room, or force replicas)")
 	fs.StringVar(platform, "platform", "linux/amd64", "platform picked from a multi-arch image index")
 	fs.StringVar(prefixes, "image-label-prefixes", strings.Join(labels.DefaultPrefixes, ","), "label prefixes exposed as image-labels.microscaling.com/<container>")
 }
 
-func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, platform, prefixes string, timeout, tagTTL time.Duration) (*labels.Syncer, error) {
-	p, err := v1.ParsePlatform(platform)
+func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, l labelOptions, timeout, tagTTL time.Duration) (*labels.Syncer, error) {
+	p, err := v1.ParsePlatform(l.platform)
 	if err != nil {
-		return nil, fmt.Errorf("--platform %q: %w", platform, err)
+		return nil, fmt.Errorf("--platform %q: %w", l.platform, err)
 	}
-	return labels.NewSyncer(client, recorder, labels.NewResolver(*p, timeout, tagTTL), strings.Split(prefixes, ",")), nil
+	keys, err := labels.ParseKeys(l.keys)
+	if err != nil {
+		return nil, fmt.Errorf("--image-label-keys: %w", err)
+	}
+	s := labels.NewSyncer(client, recorder, labels.NewResolver(*p, timeout, tagTTL), strings.Split(l.prefixes, ","))
+	s.Keys = keys
+	return s, nil
 }
 
 // files is a repeatable -f flag.
@@ -432,7 +442,7 @@ func dashboardMain(ctx context.Context, args []string, out io.Writer) error {
 // syncLabelsMain is the one-shot label sync, for a Job or CronJob.
 func syncLabelsMain(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("sync-labels", flag.ExitOnError)
-	var kubeconfig, namespace, platform, prefixes string
+	var kubeconfig, namespace string
 	var dryRun bool
 	var workers, burst int
 	var qps float64
@@ -444,7 +454,8 @@ func syncLabelsMain(ctx context.Context, args []string) error {
 	fs.Float64Var(&qps, "kube-api-qps", 500, "requests per second to the API server")
 	fs.IntVar(&burst, "kube-api-burst", 1000, "burst of requests to the API server")
 	fs.DurationVar(&timeout, "registry-timeout", 10*time.Second, "timeout of one registry request")
-	labelFlags(fs, &platform, &prefixes)
+	var lo labelOptions
+	labelFlags(fs, &lo)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -454,7 +465,7 @@ func syncLabelsMain(ctx context.Context, args []string) error {
 	}
 	recorder := labels.NewSyncRecorder(ctx, client, "microscaling-sync-labels")
 	// One pass: each tag is resolved once however many Deployments use it.
-	s, err := newSyncer(client, recorder, platform, prefixes, timeout, time.Hour)
+	s, err := newSyncer(client, recorder, lo, timeout, time.Hour)
 	if err != nil {
 		return err
 	}
@@ -574,7 +585,7 @@ func run(ctx context.Context, o options) error {
 	reg.MustRegister(scalermetrics.Collector(ctrl)) // the per-Deployment gauges
 
 	if o.syncLabels {
-		syncer, err := newSyncer(client, recorder, o.platform, o.prefixes, 10*time.Second, o.labelInterval/2)
+		syncer, err := newSyncer(client, recorder, o.labels, 10*time.Second, o.labelInterval/2)
 		if err != nil {
 			return err
 		}

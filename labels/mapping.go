@@ -40,15 +40,43 @@ var legacy = map[string]string{
 	"max-containers": annotations.MaxReplicas,
 }
 
-// copyable are the contract's keys an image may set. sync-labels is the
-// user's switch and paused comes only through is-scalable. queue and
-// min-replicas are not an image publisher's to choose: the first picks the
-// address the controller reads, the second forces replicas on every
-// Deployment that runs the image.
-var copyable = map[string]bool{
-	annotations.Group: true, annotations.Priority: true, annotations.Rule: true,
-	annotations.TargetQueueLength: true, annotations.TargetWait: true, annotations.MaxReplicas: true,
-	annotations.MaxDelta: true, annotations.ScaleDownDelay: true, annotations.GroupMaxReplicas: true,
+// DefaultKeys are the contract's keys an image may set unless the operator
+// says otherwise. queue, group and min-replicas are not an image
+// publisher's to choose by default: the first picks the address the
+// controller reads, the second which Deployments share room and budget, the
+// third forces replicas on every Deployment that runs the image.
+var DefaultKeys = []string{
+	annotations.Priority, annotations.Rule, annotations.TargetQueueLength, annotations.TargetWait,
+	annotations.MaxReplicas, annotations.MaxDelta, annotations.ScaleDownDelay, annotations.GroupMaxReplicas,
+}
+
+// ParseKeys reads the keys images may set (names with or without the
+// microscaling.com/ prefix, comma-separated). sync-labels is the user's
+// switch and paused comes only through is-scalable: neither may be listed.
+func ParseKeys(list string) (map[string]bool, error) {
+	keys := map[string]bool{}
+	for _, k := range strings.Split(list, ",") {
+		k = strings.TrimSpace(k)
+		if k == "" {
+			continue
+		}
+		if !strings.HasPrefix(k, annotations.Prefix) {
+			k = annotations.Prefix + k
+		}
+		if !slices.Contains(annotations.Keys, k) || k == annotations.SyncLabels || k == annotations.Paused {
+			return nil, fmt.Errorf("image label key %q: not a key an image may set", strings.TrimPrefix(k, annotations.Prefix))
+		}
+		keys[k] = true
+	}
+	return keys, nil
+}
+
+func defaultKeys() map[string]bool {
+	m := map[string]bool{}
+	for _, k := range DefaultKeys {
+		m[k] = true
+	}
+	return m
 }
 
 // Image is what was read of one container's image.
@@ -77,7 +105,12 @@ func (p Problem) String() string {
 // key is the user's, and wins, unless SyncedKey shows that the label sync
 // wrote its current value. remove lists earlier label values whose label is
 // gone.
-func Derive(existing map[string]string, imgs []Image, prefixes []string) (set map[string]string, remove []string, problems []Problem) {
+//
+// keys are the contract's keys an image may set; nil: DefaultKeys.
+func Derive(existing map[string]string, imgs []Image, prefixes []string, keys map[string]bool) (set map[string]string, remove []string, problems []Problem) {
+	if keys == nil {
+		keys = defaultKeys()
+	}
 	var synced map[string]string
 	_ = json.Unmarshal([]byte(existing[SyncedKey]), &synced) // absent or mangled: nothing is ours
 	user := map[string]string{}
@@ -111,7 +144,7 @@ func Derive(existing map[string]string, imgs []Image, prefixes []string) (set ma
 					problems = append(problems, p)
 					continue
 				}
-			} else if !copyable[key] {
+			} else if !keys[key] {
 				p.Why = "not a key an image may set"
 				problems = append(problems, p)
 				continue

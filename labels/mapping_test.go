@@ -74,7 +74,7 @@ func TestDerive(t *testing.T) {
 		{
 			name:         "oversized values are not copied",
 			existing:     map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "2"},
-			labels:       map[string]string{"com.microscaling.group": strings.Repeat("a", 300), "org.opencontainers.image.title": strings.Repeat("b", 300)},
+			labels:       map[string]string{"com.microscaling.rule": strings.Repeat("a", 300), "org.opencontainers.image.title": strings.Repeat("b", 300)},
 			want:         map[string]string{},
 			wantProblems: []string{"longer than 256", "longer than 256"},
 		},
@@ -90,7 +90,7 @@ func TestDerive(t *testing.T) {
 			if existing == nil {
 				existing = map[string]string{}
 			}
-			got, _, problems := Derive(existing, []Image{{Container: "app", Digest: digest, Labels: tc.labels}}, DefaultPrefixes)
+			got, _, problems := Derive(existing, []Image{{Container: "app", Digest: digest, Labels: tc.labels}}, DefaultPrefixes, nil)
 			ours := map[string]string{}
 			for k, v := range got {
 				switch {
@@ -120,7 +120,7 @@ func TestDeriveImageLabels(t *testing.T) {
 	got, _, _ := Derive(map[string]string{}, []Image{
 		{Container: "web", Digest: "sha256:1", Labels: map[string]string{"org.opencontainers.image.title": "Web", "org.label-schema.vcs-ref": "abc", "other": "x"}},
 		{Container: "side", Digest: "sha256:2", Labels: nil},
-	}, DefaultPrefixes)
+	}, DefaultPrefixes, nil)
 	var web struct {
 		Digest string            `json:"digest"`
 		Labels map[string]string `json:"labels"`
@@ -139,7 +139,7 @@ func TestDeriveImageLabels(t *testing.T) {
 	again, _, _ := Derive(got, []Image{
 		{Container: "web", Digest: "sha256:1", Labels: map[string]string{"org.opencontainers.image.title": "Web", "org.label-schema.vcs-ref": "abc", "other": "x"}},
 		{Container: "side", Digest: "sha256:2"},
-	}, DefaultPrefixes)
+	}, DefaultPrefixes, nil)
 	if len(again) != 0 {
 		t.Errorf("second derive patches %v, want nothing", again)
 	}
@@ -148,7 +148,7 @@ func TestDeriveImageLabels(t *testing.T) {
 func TestDeriveRepushedImage(t *testing.T) {
 	img := func(l map[string]string) []Image { return []Image{{Container: "app", Digest: "sha256:1", Labels: l}} }
 	base := map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "9"}
-	set, _, _ := Derive(base, img(map[string]string{"com.microscaling.priority": "2", "com.microscaling.max-delta": "1"}), nil)
+	set, _, _ := Derive(base, img(map[string]string{"com.microscaling.priority": "2", "com.microscaling.max-delta": "1"}), nil, nil)
 	ann := map[string]string{}
 	for k, v := range base {
 		ann[k] = v
@@ -159,7 +159,7 @@ func TestDeriveRepushedImage(t *testing.T) {
 	// The user edits max-delta; the image is re-pushed with new values and
 	// without max-delta... and with a new max-delta again: the user's edit wins.
 	ann["microscaling.com/max-delta"] = "4"
-	set, remove, _ := Derive(ann, img(map[string]string{"com.microscaling.priority": "5", "com.microscaling.max-delta": "2"}), nil)
+	set, remove, _ := Derive(ann, img(map[string]string{"com.microscaling.priority": "5", "com.microscaling.max-delta": "2"}), nil, nil)
 	if set["microscaling.com/priority"] != "5" {
 		t.Errorf("re-pushed priority not picked up: %v", set)
 	}
@@ -170,7 +170,7 @@ func TestDeriveRepushedImage(t *testing.T) {
 		ann[k] = v
 	}
 	// The label goes away: the value it set goes too.
-	set, remove, _ = Derive(ann, img(map[string]string{}), nil)
+	set, remove, _ = Derive(ann, img(map[string]string{}), nil, nil)
 	if len(remove) != 1 || remove[0] != "microscaling.com/priority" {
 		t.Errorf("remove = %v (set %v), want microscaling.com/priority", remove, set)
 	}
@@ -191,5 +191,30 @@ func TestKeychainFromSecrets(t *testing.T) {
 	_, err = KeychainFromSecrets([]*corev1.Secret{bad})
 	if err == nil || !strings.Contains(err.Error(), "ns/pull") || strings.Contains(err.Error(), "sekrit") {
 		t.Errorf("err = %v, want it to name ns/pull and not show the content", err)
+	}
+}
+
+// The keys images may set are the operator's: by default not queue, group
+// nor min-replicas; --image-label-keys may allow them; sync-labels and
+// paused never.
+func TestImageLabelKeys(t *testing.T) {
+	img := []Image{{Container: "app", Digest: "sha256:1", Labels: map[string]string{
+		"com.microscaling.group": "shared", "com.microscaling.queue": "nsq://nsq:4151/t/c", "com.microscaling.priority": "2"}}}
+	set, _, problems := Derive(map[string]string{}, img, nil, nil)
+	if set["microscaling.com/group"] != "" || set["microscaling.com/queue"] != "" || set["microscaling.com/priority"] != "2" || len(problems) != 2 {
+		t.Errorf("default keys: set %v, problems %v; want only priority, group and queue refused", set, problems)
+	}
+	keys, err := ParseKeys("queue, microscaling.com/group,priority")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, _, problems = Derive(map[string]string{}, img, nil, keys)
+	if set["microscaling.com/group"] != "shared" || set["microscaling.com/queue"] != "nsq://nsq:4151/t/c" || len(problems) != 0 {
+		t.Errorf("operator's keys: set %v, problems %v", set, problems)
+	}
+	for _, bad := range []string{"paused", "sync-labels", "max-replica"} {
+		if _, err := ParseKeys(bad); err == nil || !strings.Contains(err.Error(), bad) {
+			t.Errorf("ParseKeys(%q) = %v, want an error naming it", bad, err)
+		}
 	}
 }

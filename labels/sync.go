@@ -32,6 +32,8 @@ type Syncer struct {
 	Resolver *Resolver
 	Recorder record.EventRecorder
 	Prefixes []string
+	// Keys are the contract's keys images may set; nil: DefaultKeys.
+	Keys map[string]bool
 	// DryRun prints each patch to Out instead of applying it.
 	DryRun bool
 	Out    io.Writer
@@ -75,7 +77,7 @@ func (s *Syncer) Sync(ctx context.Context, d *appsv1.Deployment) (bool, error) {
 		}
 		imgs = append(imgs, Image{Container: c.Name, Digest: digest, Labels: l})
 	}
-	set, remove, problems := Derive(d.Annotations, imgs, s.Prefixes)
+	set, remove, problems := Derive(d.Annotations, imgs, s.Prefixes, s.Keys)
 	for _, p := range problems {
 		s.Recorder.Event(d, corev1.EventTypeWarning, "InvalidImageLabel", p.String())
 	}

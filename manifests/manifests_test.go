@@ -74,7 +74,7 @@ func TestHelmTemplate(t *testing.T) {
 		set  []string
 	}{
 		{name: "default"},
-		{name: "label-sync", set: []string{"labelSync.enabled=true", "labelSync.platform=linux/arm64"}},
+		{name: "label-sync", set: []string{"labelSync.enabled=true", "labelSync.platform=linux/arm64", "labelSync.keys=priority\\,rule\\,group"}},
 		{name: "single-dry-run", set: []string{"replicaCount=1", "controller.leaderElect=false", "controller.dryRun=true", "controller.watchNamespace=team-a", "controller.interval=500ms", "controller.queueAllow=10.0.0.0/8\\,.svc.cluster.local",
 			"metrics.auth=none", "statusAccess.groups=null"}},
 		{name: "everything", set: []string{"replicaCount=3", "priorityClassName=system-cluster-critical",

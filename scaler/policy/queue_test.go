@@ -191,7 +191,7 @@ func TestLearnsWhenAShrinkIsTakenBack(t *testing.T) {
 func TestWindowIsBounded(t *testing.T) {
 	p := QueuePolicy{Target: 50, Max: 20, ScaleDownDelay: 24 * time.Hour}
 	var st QueueState
-	for s := range 100000 {
+	for s := range 200000 {
 		DecideQueue(p, QueueInput{Now: t0.Add(time.Duration(s) * time.Second), Current: 5, Consuming: 5, Backlog: 10, BacklogKnown: true, Rates: known(40, 10)}, &st)
 	}
 	if st.window.size > windowBuckets {

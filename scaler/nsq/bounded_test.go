@@ -119,3 +119,38 @@ func TestReadsAreBounded(t *testing.T) {
 		t.Errorf("%d requests in flight at most, want 2 to 4 (Concurrency 4)", m)
 	}
 }
+
+// A slow nsqd delays only the queues read from it: a queue on another nsqd
+// is answered as soon as its own nsqd has answered.
+func TestSlowHostDelaysOnlyItsQueues(t *testing.T) {
+	release := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		_, _ = w.Write([]byte(stats1x))
+	}))
+	defer slow.Close()
+	defer close(release)
+	fast := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(stats1x)) }))
+	defer fast.Close()
+	q := func(u string) annotations.QueueRef {
+		return annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(u, "http://"), Topic: "jobs", Channel: "work"}
+	}
+	r := &NSQReader{Timeout: time.Minute}
+	got := make(chan error, 1)
+	go func() {
+		snap := r.Read(context.Background(), []annotations.QueueRef{q(slow.URL), q(fast.URL)})
+		_, err := snap.Reading(q(fast.URL))
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second): // the slow nsqd answers only when the test ends
+		t.Fatal("the fast nsqd's queue waited for the slow nsqd")
+	}
+}

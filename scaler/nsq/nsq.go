@@ -100,151 +100,184 @@ const forgetAfter = 10 * time.Minute
 // come from tenants' annotations and nsqlookupd answers.
 const maxHostLabels = 256
 
-// Snapshot is one tick's reading of every nsqd that some queue names.
+// Snapshot is one tick's reading of every nsqd that some queue names. Its
+// reads run in the background: Reading waits only for the hosts its queue
+// needs, so a slow nsqd or nsqlookupd delays only the groups that read it.
 type Snapshot struct {
-	// stats and errs by nsqd host:port.
-	stats map[string]*nsqStats
-	errs  map[string]error
-	// producers and lookupErrs by nsqlookupd host:port and topic: one
-	// tenant's failed lookup (or an nsq:// read of a lookupd's port) never
-	// fails another tenant's topic on the same nsqlookupd.
-	producers  map[lookupKey][]string
-	lookupErrs map[lookupKey]error
+	mu sync.Mutex // guards stats
+	// stats by nsqd host:port; each fetch is started once per Read.
+	stats map[string]*fetch
+	// lookups by nsqlookupd host:port and topic: one tenant's failed lookup
+	// (or an nsq:// read of a lookupd's port) never fails another tenant's
+	// topic on the same nsqlookupd.
+	lookups map[lookupKey]*lookupFetch
+}
+
+// fetch is one nsqd's /stats; st and err are set before done closes.
+type fetch struct {
+	done chan struct{}
+	st   *nsqStats
+	err  error
+}
+
+// lookupFetch is one nsqlookupd topic's nsqds (the announced ones and those
+// that vanished while holding its messages); set before done closes.
+type lookupFetch struct {
+	done      chan struct{}
+	producers []string
+	err       error
 }
 
 type lookupKey struct{ lookupd, topic string }
 
-// Read fetches the stats that refs need, in parallel.
+// Read starts reading what refs need and returns at once; each Reading
+// waits for its own hosts, each read bounded by Timeout.
 func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) policy.Readings {
-	s := &Snapshot{stats: map[string]*nsqStats{}, errs: map[string]error{}, producers: map[lookupKey][]string{}, lookupErrs: map[lookupKey]error{}}
-	var mu sync.Mutex // guards s while the fetches run
-	var wg sync.WaitGroup
-	// First resolve lookupd topics to nsqds.
-	lookups := map[lookupKey]bool{}
-	nsqds := map[string]map[string]bool{} // host -> the topics read there
-	want := func(host, topic string) {
-		if nsqds[host] == nil {
-			nsqds[host] = map[string]bool{}
-		}
-		nsqds[host][topic] = true
-	}
+	s := &Snapshot{stats: map[string]*fetch{}, lookups: map[lookupKey]*lookupFetch{}}
+	direct := map[string]map[string]bool{} // nsqd host -> its topics named by nsq:// queues
+	lookedUp := map[string]bool{}          // every topic looked up: any nsqd may carry them
+	keys := map[lookupKey]bool{}
 	for _, q := range refs {
 		if q.Scheme == "nsqlookupd" {
-			lookups[lookupKey{q.Host, q.Topic}] = true
-		} else {
-			want(q.Host, q.Topic)
+			keys[lookupKey{q.Host, q.Topic}] = true
+			lookedUp[q.Topic] = true
+			continue
 		}
-	}
-	for k := range lookups {
-		wg.Go(func() {
-			t0 := time.Now()
-			ps, err := r.lookup(ctx, k.lookupd, k.topic)
-			r.observe(k.lookupd, time.Since(t0), err)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				s.lookupErrs[k] = readError("nsqlookupd", k.lookupd, err)
-				return
-			}
-			s.producers[k] = ps
-		})
-	}
-	wg.Wait()
-	vanished := r.keepVanished(lookups, s.producers)
-	for k, ps := range s.producers {
-		for _, p := range ps {
-			want(p, k.topic)
+		if direct[q.Host] == nil {
+			direct[q.Host] = map[string]bool{}
 		}
+		direct[q.Host][q.Topic] = true
 	}
 	r.prune()
-	for host, topics := range nsqds {
-		wg.Go(func() {
+	r.expireLookups(keys)
+	start := func(host string) *fetch {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if f, ok := s.stats[host]; ok {
+			return f
+		}
+		topics := maps.Clone(lookedUp)
+		if topics == nil {
+			topics = map[string]bool{}
+		}
+		maps.Copy(topics, direct[host])
+		f := &fetch{done: make(chan struct{})}
+		s.stats[host] = f
+		go func() {
+			defer close(f.done)
 			t0 := time.Now()
 			st, err := r.stats(ctx, host, topics)
 			r.observe(host, time.Since(t0), err)
-			mu.Lock()
-			defer mu.Unlock()
 			if err != nil {
-				s.errs[host] = readError("nsqd", host, err)
+				f.err = readError("nsqd", host, err)
 				return
 			}
-			s.stats[host] = st
-		})
+			f.st = st
+		}()
+		return f
 	}
-	wg.Wait()
-	r.forgetDrained(vanished, s)
+	for host := range direct {
+		start(host)
+	}
+	for k := range keys {
+		lf := &lookupFetch{done: make(chan struct{})}
+		s.lookups[k] = lf
+		go func() {
+			defer close(lf.done)
+			t0 := time.Now()
+			ps, err := r.lookup(ctx, k.lookupd, k.topic)
+			r.observe(k.lookupd, time.Since(t0), err)
+			if err != nil {
+				lf.err = readError("nsqlookupd", k.lookupd, err)
+				return
+			}
+			ps, vanished := r.keepVanished(k, ps)
+			fetches := map[string]*fetch{}
+			for _, p := range ps {
+				fetches[p] = start(p)
+			}
+			for h := range vanished {
+				<-fetches[h].done
+			}
+			r.forgetDrained(k, vanished, fetches)
+			lf.producers = ps
+		}()
+	}
 	return s
 }
 
-// keepVanished adds to each successful lookup the nsqds it named before but
-// not now (one that left, or a topic the lookupd forgot): their messages
-// still wait, so they are read until they hold none of the topic; one that
-// cannot be read holds the member rather than counting zero. It returns
-// what it added.
-func (r *NSQReader) keepVanished(lookups map[lookupKey]bool, producers map[lookupKey][]string) map[lookupKey]map[string]bool {
+// expireLookups forgets what lookups no read has named for forgetAfter.
+func (r *NSQReader) expireLookups(keys map[lookupKey]bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.vanished == nil {
 		r.vanished, r.announced = map[lookupKey]map[string]bool{}, map[lookupKey]announcement{}
 	}
 	now := r.now()
-	added := map[lookupKey]map[string]bool{}
 	for k, a := range r.announced {
-		if !lookups[k] && now.Sub(a.at) > forgetAfter {
+		if !keys[k] && now.Sub(a.at) > forgetAfter {
 			delete(r.announced, k)
 			delete(r.vanished, k)
 		}
 	}
-	for k, ps := range producers {
-		named := map[string]bool{}
-		for _, p := range ps {
-			named[p] = true
-		}
-		gone := r.vanished[k]
-		for p := range r.announced[k].hosts {
-			if !named[p] {
-				if gone == nil {
-					gone = map[string]bool{}
-				}
-				gone[p] = true
-			}
-		}
-		for p := range gone {
-			if named[p] || len(ps) >= maxProducers {
-				delete(gone, p) // back, or no room to track it
-				continue
-			}
-			ps = append(ps, p)
-		}
-		producers[k] = ps
-		r.announced[k] = announcement{named, now}
-		if len(gone) > 0 {
-			r.vanished[k] = gone
-			added[k] = maps.Clone(gone)
-		} else {
-			delete(r.vanished, k)
-		}
-	}
-	return added
 }
 
-// forgetDrained stops reading vanished nsqds that hold none of the topic.
-func (r *NSQReader) forgetDrained(added map[lookupKey]map[string]bool, s *Snapshot) {
+// keepVanished adds to a successful lookup the nsqds it named before but
+// not now (one that left, or a topic the lookupd forgot): their messages
+// still wait, so they are read until they hold none of the topic; one that
+// cannot be read holds the member rather than counting zero. It returns the
+// producers to read and the vanished ones among them.
+func (r *NSQReader) keepVanished(k lookupKey, ps []string) ([]string, map[string]bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for k, hosts := range added {
-		for h := range hosts {
-			st, ok := s.stats[h]
-			if !ok {
-				continue // unreadable: keep holding
+	named := map[string]bool{}
+	for _, p := range ps {
+		named[p] = true
+	}
+	gone := r.vanished[k]
+	for p := range r.announced[k].hosts {
+		if !named[p] {
+			if gone == nil {
+				gone = map[string]bool{}
 			}
-			if t, ok := st.byName[k.topic]; !ok || topicBacklog(t) == 0 {
-				delete(r.vanished[k], h)
-			}
+			gone[p] = true
 		}
-		if len(r.vanished[k]) == 0 {
-			delete(r.vanished, k) // also when a newer read replaced it
+	}
+	for p := range gone {
+		if named[p] || len(ps) >= maxProducers {
+			delete(gone, p) // back, or no room to track it
+			continue
 		}
+		ps = append(ps, p)
+	}
+	r.announced[k] = announcement{named, r.now()}
+	if len(gone) == 0 {
+		delete(r.vanished, k)
+		return ps, nil
+	}
+	r.vanished[k] = gone
+	return ps, maps.Clone(gone)
+}
+
+// forgetDrained stops reading the vanished nsqds of a lookup that hold none
+// of its topic.
+func (r *NSQReader) forgetDrained(k lookupKey, vanished map[string]bool, fetches map[string]*fetch) {
+	if len(vanished) == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for h := range vanished {
+		f := fetches[h]
+		if f.err != nil {
+			continue // unreadable: keep holding
+		}
+		if t, ok := f.st.byName[k.topic]; !ok || topicBacklog(t) == 0 {
+			delete(r.vanished[k], h)
+		}
+	}
+	if len(r.vanished[k]) == 0 {
+		delete(r.vanished, k) // also when a newer read replaced it
 	}
 }
 
@@ -302,26 +335,35 @@ func (r *NSQReader) prune() {
 	}
 }
 
-// Reading sums a queue over its nsqds. Any nsqd that could not be read makes
-// the whole reading fail: a partial sum would look like a shrinking backlog.
+// Reading sums a queue over its nsqds, waiting for their reads. Any nsqd
+// that could not be read makes the whole reading fail: a partial sum would
+// look like a shrinking backlog.
 func (s *Snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	hosts := []string{q.Host}
 	if q.Scheme == "nsqlookupd" {
-		if err := s.lookupErrs[lookupKey{q.Host, q.Topic}]; err != nil {
-			return policy.QueueReading{}, err
+		lf, ok := s.lookups[lookupKey{q.Host, q.Topic}]
+		if !ok {
+			return policy.QueueReading{}, fmt.Errorf("nsqlookupd %s: not read", q.Host)
 		}
-		hosts = s.producers[lookupKey{q.Host, q.Topic}]
+		<-lf.done
+		if lf.err != nil {
+			return policy.QueueReading{}, lf.err
+		}
+		hosts = lf.producers
 	}
 	var out policy.QueueReading
 	for _, h := range hosts {
-		if err := s.errs[h]; err != nil {
-			return policy.QueueReading{}, err
-		}
-		st, ok := s.stats[h]
+		s.mu.Lock()
+		f, ok := s.stats[h]
+		s.mu.Unlock()
 		if !ok {
 			return policy.QueueReading{}, fmt.Errorf("nsqd %s: not read", h)
 		}
-		t, ok := st.byName[q.Topic]
+		<-f.done
+		if f.err != nil {
+			return policy.QueueReading{}, f.err
+		}
+		t, ok := f.st.byName[q.Topic]
 		if !ok {
 			continue // no such topic on this nsqd: nothing waits there
 		}

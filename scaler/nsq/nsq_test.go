@@ -135,6 +135,19 @@ func TestNSQLookupd(t *testing.T) {
 	}
 }
 
+// readAll reads refs, waits until every one is read, and returns how many
+// failed.
+func readAll(r *NSQReader, refs ...annotations.QueueRef) int {
+	s := r.Read(context.Background(), refs)
+	failed := 0
+	for _, q := range refs {
+		if _, err := s.Reading(q); err != nil {
+			failed++
+		}
+	}
+	return failed
+}
+
 // The read metrics' host label comes from tenants: there are never more
 // than maxHostLabels hosts, and a host's series go once no read has named it
 // for forgetAfter.
@@ -148,13 +161,17 @@ func TestReadMetricsHostsBounded(t *testing.T) {
 	ref := func(h string) annotations.QueueRef {
 		return annotations.QueueRef{Scheme: "nsq", Host: h, Topic: "jobs", Channel: "work"}
 	}
-	r.Read(context.Background(), []annotations.QueueRef{ref(host)})
+	if n := readAll(r, ref(host)); n != 0 {
+		t.Fatalf("%d reads of the nsqd failed", n)
+	}
 	// Many hosts nobody serves (refused at once on closed ports of 127.0.0.1).
 	var refs []annotations.QueueRef
 	for i := range maxHostLabels + 50 {
 		refs = append(refs, ref(fmt.Sprintf("127.0.0.1:%d", 1+i)))
 	}
-	r.Read(context.Background(), refs)
+	if n := readAll(r, refs...); n != len(refs) {
+		t.Errorf("%d of %d reads of closed ports failed, want all", n, len(refs))
+	}
 	if n := testutil.CollectAndCount(m.QueueReadLatency); n != maxHostLabels+1 {
 		t.Errorf("%d latency series for %d hosts, want %d (+ other)", n, len(refs)+1, maxHostLabels)
 	}
@@ -162,7 +179,9 @@ func TestReadMetricsHostsBounded(t *testing.T) {
 		t.Errorf("errors counted as other = %v, want 51", got)
 	}
 	clk.SetTime(clk.Now().Add(forgetAfter + time.Second))
-	r.Read(context.Background(), []annotations.QueueRef{ref(host)})
+	if n := readAll(r, ref(host)); n != 0 {
+		t.Fatalf("%d reads of the nsqd failed", n)
+	}
 	if n := testutil.CollectAndCount(m.QueueReadLatency); n != 2 { // the host, and "other"
 		t.Errorf("%d latency series once only one host is named, want 2", n)
 	}

@@ -27,8 +27,8 @@ type fakeCluster struct {
 	groups map[string][]*appsv1.Deployment
 	// unmanaged are Deployments the cache holds that no group lists.
 	unmanaged []*appsv1.Deployment
-	mu     sync.Mutex          // guards hpas
-	hpas   map[string][]string // namespace/name -> HPAs that target it
+	mu        sync.Mutex          // guards hpas
+	hpas      map[string][]string // namespace/name -> HPAs that target it
 }
 
 func (f *fakeCluster) Groups() map[string][]*appsv1.Deployment { return f.groups }

@@ -15,6 +15,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sync/singleflight"
+	"k8s.io/utils/lru"
 )
 
 // Resolver reads image labels from registries. A digest is read once; a tag
@@ -31,12 +32,12 @@ type Resolver struct {
 
 	// The caches are keyed by the credentials that read them too: an
 	// answer fetched with one namespace's pull secret is never served to a
-	// caller without those credentials. Each holds at most maxCacheEntries
-	// and starts over when full.
-	mu      sync.Mutex                     // guards the maps below
-	byDig   map[cacheKey]map[string]string // digest -> labels
-	tags    map[cacheKey]tagSeen           // tag reference -> last digest
-	pullers map[string]*remote.Puller      // credentials hash -> puller
+	// caller without those credentials. Each holds at most maxCacheEntries,
+	// the least recently used going first.
+	byDig   *lru.Cache // cacheKey of a digest -> its labels (map[string]string)
+	tags    *lru.Cache // cacheKey of a tag reference -> tagSeen
+	pullers *lru.Cache // credentials hash -> *remote.Puller
+	mu      sync.Mutex // serializes making a puller
 }
 
 // cacheKey is a digest or tag reference, read with the credentials cred.
@@ -59,7 +60,7 @@ type tagSeen struct {
 // NewResolver returns a Resolver for platform (for example linux/amd64).
 func NewResolver(platform v1.Platform, timeout, tagTTL time.Duration) *Resolver {
 	return &Resolver{Platform: platform, Timeout: timeout, TagTTL: tagTTL,
-		byDig: map[cacheKey]map[string]string{}, tags: map[cacheKey]tagSeen{}, pullers: map[string]*remote.Puller{}}
+		byDig: lru.New(maxCacheEntries), tags: lru.New(maxCacheEntries), pullers: lru.New(maxCacheEntries)}
 }
 
 // puller reuses one Puller (its pings and tokens) per set of credentials.
@@ -67,8 +68,8 @@ func (r *Resolver) puller(kc *Keychain) (*remote.Puller, error) {
 	id := kc.id()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if p, ok := r.pullers[id]; ok {
-		return p, nil
+	if p, ok := r.pullers.Get(id); ok {
+		return p.(*remote.Puller), nil
 	}
 	t := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
@@ -81,10 +82,7 @@ func (r *Resolver) puller(kc *Keychain) (*remote.Puller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("making registry client: %w", err)
 	}
-	if len(r.pullers) >= maxCacheEntries {
-		clear(r.pullers)
-	}
-	r.pullers[id] = p
+	r.pullers.Add(id, p)
 	return p, nil
 }
 
@@ -135,9 +133,7 @@ func (r *Resolver) resolve(ctx context.Context, image string, kc *Keychain) (str
 		}
 		if desc.Digest.String() == last.digest {
 			if l, ok := r.cached(cred, last.digest); ok {
-				r.mu.Lock()
-				r.tags[key] = tagSeen{last.digest, time.Now()}
-				r.mu.Unlock()
+				r.tags.Add(key, tagSeen{last.digest, time.Now()})
 				return last.digest, l, nil
 			}
 		}
@@ -165,33 +161,27 @@ func (r *Resolver) resolve(ctx context.Context, image string, kc *Keychain) (str
 		return "", nil, fmt.Errorf("reading config of %s: %w", image, err)
 	}
 	top := desc.Digest.String()
-	r.mu.Lock()
-	if len(r.byDig) >= maxCacheEntries {
-		clear(r.byDig)
-	}
-	r.byDig[cacheKey{cred, top}] = cf.Config.Labels
+	r.byDig.Add(cacheKey{cred, top}, cf.Config.Labels)
 	if _, ok := ref.(name.Tag); ok {
-		if len(r.tags) >= maxCacheEntries {
-			clear(r.tags)
-		}
-		r.tags[key] = tagSeen{top, time.Now()}
+		r.tags.Add(key, tagSeen{top, time.Now()})
 	}
-	r.mu.Unlock()
 	return top, cf.Config.Labels, nil
 }
 
 func (r *Resolver) cached(cred, digest string) (map[string]string, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	l, ok := r.byDig[cacheKey{cred, digest}]
-	return l, ok
+	l, ok := r.byDig.Get(cacheKey{cred, digest})
+	if !ok {
+		return nil, false
+	}
+	return l.(map[string]string), true
 }
 
 func (r *Resolver) lastDigest(tag cacheKey) (tagSeen, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	d, ok := r.tags[tag]
-	return d, ok
+	d, ok := r.tags.Get(tag)
+	if !ok {
+		return tagSeen{}, false
+	}
+	return d.(tagSeen), true
 }
 
 // Keychain serves credentials from imagePullSecrets: registry host -> auth.

@@ -693,15 +693,11 @@ func (c *Controller) record(group string, m member, d policy.MemberDecision, t *
 		s.TargetWait = m.spec.TargetWait.String()
 	}
 	if m.spec.Rule == annotations.RuleQueue && g.HasBacklog && !g.Unreadable {
-		b := g.Backlog
-		s.Backlog = &b
+		s.Backlog, s.BacklogKnown = g.Backlog, true
 	}
-	if r := m.st.policy.Rates; r.ArrivalKnown {
-		s.Arrival = &r.Arrival
-		if r.ServiceKnown {
-			s.Service = &r.Service
-		}
-	}
+	r := &m.st.policy.Rates
+	s.Arrival, s.ArrivalKnown = r.Arrival, r.ArrivalKnown
+	s.Service, s.ServiceKnown = r.Service, r.ServiceKnown
 	if d.Replicas != m.cur && d.Reason != "" {
 		s.Reason, s.ReasonAt = fmt.Sprintf("%d -> %d: %s", m.cur, d.Replicas, d.Reason), t.at.UnixMilli()
 	}

@@ -48,21 +48,25 @@ type MemberHistory struct {
 	Points    []Point `json:"points"`
 }
 
-// Status is a member as its last decision left it.
+// Status is a member as its last decision left it. It holds no pointer, so
+// recording it allocates nothing.
 type Status struct {
 	Replicas int32 `json:"replicas"`
 	Desired  int32 `json:"desired"`
-	// Backlog is nil while the queue is unknown (not read, or unreadable).
-	Backlog    *int64 `json:"backlog,omitempty"`
-	Target     int64  `json:"target,omitempty"`
-	TargetWait string `json:"targetWait,omitempty"`
-	// Arrival is messages per second; Service, per consuming replica. Nil
-	// while not known.
-	Arrival *float64 `json:"arrival,omitempty"`
-	Service *float64 `json:"service,omitempty"`
+	// Backlog is valid when BacklogKnown (its queue was read).
+	Backlog      int64  `json:"backlog"`
+	BacklogKnown bool   `json:"backlogKnown"`
+	Target       int64  `json:"target,omitempty"`
+	TargetWait   string `json:"targetWait,omitempty"`
+	// Arrival is messages per second; Service, per consuming replica; each
+	// valid when its Known flag is set.
+	Arrival      float64 `json:"arrival"`
+	ArrivalKnown bool    `json:"arrivalKnown"`
+	Service      float64 `json:"service"`
+	ServiceKnown bool    `json:"serviceKnown"`
 	// Held names what keeps the member from what its load asks for: max,
-	// min, max-delta, delay, unreadable, paused, budget, room, conflict,
-	// invalid.
+	// min, max-delta, delay, unreadable, paused, budget, room, priority,
+	// conflict.
 	Held string `json:"held,omitempty"`
 	// Reason is the last change's reason, at ReasonAt (unix milliseconds).
 	Reason   string `json:"reason,omitempty"`

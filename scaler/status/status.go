@@ -234,8 +234,8 @@ func Print(w io.Writer, st *dashboard.State, namespace, group string) error {
 
 func backlog(s dashboard.Status) string {
 	b := "-"
-	if s.Backlog != nil {
-		b = strconv.FormatInt(*s.Backlog, 10)
+	if s.BacklogKnown {
+		b = strconv.FormatInt(s.Backlog, 10)
 	}
 	var t []string
 	if s.Target > 0 {
@@ -251,16 +251,16 @@ func backlog(s dashboard.Status) string {
 }
 
 func rates(s dashboard.Status) string {
-	f := func(v *float64) string {
-		if v == nil {
+	f := func(v float64, known bool) string {
+		if !known {
 			return "?"
 		}
-		return strconv.FormatFloat(*v, 'f', 1, 64) + "/s"
+		return strconv.FormatFloat(v, 'f', 1, 64) + "/s"
 	}
-	if s.Arrival == nil && s.Service == nil {
+	if !s.ArrivalKnown && !s.ServiceKnown {
 		return "-"
 	}
-	return f(s.Arrival) + " / " + f(s.Service)
+	return f(s.Arrival, s.ArrivalKnown) + " / " + f(s.Service, s.ServiceKnown)
 }
 
 func reason(s dashboard.Status) string {

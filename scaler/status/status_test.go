@@ -10,11 +10,10 @@ import (
 )
 
 func TestPrint(t *testing.T) {
-	backlog, in, out := int64(120), 51.0, 9.8
 	at := time.Date(2026, 11, 30, 15, 4, 5, 0, time.UTC).UnixMilli()
 	st := &dashboard.State{Members: []dashboard.MemberHistory{
 		{Namespace: "team-a", Group: "team-a/jobs", Name: "consumer", Rule: "queue", Priority: 1, Status: dashboard.Status{
-			Replicas: 5, Desired: 6, Backlog: &backlog, Target: 50, Arrival: &in, Service: &out, Held: "max", Reason: "5 -> 6: backlog 120 > target 50", ReasonAt: at}},
+			Replicas: 5, Desired: 6, Backlog: 120, BacklogKnown: true, Target: 50, Arrival: 51, ArrivalKnown: true, Service: 9.8, ServiceKnown: true, Held: "max", Reason: "5 -> 6: backlog 120 > target 50", ReasonAt: at}},
 		{Namespace: "team-a", Group: "team-a/jobs", Name: "remainder", Rule: "remainder", Priority: 2, Status: dashboard.Status{Replicas: 9, Desired: 9, Held: "room"}},
 		{Namespace: "team-b", Group: "team-b/other", Name: "worker", Rule: "queue", Priority: 1, Status: dashboard.Status{Replicas: 1, Desired: 1, TargetWait: "5s", Held: "conflict"}},
 	}}

@@ -19,10 +19,11 @@ import (
 )
 
 // TestHostileQueueEndpoints: one tenant points its queues at an address the
-// operator's --queue-allow does not list and at an nsqd answering a 10 MB
-// /stats; the first is never contacted, both are reported as a class with no
-// byte of any answer, and another tenant's group keeps scaling on the real
-// nsqd.
+// operator's --queue-allow does not list, at an nsqd answering a 10 MB
+// /stats, and at the shared nsqlookupd's port as if it were an nsqd; the
+// first is never contacted, each is reported as a class with no byte of any
+// answer, and another tenant's group, reading the same topic through that
+// nsqlookupd, keeps scaling.
 func TestHostileQueueEndpoints(t *testing.T) {
 	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	var internalHits atomic.Int64
@@ -57,8 +58,11 @@ func TestHostileQueueEndpoints(t *testing.T) {
 		"microscaling.com/queue": "nsq://" + host(internal.URL) + "/t/c", "microscaling.com/target-queue-length": "10", "microscaling.com/max-replicas": "5"}))
 	create(t, s, deployment("attacker", "huge", 1, map[string]string{
 		"microscaling.com/queue": "nsq://" + host(big.URL) + "/t/c", "microscaling.com/target-queue-length": "10", "microscaling.com/max-replicas": "5"}))
+	create(t, s, deployment("attacker", "lookupd", 1, map[string]string{
+		"microscaling.com/queue": "nsq://" + s.NSQ.LookupdHTTPAddr + "/jobs/work", "microscaling.com/target-queue-length": "10", "microscaling.com/max-replicas": "5"}))
 	ensureChannel(t, s, "jobs", "work")
-	create(t, s, deployment("victim", "consumer", 1, queueAnn(s, "jobs", "work", "target-queue-length", "10", "max-replicas", "5")))
+	create(t, s, deployment("victim", "consumer", 1, map[string]string{
+		"microscaling.com/queue": "nsqlookupd://" + s.NSQ.LookupdHTTPAddr + "/jobs/work", "microscaling.com/target-queue-length": "10", "microscaling.com/max-replicas": "5"}))
 	startController(t, s.Kubeconfig, "--queue-allow=127.0.0.1/32", "--queue-max-bytes=1048576", "--queue-timeout=3s")
 
 	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 200); err != nil {
@@ -67,7 +71,8 @@ func TestHostileQueueEndpoints(t *testing.T) {
 	waitReplicas(t, s, "victim", "consumer", 10*time.Second, "> 1", func(n int32) bool { return n > 1 })
 	waitEvent(t, s, "attacker", "internal", "Warning QueueUnreadable", 10*time.Second)
 	waitEvent(t, s, "attacker", "huge", "Warning QueueUnreadable", 10*time.Second)
-	for name, class := range map[string]string{"internal": "address not allowed by the queue endpoint policy", "huge": "answer too large"} {
+	waitEvent(t, s, "attacker", "lookupd", "Warning QueueUnreadable", 10*time.Second)
+	for name, class := range map[string]string{"internal": "address not allowed by the queue endpoint policy", "huge": "answer too large", "lookupd": "HTTP 404"} {
 		for _, e := range mustEvents(t, s, "attacker", name) {
 			if strings.Contains(e, "topic") || strings.Contains(e, "secret") {
 				t.Errorf("%s: an Event quotes an answer: %s", name, e)

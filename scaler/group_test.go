@@ -81,8 +81,9 @@ func newScaleServer() *scaleServer {
 	s.client.PrependReactor("get", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return true, &autoscalingv1.Scale{ObjectMeta: metav1.ObjectMeta{Name: a.(k8stesting.GetAction).GetName(), Namespace: "ns", ResourceVersion: "9"},
-			Spec: autoscalingv1.ScaleSpec{Replicas: s.server}}, nil
+		replicas := s.server
+		return true, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: a.(k8stesting.GetAction).GetName(), Namespace: "ns", ResourceVersion: "9"},
+			Spec: appsv1.DeploymentSpec{Replicas: &replicas}}, nil
 	})
 	return s
 }

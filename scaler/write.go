@@ -22,19 +22,16 @@ type ScaleWriter struct {
 }
 
 // Scale sets replicas. The first try uses the cached resourceVersion (one
-// request). On a conflict it reads /scale again: if only the status moved on
-// (the replicas asked for are still those the decision started from) it
-// tries again, up to three times; if someone else changed the replicas, it
-// gives up with the conflict, so a concurrent `kubectl scale` is never
-// overwritten by a decision made before it. The next tick decides afresh.
+// request). On a conflict it reads the Deployment again: only if nothing
+// but its status moved on (the same generation, the same
+// microscaling.com/* annotations, the replicas the decision started from)
+// does it try again, up to three times. Anything else is a newer intent (a
+// `kubectl scale`, an edited template, `paused` or a lowered max): the write
+// ends with the conflict, and the next tick decides from fresh state.
 func (w ScaleWriter) Scale(ctx context.Context, d *appsv1.Deployment, replicas int32) error {
 	s := &autoscalingv1.Scale{
 		ObjectMeta: metav1.ObjectMeta{Name: d.Name, Namespace: d.Namespace, ResourceVersion: d.ResourceVersion},
 		Spec:       autoscalingv1.ScaleSpec{Replicas: replicas},
-	}
-	from := int32(1)
-	if d.Spec.Replicas != nil {
-		from = *d.Spec.Replicas
 	}
 	api := w.Client.AppsV1().Deployments(d.Namespace)
 	var err error
@@ -42,12 +39,12 @@ func (w ScaleWriter) Scale(ctx context.Context, d *appsv1.Deployment, replicas i
 		if _, err = api.UpdateScale(ctx, d.Name, s, metav1.UpdateOptions{}); !apierrors.IsConflict(err) {
 			break
 		}
-		cur, gerr := api.GetScale(ctx, d.Name, metav1.GetOptions{})
+		cur, gerr := api.Get(ctx, d.Name, metav1.GetOptions{})
 		if gerr != nil {
-			return fmt.Errorf("reading /scale of %s/%s after a conflict: %w", d.Namespace, d.Name, gerr)
+			return fmt.Errorf("reading %s/%s after a conflict: %w", d.Namespace, d.Name, gerr)
 		}
-		if cur.Spec.Replicas != from {
-			return fmt.Errorf("not writing /scale of %s/%s to %d: replicas changed to %d meanwhile: %w", d.Namespace, d.Name, replicas, cur.Spec.Replicas, err)
+		if what := changed(d, cur); what != "" {
+			return fmt.Errorf("not writing /scale of %s/%s to %d: %s meanwhile: %w", d.Namespace, d.Name, replicas, what, err)
 		}
 		s.ResourceVersion = cur.ResourceVersion
 	}
@@ -56,4 +53,25 @@ func (w ScaleWriter) Scale(ctx context.Context, d *appsv1.Deployment, replicas i
 		return fmt.Errorf("writing /scale of %s/%s to %d: %w", d.Namespace, d.Name, replicas, err)
 	}
 	return nil
+}
+
+// changed says what of a Deployment's intent moved from decided to cur;
+// empty when only its status did.
+func changed(decided, cur *appsv1.Deployment) string {
+	from, now := int32(1), int32(1)
+	if decided.Spec.Replicas != nil {
+		from = *decided.Spec.Replicas
+	}
+	if cur.Spec.Replicas != nil {
+		now = *cur.Spec.Replicas
+	}
+	switch {
+	case now != from:
+		return fmt.Sprintf("replicas changed to %d", now)
+	case cur.Generation != decided.Generation:
+		return "its spec changed"
+	case !sameManaged(decided.Annotations, cur.Annotations):
+		return "its microscaling.com/ annotations changed"
+	}
+	return ""
 }

@@ -16,17 +16,23 @@ import (
 )
 
 // TestScaleConflict: a conflict because only the status moved on is
-// retried with the new resourceVersion; a conflict because someone else
-// changed the replicas is returned, never overwritten.
+// retried with the new resourceVersion; a conflict because anything of the
+// Deployment's intent changed (its replicas, its spec, its microscaling.com/
+// annotations) is returned, never overwritten.
 func TestScaleConflict(t *testing.T) {
+	three, seven := int32(3), int32(7)
+	decided := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "c", Namespace: "ns", ResourceVersion: "1", Generation: 4,
+		Annotations: map[string]string{"microscaling.com/queue": "nsq://h:1/t/c"}}, Spec: appsv1.DeploymentSpec{Replicas: &three}}
 	tests := []struct {
 		name      string
-		current   int32 // spec.replicas on the server after the conflict
+		server    func(d *appsv1.Deployment) // what the server holds after the conflict
 		wantErr   string
 		wantWrite bool // a second update with the server's resourceVersion
 	}{
-		{name: "status moved on: retried", current: 3, wantWrite: true},
-		{name: "someone scaled meanwhile: not overwritten", current: 7, wantErr: "replicas changed to 7 meanwhile"},
+		{name: "status moved on: retried", server: func(d *appsv1.Deployment) { d.Status.ReadyReplicas = 3 }, wantWrite: true},
+		{name: "someone scaled meanwhile: not overwritten", server: func(d *appsv1.Deployment) { d.Spec.Replicas = &seven }, wantErr: "replicas changed to 7 meanwhile"},
+		{name: "paused meanwhile: not overwritten", server: func(d *appsv1.Deployment) { d.Annotations["microscaling.com/paused"] = "true" }, wantErr: "annotations changed meanwhile"},
+		{name: "template edited meanwhile: not overwritten", server: func(d *appsv1.Deployment) { d.Generation = 5 }, wantErr: "its spec changed meanwhile"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -44,12 +50,12 @@ func TestScaleConflict(t *testing.T) {
 				return true, s, nil
 			})
 			client.PrependReactor("get", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
-				return true, &autoscalingv1.Scale{ObjectMeta: metav1.ObjectMeta{Name: "c", Namespace: "ns", ResourceVersion: "2"},
-					Spec: autoscalingv1.ScaleSpec{Replicas: tc.current}}, nil
+				d := decided.DeepCopy()
+				d.ResourceVersion = "2"
+				tc.server(d)
+				return true, d, nil
 			})
-			from := int32(3)
-			d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "c", Namespace: "ns", ResourceVersion: "1"}, Spec: appsv1.DeploymentSpec{Replicas: &from}}
-			err := ScaleWriter{Client: client}.Scale(context.Background(), d, 5)
+			err := ScaleWriter{Client: client}.Scale(context.Background(), decided.DeepCopy(), 5)
 			switch {
 			case tc.wantErr == "" && err != nil:
 				t.Fatalf("err = %v", err)

@@ -171,8 +171,28 @@ func main() {
 }
 
 func controllerMain(ctx context.Context, args []string) error {
-	var o options
-	fs := flag.NewFlagSet("controller", flag.ExitOnError)
+	o, err := controllerOptions(args, flag.ExitOnError)
+	if err != nil {
+		return err
+	}
+	return run(ctx, o)
+}
+
+// controllerOptions parses and checks the controller's flags (and the
+// logging flags): a bad value is an error naming its flag, before anything
+// starts.
+func controllerOptions(args []string, onError flag.ErrorHandling) (options, error) {
+	fs := flag.NewFlagSet("controller", onError)
+	o := controllerFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return *o, err
+	}
+	return *o, o.check()
+}
+
+// controllerFlags defines the controller's own flags on fs.
+func controllerFlags(fs *flag.FlagSet) *options {
+	o := &options{}
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "path to a kubeconfig; in-cluster config when empty")
 	fs.StringVar(&o.namespace, "namespace", "", "namespace to watch; all when empty")
 	fs.DurationVar(&o.interval, "interval", time.Second, "how often every group is decided")
@@ -195,14 +215,27 @@ func controllerMain(ctx context.Context, args []string) error {
 	fs.BoolVar(&o.syncLabels, "sync-labels", false, "fill annotations from image labels for Deployments with microscaling.com/sync-labels: \"true\" (needs secrets get)")
 	fs.DurationVar(&o.labelInterval, "label-sync-interval", 5*time.Minute, "how often label sync re-reads every image (a moved tag is picked up)")
 	labelFlags(fs, &o.labels)
-	if err := parseFlags(fs, args); err != nil {
-		return err
+	return o
+}
+
+// check reports the first flag whose value is wrong, and fills in the
+// advertised address from POD_IP.
+func (o *options) check() error {
+	switch {
+	case o.queueMaxBytes < 1024:
+		return errors.New("--queue-max-bytes: must be at least 1024")
+	case o.queueReads < 1:
+		return errors.New("--queue-concurrency: must be at least 1")
+	case o.hostsPerNS < 0:
+		return errors.New("--queue-hosts-per-namespace: must be 0 (no bound) or more")
+	case o.metricsAuth != "kubernetes" && o.metricsAuth != "none":
+		return errors.New("--metrics-auth: must be kubernetes or none")
 	}
-	if o.queueMaxBytes < 1024 || o.queueReads < 1 {
-		return errors.New("--queue-max-bytes must be at least 1024 and --queue-concurrency at least 1")
+	if _, err := nsq.ParsePolicy(o.queueAllow); err != nil {
+		return fmt.Errorf("--queue-allow: %w", err)
 	}
-	if o.metricsAuth != "kubernetes" && o.metricsAuth != "none" {
-		return fmt.Errorf("--metrics-auth: must be kubernetes or none")
+	if _, err := labels.ParseKeys(o.labels.keys); err != nil {
+		return fmt.Errorf("--image-label-keys: %w", err)
 	}
 	if o.advertise == "" && os.Getenv("POD_IP") != "" && o.metricsAddr != "" {
 		_, port, err := net.SplitHostPort(o.metricsAddr)
@@ -216,7 +249,7 @@ func controllerMain(ctx context.Context, args []string) error {
 			return fmt.Errorf("--advertise-address %q: %w", o.advertise, err)
 		}
 	}
-	return run(ctx, o)
+	return nil
 }
 
 // parseFlags adds the logging flags of k8s.io/component-base (--v,

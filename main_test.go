@@ -218,3 +218,36 @@ func TestCommandHelp(t *testing.T) {
 		t.Errorf("help lists its own flags, then the logging flags? own %d, heading %d, -v %d:\n%s", own, logging, v, help)
 	}
 }
+
+// Every bad controller flag is an error naming the flag, before anything
+// starts.
+func TestControllerFlagsAreChecked(t *testing.T) {
+	for _, tc := range []struct{ arg, want string }{
+		{"--metrics-auth=maybe", "--metrics-auth"},
+		{"--queue-allow=10.0.0.0/33", "--queue-allow"},
+		{"--queue-allow=not a name!", "--queue-allow"},
+		{"--queue-max-bytes=10", "--queue-max-bytes"},
+		{"--queue-concurrency=0", "--queue-concurrency"},
+		{"--queue-hosts-per-namespace=-1", "--queue-hosts-per-namespace"},
+		{"--image-label-keys=paused", "--image-label-keys"},
+		{"--advertise-address=nope", "--advertise-address"},
+	} {
+		if err := checkFlags(tc.arg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want one naming %s", tc.arg, err, tc.want)
+		}
+	}
+	if err := checkFlags("--queue-allow=10.0.0.0/8,.svc.cluster.local", "--image-label-keys=queue,group"); err != nil {
+		t.Errorf("good flags: %v", err)
+	}
+}
+
+// checkFlags parses the controller's own flags (not the logging flags,
+// which apply once per process) and checks them.
+func checkFlags(args ...string) error {
+	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
+	o := controllerFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return o.check()
+}

@@ -868,17 +868,11 @@ const forwardedHeader = "X-Microscaling-Forwarded"
 // so that it relays nothing for anyone. The leader, a process without
 // election and a standby that knows no leader address serve their own.
 func forwardToLeader(h *health, rv *access.Reviewer, local http.Handler) http.Handler {
-	proxy := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", pr.In.Context().Value(leaderKey{}).(string)
-			pr.Out.Header.Set(forwardedHeader, "1")
-		},
-		Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
-			ResponseHeaderTimeout: 5 * time.Second, MaxIdleConns: 4},
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			klog.FromContext(r.Context()).V(2).Info("forwarding to the leader failed", "err", err)
-			http.Error(w, "the leader did not answer", http.StatusBadGateway)
-		},
+	transport := &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+		ResponseHeaderTimeout: 5 * time.Second, MaxIdleConns: 4}
+	failed := func(w http.ResponseWriter, r *http.Request, err error) {
+		klog.FromContext(r.Context()).V(2).Info("forwarding to the leader failed", "err", err)
+		http.Error(w, "the leader did not answer", http.StatusBadGateway)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		leader := h.forwardTo()
@@ -892,8 +886,10 @@ func forwardToLeader(h *health, rv *access.Reviewer, local http.Handler) http.Ha
 				return
 			}
 		}
-		proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), leaderKey{}, leader)))
+		proxy := &httputil.ReverseProxy{Transport: transport, ErrorHandler: failed, Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", leader
+			pr.Out.Header.Set(forwardedHeader, "1")
+		}}
+		proxy.ServeHTTP(w, r)
 	})
 }
-
-type leaderKey struct{}

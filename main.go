@@ -632,7 +632,13 @@ func run(ctx context.Context, o options) error {
 	if o.metricsAddr != "" {
 		var rv *access.Reviewer
 		if o.metricsAuth == "kubernetes" {
-			rv = access.NewReviewer(client, 10*time.Second)
+			// Reviews use a client of their own: whoever calls /api/state
+			// cannot use up the rate limit the scale writes need.
+			reviews, err := newClient(o.kubeconfig, 20, 40)
+			if err != nil {
+				return err
+			}
+			rv = access.NewReviewer(reviews, 10*time.Second)
 		}
 		srv, err := serve(ctx, o.metricsAddr, prometheus.Gatherers{reg, legacyregistry.DefaultGatherer}, inf, hc, history, rv, o.profiling)
 		if err != nil {

@@ -218,11 +218,7 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 		go func() { early <- c.queues.Read(ctx, slices.Collect(maps.Keys(prev))) }()
 	}
 	groups := c.cluster.Groups()
-	type nsRef struct {
-		namespace string
-		q         annotations.QueueRef
-	}
-	named := map[nsRef]bool{}
+	refs := map[annotations.QueueRef]bool{}
 	members := make(map[string][]memberRef, len(groups))
 	hosts := map[string]map[string]bool{} // by namespace
 	for k, ds := range groups {
@@ -232,7 +228,7 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 			ms[i] = memberRef{d, st}
 			if st.spec != nil {
 				for _, q := range st.spec.Queues {
-					named[nsRef{d.Namespace, q}] = true
+					refs[q] = true
 					if hosts[d.Namespace] == nil {
 						hosts[d.Namespace] = map[string]bool{}
 					}
@@ -252,10 +248,21 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 	}
 	c.forgetUnseen()
 	allowed := c.capHosts(hosts)
-	refs := map[annotations.QueueRef]bool{}
-	for r := range named {
-		if a := allowed[r.namespace]; a == nil || a[r.q.Host] {
-			refs[r.q] = true
+	if allowed != nil {
+		// Rare: some namespace names too many hosts. Its queues on hosts past
+		// the bound are not read, unless a namespace within it names them.
+		refs = map[annotations.QueueRef]bool{}
+		for _, ms := range members {
+			for _, m := range ms {
+				if m.st.spec == nil {
+					continue
+				}
+				for _, q := range m.st.spec.Queues {
+					if a := allowed[m.d.Namespace]; a == nil || a[q.Host] {
+						refs[q] = true
+					}
+				}
+			}
 		}
 	}
 	var readings policy.Readings

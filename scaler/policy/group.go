@@ -173,8 +173,9 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 	out := GroupOutput{Decisions: make([]MemberDecision, len(ms))}
 	g := Group{Members: make([]Member, len(ms))}
 	specs := make([]*annotations.Spec, len(ms))
-	reasons := make([]string, len(ms))
-	held := make([]string, len(ms))
+	// What each member's queue rule (or pause) said: why, and what holds it.
+	type said struct{ why, held string }
+	rule := make([]said, len(ms))
 	for i, m := range ms {
 		s := m.Spec
 		specs[i] = s
@@ -183,13 +184,13 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 		switch {
 		case s.Paused:
 			a.Min, a.Max = m.Current, m.Current
-			held[i] = HeldPaused
+			rule[i].held = HeldPaused
 		case m.NoGrowth:
 			a.Max = min(a.Max, m.Current)
-			held[i] = HeldPriority
+			rule[i].held = HeldPriority
 		case s.Rule == annotations.RuleQueue:
 			d := m.State.Step(PolicyOf(s), in.Now, m.Current, m.Ready, m.Queue, m.QueueKnown)
-			a.Want, reasons[i], held[i] = d.Replicas, d.Reason, d.Held
+			a.Want, rule[i] = d.Replicas, said{d.Reason, d.Held}
 		}
 		if b := s.GroupMaxReplicas; b > 0 {
 			if out.Budget > 0 && out.Budget != b {
@@ -212,7 +213,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 	}
 	if !(needed && in.Room == nil) && gs.unchanged(ms, g.Members, roomVersion) {
 		for i, m := range ms {
-			out.Decisions[i] = MemberDecision{Replicas: m.Current, Held: heldBy(held[i], gs.inputs[i].held)}
+			out.Decisions[i] = MemberDecision{Replicas: m.Current, Held: heldBy(rule[i].held, gs.inputs[i].held)}
 		}
 		out.Unchanged = true
 		return out
@@ -237,14 +238,14 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 	}
 	alloc := Allocate(g)
 	for i, d := range alloc {
-		why := reasons[i]
+		why := rule[i].why
 		if d.Reason != "" {
 			why = strings.TrimPrefix(why+"; "+d.Reason, "; ")
 		}
 		if g.Members[i].Remainder && why == "" {
 			why = "spare room in the group"
 		}
-		out.Decisions[i] = MemberDecision{Replicas: d.Replicas, Reason: why, Held: heldBy(held[i], d.Held)}
+		out.Decisions[i] = MemberDecision{Replicas: d.Replicas, Reason: why, Held: heldBy(rule[i].held, d.Held)}
 		if d.Replicas != ms[i].Current && !ms[i].Spec.Paused {
 			out.Writes = append(out.Writes, i)
 		}

@@ -106,8 +106,8 @@ func expectDelim(dec *json.Decoder, want json.Delim) error {
 }
 
 // decodeStats reads nsqd's /stats (bare, or in the {"data": ...} wrapper
-// of nsqd before 1.0), keeping the topics want names.
-func decodeStats(dec *json.Decoder, want map[string]bool) (*nsqStats, error) {
+// of nsqd before 1.0), keeping the topics want accepts.
+func decodeStats(dec *json.Decoder, want func(topic string) bool) (*nsqStats, error) {
 	st := &nsqStats{}
 	err := walkObject(dec, func(key string) (bool, error) {
 		switch key {
@@ -123,7 +123,7 @@ func decodeStats(dec *json.Decoder, want map[string]bool) (*nsqStats, error) {
 				if err := dec.Decode(&t); err != nil {
 					return err
 				}
-				if want[t.Name] {
+				if want(t.Name) {
 					st.Topics = append(st.Topics, t)
 				}
 				return nil

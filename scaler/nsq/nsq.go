@@ -156,11 +156,8 @@ func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) polic
 		if f, ok := s.stats[host]; ok {
 			return f
 		}
-		topics := maps.Clone(lookedUp)
-		if topics == nil {
-			topics = map[string]bool{}
-		}
-		maps.Copy(topics, direct[host])
+		mine := direct[host]
+		topics := func(topic string) bool { return mine[topic] || lookedUp[topic] }
 		f := &fetch{done: make(chan struct{})}
 		s.stats[host] = f
 		go func() {
@@ -466,7 +463,7 @@ type httpError struct{ status int }
 
 func (e *httpError) Error() string { return fmt.Sprintf("HTTP %d", e.status) }
 
-func (r *NSQReader) stats(ctx context.Context, host string, topics map[string]bool) (*nsqStats, error) {
+func (r *NSQReader) stats(ctx context.Context, host string, topics func(string) bool) (*nsqStats, error) {
 	var st *nsqStats
 	u := "http://" + host + "/stats?format=json&include_clients=false&include_mem=false"
 	err := r.get(ctx, u, func(dec *json.Decoder) (err error) {

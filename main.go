@@ -300,10 +300,9 @@ func printFlags(fs *flag.FlagSet, keep func(name string) bool) {
 type labelOptions struct{ platform, prefixes, keys string }
 
 func labelFlags(fs *flag.FlagSet, l *labelOptions) {
-	platform, prefixes := &l.platform, &l.prefixes
 	fs.StringVar(&l.keys, "image-label-keys", strings.Join(labels.DefaultKeys, ","), "the microscaling.com/ keys image labels may set (queue, group and min-replicas are left out by default: an image publisher would pick the address read, the Deployments that share room, or force replicas)")
-	fs.StringVar(platform, "platform", "linux/amd64", "platform picked from a multi-arch image index")
-	fs.StringVar(prefixes, "image-label-prefixes", strings.Join(labels.DefaultPrefixes, ","), "label prefixes exposed as image-labels.microscaling.com/<container>")
+	fs.StringVar(&l.platform, "platform", "linux/amd64", "platform picked from a multi-arch image index")
+	fs.StringVar(&l.prefixes, "image-label-prefixes", strings.Join(labels.DefaultPrefixes, ","), "label prefixes exposed as image-labels.microscaling.com/<container>")
 }
 
 func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, l labelOptions, timeout, tagTTL time.Duration) (*labels.Syncer, error) {

@@ -19,7 +19,7 @@ type QueuePolicy struct {
 // Horizon is how long the rule gives a backlog above target-queue-length to
 // drain: the surplus of replicas it asks for is the excess over Horizon.
 // Longer costs waits, shorter costs replicas that idle once it is drained.
-const Horizon = 40 * time.Second
+const Horizon = 45 * time.Second
 
 // downBand is the dead band: shrink only while backlog <= downBand * target.
 const downBand = 0.7
@@ -50,6 +50,8 @@ type QueueInput struct {
 // QueueState is what the rule remembers between ticks of one member.
 type QueueState struct {
 	window demandWindow
+	// fell is when the load was last seen falling.
+	fell time.Time
 	// util is the busiest the replicas may be (maxUtilization when 0),
 	// lowered each time a shrink had to be taken back at the same load.
 	util float64
@@ -90,15 +92,21 @@ const (
 // what the arrivals need; the rule asks for demand plus a surplus that
 // drains the waiting backlog above target-queue-length over Horizon, and
 // (with target-wait) at least (arrival + backlog / wait) / service, so the
-// backlog drains within the wait while arrivals are served. Growth happens
-// only while a target is exceeded, shrinking only while every target is at
-// or below 0.7x and never below the highest demand of the last
-// ScaleDownDelay, nor while demand is rising over that window: a drained
-// surplus goes back to demand at once, a lull is believed once it lasts.
+// backlog drains within the wait while arrivals are served. Growth believes
+// the service rate at the top of its uncertainty (Rates.Spread). Growth
+// happens only while a target is exceeded, shrinking only while every
+// target is at or below 0.7x, never while the arrivals of the last
+// ScaleDownDelay rise, and never below demand: while they fall (the later
+// half of the delay had fewer arrivals than the earlier, beyond noise),
+// down to the highest demand of the last half delay, so replicas keep up
+// with the fall; while they are flat, only replicas above every demand of
+// two delays go back (a drained surplus), so that no shrink lands where the
+// load turns.
 //
 // While the service rate is unknown, the rule grows from the backlog, at
 // most max(4, current) replicas per decision and only once the replicas
-// asked for are consuming, so their rate is learnt before more are added.
+// asked for have consumed for a whole interval, so their rate is learnt
+// before more are added.
 //
 // At most MaxDelta per decision; within Min and Max. A queue that cannot be
 // read holds the member.
@@ -119,14 +127,17 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	switch {
 	case known:
 		util := st.utilization()
-		demand := arrival / (r.Service * util)
-		need := demand
+		// Growth believes the rate at the top of its uncertainty: a rate
+		// read from a few messages that happened to be slow would otherwise
+		// ask for replicas that idle once the next reads correct it.
+		grow := r.Service * (1 + r.Spread)
+		need := arrival / (grow * util)
 		if p.Target > 0 && in.Backlog > p.Target {
 			excess := min(in.Backlog-p.Target, in.Waiting)
-			need += float64(max(excess, 0)) / Horizon.Seconds() / r.Service
+			need += float64(max(excess, 0)) / Horizon.Seconds() / grow
 		}
 		if p.Wait > 0 {
-			need = max(need, (arrival+float64(in.Backlog)/p.Wait.Seconds())/r.Service)
+			need = max(need, (arrival+float64(in.Backlog)/p.Wait.Seconds())/grow)
 		}
 		// The floor a shrink stops at leaves a little more room than growth
 		// asks for, so that noise in the rates does not take a shrink back.
@@ -135,6 +146,10 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 		want, floor = 0, 0 // nothing to do, whatever the rate
 	case cur > in.Consuming:
 		want, floor = cur, cur // capacity on the way: learn its rate first
+	case above && r.Joined > 0:
+		// Replicas that consumed for part of the last interval only: learn
+		// their rate over a whole one before adding more.
+		want, floor = cur, cur
 	case above:
 		want = cur + max(coldStep, cur)
 		if p.Target > 0 {
@@ -159,14 +174,34 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	case want < cur && !below:
 		want = cur // shrink only at or below 0.7 x every target
 	}
-	st.window.add(in.Now, max(floor, 0), cur, in.Arrived, p.ScaleDownDelay)
+	delay := p.ScaleDownDelay
+	st.window.add(in.Now, max(floor, 0), cur, in.Arrived, delay)
 	held := ""
 	if want < cur {
 		free := want
-		if st.window.rising(in.Now, in.Arrived) {
+		trend := st.window.trend(in.Now, in.Arrived, delay)
+		if trend < 0 {
+			st.fell = in.Now
+		}
+		switch {
+		case trend > 0:
+			want = cur // still rising: a shrink would be taken back
+		case trend < 0 || in.Now.Sub(st.fell) <= delay/fallMemory:
+			// Falling: down to the highest demand of half the delay, so the
+			// replicas keep up with the fall and are where the load is when
+			// it turns. A fall that has just left the halves compared counts
+			// still: the demand before it leaves the window at that moment.
+			want = max(want, min(st.window.max(in.Now, delay/2), cur))
+		case cur > st.window.max(in.Now, 2*delay):
+			// Flat, with replicas above every demand of two delays: a
+			// drained surplus, given back down to that demand.
+			want = max(want, st.window.max(in.Now, 2*delay))
+		default:
+			// Flat after a fall, or a turning point: the shrink would land
+			// where the load may turn, so the replicas wait for either.
 			want = cur
 		}
-		if want = max(want, min(st.window.max(), cur)); want > free {
+		if want > free {
 			held = HeldDelay
 		}
 	}
@@ -303,14 +338,18 @@ func ceilReplicas(x float64) int32 {
 	return int32(min(math.Ceil(x-1e-9), math.MaxInt32/2))
 }
 
-// windowBuckets bounds the scale-down window's memory whatever its length:
-// the delay is cut into at most this many buckets, each keeping the highest
-// floor of its span (so the window may hold a value up to 1/windowBuckets of
-// the delay longer).
-const windowBuckets = 32
+// fallMemory: a fall is believed for delay/fallMemory after it was last
+// seen.
+const fallMemory = 8
 
-// demandWindow keeps the highest demand of the last scale-down delay, and
-// the arrival count at each bucket's start to tell a rising load.
+// windowBuckets bounds the scale-down window's memory whatever its length:
+// two delays are cut into at most this many buckets, each keeping the
+// highest floor of its span (so the window may hold a value up to
+// 1/windowBuckets of two delays longer).
+const windowBuckets = 48
+
+// demandWindow keeps the demand of the last two scale-down delays, and the
+// arrival count at each bucket's start to tell a rising or falling load.
 type demandWindow struct {
 	b          [windowBuckets]bucket
 	head, size int
@@ -323,20 +362,21 @@ type bucket struct {
 }
 
 // add records this tick's floor and arrival count and drops what is older
-// than delay. The first sample holds cur for a whole delay: a controller
-// that just started (or a member just added) has seen no demand yet, which
-// is not the same as seeing none.
+// than two delays. The first sample holds cur for a whole delay: a
+// controller that just started (or a member just added) has seen no demand
+// yet, which is not the same as seeing none.
 func (w *demandWindow) add(now time.Time, floor, cur int32, arrived int64, delay time.Duration) {
 	if w.size == 0 {
 		floor = max(floor, cur)
 	}
-	for w.size > 0 && now.Sub(w.b[w.head].at) > delay {
+	keep := 2 * delay
+	for w.size > 0 && now.Sub(w.b[w.head].at) > keep {
 		w.head = (w.head + 1) % windowBuckets
 		w.size--
 	}
 	if w.size > 0 {
 		last := &w.b[(w.head+w.size-1)%windowBuckets]
-		if now.Sub(last.at) < delay/windowBuckets {
+		if now.Sub(last.at) < keep/windowBuckets {
 			last.replicas = max(last.replicas, floor)
 			return
 		}
@@ -349,36 +389,54 @@ func (w *demandWindow) add(now time.Time, floor, cur int32, arrived int64, delay
 	w.size++
 }
 
-// rising reports whether more messages arrived in the later half of the
-// window than in the earlier half, by more than one standard deviation of
-// Poisson noise, at equal lengths: a load still growing, which a shrink
-// would have to take back.
-func (w *demandWindow) rising(now time.Time, arrived int64) bool {
-	if w.size < 3 {
-		return false
-	}
-	first := w.b[w.head]
-	mid := first
+// trend compares the messages that arrived in the later half of the last
+// delay with the earlier half, at equal lengths: 1 when the later half had
+// more by over one standard deviation of Poisson noise (a load still
+// growing, which a shrink would have to take back), -1 when it had fewer by
+// over three (a fall, not noise), else 0.
+func (w *demandWindow) trend(now time.Time, arrived int64, delay time.Duration) int {
+	first, mid, n := -1, -1, 0
 	for i := range w.size {
-		if b := w.b[(w.head+i)%windowBuckets]; b.at.Sub(first.at) >= now.Sub(b.at) {
-			mid = b
-			break
+		b := w.b[(w.head+i)%windowBuckets]
+		if now.Sub(b.at) > delay {
+			continue
+		}
+		if first < 0 {
+			first = (w.head + i) % windowBuckets
+		}
+		n++
+		if mid < 0 && b.at.Sub(w.b[first].at) >= now.Sub(b.at) {
+			mid = (w.head + i) % windowBuckets
 		}
 	}
-	h1, h2 := mid.at.Sub(first.at).Seconds(), now.Sub(mid.at).Seconds()
-	n1, n2 := float64(mid.arrived-first.arrived), float64(arrived-mid.arrived)
+	if n < 3 || mid < 0 {
+		return 0
+	}
+	f, m := w.b[first], w.b[mid]
+	h1, h2 := m.at.Sub(f.at).Seconds(), now.Sub(m.at).Seconds()
+	n1, n2 := float64(m.arrived-f.arrived), float64(arrived-m.arrived)
 	if h1 <= 0 || h2 <= 0 || n1 < 0 || n2 < 0 {
-		return false
+		return 0
 	}
 	// Scale the earlier half's count to the later half's length.
 	n1 *= h2 / h1
-	return n2-n1 > math.Sqrt(n1+n2)
+	noise := math.Sqrt(n1 + n2)
+	switch {
+	case n2-n1 > noise:
+		return 1
+	case n1-n2 > 3*noise:
+		return -1
+	}
+	return 0
 }
 
-func (w *demandWindow) max() int32 {
+// max is the highest floor of the buckets of the last span.
+func (w *demandWindow) max(now time.Time, span time.Duration) int32 {
 	var m int32
 	for i := range w.size {
-		m = max(m, w.b[(w.head+i)%windowBuckets].replicas)
+		if b := w.b[(w.head+i)%windowBuckets]; now.Sub(b.at) <= span {
+			m = max(m, b.replicas)
+		}
 	}
 	return m
 }

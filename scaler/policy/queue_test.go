@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -121,22 +122,74 @@ func TestDecideQueue(t *testing.T) {
 	}
 }
 
-func TestScaleDownAfterDelay(t *testing.T) {
+// TestScaleDownAfterAFall: arrivals stop after 20 s at 80/s. The fall is
+// clear, so the demand of 80/s is held for half the 30 s delay, then the
+// replicas go.
+func TestScaleDownAfterAFall(t *testing.T) {
 	p := QueuePolicy{Target: 50, Max: 20, ScaleDownDelay: 30 * time.Second}
 	var st QueueState
 	cur := int32(10)
-	DecideQueue(p, QueueInput{Now: t0, Current: cur, Consuming: cur, Backlog: 40, BacklogKnown: true, Rates: known(80, 10)}, &st)
-	// Arrivals stop. The demand of 80/s is held for the 30 s delay; then it shrinks.
-	for s := 1; s <= 40; s++ {
+	arrived := int64(0)
+	for s := 0; s <= 40; s++ {
+		rates := known(80, 10)
+		if s < 20 {
+			arrived += 80
+		} else {
+			rates = known(0, 10)
+		}
 		now := t0.Add(time.Duration(s) * time.Second)
-		d := DecideQueue(p, QueueInput{Now: now, Current: cur, Consuming: cur, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, &st)
-		if s < 30 && d.Replicas < 9 {
-			t.Fatalf("at %ds: shrank to %d inside the 30s delay", s, d.Replicas)
+		d := DecideQueue(p, QueueInput{Now: now, Current: cur, Consuming: cur, Backlog: 0, Arrived: arrived, BacklogKnown: true, Rates: rates}, &st)
+		if s < 20+14 && d.Replicas < 9 { // to within a bucket of the window
+			t.Fatalf("at %ds: shrank to %d inside half the 30s delay", s, d.Replicas)
 		}
 		cur = d.Replicas
 	}
 	if cur != 0 {
 		t.Errorf("after the delay replicas = %d, want 0", cur)
+	}
+}
+
+// TestFlatLoadHoldsTwoDelays: at a flat load, replicas above demand (a
+// drained surplus) go back once they have been above every demand of two
+// delays, and not before.
+func TestFlatLoadHoldsTwoDelays(t *testing.T) {
+	p := QueuePolicy{Target: 50, Max: 20, ScaleDownDelay: 10 * time.Second}
+	var st QueueState
+	cur := int32(10) // 60/s needs 7 at the shrink's 90%
+	for s := 0; s <= 25; s++ {
+		d := DecideQueue(p, QueueInput{Now: t0.Add(time.Duration(s) * time.Second), Current: cur, Consuming: cur, Backlog: 0,
+			Arrived: int64(60 * s), BacklogKnown: true, Rates: known(60, 10)}, &st)
+		if s < 19 && d.Replicas != 10 {
+			t.Fatalf("at %ds: %d replicas, want 10 held for two delays", s, d.Replicas)
+		}
+		cur = d.Replicas
+	}
+	if cur != 7 {
+		t.Errorf("after two delays replicas = %d, want 7", cur)
+	}
+}
+
+// TestNoShrinkAtATrough feeds a load that falls, then turns and rises: the
+// shrinks happen while it falls, none once it may have turned.
+func TestNoShrinkAtATrough(t *testing.T) {
+	p := QueuePolicy{Target: 50, Max: 50, ScaleDownDelay: 30 * time.Second}
+	var st QueueState
+	cur := int32(15)
+	arrived := int64(0)
+	shrankAt := -1
+	for s := range 300 {
+		// 140/s down to 20/s at 150 s and back: a sine's trough.
+		rate := 80 + 60*math.Cos(2*math.Pi*float64(s)/300)
+		arrived += int64(rate)
+		d := DecideQueue(p, QueueInput{Now: t0.Add(time.Duration(s) * time.Second), Current: cur, Consuming: cur,
+			Backlog: 10, BacklogKnown: true, Arrived: arrived, Rates: known(rate, 10)}, &st)
+		if d.Replicas < cur {
+			shrankAt = s
+		}
+		cur = d.Replicas
+	}
+	if shrankAt < 0 || shrankAt >= 150 {
+		t.Errorf("last shrink at %ds, want one and before the trough at 150s", shrankAt)
 	}
 }
 
@@ -166,11 +219,12 @@ func TestLearnsWhenAShrinkIsTakenBack(t *testing.T) {
 	p := QueuePolicy{Target: 50, Max: 50, ScaleDownDelay: 5 * time.Second}
 	var st QueueState
 	in := func(s int, cur int32, backlog int64) QueueInput {
-		return QueueInput{Now: t0.Add(time.Duration(s) * time.Second), Current: cur, Consuming: cur, Backlog: backlog, Waiting: backlog / 2, BacklogKnown: true, Rates: known(58, 10)}
+		return QueueInput{Now: t0.Add(time.Duration(s) * time.Second), Current: cur, Consuming: cur, Backlog: backlog, Waiting: backlog / 2,
+			Arrived: int64(58 * s), BacklogKnown: true, Rates: known(58, 10)}
 	}
 	cur := int32(9)
 	s := 0
-	for ; s < 10; s++ { // drained: gives back to 7 (58/s at 90%)
+	for ; s < 12; s++ { // drained: gives back to 7 (58/s at 90%) after two delays at a flat load
 		cur = DecideQueue(p, in(s, cur, 5), &st).Replicas
 	}
 	if cur != 7 {

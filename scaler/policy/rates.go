@@ -26,13 +26,16 @@ type QueueSample struct {
 //
 // Arrival is a trimmed mean of the per-interval rates of the last
 // arrivalWindow intervals, raised to the lowest of the last stepIntervals
-// when all of them are well above it (by stepFactor): a one-off burst (one or two intervals with
-// a step in the count) is trimmed away and stays backlog to drain, while a
-// rate that steps up and stays is believed within stepIntervals ticks.
+// when all of them are well above it (by stepFactor), lowered to the highest
+// when all are well below: a one-off burst (one or two intervals with a
+// step in the count) is trimmed away and stays backlog to drain, while a
+// rate that steps up or down and stays is believed within stepIntervals
+// ticks.
 //
 // Service is measured only over intervals where messages were waiting at
 // both ends (not merely in flight: NSQ consumers always hold messages, so a
-// starved replica is not a slow one), per replica consuming at both ends.
+// starved replica is not a slow one) and the same replicas consumed at both
+// ends; a busy interval where replicas joined or left only bounds it.
 // Intervals where nothing waited only raise it: each consuming replica
 // served at least its share of what left the queue.
 type Rates struct {
@@ -47,6 +50,13 @@ type Rates struct {
 	// Service is messages per second per consuming replica; valid when ServiceKnown.
 	Service      float64
 	ServiceKnown bool
+	// Spread is the relative uncertainty of Service: 1/sqrt of the messages
+	// it was measured on; 0 when exact.
+	Spread   float64
+	measured float64
+	// Joined is how many more replicas consumed at the last sample than at
+	// the one before: they worked part of the last interval only.
+	Joined int32
 }
 
 const (
@@ -74,32 +84,56 @@ func (r *Rates) Observe(s QueueSample) {
 	if arrived < 0 {
 		// Counter reset (nsqd restarted): start over from this sample, keeping
 		// what was learnt of the consumers.
-		*r = Rates{last: s, started: true, Service: r.Service, ServiceKnown: r.ServiceKnown}
+		*r = Rates{last: s, started: true, Service: r.Service, ServiceKnown: r.ServiceKnown, Spread: r.Spread, measured: r.measured}
 		return
 	}
 	r.observeArrival(float64(arrived) / dt)
+	r.Joined = max(0, s.Consuming-r.last.Consuming)
 
 	done := float64(arrived - (s.Backlog - r.last.Backlog))
-	// Only replicas consuming at both ends count: one that connected during
-	// the interval did some of the work in part of it, which makes the
-	// estimate err high (fewer replicas, then growth), never low (an
-	// overshoot).
-	consuming := min(s.Consuming, r.last.Consuming)
-	if done >= 0 && consuming > 0 {
-		per := done / dt / float64(consuming)
+	// A replica that connected or left during the interval worked part of
+	// it: the replica-seconds of work lie between lo and hi consuming
+	// replicas for the whole interval, and only an interval where they are
+	// the same measures the rate; the others bound it.
+	lo, hi := min(s.Consuming, r.last.Consuming), max(s.Consuming, r.last.Consuming)
+	if done >= 0 && hi > 0 {
+		// The count's noise: a replica's messages finish at random times.
+		noise := 2 * math.Sqrt(done)
 		switch {
-		case r.last.Waiting > 0 && s.Waiting > 0:
+		case r.busy(s, dt, hi) && lo == hi:
 			// Every consuming replica was busy for the whole interval.
+			per := done / dt / float64(hi)
+			r.measured += done
+			r.Spread = 1 / math.Sqrt(max(r.measured, 1))
 			if r.ServiceKnown {
 				r.Service += (1 - math.Exp(-dt/serviceTau.Seconds())) * (per - r.Service)
 			} else if per > 0 {
 				r.Service, r.ServiceKnown = per, true
 			}
+		case r.busy(s, dt, hi) && r.ServiceKnown && lo > 0:
+			// Busy, but the count changed: the rate lies between the bounds.
+			r.Service = min(max(r.Service, (done-noise)/dt/float64(hi)), (done+noise)/dt/float64(lo))
 		case r.ServiceKnown:
-			r.Service = max(r.Service, per)
+			// Some replicas idled at times: each could do at least its share,
+			// counted low by the noise, or a lucky interval would ratchet
+			// the rate up.
+			r.Service = max(r.Service, (done-noise)/dt/float64(hi))
 		}
 	}
 	r.last = s
+}
+
+// busy reports whether n consuming replicas were busy for the whole
+// interval that ends with s. Before the rate is known, messages must have
+// waited at both ends. After, enough must have waited at the start to keep
+// them busy however fast they turned out to be: an interval chosen because
+// messages still waited at its end is one where they happened to be slow.
+func (r *Rates) busy(s QueueSample, dt float64, n int32) bool {
+	if !r.ServiceKnown {
+		return r.last.Waiting > 0 && s.Waiting > 0
+	}
+	expect := r.Service * dt * float64(n)
+	return float64(r.last.Waiting) >= expect+3*math.Sqrt(expect)
 }
 
 func (r *Rates) observeArrival(rate float64) {
@@ -124,8 +158,11 @@ func (r *Rates) observeArrival(rate float64) {
 	}
 	est := sum / float64(len(kept))
 	if n >= stepIntervals {
-		if step := slices.Min(r.in[n-stepIntervals : n]); step > stepFactor*est {
-			est = step
+		last := r.in[n-stepIntervals : n]
+		if up := slices.Min(last); up > stepFactor*est {
+			est = up
+		} else if down := slices.Max(last); down*stepFactor < est {
+			est = down
 		}
 	}
 	r.Arrival, r.ArrivalKnown = est, true

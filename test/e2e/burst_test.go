@@ -164,6 +164,11 @@ func burstRun(t *testing.T, kv []string) burstResult {
 	})
 	cancel()
 	wg.Wait()
+	for i, sm := range rec.samples {
+		if i > 0 && sm.replicas != rec.samples[i-1].replicas && sm.at < 10*time.Second {
+			t.Logf("at %.1f s: %d replicas, backlog %d", sm.at.Seconds(), sm.replicas, sm.backlog)
+		}
+	}
 	res := rec.score(10, load, 20*time.Second)
 	res.waitP95, _ = waits.Quantile(0.95)
 	if res.toNeeded < 0 {

@@ -112,6 +112,13 @@ func launchAt(t *testing.T, addr string, command func(metricsAddr string) *exec.
 		if t.Failed() {
 			t.Logf("controller %s log:\n%s", addr, tail(c.log.String(), 6000))
 		}
+		// MICROSCALING_CONTROLLER_LOG=dir keeps every controller's whole log there.
+		if dir := os.Getenv("MICROSCALING_CONTROLLER_LOG"); dir != "" {
+			name := filepath.Join(dir, strings.NewReplacer("/", "_", ":", "_").Replace(t.Name()+"-"+addr)+".log")
+			if err := os.WriteFile(name, c.log.Bytes(), 0o644); err != nil {
+				t.Error(err)
+			}
+		}
 	})
 	eventually(t, 30*time.Second, func(ctx context.Context) error {
 		_, err := c.get(ctx, "/readyz")

@@ -32,12 +32,13 @@ type QueueSample struct {
 // rate that steps up or down and stays is believed within stepIntervals
 // ticks.
 //
-// Service is measured only over intervals where messages were waiting at
-// both ends (not merely in flight: NSQ consumers always hold messages, so a
-// starved replica is not a slow one) and the same replicas consumed at both
-// ends; a busy interval where replicas joined or left only bounds it.
-// Intervals where nothing waited only raise it: each consuming replica
-// served at least its share of what left the queue.
+// Service is measured only over intervals where the replicas were busy
+// throughout (see busy: messages waiting undelivered, not merely in flight:
+// NSQ consumers always hold messages, so a starved replica is not a slow
+// one) and the same replicas consumed at both ends; a busy interval where
+// replicas joined or left only bounds it. Intervals where they were not
+// busy only raise it: each consuming replica served at least its share of
+// what left the queue, less the count's noise.
 type Rates struct {
 	last    QueueSample
 	started bool

@@ -114,10 +114,11 @@ func Table(rows [][]Summary) string {
 }
 
 // Verdict says whether microscaling (row[0]) met the goal on a trace against
-// the KEDA/HPA model (row[1]) and the original engine (row[2]): lower p95
-// wait than both at no more replica-seconds than either, no reversal inside
-// a monotonic stretch on any seed, and at least 5x fewer scale operations
-// than the engine.
+// the KEDA/HPA model (row[1]) and the original engine (row[2]), on the
+// medians over the seeds as the goal is stated: lower p95 wait than both at
+// no more replica-seconds than either, no reversal inside a monotonic
+// stretch, and at least 5x fewer scale operations than the engine. Reversals
+// on the worst seed are named whether or not the goal is met.
 func Verdict(row []Summary) (ok bool, why string) {
 	m, hpa, eng := row[0], row[1], row[2]
 	var misses []string
@@ -128,13 +129,17 @@ func Verdict(row []Summary) (ok bool, why string) {
 		misses = append(misses, fmt.Sprintf("replica-seconds %.0f vs HPA %.0f (%.2fx), engine %.0f (%.2fx)",
 			m.ReplicaSeconds, hpa.ReplicaSeconds, m.ReplicaSeconds/hpa.ReplicaSeconds, eng.ReplicaSeconds, m.ReplicaSeconds/eng.ReplicaSeconds))
 	}
-	if m.ReversalsWorst > 0 {
-		misses = append(misses, fmt.Sprintf("%d reversals on the worst seed", m.ReversalsWorst))
+	if m.Reversals > 0 {
+		misses = append(misses, fmt.Sprintf("%g reversals (median)", m.Reversals))
 	}
 	if 5*m.ScaleOps > eng.ScaleOps {
 		misses = append(misses, fmt.Sprintf("%.0f scale ops vs the engine's %.0f (want 5x fewer)", m.ScaleOps, eng.ScaleOps))
 	}
-	return len(misses) == 0, strings.Join(misses, "; ")
+	why = strings.Join(misses, "; ")
+	if m.ReversalsWorst > 0 && m.Reversals == 0 {
+		why = strings.TrimPrefix(why+fmt.Sprintf("; %d reversals on the worst seed", m.ReversalsWorst), "; ")
+	}
+	return len(misses) == 0, why
 }
 
 var colors = []string{"#1f77b4", "#d62728", "#2ca02c", "#9467bd"}

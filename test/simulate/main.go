@@ -50,8 +50,11 @@ func run(d time.Duration, seeds int, svgDir, bench string) error {
 		}
 		ok, why := sim.Verdict(row)
 		status := "goal met"
-		if !ok {
+		switch {
+		case !ok:
 			status = "goal missed: " + why
+		case why != "":
+			status += " (" + why + ")"
 		}
 		fmt.Fprintf(&verdicts, "- %s: %s ([plot](%s))\n", row[0].Trace, status, filepath.ToSlash(path))
 	}

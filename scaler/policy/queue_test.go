@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -122,93 +123,118 @@ func TestDecideQueue(t *testing.T) {
 	}
 }
 
-// TestScaleDownAfterAFall: arrivals stop after 20 s at 80/s. The fall is
-// clear, so the demand of 80/s is held for half the 30 s delay, then the
-// replicas go.
-func TestScaleDownAfterAFall(t *testing.T) {
-	p := QueuePolicy{Target: 50, Max: 20, ScaleDownDelay: 30 * time.Second}
+// drive feeds the rule n ticks, a second apart, of a load whose arrivals
+// are rate(s) a second, estimated as estimate(s), with the backlog held at
+// backlog, from cur replicas; it returns the replicas after each tick.
+func drive(p QueuePolicy, cur int32, n int, backlog int64, rate, estimate func(s int) float64) []int32 {
 	var st QueueState
-	cur := int32(10)
 	arrived := int64(0)
-	for s := 0; s <= 40; s++ {
-		rates := known(80, 10)
-		if s < 20 {
-			arrived += 80
-		} else {
-			rates = known(0, 10)
-		}
-		now := t0.Add(time.Duration(s) * time.Second)
-		d := DecideQueue(p, QueueInput{Now: now, Current: cur, Consuming: cur, Backlog: 0, Arrived: arrived, BacklogKnown: true, Rates: rates}, &st)
-		if s < 20+14 && d.Replicas < 9 { // to within a bucket of the window
-			t.Fatalf("at %ds: shrank to %d inside half the 30s delay", s, d.Replicas)
-		}
-		cur = d.Replicas
+	out := make([]int32, n)
+	for s := range n {
+		arrived += int64(rate(s))
+		cur = DecideQueue(p, QueueInput{Now: t0.Add(time.Duration(s) * time.Second), Current: cur, Consuming: cur,
+			Backlog: backlog, BacklogKnown: true, Arrived: arrived, Rates: known(estimate(s), 10)}, &st).Replicas
+		out[s] = cur
 	}
-	if cur != 0 {
-		t.Errorf("after the delay replicas = %d, want 0", cur)
-	}
+	return out
 }
 
-// TestFlatLoadHoldsTwoDelays: at a flat load, replicas above demand (a
-// drained surplus) go back once they have been above every demand of two
-// delays, and not before.
-func TestFlatLoadHoldsTwoDelays(t *testing.T) {
-	p := QueuePolicy{Target: 50, Max: 20, ScaleDownDelay: 10 * time.Second}
-	var st QueueState
-	cur := int32(10) // 60/s needs 7 at the shrink's 90%
-	for s := 0; s <= 25; s++ {
-		d := DecideQueue(p, QueueInput{Now: t0.Add(time.Duration(s) * time.Second), Current: cur, Consuming: cur, Backlog: 0,
-			Arrived: int64(60 * s), BacklogKnown: true, Rates: known(60, 10)}, &st)
-		if s < 19 && d.Replicas != 10 {
-			t.Fatalf("at %ds: %d replicas, want 10 held for two delays", s, d.Replicas)
-		}
-		cur = d.Replicas
+// The shrinks a load allows: when replicas go, and to how many.
+func TestShrinksFollowTheLoad(t *testing.T) {
+	delay30 := QueuePolicy{Target: 50, Max: 50, ScaleDownDelay: 30 * time.Second}
+	tests := []struct {
+		name     string
+		policy   QueuePolicy
+		cur      int32
+		n        int
+		backlog  int64
+		rate     func(s int) float64
+		estimate float64 // the estimate as a share of the rate
+		check    func(replicas []int32) error
+	}{
+		{
+			// A clear fall: the demand of 80/s is held for half the delay
+			// (to within a bucket of the window), then the replicas go.
+			name: "arrivals stop after 20 s at 80/s", policy: delay30, cur: 10, n: 41,
+			rate: func(s int) float64 {
+				if s < 20 {
+					return 80
+				}
+				return 0
+			},
+			estimate: 1,
+			check: func(r []int32) error {
+				for s := range 20 + 14 {
+					if r[s] < 9 {
+						return fmt.Errorf("at %ds: shrank to %d inside half the delay", s, r[s])
+					}
+				}
+				if r[40] != 0 {
+					return fmt.Errorf("after the delay: %d replicas, want 0", r[40])
+				}
+				return nil
+			},
+		},
+		{
+			// A drained surplus at a flat load goes back once it has been
+			// above every demand of two delays, and not before.
+			name: "a surplus at a flat 60/s", policy: QueuePolicy{Target: 50, Max: 20, ScaleDownDelay: 10 * time.Second}, cur: 10, n: 26,
+			rate:     func(int) float64 { return 60 },
+			estimate: 1,
+			check: func(r []int32) error {
+				for s := range 19 {
+					if r[s] != 10 {
+						return fmt.Errorf("at %ds: %d replicas, want 10 held for two delays", s, r[s])
+					}
+				}
+				if r[25] != 7 { // 60/s at the shrink's 90%
+					return fmt.Errorf("after two delays: %d replicas, want 7", r[25])
+				}
+				return nil
+			},
+		},
+		{
+			// A load rising slowly, its estimate lagging, the backlog low:
+			// no replica given back that will be needed again.
+			name: "a slow rise", policy: delay30, cur: 12, n: 120, backlog: 10,
+			rate:     func(s int) float64 { return 50 + 0.5*float64(s) },
+			estimate: 0.9,
+			check: func(r []int32) error {
+				for s := 1; s < len(r); s++ {
+					if r[s] < r[s-1] {
+						return fmt.Errorf("at %ds: shrank %d -> %d on a rising load", s, r[s-1], r[s])
+					}
+				}
+				return nil
+			},
+		},
+		{
+			// 140/s down to 20/s at 150 s and back, a sine's trough: the
+			// shrinks happen while it falls, none once it may have turned.
+			name: "a trough", policy: delay30, cur: 15, n: 300, backlog: 10,
+			rate:     func(s int) float64 { return 80 + 60*math.Cos(2*math.Pi*float64(s)/300) },
+			estimate: 1,
+			check: func(r []int32) error {
+				last := -1
+				for s := 1; s < len(r); s++ {
+					if r[s] < r[s-1] {
+						last = s
+					}
+				}
+				if last < 0 || last >= 150 {
+					return fmt.Errorf("last shrink at %ds, want one and before the trough at 150s", last)
+				}
+				return nil
+			},
+		},
 	}
-	if cur != 7 {
-		t.Errorf("after two delays replicas = %d, want 7", cur)
-	}
-}
-
-// TestNoShrinkAtATrough feeds a load that falls, then turns and rises: the
-// shrinks happen while it falls, none once it may have turned.
-func TestNoShrinkAtATrough(t *testing.T) {
-	p := QueuePolicy{Target: 50, Max: 50, ScaleDownDelay: 30 * time.Second}
-	var st QueueState
-	cur := int32(15)
-	arrived := int64(0)
-	shrankAt := -1
-	for s := range 300 {
-		// 140/s down to 20/s at 150 s and back: a sine's trough.
-		rate := 80 + 60*math.Cos(2*math.Pi*float64(s)/300)
-		arrived += int64(rate)
-		d := DecideQueue(p, QueueInput{Now: t0.Add(time.Duration(s) * time.Second), Current: cur, Consuming: cur,
-			Backlog: 10, BacklogKnown: true, Arrived: arrived, Rates: known(rate, 10)}, &st)
-		if d.Replicas < cur {
-			shrankAt = s
-		}
-		cur = d.Replicas
-	}
-	if shrankAt < 0 || shrankAt >= 150 {
-		t.Errorf("last shrink at %ds, want one and before the trough at 150s", shrankAt)
-	}
-}
-
-// TestNoShrinkWhileRising feeds a load that rises slowly with the backlog
-// held low: the rule must not give back a replica it will need again.
-func TestNoShrinkWhileRising(t *testing.T) {
-	p := QueuePolicy{Target: 50, Max: 50, ScaleDownDelay: 30 * time.Second}
-	var st QueueState
-	cur := int32(12)
-	arrived := int64(0)
-	for s := range 120 {
-		rate := 50 + 0.5*float64(s) // 50/s rising to 110/s
-		arrived += int64(rate)
-		d := DecideQueue(p, QueueInput{Now: t0.Add(time.Duration(s) * time.Second), Current: cur, Consuming: cur,
-			Backlog: 10, BacklogKnown: true, Arrived: arrived, Rates: known(rate*0.9, 10)}, &st)
-		if d.Replicas < cur {
-			t.Fatalf("at %ds (%.0f/s): shrank %d -> %d on a rising load: %s", s, rate, cur, d.Replicas, d.Reason)
-		}
-		cur = d.Replicas
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := drive(tc.policy, tc.cur, tc.n, tc.backlog, tc.rate, func(s int) float64 { return tc.estimate * tc.rate(s) })
+			if err := tc.check(r); err != nil {
+				t.Error(err)
+			}
+		})
 	}
 }
 

@@ -50,8 +50,6 @@ type QueueInput struct {
 // QueueState is what the rule remembers between ticks of one member.
 type QueueState struct {
 	window demandWindow
-	// fell is when the load was last seen falling.
-	fell time.Time
 	// util is the busiest the replicas may be (maxUtilization when 0),
 	// lowered each time a shrink had to be taken back at the same load.
 	util float64
@@ -179,18 +177,13 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	held := ""
 	if want < cur {
 		free := want
-		trend := st.window.trend(in.Now, in.Arrived, delay)
-		if trend < 0 {
-			st.fell = in.Now
-		}
-		switch {
+		switch trend := st.window.trend(in.Now, in.Arrived, delay); {
 		case trend > 0:
 			want = cur // still rising: a shrink would be taken back
-		case trend < 0 || in.Now.Sub(st.fell) <= delay/fallMemory:
+		case trend < 0:
 			// Falling: down to the highest demand of half the delay, so the
 			// replicas keep up with the fall and are where the load is when
-			// it turns. A fall that has just left the halves compared counts
-			// still: the demand before it leaves the window at that moment.
+			// it turns.
 			want = max(want, min(st.window.max(in.Now, delay/2), cur))
 		case cur > st.window.max(in.Now, 2*delay):
 			// Flat, with replicas above every demand of two delays: a
@@ -337,10 +330,6 @@ func ceilReplicas(x float64) int32 {
 	}
 	return int32(min(math.Ceil(x-1e-9), math.MaxInt32/2))
 }
-
-// fallMemory: a fall is believed for delay/fallMemory after it was last
-// seen.
-const fallMemory = 8
 
 // windowBuckets bounds the scale-down window's memory whatever its length:
 // two delays are cut into at most this many buckets, each keeping the

@@ -634,6 +634,9 @@ func (c *Controller) readQueues(m member, t *tick) (policy.QueueReading, bool) {
 		sum.Waiting += r.Waiting
 		sum.Arrived += r.Arrived
 		sum.Consumers = max(sum.Consumers, r.Consumers)
+		if r.At.After(sum.At) {
+			sum.At = r.At
+		}
 	}
 	st := m.st
 	st.mu.Lock()

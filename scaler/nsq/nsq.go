@@ -33,6 +33,7 @@ type nsqStats struct {
 	Topics []nsqTopic `json:"topics"`
 
 	byName map[string]*nsqTopic // Topics by name, built once per read
+	at     time.Time            // when the answer began to arrive
 }
 
 func (st *nsqStats) index() *nsqStats {
@@ -360,6 +361,9 @@ func (s *Snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) 
 		if f.err != nil {
 			return policy.QueueReading{}, f.err
 		}
+		if f.st.at.After(out.At) {
+			out.At = f.st.at
+		}
 		t, ok := f.st.byName[q.Topic]
 		if !ok {
 			continue // no such topic on this nsqd: nothing waits there
@@ -466,13 +470,16 @@ func (e *httpError) Error() string { return fmt.Sprintf("HTTP %d", e.status) }
 func (r *NSQReader) stats(ctx context.Context, host string, topics func(string) bool) (*nsqStats, error) {
 	var st *nsqStats
 	u := "http://" + host + "/stats?format=json&include_clients=false&include_mem=false"
+	var at time.Time
 	err := r.get(ctx, u, func(dec *json.Decoder) (err error) {
+		at = r.now() // nsqd counted as it answered: the rates are per this time, not the tick's
 		st, err = decodeStats(dec, topics)
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("nsqd %s stats: %w", host, err)
 	}
+	st.at = at
 	return st.index(), nil
 }
 

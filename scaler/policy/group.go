@@ -21,6 +21,9 @@ type QueueReading struct {
 	// Consumers is the largest count of connected consumers on any of the
 	// queues; 0 when none is seen.
 	Consumers int64
+	// At is when the counts were read (the latest answer); zero: the tick's
+	// time stands for it.
+	At time.Time
 }
 
 // Readings answers for each queue from one tick's reads.
@@ -64,7 +67,11 @@ func (s *MemberState) Step(p QueuePolicy, now time.Time, cur, ready int32, r Que
 		if r.Consumers > 0 {
 			consuming = int32(min(int64(consuming), r.Consumers))
 		}
-		s.Rates.Observe(QueueSample{Time: now, Backlog: r.Backlog, Waiting: r.Waiting, Arrived: r.Arrived, Consuming: consuming})
+		at := now
+		if !r.At.IsZero() {
+			at = r.At
+		}
+		s.Rates.Observe(QueueSample{Time: at, Backlog: r.Backlog, Waiting: r.Waiting, Arrived: r.Arrived, Consuming: consuming})
 		in.BacklogKnown, in.Backlog, in.Waiting, in.Arrived, in.Consuming, in.Rates = true, r.Backlog, r.Waiting, r.Arrived, consuming, s.Rates
 	}
 	return DecideQueue(p, in, &s.Queue)

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -207,5 +208,19 @@ func TestDecideGroupUnchanged(t *testing.T) {
 		if got := strings.Split(describe(in, out), " writes")[0]; st.held != "" && got != st.held {
 			t.Errorf("%s: %s, want %s", st.name, got, st.held)
 		}
+	}
+}
+
+// The rates are per the time the counts were read, not the tick's: a read
+// that a slow nsqd answered late counts the messages of a longer interval.
+func TestStepMeasuresOverTheReadTimes(t *testing.T) {
+	p := QueuePolicy{Target: 50, Max: 20, ScaleDownDelay: 30 * time.Second}
+	var s MemberState
+	for i, readAt := range []time.Duration{0, 1500 * time.Millisecond, 3 * time.Second} {
+		tick := t0.Add(time.Duration(i) * time.Second)
+		s.Step(p, tick, 2, 2, QueueReading{Arrived: int64(150 * i), At: t0.Add(readAt)}, true)
+	}
+	if !s.Rates.ArrivalKnown || math.Abs(s.Rates.Arrival-100) > 1e-9 {
+		t.Errorf("arrival = %v (known %v), want 100/s: 150 messages a 1.5 s read interval", s.Rates.Arrival, s.Rates.ArrivalKnown)
 	}
 }

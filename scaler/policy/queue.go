@@ -177,6 +177,7 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	held := ""
 	if want < cur {
 		free := want
+		surplusFloor := st.window.max(in.Now, 2*delay)
 		switch trend := st.window.trend(in.Now, in.Arrived, delay); {
 		case trend > 0:
 			want = cur // still rising: a shrink would be taken back
@@ -185,10 +186,10 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 			// replicas keep up with the fall and are where the load is when
 			// it turns.
 			want = max(want, min(st.window.max(in.Now, delay/2), cur))
-		case cur > st.window.max(in.Now, 2*delay):
+		case cur > surplusFloor:
 			// Flat, with replicas above every demand of two delays: a
 			// drained surplus, given back down to that demand.
-			want = max(want, st.window.max(in.Now, 2*delay))
+			want = max(want, surplusFloor)
 		default:
 			// Flat after a fall, or a turning point: the shrink would land
 			// where the load may turn, so the replicas wait for either.
@@ -351,9 +352,9 @@ type bucket struct {
 }
 
 // add records this tick's floor and arrival count and drops what is older
-// than two delays. The first sample holds cur for a whole delay: a
-// controller that just started (or a member just added) has seen no demand
-// yet, which is not the same as seeing none.
+// than two delays. The first sample holds cur for as long as it stays in
+// the window: a controller that just started (or a member just added) has
+// seen no demand yet, which is not the same as seeing none.
 func (w *demandWindow) add(now time.Time, floor, cur int32, arrived int64, delay time.Duration) {
 	if w.size == 0 {
 		floor = max(floor, cur)

@@ -100,8 +100,9 @@ func (r *Rates) Observe(s QueueSample) {
 	if done >= 0 && hi > 0 {
 		// The count's noise: a replica's messages finish at random times.
 		noise := 2 * math.Sqrt(done)
+		busy := r.busy(s, dt, hi)
 		switch {
-		case r.busy(s, dt, hi) && lo == hi:
+		case busy && lo == hi:
 			// Every consuming replica was busy for the whole interval.
 			per := done / dt / float64(hi)
 			r.measured += done
@@ -111,7 +112,7 @@ func (r *Rates) Observe(s QueueSample) {
 			} else if per > 0 {
 				r.Service, r.ServiceKnown = per, true
 			}
-		case r.busy(s, dt, hi) && r.ServiceKnown && lo > 0:
+		case busy && r.ServiceKnown && lo > 0:
 			// Busy, but the count changed: the rate lies between the bounds.
 			r.Service = min(max(r.Service, (done-noise)/dt/float64(hi)), (done+noise)/dt/float64(lo))
 		case r.ServiceKnown:

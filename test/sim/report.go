@@ -135,11 +135,11 @@ func Verdict(row []Summary) (ok bool, why string) {
 	if 5*m.ScaleOps > eng.ScaleOps {
 		misses = append(misses, fmt.Sprintf("%.0f scale ops vs the engine's %.0f (want 5x fewer)", m.ScaleOps, eng.ScaleOps))
 	}
-	why = strings.Join(misses, "; ")
-	if m.ReversalsWorst > 0 && m.Reversals == 0 {
-		why = strings.TrimPrefix(why+fmt.Sprintf("; %d reversals on the worst seed", m.ReversalsWorst), "; ")
+	notes := misses
+	if m.ReversalsWorst > 0 {
+		notes = append(notes[:len(notes):len(notes)], fmt.Sprintf("%d reversals on the worst seed", m.ReversalsWorst))
 	}
-	return len(misses) == 0, why
+	return len(misses) == 0, strings.Join(notes, "; ")
 }
 
 var colors = []string{"#1f77b4", "#d62728", "#2ca02c", "#9467bd"}

@@ -39,6 +39,7 @@ const (
 	ReasonAutoscalerGone      = "AutoscalerGone"
 	ReasonReleased            = "Released"
 	ReasonRemainderPriority   = "RemainderPriority"
+	ReasonEstimateCorrected   = "EstimateCorrected"
 )
 
 // HeldConflict is the Held word of a member another autoscaler scales.
@@ -514,11 +515,25 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		gs.budgetSaid = out.BudgetConflict
 	}
 	for i, m := range ms {
+		c.condition(m, corev1.EventTypeWarning, ReasonEstimateCorrected, correctedMessage(out.Decisions[i].Corrected))
 		c.record(key, m, out.Decisions[i], t)
 	}
 	for _, i := range out.Writes {
 		c.act(ctx, key, ms[i], out.Decisions[i])
 	}
+}
+
+// correctedMessage tells a correction of the service rate; empty when none
+// is in force.
+func correctedMessage(c policy.Correction) string {
+	if c == (policy.Correction{}) {
+		return ""
+	}
+	est := "unknown"
+	if c.Estimated > 0 {
+		est = fmt.Sprintf("%.1f/s", c.Estimated)
+	}
+	return fmt.Sprintf("backlog above target and growing while the replicas stayed: service rate estimated %s per replica, replicas delivered %.1f/s; sizing from what they deliver until the backlog is back at target", est, c.Delivered)
 }
 
 // lowPriority reports whether a remainder's pods run below
@@ -708,6 +723,10 @@ func (c *Controller) record(group string, m member, d policy.MemberDecision, t *
 	r := &m.st.policy.Rates
 	s.Arrival, s.ArrivalKnown = r.Arrival, r.ArrivalKnown
 	s.Service, s.ServiceKnown = r.Service, r.ServiceKnown
+	if fix := d.Corrected; fix != (policy.Correction{}) {
+		s.Service, s.ServiceKnown = fix.Delivered, true
+		s.Corrected = fmt.Sprintf("service rate corrected: estimated %.1f/s, delivered %.1f/s per replica", fix.Estimated, fix.Delivered)
+	}
 	if d.Replicas != m.cur && d.Reason != "" {
 		s.Reason, s.ReasonAt = fmt.Sprintf("%d -> %d: %s", m.cur, d.Replicas, d.Reason), t.at.UnixMilli()
 	}

@@ -68,6 +68,9 @@ type Status struct {
 	// min, max-delta, delay, unreadable, paused, budget, room, priority,
 	// conflict.
 	Held string `json:"held,omitempty"`
+	// Corrected says, while it lasts, that the service rate is held at what
+	// the replicas delivered because the estimate let the backlog run away.
+	Corrected string `json:"corrected,omitempty"`
 	// Reason is the last change's reason, at ReasonAt (unix milliseconds).
 	Reason   string `json:"reason,omitempty"`
 	ReasonAt int64  `json:"reasonAt,omitempty"`

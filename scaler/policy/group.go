@@ -53,6 +53,7 @@ type Room struct {
 type MemberState struct {
 	Rates Rates
 	Queue QueueState
+	guard behindGuard
 }
 
 // Step observes one read of the member's queues (known false: the read
@@ -71,10 +72,28 @@ func (s *MemberState) Step(p QueuePolicy, now time.Time, cur, ready int32, r Que
 		if !r.At.IsZero() {
 			at = r.At
 		}
-		s.Rates.Observe(QueueSample{Time: at, Backlog: r.Backlog, Waiting: r.Waiting, Arrived: r.Arrived, Consuming: consuming})
+		sample := QueueSample{Time: at, Backlog: r.Backlog, Waiting: r.Waiting, Arrived: r.Arrived, Consuming: consuming}
+		s.Rates.Observe(sample)
 		in.BacklogKnown, in.Backlog, in.Waiting, in.Arrived, in.Consuming, in.Rates = true, r.Backlog, r.Waiting, r.Arrived, consuming, s.Rates
+		// The guard does not trust the estimator: a backlog that runs away
+		// from its target while the replicas stay put corrects the rate to
+		// what they deliver.
+		above, _ := p.bands(in)
+		estimate := 0.0
+		if s.Rates.ServiceKnown {
+			estimate = s.Rates.Service
+		}
+		if c, ok := s.guard.observe(sample, cur, above, estimate); ok {
+			s.Rates.Service, s.Rates.ServiceKnown = c.Delivered, true
+		}
+		in.Rates = s.Rates
+		in.Rates.Service = s.guard.limit(s.Rates.Service)
 	}
-	return DecideQueue(p, in, &s.Queue)
+	d := DecideQueue(p, in, &s.Queue)
+	if s.guard.fixed {
+		d.Corrected = s.guard.fix
+	}
+	return d
 }
 
 // PolicyOf is the queue rule's settings from a member's annotations.
@@ -121,6 +140,8 @@ type MemberDecision struct {
 	// Held* word; the allocation's, else the queue rule's); empty when
 	// nothing does.
 	Held string
+	// Corrected is the queue rule's Decision.Corrected.
+	Corrected Correction
 }
 
 // GroupOutput is a group decision.
@@ -181,7 +202,10 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 	g := Group{Members: make([]Member, len(ms))}
 	specs := make([]*annotations.Spec, len(ms))
 	// What each member's queue rule (or pause) said: why, and what holds it.
-	type said struct{ why, held string }
+	type said struct {
+		why, held string
+		fix       Correction
+	}
 	rule := make([]said, len(ms))
 	for i, m := range ms {
 		s := m.Spec
@@ -197,7 +221,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 			rule[i].held = HeldPriority
 		case s.Rule == annotations.RuleQueue:
 			d := m.State.Step(PolicyOf(s), in.Now, m.Current, m.Ready, m.Queue, m.QueueKnown)
-			a.Want, rule[i] = d.Replicas, said{d.Reason, d.Held}
+			a.Want, rule[i] = d.Replicas, said{d.Reason, d.Held, d.Corrected}
 		}
 		if b := s.GroupMaxReplicas; b > 0 {
 			if out.Budget > 0 && out.Budget != b {
@@ -220,7 +244,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 	}
 	if !(needed && in.Room == nil) && gs.unchanged(ms, g.Members, roomVersion) {
 		for i, m := range ms {
-			out.Decisions[i] = MemberDecision{Replicas: m.Current, Held: heldBy(rule[i].held, gs.inputs[i].held)}
+			out.Decisions[i] = MemberDecision{Replicas: m.Current, Held: heldBy(rule[i].held, gs.inputs[i].held), Corrected: rule[i].fix}
 		}
 		out.Unchanged = true
 		return out
@@ -252,7 +276,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 		if g.Members[i].Remainder && why == "" {
 			why = "spare room in the group"
 		}
-		out.Decisions[i] = MemberDecision{Replicas: d.Replicas, Reason: why, Held: heldBy(rule[i].held, d.Held)}
+		out.Decisions[i] = MemberDecision{Replicas: d.Replicas, Reason: why, Held: heldBy(rule[i].held, d.Held), Corrected: rule[i].fix}
 		if d.Replicas != ms[i].Current && !ms[i].Spec.Paused {
 			out.Writes = append(out.Writes, i)
 		}

@@ -69,6 +69,9 @@ type Decision struct {
 	// Held names what keeps Replicas from what the load alone asks for
 	// (one of the Held* words); empty when nothing does.
 	Held string
+	// Corrected is non-zero while the guard holds the service rate at what
+	// the replicas delivered, the estimate having let the backlog run away.
+	Corrected Correction
 }
 
 // What holds a member, in Decision.Held and MemberDecision.Held.

@@ -379,3 +379,49 @@ func TestRates(t *testing.T) {
 		})
 	}
 }
+
+// The guard does not trust the estimator: with the service rate estimated
+// at four replicas' throughput (the stall on a rising load), a backlog that
+// grows above its target while the replicas stay put corrects the rate to
+// what they deliver, and the rule grows; with a right estimate and the
+// replicas held at max-replicas, nothing is corrected.
+func TestGuardCorrectsAnEstimateThatFallsBehind(t *testing.T) {
+	tests := []struct {
+		name        string
+		estimate    float64
+		max         int32
+		wantFix     bool
+		wantAtLeast int32
+	}{
+		{name: "a group's throughput taken as one replica's", estimate: 32, max: 40, wantFix: true, wantAtLeast: 7},
+		{name: "a right estimate held at max", estimate: 8, max: 4, wantFix: false, wantAtLeast: 4},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := QueuePolicy{Target: 30, Min: 1, Max: tc.max, ScaleDownDelay: 30 * time.Second}
+			var s MemberState
+			// 4 replicas, each busy, delivering 8/s; 50/s arrive.
+			backlog, arrived := int64(100), int64(0)
+			var d Decision
+			s.Rates.Service, s.Rates.ServiceKnown = tc.estimate, true
+			for i := range 8 {
+				d = s.Step(p, t0.Add(time.Duration(i)*time.Second), 4, 4,
+					QueueReading{Backlog: backlog, Waiting: backlog - 16, Arrived: arrived, Consumers: 4}, true)
+				if d.Replicas != 4 {
+					break
+				}
+				arrived += 50
+				backlog += 50 - 32
+			}
+			if got := d.Corrected != (Correction{}); got != tc.wantFix {
+				t.Fatalf("corrected = %+v, want a correction: %v (decision %+v)", d.Corrected, tc.wantFix, d)
+			}
+			if tc.wantFix && math.Abs(d.Corrected.Delivered-8) > 0.5 {
+				t.Errorf("delivered = %.2f/s, want 8/s per replica", d.Corrected.Delivered)
+			}
+			if d.Replicas < tc.wantAtLeast {
+				t.Errorf("replicas = %d, want at least %d (50/s at 8/s a replica): %s", d.Replicas, tc.wantAtLeast, d.Reason)
+			}
+		})
+	}
+}

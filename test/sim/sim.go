@@ -97,8 +97,24 @@ type Result struct {
 	// ScaleOps counts changes of replicas; Reversals counts direction
 	// changes inside a monotonic stretch of the trace's rate (see Stretches).
 	ScaleOps, Reversals int
-	Points              []Point
+	// Behind is the longest time the backlog stayed above FellBehindFactor x
+	// the target; FellBehind is set when that is over FellBehindFor: the
+	// policy let the queue run away from its target, whatever else it won.
+	Behind     time.Duration
+	FellBehind bool
+	Points     []Point
 }
+
+// A run fell behind when its backlog stayed above FellBehindFactor x the
+// target for over FellBehindFor: twice the drain horizon the rule plans a
+// backlog over (policy.Horizon, 45 s), which is longer than a burst takes
+// to drain once the pods it asked for have started (the world's slowest
+// start is 20 s), and shorter than a stall on a rising load lasts (the one
+// found on the real stack ran away for over 100 s).
+const (
+	FellBehindFactor = 10
+	FellBehindFor    = 90 * time.Second
+)
 
 type pod struct {
 	consumeAt float64 // when it connects (start + ready + connect)
@@ -132,7 +148,7 @@ func (q *fifo) pop() float64  { q.head++; return q.a[q.head-1] }
 func Run(w World, tr Trace, p Policy, seed uint64) Result {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 	res := Result{Policy: p.Name(), Trace: tr.Name, Seed: seed, Needed: tr.needed(w), ToNeeded: -1}
-	loadStart := time.Duration(-1)
+	loadStart, behindSince := time.Duration(-1), time.Duration(-1)
 	rate := tr.rateFunc(seed)
 	startDelay := w.StartMin.Seconds() + rng.Float64()*(w.StartMax-w.StartMin).Seconds()
 	var (
@@ -227,6 +243,14 @@ func Run(w World, tr Trace, p Policy, seed uint64) Result {
 		if res.ToNeeded < 0 && loadStart >= 0 && current >= res.Needed {
 			res.ToNeeded = now - loadStart
 		}
+		if backlog > float64(FellBehindFactor*w.Target) {
+			if behindSince < 0 {
+				behindSince = now
+			}
+			res.Behind = max(res.Behind, now+w.Step-behindSince)
+		} else {
+			behindSince = -1
+		}
 		res.ReplicaSeconds += float64(current) * dt
 		res.PeakBacklog = math.Max(res.PeakBacklog, backlog)
 		res.PeakReplicas = max(res.PeakReplicas, current)
@@ -245,6 +269,7 @@ func Run(w World, tr Trace, p Policy, seed uint64) Result {
 	}
 	slices.Sort(waits)
 	res.WaitP50, res.WaitP95, res.WaitP99 = quantile(waits, 0.5), quantile(waits, 0.95), quantile(waits, 0.99)
+	res.FellBehind = res.Behind > FellBehindFor
 	res.ScaleOps = len(ops)
 	res.Reversals = reversals(ops, tr.Stretches())
 	return res

@@ -126,6 +126,11 @@ func Traces(d time.Duration) []Trace {
 			return 30
 		}},
 		{Name: "constant", Duration: d, Rate: func(time.Duration) float64 { return 60 }},
+		// A slow linear rise, then a hold: the shape the rule once stalled
+		// on, taking a group's throughput for one replica's.
+		{Name: "rise-hold", Duration: d, Rate: func(t time.Duration) float64 {
+			return 2 + 118*min(sec(t)/0.7, 1)
+		}},
 	}
 }
 

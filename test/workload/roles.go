@@ -26,8 +26,28 @@ func (s Schedule) Rate(t time.Duration) float64 {
 }
 
 // Produce publishes to topic on schedule until ctx ends, in 100 ms batches.
-// progress, if not nil, is called with the messages sent so far.
 func Produce(ctx context.Context, addr, topic string, s Schedule) error {
+	return ProduceRate(ctx, addr, topic, s.Rate)
+}
+
+// Ramp rises linearly from From to To messages per second over Rise, then
+// holds To.
+type Ramp struct {
+	From, To float64
+	Rise     time.Duration
+}
+
+// Rate is the ramp's rate at t since the start.
+func (r Ramp) Rate(t time.Duration) float64 {
+	if t >= r.Rise || r.Rise <= 0 {
+		return r.To
+	}
+	return r.From + (r.To-r.From)*t.Seconds()/r.Rise.Seconds()
+}
+
+// ProduceRate publishes to topic at rate(time since the start) messages per
+// second until ctx ends, in 100 ms batches.
+func ProduceRate(ctx context.Context, addr, topic string, rate func(time.Duration) float64) error {
 	p, err := nsq.NewProducer(addr, nsq.NewConfig())
 	if err != nil {
 		return fmt.Errorf("producer: %w", err)
@@ -44,7 +64,7 @@ func Produce(ctx context.Context, addr, topic string, s Schedule) error {
 			return nil
 		case <-t.C:
 		}
-		owed += s.Rate(time.Since(start)) / 10
+		owed += rate(time.Since(start)) / 10
 		n := int(owed)
 		if n == 0 {
 			continue

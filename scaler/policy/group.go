@@ -57,16 +57,23 @@ type MemberState struct {
 }
 
 // Step observes one read of the member's queues (known false: the read
-// failed) and applies the queue rule. ready is how many replicas are Ready;
-// a replica consumes once it is Ready and connected to the queue, and with
-// no connection seen at all (consumers that nsqd does not list, or none
+// failed) and applies the queue rule. ready is how many replicas are Ready.
+//
+// The replicas consuming are those the queue sees connected, up to the
+// replicas there are (asked for, or Ready while a scale-down lets them
+// finish): Kubernetes' Ready is not the queue's, and a pod whose readiness
+// probe fails under load, or has not passed its initial delay, consumes
+// all the same. Counting only the Ready ones would divide several
+// replicas' throughput among fewer and take the group's rate for one
+// replica's, and the rule would stop growing with the load. With no
+// connection seen at all (consumers the queue does not list, or none
 // alive) the Ready replicas count: they are not on the way.
 func (s *MemberState) Step(p QueuePolicy, now time.Time, cur, ready int32, r QueueReading, known bool) Decision {
 	in := QueueInput{Now: now, Current: cur}
 	if known {
 		consuming := ready
 		if r.Consumers > 0 {
-			consuming = int32(min(int64(consuming), r.Consumers))
+			consuming = int32(min(r.Consumers, int64(max(ready, cur))))
 		}
 		at := now
 		if !r.At.IsZero() {

@@ -224,3 +224,39 @@ func TestStepMeasuresOverTheReadTimes(t *testing.T) {
 		t.Errorf("arrival = %v (known %v), want 100/s: 150 messages a 1.5 s read interval", s.Rates.Arrival, s.Rates.ArrivalKnown)
 	}
 }
+
+// The interval pattern of the stall found on the real stack (a linear rise
+// to 56 msg/s, 8 msg/s a replica, 4 held in flight): one replica learns its
+// 8/s, then four replicas are connected and consuming while Kubernetes
+// counts one Ready (the others' readiness probes failing under load). The
+// rate must stay per replica that consumed (it read 31.99/s, the four's
+// total, and the rule held 4 while the backlog ran to 1,850), so the rule
+// asks for the 7 the load needs.
+func TestStepAttributesTheRateToTheReplicasConsuming(t *testing.T) {
+	p := QueuePolicy{Target: 30, Min: 1, Max: 40, ScaleDownDelay: 30 * time.Second}
+	var s MemberState
+	backlog, arrived := int64(40), int64(0)
+	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Second) }
+	for i := range 4 { // one replica, busy: 10/s arrive, 8/s done
+		s.Step(p, at(i), 1, 1, QueueReading{Backlog: backlog, Waiting: backlog - 4, Arrived: arrived, Consumers: 1}, true)
+		arrived, backlog = arrived+10, backlog+2
+	}
+	if math.Abs(s.Rates.Service-8) > 0.5 {
+		t.Fatalf("one busy replica measured %.2f/s, want 8", s.Rates.Service)
+	}
+	// Four connected, one Ready; 52-56/s arrive, 4 x 8 = 32/s done, as
+	// nsqd answered them a second apart in the run.
+	var most int32
+	for i := 4; i < 20; i++ {
+		rate := int64(min(52+i/4, 56))
+		d := s.Step(p, at(i), 4, 1, QueueReading{Backlog: backlog, Waiting: backlog - 16, Arrived: arrived, Consumers: 4}, true)
+		most = max(most, d.Replicas)
+		arrived, backlog = arrived+rate, backlog+rate-32
+	}
+	if math.Abs(s.Rates.Service-8) > 0.5 {
+		t.Errorf("service = %.2f/s per replica, want 8: the four replicas' throughput was divided among fewer", s.Rates.Service)
+	}
+	if most < 7 {
+		t.Errorf("asked for at most %d replicas, want at least 7 for 56/s at 8/s a replica", most)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nsqio/go-nsq"
@@ -37,7 +38,13 @@ type Consumers struct {
 
 	mu      sync.Mutex // guards running
 	running map[string]*nsq.Consumer
+	// slower, when set, replaces PerMessage for every consumer from then on
+	// (a downstream dependency that slows down); in nanoseconds.
+	slower atomic.Int64
 }
+
+// SlowTo makes every consumer take per on each message from now on.
+func (c *Consumers) SlowTo(per time.Duration) { c.slower.Store(int64(per)) }
 
 // Run keeps one consumer per Running pod until ctx ends, then stops them all.
 func (c *Consumers) Run(ctx context.Context) {
@@ -99,7 +106,11 @@ func (c *Consumers) sync(ctx context.Context) error {
 		per, waits := c.PerMessage, c.Waits
 		cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
 			waits.observe(m.Body)
-			time.Sleep(per) // the simulated work of a message
+			work := per
+			if d := c.slower.Load(); d > 0 {
+				work = time.Duration(d)
+			}
+			time.Sleep(work) // the simulated work of a message
 			return nil
 		}))
 		if err := cons.ConnectToNSQD(c.NSQDTCPAddr); err != nil {

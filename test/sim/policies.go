@@ -40,8 +40,9 @@ func (m *Microscaling) Interval() time.Duration { return time.Second }
 
 func (m *Microscaling) Decide(o Observation) int32 {
 	now := m.epoch.Add(o.Now)
-	// Every consuming replica is connected; the rest are on the way.
-	return m.state.Step(m.Policy, now, o.Current, o.Consuming,
+	// As the controller reads them: Ready pods from Kubernetes, connected
+	// consumers from the queue.
+	return m.state.Step(m.Policy, now, o.Current, o.Ready,
 		policy.QueueReading{Backlog: o.Backlog, Waiting: o.Waiting, Arrived: o.Arrived, Consumers: int64(o.Consuming)}, true).Replicas
 }
 

@@ -31,7 +31,11 @@ type World struct {
 	// test consumers on the real stack do; otherwise service times are
 	// exponential.
 	FixedService bool
-	Max          int32         // max replicas for every policy
+	// OneReady makes Kubernetes count at most one pod Ready while every
+	// started pod consumes: readiness probes failing under load, as
+	// TestLinearRiseKeepsUp's third shape does on the real stack.
+	OneReady bool
+	Max      int32         // max replicas for every policy
 	Step         time.Duration // simulation step
 }
 
@@ -220,6 +224,9 @@ func Run(w World, tr Trace, p Policy, seed uint64) Result {
 				if !pd.leaving && pd.readyAt <= t0 {
 					o.Ready++
 				}
+			}
+			if w.OneReady {
+				o.Ready = min(o.Ready, 1)
 			}
 			want := min(max(p.Decide(o), 0), w.Max)
 			if want != current {

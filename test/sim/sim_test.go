@@ -91,3 +91,25 @@ func TestSVG(t *testing.T) {
 		}
 	}
 }
+
+// The stall found on the real stack, in the simulator's world: a slow rise
+// while Kubernetes counts one pod Ready and every started pod consumes. The
+// rule must keep up (never fall behind) on every seed, as it does with
+// every pod Ready.
+func TestRiseWithPodsNotReadyKeepsUp(t *testing.T) {
+	tr := Traces(15 * time.Minute)[len(Traces(time.Minute))-1]
+	if tr.Name != "rise-hold" {
+		t.Fatalf("last trace is %s, want rise-hold", tr.Name)
+	}
+	for _, oneReady := range []bool{false, true} {
+		w := RealStackWorld
+		w.OneReady = oneReady
+		for seed := uint64(1); seed <= 5; seed++ {
+			r := Run(w, tr, NewMicroscaling(w), seed)
+			if r.FellBehind || r.PeakReplicas < r.Needed {
+				t.Errorf("one Ready %v, seed %d: fell behind %v (backlog above %dx target for %s), peak replicas %d of %d needed",
+					oneReady, seed, r.FellBehind, FellBehindFactor, r.Behind, r.PeakReplicas, r.Needed)
+			}
+		}
+	}
+}

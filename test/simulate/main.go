@@ -64,8 +64,9 @@ func run(d time.Duration, seeds int, svgDir, bench string) error {
 		"World: target %d messages; Poisson arrivals; each consumer holds up to %d messages in flight (counted in the backlog) and handles them one at a time, "+
 		"exponential service times, mean %.0f msg/s; each seed draws a typical pod start delay from %s-%s (uniform), each pod starts within 25%% of it, and connects %s after Ready; a pod scaled away finishes what it holds; "+
 		"max %d replicas, %s step; every run starts at the replicas the first rate needs with an empty queue. "+
-		"Reversals: consecutive scale operations in opposite directions inside one monotonic stretch of the rate (in a flat stretch, an increase then a decrease is a drained surplus given back and not counted).\n\n%s\n%s%s",
-		begin, d, seeds, w.Target, w.MaxInFlight, w.ServiceRate, w.StartMin, w.StartMax, w.ConnectDelay, w.Max, w.Step, sim.Table(rows), verdicts.String()+"\n"+check+"\n", end)
+		"Reversals: consecutive scale operations in opposite directions inside one monotonic stretch of the rate (in a flat stretch, an increase then a decrease is a drained surplus given back and not counted). "+
+		"Fell behind: the backlog stayed above %dx the target for over %s (twice the drain horizon); it fails any policy, whatever else it won.\n\n%s\n%s%s",
+		begin, d, seeds, w.Target, w.MaxInFlight, w.ServiceRate, w.StartMin, w.StartMax, w.ConnectDelay, w.Max, w.Step, sim.FellBehindFactor, sim.FellBehindFor, sim.Table(rows), verdicts.String()+"\n"+check+"\n", end)
 	fmt.Println(section)
 	if bench == "" {
 		return nil

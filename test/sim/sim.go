@@ -36,7 +36,7 @@ type World struct {
 	// TestLinearRiseKeepsUp's third shape does on the real stack.
 	OneReady bool
 	Max      int32         // max replicas for every policy
-	Step         time.Duration // simulation step
+	Step     time.Duration // simulation step
 }
 
 // DefaultWorld is the world of the benchmark.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/scaler/policy"
 )
 
 // allocated is what f allocated on the heap, in bytes.
@@ -67,6 +68,48 @@ func TestHugeAnswersFailFast(t *testing.T) {
 				t.Errorf("allocated %d MiB reading it, want under %d MiB", n>>20, tc.limit>>20)
 			}
 			t.Logf("%s: %v after %s, %.1f MiB allocated", tc.name, err, time.Since(t0).Round(time.Millisecond), float64(n)/(1<<20))
+		})
+	}
+}
+
+// A 64 MiB answer of {"data": wrappers nested inside each other, to nsqd's
+// and to nsqlookupd's address: the read fails as "not an NSQ answer" at the
+// second wrapper, with bounded stack and heap, and the other queue on a
+// healthy nsqd is read in the same tick.
+func TestNestedWrappersAreRefused(t *testing.T) {
+	nested := []byte(strings.Repeat(`{"data":`, (64<<20)/8) + "{}")
+	hostile := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write(nested)
+	}))
+	defer hostile.Close()
+	healthy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"topics":[{"topic_name":"jobs","channels":[{"channel_name":"work","depth":7,"client_count":1}]}]}`))
+	}))
+	defer healthy.Close()
+	bad := strings.TrimPrefix(hostile.URL, "http://")
+	good := annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(healthy.URL, "http://"), Topic: "jobs", Channel: "work"}
+	for _, scheme := range []string{"nsq", "nsqlookupd"} {
+		t.Run(scheme, func(t *testing.T) {
+			r := &NSQReader{Timeout: 5 * time.Second, MaxBytes: 128 << 20}
+			q := annotations.QueueRef{Scheme: scheme, Host: bad, Topic: "jobs", Channel: "work"}
+			var err, goodErr error
+			var got int64
+			n := allocated(func() {
+				rs := r.Read(context.Background(), []annotations.QueueRef{q, good})
+				_, err = rs.Reading(q)
+				var g policy.QueueReading
+				g, goodErr = rs.Reading(good)
+				got = g.Backlog
+			})
+			if err == nil || !strings.Contains(err.Error(), "not an NSQ answer") {
+				t.Fatalf("err = %v, want the class %q", err, "not an NSQ answer")
+			}
+			if goodErr != nil || got != 7 {
+				t.Errorf("the healthy queue read %d, %v; want 7, nil", got, goodErr)
+			}
+			if n > 32<<20 {
+				t.Errorf("allocated %d MiB reading it, want under 32 MiB", n>>20)
+			}
 		})
 	}
 }

@@ -105,14 +105,27 @@ func expectDelim(dec *json.Decoder, want json.Delim) error {
 	return nil
 }
 
-// decodeStats reads nsqd's /stats (bare, or in the {"data": ...} wrapper
-// of nsqd before 1.0), keeping the topics want accepts.
+// errNestedWrapper marks an answer with a {"data": ...} wrapper inside
+// another: nsqd and nsqlookupd before 1.0 wrapped their answers once, and
+// reading wrappers within wrappers would let an answer's nesting, not its
+// size, set the stack the read takes.
+var errNestedWrapper = errors.New(`"data" wrapper inside another`)
+
+// decodeStats reads nsqd's /stats (bare, or in the one {"data": ...}
+// wrapper of nsqd before 1.0), keeping the topics want accepts.
 func decodeStats(dec *json.Decoder, want func(topic string) bool) (*nsqStats, error) {
+	return decodeStatsIn(dec, want, false)
+}
+
+func decodeStatsIn(dec *json.Decoder, want func(topic string) bool, wrapped bool) (*nsqStats, error) {
 	st := &nsqStats{}
 	err := walkObject(dec, func(key string) (bool, error) {
 		switch key {
 		case "data":
-			inner, err := decodeStats(dec, want)
+			if wrapped {
+				return true, errNestedWrapper
+			}
+			inner, err := decodeStatsIn(dec, want, true)
 			if err == nil {
 				st.Topics = append(st.Topics, inner.Topics...)
 			}
@@ -143,15 +156,25 @@ type producer struct {
 	HTTPPort  int    `json:"http_port"`
 }
 
-// decodeLookup reads nsqlookupd's /lookup answer (bare, or in the
+// decodeLookup reads nsqlookupd's /lookup answer (bare, or in the one
 // {"data": ...} wrapper before 1.0), failing at the first producer over
 // maxProducers.
 func decodeLookup(dec *json.Decoder) ([]producer, error) {
+	return decodeLookupIn(dec, false)
+}
+
+func decodeLookupIn(dec *json.Decoder, wrapped bool) ([]producer, error) {
 	var out []producer
 	err := walkObject(dec, func(key string) (bool, error) {
 		switch key {
 		case "data":
-			inner, err := decodeLookup(dec)
+			if wrapped {
+				return true, errNestedWrapper
+			}
+			inner, err := decodeLookupIn(dec, true)
+			if len(out)+len(inner) > maxProducers {
+				return true, fmt.Errorf("%w: more than %d", errTooManyProducers, maxProducers)
+			}
 			out = append(out, inner...)
 			return true, err
 		case "producers":

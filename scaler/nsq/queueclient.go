@@ -218,7 +218,7 @@ func readError(role, host string, err error) error {
 		cls = "timeout"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		cls = "connection refused"
-	case errors.As(err, &se), errors.As(err, &te):
+	case errors.Is(err, errNestedWrapper), errors.As(err, &se), errors.As(err, &te):
 		cls = "not an NSQ answer"
 	default:
 		cls = "unreachable"

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -75,6 +74,9 @@ type NSQReader struct {
 	// requests in flight over every read (DefaultConcurrency when 0).
 	MaxBytes    int64
 	Concurrency int
+	// VanishedHold bounds how long an nsqd a lookupd stopped announcing is
+	// still read for a topic (DefaultVanishedHold when 0).
+	VanishedHold time.Duration
 
 	semOnce sync.Once
 	sem     chan struct{}
@@ -82,8 +84,9 @@ type NSQReader struct {
 	mu      sync.Mutex           // guards labeled, vanished and announced
 	labeled map[string]time.Time // host -> last read
 	// vanished are nsqds an nsqlookupd stopped announcing for a topic
-	// while they may still hold its messages: read until they hold none.
-	vanished map[lookupKey]map[string]bool
+	// while they may still hold its messages, with when each was first
+	// missed: read until they hold none, for at most VanishedHold.
+	vanished map[lookupKey]map[string]time.Time
 	// announced are the nsqds each lookup named last time.
 	announced map[lookupKey]announcement
 }
@@ -92,6 +95,11 @@ type announcement struct {
 	hosts map[string]bool
 	at    time.Time
 }
+
+// DefaultVanishedHold is the default scale-down delay: a member is never
+// held by an nsqd that left its lookupd for longer than it waits before a
+// shrink.
+const DefaultVanishedHold = annotations.DefaultScaleDownDelay
 
 // forgetAfter is how long a host or lookup no read names is remembered
 // (a read of only the queues new on a tick names few of them).
@@ -209,7 +217,7 @@ func (r *NSQReader) expireLookups(keys map[lookupKey]bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.vanished == nil {
-		r.vanished, r.announced = map[lookupKey]map[string]bool{}, map[lookupKey]announcement{}
+		r.vanished, r.announced = map[lookupKey]map[string]time.Time{}, map[lookupKey]announcement{}
 	}
 	now := r.now()
 	for k, a := range r.announced {
@@ -223,30 +231,39 @@ func (r *NSQReader) expireLookups(keys map[lookupKey]bool) {
 // keepVanished adds to a successful lookup the nsqds it named before but
 // not now (one that left, or a topic the lookupd forgot): their messages
 // still wait, so they are read until they hold none of the topic; one that
-// cannot be read holds the member rather than counting zero. It returns the
-// producers to read and the vanished ones among them.
+// cannot be read holds the member rather than counting zero, but only for
+// VanishedHold: an nsqd that registered for a topic on a shared lookupd and
+// went away (a phantom) cannot hold the topic's readers for longer. It
+// returns the producers to read and the vanished ones among them.
 func (r *NSQReader) keepVanished(k lookupKey, ps []string) ([]string, map[string]bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	now := r.now()
 	named := map[string]bool{}
 	for _, p := range ps {
 		named[p] = true
 	}
 	gone := r.vanished[k]
 	for p := range r.announced[k].hosts {
-		if !named[p] {
+		if _, ok := gone[p]; !named[p] && !ok {
 			if gone == nil {
-				gone = map[string]bool{}
+				gone = map[string]time.Time{}
 			}
-			gone[p] = true
+			gone[p] = now
 		}
 	}
-	for p := range gone {
-		if named[p] || len(ps) >= maxProducers {
-			delete(gone, p) // back, or no room to track it
+	hold := r.VanishedHold
+	if hold <= 0 {
+		hold = DefaultVanishedHold
+	}
+	reading := map[string]bool{}
+	for p, since := range gone {
+		if named[p] || len(ps) >= maxProducers || now.Sub(since) > hold {
+			delete(gone, p) // back, no room to track it, or held long enough
 			continue
 		}
 		ps = append(ps, p)
+		reading[p] = true
 	}
 	r.announced[k] = announcement{named, r.now()}
 	if len(gone) == 0 {
@@ -254,7 +271,7 @@ func (r *NSQReader) keepVanished(k lookupKey, ps []string) ([]string, map[string
 		return ps, nil
 	}
 	r.vanished[k] = gone
-	return ps, maps.Clone(gone)
+	return ps, reading
 }
 
 // forgetDrained stops reading the vanished nsqds of a lookup that hold none

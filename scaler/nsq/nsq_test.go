@@ -217,7 +217,8 @@ func TestVanishedProducerStillCounts(t *testing.T) {
 	}))
 	defer lookupd.Close()
 	q := annotations.QueueRef{Scheme: "nsqlookupd", Host: strings.TrimPrefix(lookupd.URL, "http://"), Topic: "jobs", Channel: "work"}
-	r := &NSQReader{Timeout: time.Second}
+	clk := clocktesting.NewFakePassiveClock(time.Now())
+	r := &NSQReader{Timeout: time.Second, Clock: clk, VanishedHold: 30 * time.Second}
 	read := func() (policy.QueueReading, error) {
 		return r.Read(context.Background(), []annotations.QueueRef{q}).Reading(q)
 	}
@@ -240,4 +241,9 @@ func TestVanishedProducerStillCounts(t *testing.T) {
 	step("announced again", func() { announce = producer(a.URL) + "," + producer(b.URL) }, 40, false)
 	b.Close()
 	step("b gone while holding messages", func() { announce = producer(a.URL) }, 0, true)
+	// A phantom: b never comes back. It holds the member for VanishedHold,
+	// then is forgotten and the topic is read from what the lookupd names.
+	step("b still gone within the hold", func() { clk.SetTime(clk.Now().Add(29 * time.Second)) }, 0, true)
+	step("b gone past the hold: forgotten", func() { clk.SetTime(clk.Now().Add(2 * time.Second)) }, 0, false)
+	step("and stays forgotten", func() {}, 0, false)
 }

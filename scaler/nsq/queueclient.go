@@ -26,9 +26,12 @@ const DefaultAllow = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,127.
 
 // Policy says which queue endpoints tenants may name: an address is read
 // when its resolved IP is in one of Nets, or its host name ends with one of
-// Suffixes (a DNS suffix such as ".svc.cluster.local", or a whole name).
-// Link-local (cloud metadata), multicast and unspecified addresses, and
-// each of Deny (the API server's), are refused whatever the policy says.
+// Suffixes (a DNS suffix such as ".svc.cluster.local", or a whole name) and
+// it resolves to a private, shared (CGNAT) or loopback address: a name
+// matched by suffix (an ExternalName Service, say) never reaches a public
+// address that Nets does not allow. Link-local, multicast and unspecified
+// addresses, every cloud's metadata addresses (metadataNets), and each of
+// Deny (the API server's), are refused whatever the policy says.
 type Policy struct {
 	Nets     []netip.Prefix
 	Suffixes []string
@@ -70,6 +73,21 @@ func (p Policy) nameAllowed(host string) bool {
 	return false
 }
 
+// metadataNets are the instance metadata services of the major clouds
+// outside link-local (which is refused as a whole): AWS's IPv6 endpoints
+// (IMDS fd00:ec2::254, and its DNS and time services beside it), Alibaba
+// Cloud's 100.100.100.200 (inside the CGNAT range the default allows), and
+// Oracle Cloud's legacy 192.0.0.192.
+var metadataNets = []netip.Prefix{
+	netip.MustParsePrefix("fd00:ec2::/64"),
+	netip.MustParsePrefix("100.100.100.200/32"),
+	netip.MustParsePrefix("192.0.0.192/32"),
+}
+
+// cgnat is the shared address space (RFC 6598), where some clusters put
+// pods and Services.
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+
 // check reports whether ip:port may be dialed; byName: the host name the
 // address was resolved from matched a DNS suffix.
 func (p Policy) check(ap netip.AddrPort, byName bool) error {
@@ -78,12 +96,17 @@ func (p Policy) check(ap netip.AddrPort, byName bool) error {
 	case a.IsLinkLocalUnicast(), a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast(), a.IsMulticast(), a.IsUnspecified():
 		return errNotAllowed
 	}
+	for _, n := range metadataNets {
+		if n.Contains(a) {
+			return errNotAllowed
+		}
+	}
 	for _, d := range p.Deny {
 		if d.Addr().Unmap() == a && d.Port() == ap.Port() {
 			return errNotAllowed
 		}
 	}
-	if byName {
+	if byName && (a.IsPrivate() || a.IsLoopback() || cgnat.Contains(a)) {
 		return nil
 	}
 	for _, n := range p.Nets {

@@ -89,6 +89,14 @@ func TestAllowedQueueAddr(t *testing.T) {
 		"[::]:4151":              false,
 		"[2001:db8::1]:4151":     true,
 		"[::ffff:169.254.1.1]:1": false,
+		// Cloud metadata outside link-local: AWS IPv6, Alibaba, Oracle legacy.
+		"[fd00:ec2::254]:80":          false,
+		"[fd00:ec2::253]:53":          false,
+		"100.100.100.200:80":          false,
+		"[::ffff:100.100.100.200]:80": false,
+		"192.0.0.192:80":              false,
+		"100.100.100.201:4151":        true,
+		"[fd00:ec3::1]:4151":          true,
 	} {
 		err := Policy{Nets: everywhere, Deny: deny}.check(netip.MustParseAddrPort(addr), false)
 		if (err == nil) != ok {
@@ -96,6 +104,28 @@ func TestAllowedQueueAddr(t *testing.T) {
 		}
 		if err != nil && !errors.Is(err, errNotAllowed) {
 			t.Errorf("%s: err = %v, want errNotAllowed", addr, err)
+		}
+	}
+	// A name matched by a DNS suffix (an ExternalName Service, say) reaches
+	// private, CGNAT and loopback addresses, never a public one the CIDRs do
+	// not allow, nor metadata, nor the API server.
+	byName := Policy{Nets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, Suffixes: []string{"svc.cluster.local"}, Deny: deny}
+	for addr, ok := range map[string]bool{
+		"10.96.3.4:4151":      true,
+		"192.168.1.5:4151":    true,
+		"100.64.1.1:4151":     true,
+		"[fd12::1]:4151":      true,
+		"127.0.0.1:4151":      true,
+		"8.8.8.8:4151":        false,
+		"[2001:4860::1]:4151": false,
+		"100.100.100.200:80":  false,
+		"[fd00:ec2::254]:80":  false,
+		"10.0.0.1:443":        false,
+		"169.254.169.254:80":  false,
+	} {
+		err := byName.check(netip.MustParseAddrPort(addr), true)
+		if (err == nil) != ok {
+			t.Errorf("by name %s: err = %v, want allowed %v", addr, err, ok)
 		}
 	}
 }

@@ -156,10 +156,22 @@ func Parse(name string, ann map[string]string) (Spec, error) {
 		Priority:       1,
 		ScaleDownDelay: DefaultScaleDownDelay,
 	}
+	if n, size := Count(ann); n > MaxAnnotations || size > MaxAnnotationBytes {
+		// Past the bounds nothing is read: parsing stays cheap whatever a
+		// tenant writes, and the Deployment is left alone.
+		p.fail(Prefix+"*", "", fmt.Sprintf("at most %d %s annotations of at most %d bytes in all; found %d of %d bytes",
+			MaxAnnotations, Prefix, MaxAnnotationBytes, n, size))
+		return s, utilerrors.NewAggregate(p.errs)
+	}
+	suggested := 0
 	for _, k := range slices.Sorted(maps.Keys(ann)) {
 		v := ann[k]
 		if strings.HasPrefix(k, Prefix) && !slices.Contains(Keys, k) {
-			p.fail(k, v, "unknown key"+suggest(k))
+			hint := ""
+			if suggested < maxSuggestions {
+				hint, suggested = suggest(k), suggested+1
+			}
+			p.fail(k, v, "unknown key"+hint)
 		} else if slices.Contains(Keys, k) && len(v) > MaxValueLength {
 			p.fail(k, v, fmt.Sprintf("at most %d bytes", MaxValueLength))
 		}
@@ -316,10 +328,40 @@ func (p *parser) queues(v string) []QueueRef {
 	return refs
 }
 
+// MaxAnnotations and MaxAnnotationBytes bound the microscaling.com/*
+// annotations of one Deployment (keys and values, in bytes). Past either,
+// Parse reads none of them and reports one problem. Every known key at its
+// longest valid value fits (13 keys of at most MaxValueLength bytes), so a
+// Deployment the bounds refuse holds unknown keys, which the admission
+// policy refuses too.
+const (
+	MaxAnnotations     = 32
+	MaxAnnotationBytes = 32 << 10
+)
+
+// maxSuggestions bounds the unknown keys a "did you mean" is computed for
+// per Parse.
+const maxSuggestions = 8
+
+// Count is how many microscaling.com/* annotations ann holds, and their
+// keys' and values' bytes.
+func Count(ann map[string]string) (n, size int) {
+	for k, v := range ann {
+		if strings.HasPrefix(k, Prefix) {
+			n++
+			size += len(k) + len(v)
+		}
+	}
+	return n, size
+}
+
 // suggest names the known key closest to an unknown one, if any is close.
 func suggest(key string) string {
 	best, bestDist := "", 4
 	for _, k := range Keys {
+		if l := len(key) - len(k); l >= bestDist || -l >= bestDist {
+			continue // the distance is at least the difference in length
+		}
 		if d := distance(key, k); d < bestDist {
 			best, bestDist = k, d
 		}

@@ -1,6 +1,8 @@
 package annotations
 
 import (
+	"fmt"
+	"maps"
 	"os"
 	"reflect"
 	"strconv"
@@ -221,4 +223,49 @@ func render(s Spec) map[string]string {
 		a[GroupMaxReplicas] = strconv.Itoa(int(s.GroupMaxReplicas))
 	}
 	return a
+}
+
+// Parsing stays cheap whatever a tenant writes: 3,000 unknown keys (256 KiB)
+// are one problem and nothing else is read; a few unknown keys each get
+// one, a "did you mean" only for the first maxSuggestions.
+func TestParseIsBounded(t *testing.T) {
+	valid := map[string]string{Queue: "nsq://127.0.0.1:4151/jobs/work", TargetQueueLength: "5", MaxReplicas: "5"}
+	many := maps.Clone(valid)
+	for i := range 3000 {
+		many[fmt.Sprintf("%sunknown-key-%04d", Prefix, i)] = strings.Repeat("x", 64)
+	}
+	_, err := Parse("d", many)
+	fes := FieldErrors(err)
+	if len(fes) != 1 || fes[0].Key != Prefix+"*" || !strings.Contains(fes[0].Want, "found 3003") {
+		t.Fatalf("3,000 unknown keys gave %d problems (%v), want one naming the bound", len(fes), err)
+	}
+	huge := maps.Clone(valid)
+	huge[Prefix+"notes"] = strings.Repeat("x", MaxAnnotationBytes)
+	if fes := FieldErrors(func() error { _, err := Parse("d", huge); return err }()); len(fes) != 1 || fes[0].Key != Prefix+"*" {
+		t.Errorf("one %d-byte value gave %v, want one problem naming the bound", MaxAnnotationBytes, fes)
+	}
+	// Every known key at its longest value is within the bounds.
+	longest := map[string]string{}
+	for _, k := range Keys {
+		longest[k] = strings.Repeat("9", MaxValueLength)
+	}
+	if n, size := Count(longest); n > MaxAnnotations || size > MaxAnnotationBytes {
+		t.Errorf("the known keys at their longest are %d annotations of %d bytes, over the bounds %d / %d", n, size, MaxAnnotations, MaxAnnotationBytes)
+	}
+	few := maps.Clone(valid)
+	for i := range 20 {
+		few[fmt.Sprintf("%smax-replica%d", Prefix, i)] = "1"
+	}
+	hints := 0
+	for _, fe := range FieldErrors(func() error { _, err := Parse("d", few); return err }()) {
+		if !strings.HasPrefix(fe.Want, "unknown key") {
+			t.Errorf("%s: %s, want unknown key", fe.Key, fe.Want)
+		}
+		if strings.Contains(fe.Want, "(") {
+			hints++
+		}
+	}
+	if hints != maxSuggestions {
+		t.Errorf("%d unknown keys carry a suggestion, want %d", hints, maxSuggestions)
+	}
 }

@@ -3,6 +3,7 @@ package nsq
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -195,5 +196,90 @@ func TestSlowHostDelaysOnlyItsQueues(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second): // the slow nsqd answers only when the test ends
 		t.Fatal("the fast nsqd's queue waited for the slow nsqd")
+	}
+}
+
+// hungHost accepts connections and never answers, until the test ends.
+func hungHost(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// One tenant's hung hosts cannot make another's healthy nsqd unreadable:
+// 32 hosts that accept and never answer, or one hung nsqlookupd asked for
+// 256 topics, read in the same ticks as a healthy nsqd. Each tick's read of
+// the healthy queue succeeds (it failed in 3-5 ticks of 10, and 9 of 10,
+// when a read's deadline ran while it waited for a slot).
+func TestHungHostsDoNotStarveOthers(t *testing.T) {
+	healthy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte(stats1x))
+	}))
+	defer healthy.Close()
+	victim := annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(healthy.URL, "http://"), Topic: "jobs", Channel: "work"}
+	hungLookupd := hungHost(t)
+	for _, tc := range []struct {
+		name string
+		refs func() []annotations.QueueRef
+	}{
+		{"32 hung nsqds", func() []annotations.QueueRef {
+			var refs []annotations.QueueRef
+			for range 32 {
+				refs = append(refs, annotations.QueueRef{Scheme: "nsq", Host: hungHost(t), Topic: "jobs", Channel: "work"})
+			}
+			return refs
+		}},
+		{"a hung nsqlookupd asked for 256 topics", func() []annotations.QueueRef {
+			var refs []annotations.QueueRef
+			for i := range 256 {
+				refs = append(refs, annotations.QueueRef{Scheme: "nsqlookupd", Host: hungLookupd, Topic: fmt.Sprintf("t%d", i), Channel: "work"})
+			}
+			return refs
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &NSQReader{Timeout: 200 * time.Millisecond, Concurrency: 16}
+			refs := append(tc.refs(), victim)
+			failed := 0
+			for range 10 {
+				snap := r.Read(context.Background(), refs)
+				if _, err := snap.Reading(victim); err != nil {
+					failed++
+					t.Logf("the victim's read failed: %v", err)
+				}
+				for _, q := range refs[:len(refs)-1] {
+					if _, err := snap.Reading(q); err == nil {
+						t.Fatalf("a hung host's queue %s read without error", q)
+					}
+				}
+			}
+			if failed > 0 {
+				t.Errorf("the healthy nsqd was unreadable in %d of 10 ticks", failed)
+			}
+		})
 	}
 }

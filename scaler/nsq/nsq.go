@@ -79,9 +79,14 @@ type NSQReader struct {
 	VanishedHold time.Duration
 
 	semOnce sync.Once
-	sem     chan struct{}
+	// sem bounds every request in flight but those of failing hosts, which
+	// failingSem bounds.
+	sem, failingSem chan struct{}
 
-	mu      sync.Mutex           // guards labeled, vanished and announced
+	mu      sync.Mutex           // guards labeled, vanished, announced, hostSem and failing
+	hostSem map[string]*hostSlots
+	// failing are hosts whose last read failed, and when.
+	failing map[string]time.Time
 	labeled map[string]time.Time // host -> last read
 	// vanished are nsqds an nsqlookupd stopped announcing for a topic
 	// while they may still hold its messages, with when each was first
@@ -335,12 +340,17 @@ func (r *NSQReader) now() time.Time {
 // prune deletes the read metrics of hosts that no read has named for
 // forgetAfter.
 func (r *NSQReader) prune() {
-	if r.Metrics == nil {
-		return
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.now()
+	for host, at := range r.failing {
+		if now.Sub(at) > forgetAfter {
+			delete(r.failing, host)
+		}
+	}
+	if r.Metrics == nil {
+		return
+	}
 	for host, at := range r.labeled {
 		if now.Sub(at) > forgetAfter {
 			r.Metrics.QueueReadLatency.DeleteLabelValues(host)
@@ -402,15 +412,22 @@ func (s *Snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) 
 	return out, nil
 }
 
-// get fetches u and decodes its answer as it streams in, with at most
-// Concurrency requests in flight across every read.
-func (r *NSQReader) get(ctx context.Context, u string, decode func(*json.Decoder) error) error {
+// get fetches u from host and decodes its answer as it streams in. At
+// most Concurrency requests are in flight across every read, at most
+// perHostSlots to one host, and hosts whose last read failed share a pool
+// of their own (a quarter of Concurrency): hosts that hang, however many a
+// tenant names, wait on each other and never take the slots a healthy
+// host needs. A read waits for its slots at most slotWaits x Timeout; its
+// Timeout runs from when it is sent, not from when it began to wait.
+func (r *NSQReader) get(ctx context.Context, host, u string, decode func(*json.Decoder) error) (err error) {
+	release, err := r.acquire(ctx, host)
+	if err != nil {
+		return fmt.Errorf("waiting for a read slot for %s: %w", host, err)
+	}
+	defer release()
+	defer func() { r.noteFailing(host, err != nil) }()
 	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
-	if err := r.acquire(ctx); err != nil {
-		return err
-	}
-	defer r.release()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
@@ -456,23 +473,92 @@ func (r *NSQReader) maxBytes() int64 {
 	return DefaultMaxBytes
 }
 
-func (r *NSQReader) acquire(ctx context.Context) error {
+// perHostSlots bounds the requests in flight to one host (an nsqlookupd
+// asked for many topics); slotWaits bounds, in Timeouts, how long a read
+// waits for its slots.
+const (
+	perHostSlots = 2
+	slotWaits    = 3
+)
+
+// acquire takes a slot of host's own and one of the pool host belongs to
+// (the failing hosts', or everyone else's), waiting at most slotWaits x
+// Timeout; release gives both back.
+func (r *NSQReader) acquire(ctx context.Context, host string) (release func(), err error) {
 	r.semOnce.Do(func() {
 		n := r.Concurrency
 		if n <= 0 {
 			n = DefaultConcurrency
 		}
-		r.sem = make(chan struct{}, n)
+		r.sem, r.failingSem = make(chan struct{}, n), make(chan struct{}, max(1, n/4))
 	})
+	r.mu.Lock()
+	if r.hostSem == nil {
+		r.hostSem = map[string]*hostSlots{}
+	}
+	hs := r.hostSem[host]
+	if hs == nil {
+		hs = &hostSlots{c: make(chan struct{}, perHostSlots)}
+		r.hostSem[host] = hs
+	}
+	hs.users++
+	pool := r.sem
+	if _, ok := r.failing[host]; ok {
+		pool = r.failingSem
+	}
+	r.mu.Unlock()
+	done := func() {
+		r.mu.Lock()
+		if hs.users--; hs.users == 0 {
+			delete(r.hostSem, host) // bounded by the hosts being read now
+		}
+		r.mu.Unlock()
+	}
+	wait, cancel := context.WithTimeout(ctx, slotWaits*r.Timeout)
+	defer cancel()
 	select {
-	case r.sem <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	case hs.c <- struct{}{}:
+	case <-wait.Done():
+		done()
+		return nil, wait.Err()
+	}
+	select {
+	case pool <- struct{}{}:
+	case <-wait.Done():
+		<-hs.c
+		done()
+		return nil, wait.Err()
+	}
+	return func() { <-pool; <-hs.c; done() }, nil
+}
+
+// noteFailing records whether host's last read failed, for the pool its
+// next read waits in; a host that failed and is not read again is
+// forgotten after forgetAfter (prune).
+func (r *NSQReader) noteFailing(host string, failed bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case failed && len(r.failing) < maxFailingHosts:
+		if r.failing == nil {
+			r.failing = map[string]time.Time{}
+		}
+		r.failing[host] = r.now()
+	case !failed:
+		delete(r.failing, host)
 	}
 }
 
-func (r *NSQReader) release() { <-r.sem }
+// maxFailingHosts bounds the hosts remembered as failing; past it, a host
+// that fails waits in the shared pool, as before it failed.
+const maxFailingHosts = 4096
+
+// hostSlots are the requests in flight to one host; users counts the reads
+// holding or waiting for them.
+type hostSlots struct {
+	c     chan struct{}
+	users int
+}
 
 // defaultQueueClient serves readers built without a client (tests).
 var defaultQueueClient = NewQueueClient(Policy{Nets: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}})
@@ -488,7 +574,7 @@ func (r *NSQReader) stats(ctx context.Context, host string, topics func(string) 
 	var st *nsqStats
 	u := "http://" + host + "/stats?format=json&include_clients=false&include_mem=false"
 	var at time.Time
-	err := r.get(ctx, u, func(dec *json.Decoder) (err error) {
+	err := r.get(ctx, host, u, func(dec *json.Decoder) (err error) {
 		at = r.now() // nsqd counted as it answered: the rates are per this time, not the tick's
 		st, err = decodeStats(dec, topics)
 		return err
@@ -502,7 +588,7 @@ func (r *NSQReader) stats(ctx context.Context, host string, topics func(string) 
 
 func (r *NSQReader) lookup(ctx context.Context, lookupd, topic string) ([]string, error) {
 	var ps []producer
-	err := r.get(ctx, "http://"+lookupd+"/lookup?topic="+url.QueryEscape(topic), func(dec *json.Decoder) (err error) {
+	err := r.get(ctx, lookupd, "http://"+lookupd+"/lookup?topic="+url.QueryEscape(topic), func(dec *json.Decoder) (err error) {
 		ps, err = decodeLookup(dec)
 		return err
 	})

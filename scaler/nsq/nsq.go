@@ -83,7 +83,7 @@ type NSQReader struct {
 	// failingSem bounds.
 	sem, failingSem chan struct{}
 
-	mu      sync.Mutex           // guards labeled, vanished, announced, hostSem and failing
+	mu      sync.Mutex // guards labeled, vanished, announced, hostSem and failing
 	hostSem map[string]*hostSlots
 	// failing are hosts whose last read failed, and when.
 	failing map[string]time.Time

@@ -55,13 +55,7 @@ func TestLinearRiseKeepsUp(t *testing.T) {
 }
 
 func riseRun(t *testing.T, per time.Duration, inFlight int, ramp workload.Ramp, target int64, notReady bool) {
-	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
-	ensureChannel(t, s, "jobs", "work")
-	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work",
-		"target-queue-length", fmt.Sprint(target), "min-replicas", "1", "max-replicas", "40"), "10m"))
-	c := startController(t, s.Kubeconfig)
-	runConsumers(t, &workload.Consumers{Client: s.Client, Namespace: "default", Selector: "app=consumer", NSQDTCPAddr: s.NSQ.TCPAddr,
-		Topic: "jobs", Channel: "work", PerMessage: per, MaxInFlight: inFlight})
+	s, c, _ := consumerStack(t, target, per, inFlight)
 
 	const hold = 40 * time.Second
 	service := float64(time.Second) / float64(per)
@@ -129,10 +123,24 @@ func riseRun(t *testing.T, per time.Duration, inFlight int, ramp workload.Ramp, 
 	}
 }
 
-// logRates logs the controller's view of the consumer every 5 s: what a
-// reader of the test's log needs to tell a wrong rate from a slow reaction.
-func logRates(ctx context.Context, t *testing.T, c *controller) {
-	tick := time.NewTicker(5 * time.Second)
+// consumerStack starts a stack with a consumer Deployment (1 replica, up to
+// 40) holding target on jobs/work, the controller, and one go-nsq consumer
+// per Running pod taking per on each message, inFlight held.
+func consumerStack(t *testing.T, target int64, per time.Duration, inFlight int) (*harness.Stack, *controller, *workload.Consumers) {
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	ensureChannel(t, s, "jobs", "work")
+	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work",
+		"target-queue-length", fmt.Sprint(target), "min-replicas", "1", "max-replicas", "40"), "10m"))
+	c := startController(t, s.Kubeconfig)
+	cons := runConsumers(t, &workload.Consumers{Client: s.Client, Namespace: "default", Selector: "app=consumer", NSQDTCPAddr: s.NSQ.TCPAddr,
+		Topic: "jobs", Channel: "work", PerMessage: per, MaxInFlight: inFlight})
+	return s, c, cons
+}
+
+// watchState hands each member of the controller's /api/state to seen,
+// every interval, until ctx ends.
+func watchState(ctx context.Context, t *testing.T, c *controller, every time.Duration, seen func(dashboard.MemberHistory)) {
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		select {
@@ -154,10 +162,18 @@ func logRates(ctx context.Context, t *testing.T, c *controller) {
 			return
 		}
 		for _, m := range st.Members {
-			t.Logf("state %s: replicas %d, backlog %d, in %.1f/s, out %.1f/s per replica, held %q",
-				m.Name, m.Status.Replicas, m.Status.Backlog, m.Status.Arrival, m.Status.Service, m.Status.Held)
+			seen(m)
 		}
 	}
+}
+
+// logRates logs the controller's view of each member every 5 s: what a
+// reader of the test's log needs to tell a wrong rate from a slow reaction.
+func logRates(ctx context.Context, t *testing.T, c *controller) {
+	watchState(ctx, t, c, 5*time.Second, func(m dashboard.MemberHistory) {
+		t.Logf("state %s: replicas %d, backlog %d, in %.1f/s, out %.1f/s per replica, held %q",
+			m.Name, m.Status.Replicas, m.Status.Backlog, m.Status.Arrival, m.Status.Service, m.Status.Held)
+	})
 }
 
 // failReadiness marks every Running pod of selector but the oldest
@@ -210,13 +226,7 @@ func failReadiness(ctx context.Context, t *testing.T, s *harness.Stack, ns, sele
 // with the replicas put, the member says so once with a Warning
 // EstimateCorrected naming both figures, and /api/state shows it.
 func TestGuardCorrectsASlowdown(t *testing.T) {
-	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
-	ensureChannel(t, s, "jobs", "work")
-	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work",
-		"target-queue-length", "30", "min-replicas", "1", "max-replicas", "40"), "10m"))
-	c := startController(t, s.Kubeconfig)
-	cons := runConsumers(t, &workload.Consumers{Client: s.Client, Namespace: "default", Selector: "app=consumer", NSQDTCPAddr: s.NSQ.TCPAddr,
-		Topic: "jobs", Channel: "work", PerMessage: 125 * time.Millisecond, MaxInFlight: 4})
+	s, c, cons := consumerStack(t, 30, 125*time.Millisecond, 4)
 
 	var rec loadRecord
 	ctx, cancel := context.WithCancel(t.Context())
@@ -227,33 +237,11 @@ func TestGuardCorrectsASlowdown(t *testing.T) {
 	defer func() { cancel(); wg.Wait() }()
 	var corrected []string
 	wg.Go(func() {
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
+		watchState(ctx, t, c, time.Second, func(m dashboard.MemberHistory) {
+			if m.Status.Corrected != "" && (len(corrected) == 0 || corrected[len(corrected)-1] != m.Status.Corrected) {
+				corrected = append(corrected, m.Status.Corrected)
 			}
-			body, err := c.get(ctx, "/api/state")
-			if ctx.Err() != nil {
-				return
-			}
-			if err != nil {
-				t.Errorf("reading /api/state: %v", err)
-				return
-			}
-			var st dashboard.State
-			if err := json.Unmarshal([]byte(body), &st); err != nil {
-				t.Errorf("decoding /api/state: %v", err)
-				return
-			}
-			for _, m := range st.Members {
-				if m.Status.Corrected != "" && (len(corrected) == 0 || corrected[len(corrected)-1] != m.Status.Corrected) {
-					corrected = append(corrected, m.Status.Corrected)
-				}
-			}
-		}
+		})
 	})
 	// 20 msg/s: 3 replicas at 8/s; from 40 s on, 4/s a replica: 5 needed.
 	const slowAt, load = 40 * time.Second, 120 * time.Second

@@ -462,7 +462,7 @@ func dashboardMain(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", listen, err)
 	}
-	srv := &http.Server{Handler: c.Proxy(), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
+	srv := &http.Server{Handler: c.Proxy(l.Addr().String()), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
 	context.AfterFunc(ctx, func() { _ = srv.Close() })
 	fmt.Fprintf(out, "the dashboard, as you: http://%s/ (Ctrl-C stops)\n", l.Addr())
 	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {

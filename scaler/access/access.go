@@ -101,7 +101,10 @@ func (rv *Reviewer) Authenticate(ctx context.Context, r *http.Request) (*User, e
 // Allowed reports whether u may do what the attributes say: exactly one of
 // res and nonRes is set.
 func (rv *Reviewer) Allowed(ctx context.Context, u *User, res *authorizationv1.ResourceAttributes, nonRes *authorizationv1.NonResourceAttributes) (bool, error) {
-	key := fmt.Sprintf("%s\x00%s\x00%v\x00%v\x00%v", u.Username, u.UID, u.Groups, res, nonRes)
+	// Everything the review is asked about is in the key, Extra (a token's
+	// scopes) too, quoted so that no two users' fields run together; fmt
+	// prints a map's keys sorted.
+	key := fmt.Sprintf("%q\x00%q\x00%q\x00%q\x00%v\x00%v", u.Username, u.UID, u.Groups, u.Extra, res, nonRes)
 	if v, ok := rv.decisions.Get(key); ok {
 		return v.(bool), nil
 	}

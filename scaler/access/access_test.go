@@ -91,3 +91,21 @@ func TestNamespaces(t *testing.T) {
 		t.Errorf("Namespaces = all %v, %v, %v; want only a", all, allowed, err)
 	}
 }
+
+// A decision is cached per everything it was asked about: the same user
+// with other scopes (Extra) is asked again, not answered from another
+// token's decision.
+func TestDecisionCacheKeepsExtraApart(t *testing.T) {
+	rv, calls := reviewer(t)
+	attrs := &authorizationv1.NonResourceAttributes{Path: "/metrics", Verb: "get"}
+	scoped := &User{authenticationv1.UserInfo{Username: "alice", Groups: []string{"devs"}, Extra: map[string]authenticationv1.ExtraValue{"scopes.example.com": {"read-only"}}}}
+	plain := &User{authenticationv1.UserInfo{Username: "alice", Groups: []string{"devs"}}}
+	for _, u := range []*User{plain, plain, scoped, scoped} {
+		if _, err := rv.Allowed(t.Context(), u, nil, attrs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if *calls != 2 {
+		t.Errorf("%d SubjectAccessReviews for two users asked twice each, want 2 (one each)", *calls)
+	}
+}

@@ -11,8 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -115,9 +117,12 @@ func Fetch(ctx context.Context, cfg *rest.Config, t Target) (*dashboard.State, e
 }
 
 // Proxy serves the controller's dashboard (the page and /api/state only)
-// on a local address, each request sent with the user's credentials, as
-// kubectl proxy does for the API server.
-func (c *Client) Proxy() http.Handler {
+// on the local address listen, each request sent with the user's
+// credentials, as kubectl proxy does for the API server. It answers only
+// requests whose Host is listen itself or a loopback name: a page from
+// elsewhere that rebinds its own name to 127.0.0.1 (DNS rebinding) would
+// otherwise read the user's view through it.
+func (c *Client) Proxy(listen string) http.Handler {
 	p := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", c.Addr
@@ -129,7 +134,31 @@ func (c *Client) Proxy() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /{$}", p)
 	mux.Handle("GET /api/state", p)
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !localHost(r.Host, listen) {
+			http.Error(w, "this proxy answers only for localhost", http.StatusMisdirectedRequest)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// localHost reports whether a request's Host names the proxy: its listen
+// address, or localhost or a loopback address on any port.
+func localHost(host, listen string) bool {
+	if host == listen {
+		return true
+	}
+	h, _, err := net.SplitHostPort(host)
+	if err != nil {
+		h = host
+	}
+	h = strings.Trim(h, "[]")
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(h)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // forward opens a port-forward to a Ready controller pod and returns the

@@ -2,6 +2,8 @@ package status
 
 import (
 	"bytes"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -41,5 +43,37 @@ team-a     jobs   remainder  remainder  2         9         9        -          
 	}
 	if !strings.Contains(b.String(), "no managed Deployments that you may read") {
 		t.Errorf("nothing to show:\n%s", b.String())
+	}
+}
+
+// The local dashboard proxy answers only for its own address and loopback
+// names: a rebinding page's Host is refused before anything is forwarded.
+func TestProxyChecksHost(t *testing.T) {
+	forwarded := 0
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		forwarded++
+		_, _ = w.Write([]byte(`{"members":[]}`))
+	}))
+	defer upstream.Close()
+	c := &Client{Addr: strings.TrimPrefix(upstream.URL, "http://"), Transport: http.DefaultTransport}
+	h := c.Proxy("127.0.0.1:8081")
+	for host, ok := range map[string]bool{
+		"127.0.0.1:8081":      true,
+		"localhost:8081":      true,
+		"LOCALHOST":           true,
+		"[::1]:8081":          true,
+		"127.0.0.2:9":         true,
+		"evil.example:8081":   false,
+		"10.0.0.1:8081":       false,
+		"127.0.0.1.nip.io:80": false,
+	} {
+		forwarded = 0
+		req := httptest.NewRequest(http.MethodGet, "http://x/api/state", nil)
+		req.Host = host
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if got := rec.Code == http.StatusOK && forwarded == 1; got != ok {
+			t.Errorf("Host %q: status %d, forwarded %d; want served %v", host, rec.Code, forwarded, ok)
+		}
 	}
 }

@@ -115,6 +115,9 @@ func (s *Syncer) Sync(ctx context.Context, d *appsv1.Deployment) (bool, error) {
 // imagePullSecrets, read again after the Resolver's TagTTL.
 func (s *Syncer) keychain(ctx context.Context, d *appsv1.Deployment) (*Keychain, error) {
 	spec := &d.Spec.Template.Spec
+	if n := len(spec.ImagePullSecrets); n > MaxPullSecrets {
+		return nil, fmt.Errorf("%d imagePullSecrets: at most %d are read", n, MaxPullSecrets)
+	}
 	key := d.Namespace + "/" + spec.ServiceAccountName + "/" + fmt.Sprint(spec.ImagePullSecrets)
 	s.mu.Lock()
 	seen, ok := s.keychains[key]
@@ -130,10 +133,28 @@ func (s *Syncer) keychain(ctx context.Context, d *appsv1.Deployment) (*Keychain,
 	if s.keychains == nil {
 		s.keychains = map[string]keychainSeen{}
 	}
-	s.keychains[key] = keychainSeen{kc, time.Now()}
+	if len(s.keychains) >= maxKeychains {
+		for k, seen := range s.keychains {
+			if time.Since(seen.at) >= s.Resolver.TagTTL {
+				delete(s.keychains, k)
+			}
+		}
+	}
+	if len(s.keychains) < maxKeychains {
+		s.keychains[key] = keychainSeen{kc, time.Now()}
+	}
 	s.mu.Unlock()
 	return kc, nil
 }
+
+// MaxPullSecrets bounds the imagePullSecrets read for one Deployment (its
+// pod template's and its service account's, each name once): past it,
+// label sync fails for it with a Warning and no Secret is read.
+const MaxPullSecrets = 16
+
+// maxKeychains bounds the credential sets kept; past it, expired ones are
+// dropped and, if none has expired, the new one is not kept.
+const maxKeychains = 1024
 
 func (s *Syncer) readKeychain(ctx context.Context, d *appsv1.Deployment) (*Keychain, error) {
 	spec := &d.Spec.Template.Spec
@@ -154,6 +175,15 @@ func (s *Syncer) readKeychain(ctx context.Context, d *appsv1.Deployment) (*Keych
 		for _, r := range acct.ImagePullSecrets {
 			names = append(names, r.Name)
 		}
+	}
+	seen := map[string]bool{}
+	names = slices.DeleteFunc(names, func(n string) bool { // each once, in order: the first credential for a registry wins
+		dup := seen[n]
+		seen[n] = true
+		return dup
+	})
+	if len(names) > MaxPullSecrets {
+		return nil, fmt.Errorf("%d imagePullSecrets with the service account's: at most %d are read", len(names), MaxPullSecrets)
 	}
 	var secrets []*corev1.Secret
 	for _, n := range names {

@@ -31,6 +31,8 @@ func failure(image string, err error) string {
 	switch {
 	case errors.Is(err, errConfigTooLarge):
 		cls = fmt.Sprintf("image config over %d bytes", MaxConfigBytes)
+	case errors.Is(err, errAnswerTooLarge):
+		cls = fmt.Sprintf("registry answer (manifest or index) over %d bytes", MaxAnswerBytes)
 	case errors.As(err, &te):
 		cls = fmt.Sprintf("registry answered HTTP %d", te.StatusCode)
 		for _, d := range te.Errors {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -46,6 +47,60 @@ type cacheKey struct{ cred, ref string }
 // MaxConfigBytes bounds an image's config blob, where its labels are.
 const MaxConfigBytes = 1 << 20
 
+// MaxAnswerBytes bounds every registry answer label sync reads: a manifest
+// or index (registries accept up to 4 MiB), a token, or a config blob
+// (which MaxConfigBytes bounds further). The library would read a manifest
+// of up to 100 MiB whole.
+const MaxAnswerBytes = 4 << 20
+
+// errAnswerTooLarge marks a registry answer over MaxAnswerBytes.
+var errAnswerTooLarge = fmt.Errorf("registry answer over %d bytes", MaxAnswerBytes)
+
+// capped refuses registry answers over MaxAnswerBytes: one that declares
+// more at once, one that sends more when its body is read.
+type capped struct{ rt http.RoundTripper }
+
+func (c capped) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := c.rt.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.ContentLength > MaxAnswerBytes {
+		resp.Body.Close()
+		return nil, errAnswerTooLarge
+	}
+	resp.Body = &cappedBody{rc: resp.Body, left: MaxAnswerBytes}
+	return resp, nil
+}
+
+// cappedBody reads at most left bytes, then fails.
+type cappedBody struct {
+	rc   io.ReadCloser
+	left int64
+}
+
+func (b *cappedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, errAnswerTooLarge
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.rc.Read(p)
+	b.left -= int64(n)
+	if b.left <= 0 && err == nil {
+		// Exactly at the bound: more is an error, the end is not.
+		var one [1]byte
+		if m, _ := b.rc.Read(one[:]); m > 0 {
+			return n, errAnswerTooLarge
+		}
+		return n, io.EOF
+	}
+	return n, err
+}
+
+func (b *cappedBody) Close() error { return b.rc.Close() }
+
 // errConfigTooLarge marks a config blob declared over MaxConfigBytes.
 var errConfigTooLarge = fmt.Errorf("more than the %d read", MaxConfigBytes)
 
@@ -77,8 +132,9 @@ func (r *Resolver) puller(kc *Keychain) (*remote.Puller, error) {
 		TLSHandshakeTimeout:   r.Timeout,
 		ResponseHeaderTimeout: r.Timeout,
 		MaxIdleConnsPerHost:   16,
+		IdleConnTimeout:       90 * time.Second, // a puller dropped from the cache leaves no connection behind for long
 	}
-	p, err := remote.NewPuller(remote.WithAuthFromKeychain(kc), remote.WithPlatform(r.Platform), remote.WithTransport(t))
+	p, err := remote.NewPuller(remote.WithAuthFromKeychain(kc), remote.WithPlatform(r.Platform), remote.WithTransport(capped{t}))
 	if err != nil {
 		return nil, fmt.Errorf("making registry client: %w", err)
 	}

@@ -2,10 +2,12 @@ package labels
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -124,5 +126,51 @@ func TestFailureEchoesNothing(t *testing.T) {
 		if !strings.HasSuffix(got, tc.want) || strings.Contains(got, "hunter2") || strings.Contains(got, "secret") || strings.Contains(got, "EVIL") {
 			t.Errorf("%s: Event text %q, want it to end with %q and quote nothing of the registry", tc.image, got, tc.want)
 		}
+	}
+}
+
+// A 100 MiB index, declared or streamed without a length, is refused having
+// read at most MaxAnswerBytes of it: the heap stays far under the answer (a
+// 32 MiB index took 263 MiB when the library read it whole).
+func TestLargeIndexRefused(t *testing.T) {
+	const size = 100 << 20
+	entry := `{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":1,"digest":"sha256:` + strings.Repeat("a", 64) + `"},`
+	head := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[`
+	chunk := []byte(strings.Repeat(entry, 1<<16/len(entry)))
+	for _, declared := range []bool{true, false} {
+		t.Run(fmt.Sprintf("length declared %v", declared), func(t *testing.T) {
+			reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if !strings.Contains(r.URL.Path, "/manifests/") {
+					w.WriteHeader(http.StatusOK) // /v2/
+					return
+				}
+				w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+				if declared {
+					w.Header().Set("Content-Length", fmt.Sprint(size))
+				}
+				if _, err := io.WriteString(w, head); err != nil {
+					return
+				}
+				for sent := len(head); sent < size; sent += len(chunk) {
+					if _, err := w.Write(chunk); err != nil {
+						return // the reader gave up: as it should
+					}
+				}
+			}))
+			defer reg.Close()
+			r := NewResolver(v1.Platform{OS: "linux", Architecture: "amd64"}, 5*time.Second, time.Minute)
+			var err error
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			_, _, err = r.Labels(context.Background(), strings.TrimPrefix(reg.URL, "http://")+"/big/app:1", nil)
+			runtime.ReadMemStats(&after)
+			if err == nil || !strings.Contains(err.Error(), "registry answer over") {
+				t.Fatalf("err = %v, want the answer refused for its size", err)
+			}
+			if grew := after.TotalAlloc - before.TotalAlloc; grew > 32<<20 {
+				t.Errorf("allocated %d MiB reading it, want under 32 MiB", grew>>20)
+			}
+		})
 	}
 }

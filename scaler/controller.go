@@ -233,7 +233,7 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 					if hosts[d.Namespace] == nil {
 						hosts[d.Namespace] = map[string]bool{}
 					}
-					hosts[d.Namespace][q.Host] = true
+					hosts[d.Namespace][readTarget(q)] = true
 				}
 			}
 		}
@@ -259,7 +259,7 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 					continue
 				}
 				for _, q := range m.st.spec.Queues {
-					if a := allowed[m.d.Namespace]; a == nil || a[q.Host] {
+					if a := allowed[m.d.Namespace]; a == nil || a[readTarget(q)] {
 						refs[q] = true
 					}
 				}
@@ -310,6 +310,16 @@ func (c *Controller) capHosts(hosts map[string]map[string]bool) map[string]map[s
 		}
 	}
 	return allowed
+}
+
+// readTarget is what a queue costs a tick in requests, as the per-namespace
+// cap counts it: an nsqd is one /stats however many topics it serves; an
+// nsqlookupd is one lookup per topic, each its own.
+func readTarget(q annotations.QueueRef) string {
+	if q.Scheme == "nsqlookupd" {
+		return q.Host + "/" + q.Topic
+	}
+	return q.Host
 }
 
 func covers(read, need map[annotations.QueueRef]bool) bool {
@@ -637,8 +647,8 @@ func (c *Controller) readQueues(m member, t *tick) (policy.QueueReading, bool) {
 	var sum policy.QueueReading
 	var err error
 	for _, q := range m.spec.Queues {
-		if a := t.allowedHosts[m.d.Namespace]; a != nil && !a[q.Host] {
-			err = fmt.Errorf("queue host %s not read: namespace %s names more than %d queue hosts", q.Host, m.d.Namespace, c.cfg.QueueHostsPerNamespace)
+		if a := t.allowedHosts[m.d.Namespace]; a != nil && !a[readTarget(q)] {
+			err = fmt.Errorf("queue host %s not read: namespace %s names more than %d queue hosts (each nsqlookupd topic counts as one)", q.Host, m.d.Namespace, c.cfg.QueueHostsPerNamespace)
 			break
 		}
 		var r policy.QueueReading

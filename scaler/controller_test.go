@@ -522,6 +522,35 @@ func TestQueueHostsPerNamespace(t *testing.T) {
 	}
 }
 
+// Each nsqlookupd topic is a request a tick, so each counts toward the cap:
+// one lookupd asked for three topics by a namespace capped at 2 has one of
+// them left unread, its member held.
+func TestLookupTopicsCountTowardTheCap(t *testing.T) {
+	cluster := &fakeCluster{groups: map[string][]*appsv1.Deployment{}}
+	for i, topic := range []string{"ta", "tb", "tc"} {
+		replicas := int32(1)
+		name := fmt.Sprintf("m%d", i)
+		cluster.groups["greedy/"+name] = []*appsv1.Deployment{{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "greedy", ResourceVersion: "1",
+			Annotations: map[string]string{annotations.Queue: "nsqlookupd://lookupd:4161/" + topic + "/c", annotations.TargetQueueLength: "10", annotations.MaxReplicas: "5"}},
+			Spec: appsv1.DeploymentSpec{Replicas: &replicas}, Status: appsv1.DeploymentStatus{ReadyReplicas: replicas}}}
+	}
+	rec := record.NewFakeRecorder(100)
+	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	c := New(Config{Interval: time.Second, Workers: 2, QueueHostsPerNamespace: 2}, cluster, &readsQueues{}, &fakeWriter{}, rec, metrics.NewMetrics(prometheus.NewRegistry()), clk)
+	clk.Step(time.Second)
+	c.runTick(t.Context(), clk.Now())
+	close(rec.Events)
+	var held []string
+	for e := range rec.Events {
+		if strings.Contains(e, "QueueUnreadable") {
+			held = append(held, e)
+		}
+	}
+	if len(held) != 1 || !strings.Contains(held[0], "namespace greedy names more than 2 queue hosts") {
+		t.Errorf("QueueUnreadable Events %q, want one (the third topic) naming the bound", held)
+	}
+}
+
 // Removing the queue of a managed Deployment releases it with a Normal
 // Event, whether what is left no longer makes it managed (the informer
 // drops it) or no longer parses (rule: queue left behind): no write follows

@@ -10,8 +10,10 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -20,7 +22,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/cache"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/lru"
 )
 
 // User is an authenticated caller.
@@ -33,6 +37,9 @@ var (
 	ErrNoToken      = errors.New("a bearer token is required")
 	ErrUnauthorized = errors.New("the bearer token was not accepted")
 	ErrForbidden    = errors.New("not allowed")
+	// ErrBusy: too many new tokens to review from the request's address, or
+	// from everywhere; a token already reviewed is not affected.
+	ErrBusy = errors.New("too many new tokens to review: try again shortly")
 )
 
 // Status is the HTTP status for an error of this package: 401, 403, or 503
@@ -43,6 +50,8 @@ func Status(err error) int {
 		return http.StatusUnauthorized
 	case errors.Is(err, ErrForbidden):
 		return http.StatusForbidden
+	case errors.Is(err, ErrBusy):
+		return http.StatusTooManyRequests
 	default:
 		return http.StatusServiceUnavailable
 	}
@@ -56,12 +65,28 @@ type Reviewer struct {
 	// by user and attributes. Both bounded, entries expire after ttl.
 	users     *cache.LRUExpireCache
 	decisions *cache.LRUExpireCache
+	// TokenReviews of tokens not seen before are limited per client
+	// address (sources, the most recent maxSources) and in all (newTokens),
+	// so that a flood of random tokens leaves the client's budget to the
+	// SubjectAccessReviews and the tokens already known.
+	mu        sync.Mutex // guards sources
+	sources   *lru.Cache
+	newTokens flowcontrol.RateLimiter
 }
+
+// The limits on reviews of new tokens: per client address and in all, per
+// second and in a burst.
+const (
+	sourceReviewQPS, sourceReviewBurst = 1, 5
+	newReviewQPS, newReviewBurst       = 5, 20
+	maxSources                         = 4096
+)
 
 // NewReviewer checks with client's TokenReviews and SubjectAccessReviews,
 // keeping each answer for ttl.
 func NewReviewer(client kubernetes.Interface, ttl time.Duration) *Reviewer {
-	return &Reviewer{client: client, ttl: ttl, users: cache.NewLRUExpireCache(4096), decisions: cache.NewLRUExpireCache(16384)}
+	return &Reviewer{client: client, ttl: ttl, users: cache.NewLRUExpireCache(4096), decisions: cache.NewLRUExpireCache(16384),
+		sources: lru.New(maxSources), newTokens: flowcontrol.NewTokenBucketRateLimiter(newReviewQPS, newReviewBurst)}
 }
 
 // maxToken bounds the Authorization header read; Kubernetes tokens are a
@@ -85,6 +110,9 @@ func (rv *Reviewer) Authenticate(ctx context.Context, r *http.Request) (*User, e
 		}
 		return v.(*User), nil
 	}
+	if !rv.mayReview(r.RemoteAddr) {
+		return nil, ErrBusy
+	}
 	res, err := rv.client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: token}}, metav1.CreateOptions{})
 	if err != nil {
 		klog.FromContext(ctx).V(2).Info("TokenReview failed", "err", err)
@@ -97,6 +125,23 @@ func (rv *Reviewer) Authenticate(ctx context.Context, r *http.Request) (*User, e
 	u := &User{res.Status.User}
 	rv.users.Add(key, u, rv.ttl)
 	return u, nil
+}
+
+// mayReview takes a review of a new token from the budget of the client at
+// addr (host:port, as http.Request.RemoteAddr) and the overall one.
+func (rv *Reviewer) mayReview(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	rv.mu.Lock()
+	v, ok := rv.sources.Get(host)
+	if !ok {
+		v = flowcontrol.NewTokenBucketRateLimiter(sourceReviewQPS, sourceReviewBurst)
+		rv.sources.Add(host, v)
+	}
+	rv.mu.Unlock()
+	return v.(flowcontrol.RateLimiter).TryAccept() && rv.newTokens.TryAccept()
 }
 
 // Allowed reports whether u may do what the attributes say: exactly one of
@@ -153,7 +198,7 @@ func Deny(w http.ResponseWriter, err error) {
 	}
 	msg := http.StatusText(code)
 	switch {
-	case errors.Is(err, ErrNoToken), errors.Is(err, ErrUnauthorized), errors.Is(err, ErrForbidden):
+	case errors.Is(err, ErrNoToken), errors.Is(err, ErrUnauthorized), errors.Is(err, ErrForbidden), errors.Is(err, ErrBusy):
 		msg = err.Error()
 	}
 	http.Error(w, msg, code)

@@ -1,6 +1,7 @@
 package access
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -107,5 +108,45 @@ func TestDecisionCacheKeepsExtraApart(t *testing.T) {
 	}
 	if *calls != 2 {
 		t.Errorf("%d SubjectAccessReviews for two users asked twice each, want 2 (one each)", *calls)
+	}
+}
+
+// A flood of random tokens from one address costs a handful of
+// TokenReviews, answered 429 past them; a known token from elsewhere keeps
+// working, and the same rejected token is not reviewed again.
+func TestRandomTokensAreLimited(t *testing.T) {
+	rv, calls := reviewer(t)
+	h := rv.Require(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	from := func(addr, token string) int {
+		r := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+		r.RemoteAddr = addr
+		r.Header.Set("Authorization", "Bearer "+token)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code
+	}
+	if code := from("10.0.0.9:1234", "alice-token"); code != http.StatusOK {
+		t.Fatalf("alice before the flood: %d", code)
+	}
+	before := *calls
+	codes := map[int]int{}
+	for i := range 1000 {
+		codes[from("10.6.6.6:4000", fmt.Sprintf("random-%d", i))]++
+	}
+	if reviews := *calls - before; reviews > sourceReviewBurst+1 {
+		t.Errorf("1,000 random tokens from one address made %d TokenReviews, want at most %d", reviews, sourceReviewBurst+1)
+	}
+	if codes[http.StatusTooManyRequests] == 0 || codes[http.StatusOK] > 0 {
+		t.Errorf("answers %v, want 401 then 429, never 200", codes)
+	}
+	if code := from("10.0.0.9:1234", "alice-token"); code != http.StatusOK {
+		t.Errorf("alice during the flood: %d, want 200", code)
+	}
+	before = *calls
+	for range 3 {
+		from("10.0.0.7:1", "random-0")
+	}
+	if *calls != before {
+		t.Errorf("a rejected token was reviewed again %d times", *calls-before)
 	}
 }

@@ -79,14 +79,14 @@ type NSQReader struct {
 	VanishedHold time.Duration
 
 	semOnce sync.Once
-	// sem bounds every request in flight but those of failing hosts, which
-	// failingSem bounds.
-	sem, failingSem chan struct{}
+	// sem bounds the requests in flight to proven hosts, probation those to
+	// every other host.
+	sem, probation chan struct{}
 
-	mu      sync.Mutex // guards labeled, vanished, announced, hostSem and failing
+	mu      sync.Mutex // guards labeled, vanished, announced, hostSem and proven
 	hostSem map[string]*hostSlots
-	// failing are hosts whose last read failed, and when.
-	failing map[string]time.Time
+	// proven are hosts whose last read succeeded, and when.
+	proven  map[string]time.Time
 	labeled map[string]time.Time // host -> last read
 	// vanished are nsqds an nsqlookupd stopped announcing for a topic
 	// while they may still hold its messages, with when each was first
@@ -343,9 +343,9 @@ func (r *NSQReader) prune() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.now()
-	for host, at := range r.failing {
+	for host, at := range r.proven {
 		if now.Sub(at) > forgetAfter {
-			delete(r.failing, host)
+			delete(r.proven, host)
 		}
 	}
 	if r.Metrics == nil {
@@ -413,21 +413,32 @@ func (s *Snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) 
 }
 
 // get fetches u from host and decodes its answer as it streams in. At
-// most Concurrency requests are in flight across every read, at most
-// perHostSlots to one host, and hosts whose last read failed share a pool
-// of their own (a quarter of Concurrency): hosts that hang, however many a
-// tenant names, wait on each other and never take the slots a healthy
-// host needs. A read waits for its slots at most slotWaits x Timeout; its
-// Timeout runs from when it is sent, not from when it began to wait.
+// most Concurrency requests are in flight to hosts whose last read
+// succeeded, at most perHostSlots to any one host, and every other host (new,
+// or failing: hung, refusing, garbled) waits in a pool of its own, as large:
+// hosts that hang, however many a tenant names, wait on each other and
+// never take the slots a proven host needs. A proven host's
+// read waits at most Timeout for its slots, and its Timeout runs from when
+// it is sent; any other host's read has Timeout for both, as a host that
+// has not answered yet must not hold up a tick for longer.
 func (r *NSQReader) get(ctx context.Context, host, u string, decode func(*json.Decoder) error) (err error) {
-	release, err := r.acquire(ctx, host)
+	proven := r.isProven(host)
+	if !proven {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.Timeout)
+		defer cancel()
+	}
+	release, err := r.acquire(ctx, host, proven)
 	if err != nil {
 		return fmt.Errorf("waiting for a read slot for %s: %w", host, err)
 	}
 	defer release()
-	defer func() { r.noteFailing(host, err != nil) }()
-	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
-	defer cancel()
+	defer func() { r.noteResult(host, err == nil) }()
+	if proven {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.Timeout)
+		defer cancel()
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
@@ -474,24 +485,24 @@ func (r *NSQReader) maxBytes() int64 {
 }
 
 // perHostSlots bounds the requests in flight to one host (an nsqlookupd
-// asked for many topics); slotWaits bounds, in Timeouts, how long a read
-// waits for its slots.
-const (
-	perHostSlots = 2
-	slotWaits    = 3
-)
+// asked for many topics).
+const perHostSlots = 2
 
 // acquire takes a slot of host's own and one of the pool host belongs to
-// (the failing hosts', or everyone else's), waiting at most slotWaits x
-// Timeout; release gives both back.
-func (r *NSQReader) acquire(ctx context.Context, host string) (release func(), err error) {
+// (proven hosts', or the others'), waiting at most Timeout; release gives
+// both back.
+func (r *NSQReader) acquire(ctx context.Context, host string, proven bool) (release func(), err error) {
 	r.semOnce.Do(func() {
 		n := r.Concurrency
 		if n <= 0 {
 			n = DefaultConcurrency
 		}
-		r.sem, r.failingSem = make(chan struct{}, n), make(chan struct{}, max(1, n/4))
+		r.sem, r.probation = make(chan struct{}, n), make(chan struct{}, n)
 	})
+	pool := r.probation
+	if proven {
+		pool = r.sem
+	}
 	r.mu.Lock()
 	if r.hostSem == nil {
 		r.hostSem = map[string]*hostSlots{}
@@ -502,10 +513,6 @@ func (r *NSQReader) acquire(ctx context.Context, host string) (release func(), e
 		r.hostSem[host] = hs
 	}
 	hs.users++
-	pool := r.sem
-	if _, ok := r.failing[host]; ok {
-		pool = r.failingSem
-	}
 	r.mu.Unlock()
 	done := func() {
 		r.mu.Lock()
@@ -514,7 +521,7 @@ func (r *NSQReader) acquire(ctx context.Context, host string) (release func(), e
 		}
 		r.mu.Unlock()
 	}
-	wait, cancel := context.WithTimeout(ctx, slotWaits*r.Timeout)
+	wait, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
 	select {
 	case hs.c <- struct{}{}:
@@ -532,26 +539,33 @@ func (r *NSQReader) acquire(ctx context.Context, host string) (release func(), e
 	return func() { <-pool; <-hs.c; done() }, nil
 }
 
-// noteFailing records whether host's last read failed, for the pool its
-// next read waits in; a host that failed and is not read again is
-// forgotten after forgetAfter (prune).
-func (r *NSQReader) noteFailing(host string, failed bool) {
+func (r *NSQReader) isProven(host string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.proven[host]
+	return ok
+}
+
+// noteResult records whether host's last read succeeded, for the pool its
+// next read waits in; a proven host no read names is forgotten after
+// forgetAfter (prune).
+func (r *NSQReader) noteResult(host string, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
-	case failed && len(r.failing) < maxFailingHosts:
-		if r.failing == nil {
-			r.failing = map[string]time.Time{}
+	case ok && len(r.proven) < maxProvenHosts:
+		if r.proven == nil {
+			r.proven = map[string]time.Time{}
 		}
-		r.failing[host] = r.now()
-	case !failed:
-		delete(r.failing, host)
+		r.proven[host] = r.now()
+	case !ok:
+		delete(r.proven, host)
 	}
 }
 
-// maxFailingHosts bounds the hosts remembered as failing; past it, a host
-// that fails waits in the shared pool, as before it failed.
-const maxFailingHosts = 4096
+// maxProvenHosts bounds the hosts remembered as proven; past it, a host
+// that answers still waits in the probation pool.
+const maxProvenHosts = 4096
 
 // hostSlots are the requests in flight to one host; users counts the reads
 // holding or waiting for them.

@@ -297,12 +297,16 @@ func printFlags(fs *flag.FlagSet, keep func(name string) bool) {
 }
 
 // labelOptions are the flags of label sync.
-type labelOptions struct{ platform, prefixes, keys string }
+type labelOptions struct {
+	platform, prefixes, keys string
+	proxyFromEnv             bool
+}
 
 func labelFlags(fs *flag.FlagSet, l *labelOptions) {
 	fs.StringVar(&l.keys, "image-label-keys", strings.Join(labels.DefaultKeys, ","), "the microscaling.com/ keys image labels may set (queue, group and min-replicas are left out by default: an image publisher would pick the address read, the Deployments that share room, or force replicas)")
 	fs.StringVar(&l.platform, "platform", "linux/amd64", "platform picked from a multi-arch image index")
 	fs.StringVar(&l.prefixes, "image-label-prefixes", strings.Join(labels.DefaultPrefixes, ","), "label prefixes exposed as image-labels.microscaling.com/<container>")
+	fs.BoolVar(&l.proxyFromEnv, "registry-proxy-from-env", false, "reach registries through the proxy HTTPS_PROXY/HTTP_PROXY/NO_PROXY name (off: tenants name registries and token realms, and a proxy would reach places the controller itself cannot)")
 }
 
 func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, l labelOptions, timeout, tagTTL time.Duration) (*labels.Syncer, error) {
@@ -314,7 +318,9 @@ func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, l lab
 	if err != nil {
 		return nil, fmt.Errorf("--image-label-keys: %w", err)
 	}
-	s := labels.NewSyncer(client, recorder, labels.NewResolver(*p, timeout, tagTTL), strings.Split(l.prefixes, ","))
+	r := labels.NewResolver(*p, timeout, tagTTL)
+	r.ProxyFromEnvironment = l.proxyFromEnv
+	s := labels.NewSyncer(client, recorder, r, strings.Split(l.prefixes, ","))
 	s.Keys = keys
 	return s, nil
 }

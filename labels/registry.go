@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
@@ -28,6 +29,9 @@ type Resolver struct {
 	// TagTTL is how long a tag's digest is trusted without asking again, so
 	// that one pass over many Deployments resolves each tag once.
 	TagTTL time.Duration
+	// ProxyFromEnvironment reaches registries through the environment's
+	// proxy; off, none is used.
+	ProxyFromEnvironment bool
 
 	flight singleflight.Group // one resolution per image and credentials at a time
 
@@ -126,8 +130,12 @@ func (r *Resolver) puller(kc *Keychain) (*remote.Puller, error) {
 	if p, ok := r.pullers.Get(id); ok {
 		return p.(*remote.Puller), nil
 	}
+	var proxy func(*http.Request) (*url.URL, error)
+	if r.ProxyFromEnvironment {
+		proxy = http.ProxyFromEnvironment
+	}
 	t := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
+		Proxy:                 proxy,
 		DialContext:           (&net.Dialer{Timeout: r.Timeout}).DialContext,
 		TLSHandshakeTimeout:   r.Timeout,
 		ResponseHeaderTimeout: r.Timeout,

@@ -109,6 +109,7 @@ type options struct {
 	queueMaxBytes  int64
 	queueAllow     string
 	hostsPerNS     int
+	sameNamespace  bool
 	remainderPrio  int
 	queueReads     int
 	leaderElect    bool
@@ -200,6 +201,7 @@ func controllerFlags(fs *flag.FlagSet) *options {
 	fs.DurationVar(&o.queueTimeout, "queue-timeout", 500*time.Millisecond, "timeout of one nsqd or nsqlookupd request")
 	fs.StringVar(&o.queueAllow, "queue-allow", nsq.DefaultAllow, "queue endpoints tenants may name: comma-separated CIDRs (checked on the resolved address) and DNS suffixes (on the name, for example .svc.cluster.local); link-local, multicast and the API server's addresses are refused whatever it says")
 	fs.IntVar(&o.remainderPrio, "remainder-max-priority", -1, "the highest pod priority a remainder grows at (its PriorityClass's value): a remainder takes room from everything at or below its priority, so it must run below the cluster's workloads")
+	fs.BoolVar(&o.sameNamespace, "queue-same-namespace", false, "read only queues whose in-cluster Service name (NAME.NAMESPACE[.svc...]) is in the Deployment's own namespace; bare names are refused too")
 	fs.IntVar(&o.hostsPerNS, "queue-hosts-per-namespace", 32, "distinct queue hosts the Deployments of one namespace may name; the queues of hosts past it (in sorted order) are not read and their members are held; 0: no bound")
 	fs.Int64Var(&o.queueMaxBytes, "queue-max-bytes", nsq.DefaultMaxBytes, "largest nsqd or nsqlookupd answer read; a larger one makes its queues unreadable")
 	fs.IntVar(&o.queueReads, "queue-concurrency", nsq.DefaultConcurrency, "nsqd and nsqlookupd requests in flight at once")
@@ -617,7 +619,7 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("--queue-allow: %w", err)
 	}
 	history := dashboard.NewHistory(600, 100)
-	ctrl := scaler.New(scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun, History: history, QueueHostsPerNamespace: o.hostsPerNS, RemainderMaxPriority: int32(o.remainderPrio)},
+	ctrl := scaler.New(scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun, History: history, QueueHostsPerNamespace: o.hostsPerNS, QueueSameNamespace: o.sameNamespace, RemainderMaxPriority: int32(o.remainderPrio)},
 		inf, &nsq.NSQReader{Client: nsq.NewQueueClient(queuePolicy), Timeout: o.queueTimeout, Metrics: metrics, MaxBytes: o.queueMaxBytes, Concurrency: o.queueReads},
 		scaler.ScaleWriter{Client: client}, recorder, metrics, clock.RealClock{})
 	reg.MustRegister(scalermetrics.Collector(ctrl)) // the per-Deployment gauges

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"regexp"
 	"slices"
 	"strconv"
@@ -391,6 +392,32 @@ func distance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// QueuesInNamespace checks that every in-cluster queue address of spec
+// names a Service of namespace ns: NAME.NS, NAME.NS.svc or
+// NAME.NS.svc.DOMAIN. A bare NAME is refused too (it would resolve in the
+// controller's own namespace). IP addresses and other DNS names are left to
+// the endpoint policy. The problems come as Parse gives them.
+func QueuesInNamespace(spec Spec, ns string) error {
+	var errs []error
+	for _, q := range spec.Queues {
+		host, _, err := net.SplitHostPort(q.Host)
+		if err != nil {
+			host = q.Host
+		}
+		if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+			continue
+		}
+		labels := strings.Split(strings.TrimSuffix(host, "."), ".")
+		switch {
+		case len(labels) == 1:
+			errs = append(errs, &FieldError{Key: Queue, Value: q.String(), Want: "an in-cluster Service as NAME." + ns + " (a bare name resolves in the controller's namespace)"})
+		case (len(labels) == 2 || labels[2] == "svc") && labels[1] != ns:
+			errs = append(errs, &FieldError{Key: Queue, Value: q.String(), Want: "a Service of this Deployment's namespace, NAME." + ns + "[.svc...]: queues in other namespaces are not read"})
+		}
+	}
+	return utilerrors.NewAggregate(errs)
 }
 
 // FieldErrors returns the problems in an error returned by Parse.

@@ -269,3 +269,33 @@ func TestParseIsBounded(t *testing.T) {
 		t.Errorf("%d unknown keys carry a suggestion, want %d", hints, maxSuggestions)
 	}
 }
+
+// With queues kept to a Deployment's own namespace, another namespace's
+// Service and a bare name (which resolves in the controller's namespace)
+// are refused; IPs and names outside the cluster are the endpoint
+// policy's to judge.
+func TestQueuesInNamespace(t *testing.T) {
+	for q, ok := range map[string]bool{
+		"nsq://nsqd.team-a:4151/t/c":                                true,
+		"nsq://nsqd.team-a.svc:4151/t/c":                            true,
+		"nsqlookupd://nsqlookupd.team-a.svc.cluster.local:4161/t/c": true,
+		"nsq://10.1.2.3:4151/t/c":                                   true,
+		"nsq://[fd00::1]:4151/t/c":                                  true,
+		"nsq://nsq.example.com:4151/t/c":                            true,
+		"nsq://nsqd.team-b:4151/t/c":                                false,
+		"nsq://nsqd.team-b.svc.cluster.local:4151/t/c":              false,
+		"nsq://nsqd:4151/t/c":                                       false,
+	} {
+		spec, err := Parse("d", map[string]string{Queue: q, TargetQueueLength: "5", MaxReplicas: "5"})
+		if err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		err = QueuesInNamespace(spec, "team-a")
+		if (err == nil) != ok {
+			t.Errorf("%s: err = %v, want allowed %v", q, err, ok)
+		}
+		if fes := FieldErrors(err); err != nil && (len(fes) != 1 || fes[0].Key != Queue) {
+			t.Errorf("%s: problems %v, want one naming %s", q, fes, Queue)
+		}
+	}
+}

@@ -74,6 +74,9 @@ type Config struct {
 	DryRun   bool
 	// History, when set, keeps recent decisions for the dashboard.
 	History *dashboard.History
+	// QueueSameNamespace reads only queues of the Deployment's own namespace
+	// among in-cluster Service names (annotations.QueuesInNamespace).
+	QueueSameNamespace bool
 	// RemainderMaxPriority is the highest pod priority a remainder may grow
 	// at: a remainder takes room from everything at or below its priority
 	// in the cluster, so it must run below them.
@@ -356,6 +359,9 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 		return st
 	}
 	spec, err := annotations.Parse(d.Name, d.Annotations)
+	if err == nil && c.cfg.QueueSameNamespace {
+		err = annotations.QueuesInNamespace(spec, d.Namespace)
+	}
 	if removed := removedDefining(before, d.Annotations); err != nil && st.spec != nil && len(removed) > 0 {
 		// Taking away what made it managed is a release, not a mistake to
 		// keep the last settings through.

@@ -616,3 +616,29 @@ func TestRemovingTheQueueReleases(t *testing.T) {
 		})
 	}
 }
+
+// With QueueSameNamespace, a consumer naming another namespace's nsqd gets
+// a Warning naming the key and is left alone: no read, no write.
+func TestQueueSameNamespace(t *testing.T) {
+	f := newConsumerFixture(t)
+	f.consumer.Annotations[annotations.Queue] = "nsq://nsqd.other.svc:4151/t/c"
+	f.c = New(Config{Interval: time.Second, Workers: 2, QueueSameNamespace: true}, f.cluster, f.queues, f.writer, f.rec, metrics.NewMetrics(prometheus.NewRegistry()), f.clk)
+	f.queues.mu.Lock()
+	f.queues.backlog = 1000
+	f.queues.mu.Unlock()
+	f.clk.Step(time.Second)
+	f.c.runTick(f.ctx, f.clk.Now())
+	if w := f.writer.take(); len(w) > 0 {
+		t.Errorf("writes %q, want none", w)
+	}
+	close(f.rec.Events)
+	var warned []string
+	for e := range f.rec.Events {
+		if strings.Contains(e, "InvalidAnnotation") {
+			warned = append(warned, e)
+		}
+	}
+	if len(warned) != 1 || !strings.Contains(warned[0], annotations.Queue) || !strings.Contains(warned[0], "this Deployment's namespace") {
+		t.Errorf("Events %q, want one InvalidAnnotation naming %s and the namespace rule", warned, annotations.Queue)
+	}
+}

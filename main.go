@@ -625,7 +625,14 @@ func run(ctx context.Context, o options) error {
 	reg.MustRegister(scalermetrics.Collector(ctrl)) // the per-Deployment gauges
 
 	if o.syncLabels {
-		syncer, err := newSyncer(client, recorder, o.labels, 10*time.Second, o.labelInterval/2)
+		// Label sync reads Secrets and ServiceAccounts and patches Deployments
+		// on a client of its own: however many pull secrets tenants list, it
+		// cannot spend the rate limit the /scale writes need.
+		labelClient, err := newClient(o.kubeconfig, 10, 20, metrics.CountRequests)
+		if err != nil {
+			return err
+		}
+		syncer, err := newSyncer(labelClient, recorder, o.labels, 10*time.Second, o.labelInterval/2)
 		if err != nil {
 			return err
 		}

@@ -311,7 +311,7 @@ func labelFlags(fs *flag.FlagSet, l *labelOptions) {
 	fs.BoolVar(&l.proxyFromEnv, "registry-proxy-from-env", false, "reach registries through the proxy HTTPS_PROXY/HTTP_PROXY/NO_PROXY name (off: tenants name registries and token realms, and a proxy would reach places the controller itself cannot)")
 }
 
-func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, l labelOptions, timeout, tagTTL time.Duration) (*labels.Syncer, error) {
+func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, l labelOptions, timeout, tagTTL time.Duration, deny []netip.AddrPort) (*labels.Syncer, error) {
 	p, err := v1.ParsePlatform(l.platform)
 	if err != nil {
 		return nil, fmt.Errorf("--platform %q: %w", l.platform, err)
@@ -321,7 +321,7 @@ func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, l lab
 		return nil, fmt.Errorf("--image-label-keys: %w", err)
 	}
 	r := labels.NewResolver(*p, timeout, tagTTL)
-	r.ProxyFromEnvironment = l.proxyFromEnv
+	r.ProxyFromEnvironment, r.Deny = l.proxyFromEnv, deny
 	s := labels.NewSyncer(client, recorder, r, strings.Split(l.prefixes, ","))
 	s.Keys = keys
 	return s, nil
@@ -505,7 +505,11 @@ func syncLabelsMain(ctx context.Context, args []string) error {
 	}
 	recorder := labels.NewSyncRecorder(ctx, client, "microscaling-sync-labels")
 	// One pass: each tag is resolved once however many Deployments use it.
-	s, err := newSyncer(client, recorder, lo, timeout, time.Hour)
+	deny, err := apiServerAddrs(ctx, kubeconfig)
+	if err != nil {
+		return err
+	}
+	s, err := newSyncer(client, recorder, lo, timeout, time.Hour, deny)
 	if err != nil {
 		return err
 	}
@@ -632,7 +636,7 @@ func run(ctx context.Context, o options) error {
 		if err != nil {
 			return err
 		}
-		syncer, err := newSyncer(labelClient, recorder, o.labels, 10*time.Second, o.labelInterval/2)
+		syncer, err := newSyncer(labelClient, recorder, o.labels, 10*time.Second, o.labelInterval/2, deny)
 		if err != nil {
 			return err
 		}

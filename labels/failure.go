@@ -8,6 +8,8 @@ import (
 	"slices"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/microscaling/microscaling/scaler/egress"
 )
 
 // registryCodes are the error codes of the distribution spec: a registry's
@@ -31,6 +33,8 @@ func failure(image string, err error) string {
 	switch {
 	case errors.Is(err, errConfigTooLarge):
 		cls = fmt.Sprintf("image config over %d bytes", MaxConfigBytes)
+	case errors.Is(err, egress.ErrNotAllowed):
+		cls = "registry or token realm address not allowed"
 	case errors.Is(err, errAnswerTooLarge):
 		cls = fmt.Sprintf("registry answer (manifest or index) over %d bytes", MaxAnswerBytes)
 	case errors.As(err, &te):

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"sync"
 	"time"
@@ -18,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sync/singleflight"
 	"k8s.io/utils/lru"
+
+	"github.com/microscaling/microscaling/scaler/egress"
 )
 
 // Resolver reads image labels from registries. A digest is read once; a tag
@@ -32,6 +35,10 @@ type Resolver struct {
 	// ProxyFromEnvironment reaches registries through the environment's
 	// proxy; off, none is used.
 	ProxyFromEnvironment bool
+	// Deny are addresses no registry or token realm may be (the API
+	// server's); link-local and cloud metadata addresses are refused too
+	// (egress.Refused), checked on the address dialed.
+	Deny []netip.AddrPort
 
 	flight singleflight.Group // one resolution per image and credentials at a time
 
@@ -136,7 +143,7 @@ func (r *Resolver) puller(kc *Keychain) (*remote.Puller, error) {
 	}
 	t := &http.Transport{
 		Proxy:                 proxy,
-		DialContext:           (&net.Dialer{Timeout: r.Timeout}).DialContext,
+		DialContext:           egress.Dial(&net.Dialer{Timeout: r.Timeout}, egress.Deny(r.Deny)),
 		TLSHandshakeTimeout:   r.Timeout,
 		ResponseHeaderTimeout: r.Timeout,
 		MaxIdleConnsPerHost:   16,

@@ -7,6 +7,7 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"runtime"
 	"strings"
 	"testing"
@@ -172,5 +173,38 @@ func TestLargeIndexRefused(t *testing.T) {
 				t.Errorf("allocated %d MiB reading it, want under 32 MiB", grew>>20)
 			}
 		})
+	}
+}
+
+// A tenant's registry whose token realm points at an address no tenant may
+// reach (here the API server's, as the controller denies it) never has the
+// realm fetched; the read fails as a class, nothing of the realm's answer
+// goes anywhere.
+func TestRealmOnADeniedAddressIsNotFetched(t *testing.T) {
+	internalHits := 0
+	internal := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		internalHits++
+		_, _ = w.Write([]byte(`{"token":"internal-secret"}`))
+	}))
+	defer internal.Close()
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		// By name: the library refuses private realm addresses written
+		// as such, not names that resolve to them.
+		realm := strings.Replace(internal.URL, "127.0.0.1", "localhost", 1)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm+`/token",service="registry"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	defer reg.Close()
+	r := NewResolver(v1.Platform{OS: "linux", Architecture: "amd64"}, 5*time.Second, time.Minute)
+	r.Deny = []netip.AddrPort{netip.MustParseAddrPort(strings.TrimPrefix(internal.URL, "http://"))}
+	_, _, err := r.Labels(context.Background(), strings.TrimPrefix(reg.URL, "http://")+"/app:1", nil)
+	if err == nil {
+		t.Fatal("read succeeded, want the realm refused")
+	}
+	if internalHits != 0 {
+		t.Errorf("the denied realm was fetched %d times", internalHits)
+	}
+	if msg := failure("app:1", err); !strings.Contains(msg, "address not allowed") || strings.Contains(msg, "internal-secret") || strings.Contains(msg, "localhost") {
+		t.Errorf("the tenant's Event would read %q", msg)
 	}
 }

@@ -8,16 +8,17 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/microscaling/microscaling/scaler/egress"
 )
 
 // errNotAllowed is what a queue address that tenants may not reach gives.
-var errNotAllowed = errors.New("address not allowed for a queue")
+var errNotAllowed = egress.ErrNotAllowed
 
 // DefaultAllow is the queue endpoint policy when the operator sets none:
 // private, shared (CGNAT) and loopback networks, where in-cluster Services
@@ -73,17 +74,6 @@ func (p Policy) nameAllowed(host string) bool {
 	return false
 }
 
-// metadataNets are the instance metadata services of the major clouds
-// outside link-local (which is refused as a whole): AWS's IPv6 endpoints
-// (IMDS fd00:ec2::254, and its DNS and time services beside it), Alibaba
-// Cloud's 100.100.100.200 (inside the CGNAT range the default allows), and
-// Oracle Cloud's legacy 192.0.0.192.
-var metadataNets = []netip.Prefix{
-	netip.MustParsePrefix("fd00:ec2::/64"),
-	netip.MustParsePrefix("100.100.100.200/32"),
-	netip.MustParsePrefix("192.0.0.192/32"),
-}
-
 // cgnat is the shared address space (RFC 6598), where some clusters put
 // pods and Services.
 var cgnat = netip.MustParsePrefix("100.64.0.0/10")
@@ -92,19 +82,11 @@ var cgnat = netip.MustParsePrefix("100.64.0.0/10")
 // address was resolved from matched a DNS suffix.
 func (p Policy) check(ap netip.AddrPort, byName bool) error {
 	a := ap.Addr().Unmap()
-	switch {
-	case a.IsLinkLocalUnicast(), a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast(), a.IsMulticast(), a.IsUnspecified():
+	if egress.Refused(a) {
 		return errNotAllowed
 	}
-	for _, n := range metadataNets {
-		if n.Contains(a) {
-			return errNotAllowed
-		}
-	}
-	for _, d := range p.Deny {
-		if d.Addr().Unmap() == a && d.Port() == ap.Port() {
-			return errNotAllowed
-		}
+	if err := egress.Deny(p.Deny)(netip.AddrPortFrom(a, ap.Port()), ""); err != nil {
+		return err
 	}
 	if byName && (a.IsPrivate() || a.IsLoopback() || cgnat.Contains(a)) {
 		return nil
@@ -123,37 +105,9 @@ func (p Policy) check(ap netip.AddrPort, byName bool) error {
 // address checked, and the checked address is the one dialed, so a DNS
 // answer cannot swap in another between the check and the dial.
 func NewQueueClient(p Policy) *http.Client {
-	d := &net.Dialer{Timeout: 5 * time.Second}
-	dial := func(ctx context.Context, network, address string) (net.Conn, error) {
-		host, port, err := net.SplitHostPort(address)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", errNotAllowed, err)
-		}
-		pn, err := strconv.ParseUint(port, 10, 16)
-		if err != nil {
-			return nil, fmt.Errorf("%w: port %q", errNotAllowed, port)
-		}
-		ips := []netip.Addr{}
-		if ip, err := netip.ParseAddr(host); err == nil {
-			ips = append(ips, ip)
-		} else if ips, err = net.DefaultResolver.LookupNetIP(ctx, "ip", host); err != nil {
-			return nil, err
-		}
-		byName := p.nameAllowed(host)
-		var last error = errNotAllowed
-		for _, ip := range ips {
-			ap := netip.AddrPortFrom(ip.Unmap(), uint16(pn))
-			if last = p.check(ap, byName); last != nil {
-				continue
-			}
-			c, err := d.DialContext(ctx, network, ap.String())
-			if err == nil {
-				return c, nil
-			}
-			last = err
-		}
-		return nil, last
-	}
+	dial := egress.Dial(&net.Dialer{Timeout: 5 * time.Second}, func(ap netip.AddrPort, host string) error {
+		return p.check(ap, p.nameAllowed(host))
+	})
 	return &http.Client{
 		Transport: &http.Transport{
 			Proxy:               nil,

@@ -510,13 +510,7 @@ func TestQueueHostsPerNamespace(t *testing.T) {
 	if got := queues.take(); got != "h1:1+h2:1+h3:1 h1:1+h2:1+h3:1" {
 		t.Errorf("reads %q", got)
 	}
-	close(rec.Events)
-	var held []string
-	for e := range rec.Events {
-		if strings.Contains(e, "QueueUnreadable") {
-			held = append(held, e)
-		}
-	}
+	held := drained(rec, "QueueUnreadable")
 	if len(held) != 1 || !strings.Contains(held[0], "namespace greedy names more than 2 queue hosts") {
 		t.Errorf("QueueUnreadable Events %q, want one for greedy/m0 naming the bound", held)
 	}
@@ -539,13 +533,7 @@ func TestLookupTopicsCountTowardTheCap(t *testing.T) {
 	c := New(Config{Interval: time.Second, Workers: 2, QueueHostsPerNamespace: 2}, cluster, &readsQueues{}, &fakeWriter{}, rec, metrics.NewMetrics(prometheus.NewRegistry()), clk)
 	clk.Step(time.Second)
 	c.runTick(t.Context(), clk.Now())
-	close(rec.Events)
-	var held []string
-	for e := range rec.Events {
-		if strings.Contains(e, "QueueUnreadable") {
-			held = append(held, e)
-		}
-	}
+	held := drained(rec, "QueueUnreadable")
 	if len(held) != 1 || !strings.Contains(held[0], "namespace greedy names more than 2 queue hosts") {
 		t.Errorf("QueueUnreadable Events %q, want one (the third topic) naming the bound", held)
 	}
@@ -631,14 +619,20 @@ func TestQueueSameNamespace(t *testing.T) {
 	if w := f.writer.take(); len(w) > 0 {
 		t.Errorf("writes %q, want none", w)
 	}
-	close(f.rec.Events)
-	var warned []string
-	for e := range f.rec.Events {
-		if strings.Contains(e, "InvalidAnnotation") {
-			warned = append(warned, e)
-		}
-	}
+	warned := drained(f.rec, "InvalidAnnotation")
 	if len(warned) != 1 || !strings.Contains(warned[0], annotations.Queue) || !strings.Contains(warned[0], "this Deployment's namespace") {
 		t.Errorf("Events %q, want one InvalidAnnotation naming %s and the namespace rule", warned, annotations.Queue)
 	}
+}
+
+// drained closes rec and returns the Events it recorded that carry reason.
+func drained(rec *record.FakeRecorder, reason string) []string {
+	close(rec.Events)
+	var out []string
+	for e := range rec.Events {
+		if strings.Contains(e, reason) {
+			out = append(out, e)
+		}
+	}
+	return out
 }

@@ -10,7 +10,6 @@ import (
 	"maps"
 	"net"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -74,20 +73,6 @@ const (
 	// RuleRemainder fills the room its group leaves spare.
 	RuleRemainder RuleKind = "remainder"
 )
-
-// QueueRef is one queue address: an nsqd or an nsqlookupd, a topic and a channel.
-type QueueRef struct {
-	// Scheme is "nsq" (one nsqd) or "nsqlookupd" (every nsqd carrying the topic).
-	Scheme  string
-	Host    string // host:port of the HTTP API
-	Topic   string
-	Channel string
-}
-
-// String renders the reference in the form Parse accepts.
-func (q QueueRef) String() string {
-	return q.Scheme + "://" + q.Host + "/" + q.Topic + "/" + q.Channel
-}
 
 // Spec is the parsed, validated contract of one Deployment.
 type Spec struct {
@@ -206,10 +191,17 @@ func Parse(name string, ann map[string]string) (Spec, error) {
 	}
 	if hasWait {
 		s.TargetWait = p.duration(TargetWait, MinTargetWait, MaxTargetWait, "a Go duration from 100ms to 24h, for example 5s or 2m")
+		for _, q := range s.Queues {
+			if !q.CountsArrivals() {
+				p.fail(TargetWait, ann[TargetWait], "needs queues that count arrivals; a "+q.Scheme+" queue here "+
+					" does not (a Redis list, or a Prometheus queue without arrivals=): use target-queue-length")
+				break
+			}
+		}
 	}
 	_, hasQueue := p.get(Queue)
 	if s.Rule == RuleQueue && !hasQueue {
-		p.fail(Queue, "", "required with rule queue: nsq://HOST:PORT/TOPIC/CHANNEL or nsqlookupd://HOST:PORT/TOPIC/CHANNEL")
+		p.fail(Queue, "", "required with rule queue: "+queueForms)
 	}
 	if s.Rule == RuleRemainder && hasQueue {
 		p.fail(Queue, ann[Queue], "not used with rule remainder: remove it or use rule queue")
@@ -288,45 +280,6 @@ func (p *parser) boolean(key string) bool {
 	}
 	p.fail(key, v, `"true" or "false"`)
 	return false
-}
-
-// nsqName is the NSQ rule for topic and channel names.
-var nsqName = regexp.MustCompile(`^[.a-zA-Z0-9_-]{1,64}(#ephemeral)?$`)
-
-func (p *parser) queues(v string) []QueueRef {
-	const want = "comma-separated nsq://HOST:PORT/TOPIC/CHANNEL or nsqlookupd://HOST:PORT/TOPIC/CHANNEL, topic and channel of 1-64 characters [.a-zA-Z0-9_-]"
-	var refs []QueueRef
-	parts := strings.Split(v, ",")
-	if len(parts) > maxQueues {
-		p.fail(Queue, v, fmt.Sprintf("at most %d queues", maxQueues))
-		return nil
-	}
-	for _, part := range parts {
-		part = strings.TrimSpace(part)
-		scheme, rest, ok := strings.Cut(part, "://")
-		if !ok || (scheme != "nsq" && scheme != "nsqlookupd") {
-			p.fail(Queue, part, want)
-			continue
-		}
-		hostPort, path, _ := strings.Cut(rest, "/")
-		host, port, err := net.SplitHostPort(hostPort)
-		if n, perr := strconv.Atoi(port); err != nil || host == "" || strings.ContainsAny(host, "@?#") || perr != nil || n < 1 || n > 65535 {
-			p.fail(Queue, part, want+" (HOST:PORT must name a port from 1 to 65535)")
-			continue
-		}
-		segs := strings.Split(path, "/")
-		if len(segs) != 2 || !nsqName.MatchString(segs[0]) || !nsqName.MatchString(segs[1]) {
-			p.fail(Queue, part, want)
-			continue
-		}
-		ref := QueueRef{Scheme: scheme, Host: hostPort, Topic: segs[0], Channel: segs[1]}
-		if slices.Contains(refs, ref) {
-			p.fail(Queue, part, "each queue once")
-			continue
-		}
-		refs = append(refs, ref)
-	}
-	return refs
 }
 
 // MaxAnnotations and MaxAnnotationBytes bound the microscaling.com/*

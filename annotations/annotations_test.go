@@ -22,7 +22,7 @@ func TestParseValid(t *testing.T) {
 			ann:  map[string]string{Queue: "nsq://nsq:4151/jobs/work", TargetQueueLength: "50", MaxReplicas: "10"},
 			want: Spec{Group: "consumer", Priority: 1, Rule: RuleQueue, TargetQueueLength: 50, MaxReplicas: 10,
 				ScaleDownDelay: DefaultScaleDownDelay,
-				Queues:         []QueueRef{{Scheme: "nsq", Host: "nsq:4151", Topic: "jobs", Channel: "work"}}},
+				Queues:         []QueueRef{{Scheme: "nsq", Host: "nsq:4151", Name: "jobs", Sub: "work"}}},
 		},
 		{
 			name: "remainder with every optional key",
@@ -37,22 +37,22 @@ func TestParseValid(t *testing.T) {
 				TargetQueueLength: "1", MaxReplicas: "1"},
 			want: Spec{Group: "consumer", Priority: 1, Rule: RuleQueue, TargetQueueLength: 1, MaxReplicas: 1,
 				ScaleDownDelay: DefaultScaleDownDelay, Queues: []QueueRef{
-					{Scheme: "nsqlookupd", Host: "lookup:4161", Topic: "a", Channel: "b"},
-					{Scheme: "nsq", Host: "10.0.0.1:4151", Topic: "a", Channel: "c#ephemeral"}}},
+					{Scheme: "nsqlookupd", Host: "lookup:4161", Name: "a", Sub: "b"},
+					{Scheme: "nsq", Host: "10.0.0.1:4151", Name: "a", Sub: "c#ephemeral"}}},
 		},
 		{
 			name: "wait target instead of a queue length",
 			ann:  map[string]string{Queue: "nsq://nsq:4151/jobs/work", TargetWait: "2.5s", MaxReplicas: "10"},
 			want: Spec{Group: "consumer", Priority: 1, Rule: RuleQueue, TargetWait: 2500 * time.Millisecond, MaxReplicas: 10,
 				ScaleDownDelay: DefaultScaleDownDelay,
-				Queues:         []QueueRef{{Scheme: "nsq", Host: "nsq:4151", Topic: "jobs", Channel: "work"}}},
+				Queues:         []QueueRef{{Scheme: "nsq", Host: "nsq:4151", Name: "jobs", Sub: "work"}}},
 		},
 		{
 			name: "both targets",
 			ann:  map[string]string{Queue: "nsq://nsq:4151/jobs/work", TargetQueueLength: "500", TargetWait: "1m", MaxReplicas: "10"},
 			want: Spec{Group: "consumer", Priority: 1, Rule: RuleQueue, TargetQueueLength: 500, TargetWait: time.Minute, MaxReplicas: 10,
 				ScaleDownDelay: DefaultScaleDownDelay,
-				Queues:         []QueueRef{{Scheme: "nsq", Host: "nsq:4151", Topic: "jobs", Channel: "work"}}},
+				Queues:         []QueueRef{{Scheme: "nsq", Host: "nsq:4151", Name: "jobs", Sub: "work"}}},
 		},
 		{
 			name: "other annotations are ignored",

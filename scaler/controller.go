@@ -320,7 +320,7 @@ func (c *Controller) capHosts(hosts map[string]map[string]bool) map[string]map[s
 // nsqlookupd is one lookup per topic, each its own.
 func readTarget(q annotations.QueueRef) string {
 	if q.Scheme == "nsqlookupd" {
-		return q.Host + "/" + q.Topic
+		return q.Host + "/" + q.Name
 	}
 	return q.Host
 }

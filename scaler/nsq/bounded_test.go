@@ -58,7 +58,7 @@ func TestHugeAnswersFailFast(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := &NSQReader{Timeout: 5 * time.Second}
-			q := annotations.QueueRef{Scheme: tc.scheme, Host: host, Topic: "jobs", Channel: "work"}
+			q := annotations.QueueRef{Scheme: tc.scheme, Host: host, Name: "jobs", Sub: "work"}
 			var err error
 			t0 := time.Now()
 			n := allocated(func() { _, err = r.Read(context.Background(), []annotations.QueueRef{q}).Reading(q) })
@@ -88,11 +88,11 @@ func TestNestedWrappersAreRefused(t *testing.T) {
 	}))
 	defer healthy.Close()
 	bad := strings.TrimPrefix(hostile.URL, "http://")
-	good := annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(healthy.URL, "http://"), Topic: "jobs", Channel: "work"}
+	good := annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(healthy.URL, "http://"), Name: "jobs", Sub: "work"}
 	for _, scheme := range []string{"nsq", "nsqlookupd"} {
 		t.Run(scheme, func(t *testing.T) {
 			r := &NSQReader{Timeout: 5 * time.Second, MaxBytes: 128 << 20}
-			q := annotations.QueueRef{Scheme: scheme, Host: bad, Topic: "jobs", Channel: "work"}
+			q := annotations.QueueRef{Scheme: scheme, Host: bad, Name: "jobs", Sub: "work"}
 			var err, goodErr error
 			var got int64
 			n := allocated(func() {
@@ -150,7 +150,7 @@ func TestReadsAreBounded(t *testing.T) {
 		}))
 		defer srv.Close()
 		servers = append(servers, srv)
-		refs = append(refs, annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(srv.URL, "http://"), Topic: "jobs", Channel: "work"})
+		refs = append(refs, annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(srv.URL, "http://"), Name: "jobs", Sub: "work"})
 	}
 	r := &NSQReader{Timeout: 5 * time.Second, Concurrency: 4}
 	snap := r.Read(context.Background(), refs)
@@ -180,7 +180,7 @@ func TestSlowHostDelaysOnlyItsQueues(t *testing.T) {
 	fast := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(stats1x)) }))
 	defer fast.Close()
 	q := func(u string) annotations.QueueRef {
-		return annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(u, "http://"), Topic: "jobs", Channel: "work"}
+		return annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(u, "http://"), Name: "jobs", Sub: "work"}
 	}
 	r := &NSQReader{Timeout: time.Minute}
 	got := make(chan error, 1)
@@ -242,7 +242,7 @@ func TestHungHostsDoNotStarveOthers(t *testing.T) {
 		_, _ = w.Write([]byte(stats1x))
 	}))
 	defer healthy.Close()
-	victim := annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(healthy.URL, "http://"), Topic: "jobs", Channel: "work"}
+	victim := annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(healthy.URL, "http://"), Name: "jobs", Sub: "work"}
 	hungLookupd := hungHost(t)
 	for _, tc := range []struct {
 		name string
@@ -251,14 +251,14 @@ func TestHungHostsDoNotStarveOthers(t *testing.T) {
 		{"32 hung nsqds", func() []annotations.QueueRef {
 			var refs []annotations.QueueRef
 			for range 32 {
-				refs = append(refs, annotations.QueueRef{Scheme: "nsq", Host: hungHost(t), Topic: "jobs", Channel: "work"})
+				refs = append(refs, annotations.QueueRef{Scheme: "nsq", Host: hungHost(t), Name: "jobs", Sub: "work"})
 			}
 			return refs
 		}},
 		{"a hung nsqlookupd asked for 256 topics", func() []annotations.QueueRef {
 			var refs []annotations.QueueRef
 			for i := range 256 {
-				refs = append(refs, annotations.QueueRef{Scheme: "nsqlookupd", Host: hungLookupd, Topic: fmt.Sprintf("t%d", i), Channel: "work"})
+				refs = append(refs, annotations.QueueRef{Scheme: "nsqlookupd", Host: hungLookupd, Name: fmt.Sprintf("t%d", i), Sub: "work"})
 			}
 			return refs
 		}},

@@ -153,14 +153,14 @@ func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) polic
 	keys := map[lookupKey]bool{}
 	for _, q := range refs {
 		if q.Scheme == "nsqlookupd" {
-			keys[lookupKey{q.Host, q.Topic}] = true
-			lookedUp[q.Topic] = true
+			keys[lookupKey{q.Host, q.Name}] = true
+			lookedUp[q.Name] = true
 			continue
 		}
 		if direct[q.Host] == nil {
 			direct[q.Host] = map[string]bool{}
 		}
-		direct[q.Host][q.Topic] = true
+		direct[q.Host][q.Name] = true
 	}
 	r.prune()
 	r.expireLookups(keys)
@@ -366,7 +366,7 @@ func (r *NSQReader) prune() {
 func (s *Snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	hosts := []string{q.Host}
 	if q.Scheme == "nsqlookupd" {
-		lf, ok := s.lookups[lookupKey{q.Host, q.Topic}]
+		lf, ok := s.lookups[lookupKey{q.Host, q.Name}]
 		if !ok {
 			return policy.QueueReading{}, fmt.Errorf("nsqlookupd %s: not read", q.Host)
 		}
@@ -391,11 +391,11 @@ func (s *Snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) 
 		if f.st.at.After(out.At) {
 			out.At = f.st.at
 		}
-		t, ok := f.st.byName[q.Topic]
+		t, ok := f.st.byName[q.Name]
 		if !ok {
 			continue // no such topic on this nsqd: nothing waits there
 		}
-		i := slices.IndexFunc(t.Channels, func(c nsqChannel) bool { return c.Name == q.Channel })
+		i := slices.IndexFunc(t.Channels, func(c nsqChannel) bool { return c.Name == q.Sub })
 		if i < 0 {
 			// No channel yet: messages wait in the topic.
 			out.Backlog += t.Depth

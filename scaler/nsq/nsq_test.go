@@ -67,8 +67,8 @@ func TestNSQReader(t *testing.T) {
 			host := strings.TrimPrefix(srv.URL, "http://")
 			at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 			r := &NSQReader{Timeout: 100 * time.Millisecond, Clock: clocktesting.NewFakePassiveClock(at)}
-			q := annotations.QueueRef{Scheme: "nsq", Host: host, Topic: tc.topic, Channel: tc.channel}
-			other := annotations.QueueRef{Scheme: "nsq", Host: host, Topic: "other", Channel: "c"}
+			q := annotations.QueueRef{Scheme: "nsq", Host: host, Name: tc.topic, Sub: tc.channel}
+			other := annotations.QueueRef{Scheme: "nsq", Host: host, Name: "other", Sub: "c"}
 			got, err := r.Read(context.Background(), []annotations.QueueRef{q, other}).Reading(q)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
@@ -118,12 +118,12 @@ func TestNSQLookupd(t *testing.T) {
 	defer lookupd.Close()
 	r := &NSQReader{Timeout: time.Second}
 	host := strings.TrimPrefix(lookupd.URL, "http://")
-	jobs := annotations.QueueRef{Scheme: "nsqlookupd", Host: host, Topic: "jobs", Channel: "work"}
-	unknown := annotations.QueueRef{Scheme: "nsqlookupd", Host: host, Topic: "unknown", Channel: "work"}
+	jobs := annotations.QueueRef{Scheme: "nsqlookupd", Host: host, Name: "jobs", Sub: "work"}
+	unknown := annotations.QueueRef{Scheme: "nsqlookupd", Host: host, Name: "unknown", Sub: "work"}
 	// Another tenant's topic that fails, and one that reads the lookupd's
 	// port as if it were an nsqd: neither may fail the jobs topic.
-	broken := annotations.QueueRef{Scheme: "nsqlookupd", Host: host, Topic: "broken", Channel: "work"}
-	asNSQD := annotations.QueueRef{Scheme: "nsq", Host: host, Topic: "jobs", Channel: "work"}
+	broken := annotations.QueueRef{Scheme: "nsqlookupd", Host: host, Name: "broken", Sub: "work"}
+	asNSQD := annotations.QueueRef{Scheme: "nsq", Host: host, Name: "jobs", Sub: "work"}
 	snap := r.Read(context.Background(), []annotations.QueueRef{jobs, unknown, broken, asNSQD})
 	if got, err := snap.Reading(jobs); err != nil || got.Backlog != 74 {
 		t.Errorf("jobs via lookupd = %+v, %v; want backlog 74 (37 on each of 2 nsqds)", got, err)
@@ -162,7 +162,7 @@ func TestReadMetricsHostsBounded(t *testing.T) {
 	r := &NSQReader{Timeout: time.Second, Metrics: m, Clock: clk}
 	host := strings.TrimPrefix(nsqd.URL, "http://")
 	ref := func(h string) annotations.QueueRef {
-		return annotations.QueueRef{Scheme: "nsq", Host: h, Topic: "jobs", Channel: "work"}
+		return annotations.QueueRef{Scheme: "nsq", Host: h, Name: "jobs", Sub: "work"}
 	}
 	if n := readAll(r, ref(host)); n != 0 {
 		t.Fatalf("%d reads of the nsqd failed", n)
@@ -216,7 +216,7 @@ func TestVanishedProducerStillCounts(t *testing.T) {
 		_, _ = w.Write([]byte(`{"producers":[` + announce + `]}`))
 	}))
 	defer lookupd.Close()
-	q := annotations.QueueRef{Scheme: "nsqlookupd", Host: strings.TrimPrefix(lookupd.URL, "http://"), Topic: "jobs", Channel: "work"}
+	q := annotations.QueueRef{Scheme: "nsqlookupd", Host: strings.TrimPrefix(lookupd.URL, "http://"), Name: "jobs", Sub: "work"}
 	clk := clocktesting.NewFakePassiveClock(time.Now())
 	r := &NSQReader{Timeout: time.Second, Clock: clk, VanishedHold: 30 * time.Second}
 	read := func() (policy.QueueReading, error) {

@@ -40,7 +40,7 @@ func TestQueueClientRefuses(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			ref := annotations.QueueRef{Scheme: "nsq", Host: tc.host, Topic: "t", Channel: "c"}
+			ref := annotations.QueueRef{Scheme: "nsq", Host: tc.host, Name: "t", Sub: "c"}
 			_, err := r.Read(context.Background(), []annotations.QueueRef{ref}).Reading(ref)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want one saying %q", err, tc.want)
@@ -156,7 +156,7 @@ func TestQueueAllowList(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := &NSQReader{Client: NewQueueClient(p), Timeout: 2 * time.Second}
-			ref := annotations.QueueRef{Scheme: "nsq", Host: tc.host, Topic: "jobs", Channel: "work"}
+			ref := annotations.QueueRef{Scheme: "nsq", Host: tc.host, Name: "jobs", Sub: "work"}
 			_, err = r.Read(context.Background(), []annotations.QueueRef{ref}).Reading(ref)
 			if (tc.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
 				t.Fatalf("err = %v, want %q", err, tc.wantErr)

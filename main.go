@@ -59,7 +59,8 @@ import (
 	"github.com/microscaling/microscaling/scaler/access"
 	"github.com/microscaling/microscaling/scaler/dashboard"
 	scalermetrics "github.com/microscaling/microscaling/scaler/metrics"
-	"github.com/microscaling/microscaling/scaler/nsq"
+	"github.com/microscaling/microscaling/scaler/queue"
+	"github.com/microscaling/microscaling/scaler/queue/nsq"
 	"github.com/microscaling/microscaling/scaler/status"
 )
 
@@ -101,26 +102,27 @@ type options struct {
 	labelInterval time.Duration
 	labels        labelOptions
 
-	kubeconfig     string
-	namespace      string
-	interval       time.Duration
-	workers        int
-	queueTimeout   time.Duration
-	queueMaxBytes  int64
-	queueAllow     string
-	hostsPerNS     int
-	sameNamespace  bool
-	remainderPrio  int
-	queueReads     int
-	leaderElect    bool
-	leaseName      string
-	leaseNamespace string
-	identity       string
-	metricsAddr    string
-	metricsAuth    string
-	advertise      string
-	profiling      bool
-	dryRun         bool
+	kubeconfig      string
+	namespace       string
+	interval        time.Duration
+	workers         int
+	queueTimeout    time.Duration
+	queueMaxBytes   int64
+	queueAllow      string
+	hostsPerNS      int
+	sameNamespace   bool
+	remainderPrio   int
+	queueReads      int
+	queueReadsPerNS int
+	leaderElect     bool
+	leaseName       string
+	leaseNamespace  string
+	identity        string
+	metricsAddr     string
+	metricsAuth     string
+	advertise       string
+	profiling       bool
+	dryRun          bool
 }
 
 const usage = `usage: microscaling [controller] [flags]   run the controller (the default)
@@ -198,13 +200,14 @@ func controllerFlags(fs *flag.FlagSet) *options {
 	fs.StringVar(&o.namespace, "namespace", "", "namespace to watch; all when empty")
 	fs.DurationVar(&o.interval, "interval", time.Second, "how often every group is decided")
 	fs.IntVar(&o.workers, "workers", 4, "groups decided in parallel")
-	fs.DurationVar(&o.queueTimeout, "queue-timeout", 500*time.Millisecond, "timeout of one nsqd or nsqlookupd request")
-	fs.StringVar(&o.queueAllow, "queue-allow", nsq.DefaultAllow, "queue endpoints tenants may name: comma-separated CIDRs (checked on the resolved address) and DNS suffixes (on the name, for example .svc.cluster.local); link-local, multicast and the API server's addresses are refused whatever it says")
+	fs.DurationVar(&o.queueTimeout, "queue-timeout", 500*time.Millisecond, "timeout of one queue request, from when it is sent")
+	fs.StringVar(&o.queueAllow, "queue-allow", queue.DefaultAllow, "queue endpoints tenants may name: comma-separated CIDRs (checked on the resolved address) and DNS suffixes (on the name, for example .svc.cluster.local); link-local, multicast and the API server's addresses are refused whatever it says")
 	fs.IntVar(&o.remainderPrio, "remainder-max-priority", -1, "the highest pod priority a remainder grows at (its PriorityClass's value): a remainder takes room from everything at or below its priority, so it must run below the cluster's workloads")
 	fs.BoolVar(&o.sameNamespace, "queue-same-namespace", false, "read only queues whose in-cluster Service name (NAME.NAMESPACE[.svc...]) is in the Deployment's own namespace; bare names are refused too")
 	fs.IntVar(&o.hostsPerNS, "queue-hosts-per-namespace", 32, "distinct queue hosts the Deployments of one namespace may name; the queues of hosts past it (in sorted order) are not read and their members are held; 0: no bound")
-	fs.Int64Var(&o.queueMaxBytes, "queue-max-bytes", nsq.DefaultMaxBytes, "largest nsqd or nsqlookupd answer read; a larger one makes its queues unreadable")
-	fs.IntVar(&o.queueReads, "queue-concurrency", nsq.DefaultConcurrency, "nsqd and nsqlookupd requests in flight at once")
+	fs.Int64Var(&o.queueMaxBytes, "queue-max-bytes", queue.DefaultMaxBytes, "largest queue server answer read; a larger one makes its queues unreadable")
+	fs.IntVar(&o.queueReads, "queue-concurrency", queue.DefaultConcurrency, "queue requests in flight at once to servers that answered their last read, and as many to the others")
+	fs.IntVar(&o.queueReadsPerNS, "queue-namespace-concurrency", queue.DefaultPerNamespace, "queue requests in flight at once for one namespace's Deployments: its share of --queue-concurrency")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "hold a Lease so that only one replica writes")
 	fs.StringVar(&o.leaseName, "leader-elect-lease-name", "microscaling", "name of the Lease")
 	fs.StringVar(&o.leaseNamespace, "leader-elect-lease-namespace", "microscaling-system", "namespace of the Lease")
@@ -226,6 +229,8 @@ func (o *options) check() error {
 	switch {
 	case o.queueMaxBytes < 1024:
 		return errors.New("--queue-max-bytes: must be at least 1024")
+	case o.queueReadsPerNS < 1:
+		return errors.New("--queue-namespace-concurrency: must be at least 1")
 	case o.queueReads < 1:
 		return errors.New("--queue-concurrency: must be at least 1")
 	case o.hostsPerNS < 0:
@@ -233,7 +238,7 @@ func (o *options) check() error {
 	case o.metricsAuth != "kubernetes" && o.metricsAuth != "none":
 		return errors.New("--metrics-auth: must be kubernetes or none")
 	}
-	if _, err := nsq.ParsePolicy(o.queueAllow); err != nil {
+	if _, err := queue.ParsePolicy(o.queueAllow); err != nil {
 		return fmt.Errorf("--queue-allow: %w", err)
 	}
 	if _, err := labels.ParseKeys(o.labels.keys); err != nil {
@@ -578,7 +583,7 @@ func apiServerAddrs(ctx context.Context, kubeconfig string) ([]netip.AddrPort, e
 			port = "80"
 		}
 	}
-	return nsq.APIServerAddrs(ctx, net.JoinHostPort(u.Hostname(), port))
+	return queue.APIServerAddrs(ctx, net.JoinHostPort(u.Hostname(), port))
 }
 
 func run(ctx context.Context, o options) error {
@@ -618,13 +623,13 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	queuePolicy, err := nsq.ParsePolicy(o.queueAllow, deny...)
+	queuePolicy, err := queue.ParsePolicy(o.queueAllow, deny...)
 	if err != nil {
 		return fmt.Errorf("--queue-allow: %w", err)
 	}
 	history := dashboard.NewHistory(600, 100)
 	ctrl := scaler.New(scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun, History: history, QueueHostsPerNamespace: o.hostsPerNS, QueueSameNamespace: o.sameNamespace, RemainderMaxPriority: int32(o.remainderPrio)},
-		inf, &nsq.NSQReader{Client: nsq.NewQueueClient(queuePolicy), Timeout: o.queueTimeout, Metrics: metrics, MaxBytes: o.queueMaxBytes, Concurrency: o.queueReads},
+		inf, sources(queuePolicy, &o, metrics),
 		scaler.ScaleWriter{Client: client}, recorder, metrics, clock.RealClock{})
 	reg.MustRegister(scalermetrics.Collector(ctrl)) // the per-Deployment gauges
 
@@ -916,4 +921,13 @@ func forwardToLeader(h *health, rv *access.Reviewer, local http.Handler) http.Ha
 		}}
 		proxy.ServeHTTP(w, r)
 	})
+}
+
+// sources is the queue source of every scheme, all under one Fetcher: one
+// set of read slots, per-namespace shares, timeouts and answer bounds.
+func sources(p queue.Policy, o *options, m *scalermetrics.Metrics) queue.Sources {
+	f := &queue.Fetcher{Client: queue.NewClient(p), Timeout: o.queueTimeout, Metrics: m,
+		MaxBytes: o.queueMaxBytes, Concurrency: o.queueReads, PerNamespace: o.queueReadsPerNS}
+	n := &nsq.NSQReader{Fetcher: f}
+	return queue.Sources{annotations.SchemeNSQ: n, annotations.SchemeNSQLookupd: n}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/microscaling/microscaling/scaler/dashboard"
 	"github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/policy"
+	"github.com/microscaling/microscaling/scaler/queue"
 )
 
 // Event reasons, on the Deployment.
@@ -62,11 +63,6 @@ type Cluster interface {
 	Autoscalers(namespace, name string) []string
 }
 
-// Queues reads every queue a tick needs, once per server.
-type Queues interface {
-	Read(ctx context.Context, refs []annotations.QueueRef) policy.Readings
-}
-
 // Config tunes the loop.
 type Config struct {
 	Interval time.Duration
@@ -93,7 +89,7 @@ type Config struct {
 type Controller struct {
 	cfg      Config
 	cluster  Cluster
-	queues   Queues
+	queues   queue.Source
 	writer   Writer
 	recorder record.EventRecorder
 	metrics  *metrics.Metrics
@@ -102,9 +98,9 @@ type Controller struct {
 	lastTick atomic.Int64
 
 	// Owned by Run's goroutine (and the tick it runs):
-	ticks    uint64                        // ticks begun
-	lastRefs map[annotations.QueueRef]bool // the queues the last tick read
-	groups   map[string]*groupState        // by group key; each touched by its group's decision only
+	ticks    uint64                 // ticks begun
+	lastRefs tickRefs               // the queues the last tick read
+	groups   map[string]*groupState // by group key; each touched by its group's decision only
 
 	mu      sync.RWMutex // guards members (the map) and each memberState's listing fields
 	members map[memberKey]*memberState
@@ -168,7 +164,7 @@ type memberRef struct {
 }
 
 // New makes a controller.
-func New(cfg Config, cluster Cluster, queues Queues, writer Writer, recorder record.EventRecorder, m *metrics.Metrics, clk clock.Clock) *Controller {
+func New(cfg Config, cluster Cluster, queues queue.Source, writer Writer, recorder record.EventRecorder, m *metrics.Metrics, clk clock.Clock) *Controller {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
 	}
@@ -219,10 +215,10 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 	var early chan policy.Readings
 	if prev := c.lastRefs; len(prev) > 0 {
 		early = make(chan policy.Readings, 1)
-		go func() { early <- c.queues.Read(ctx, slices.Collect(maps.Keys(prev))) }()
+		go func() { early <- c.queues.Read(ctx, prev.list()) }()
 	}
 	groups := c.cluster.Groups()
-	refs := map[annotations.QueueRef]bool{}
+	refs := tickRefs{}
 	members := make(map[string][]memberRef, len(groups))
 	hosts := map[string]map[string]bool{} // by namespace
 	for k, ds := range groups {
@@ -232,7 +228,7 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 			ms[i] = memberRef{d, st}
 			if st.spec != nil {
 				for _, q := range st.spec.Queues {
-					refs[q] = true
+					refs.add(q, d.Namespace)
 					if hosts[d.Namespace] == nil {
 						hosts[d.Namespace] = map[string]bool{}
 					}
@@ -255,7 +251,7 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 	if allowed != nil {
 		// Rare: some namespace names too many hosts. Its queues on hosts past
 		// the bound are not read, unless a namespace within it names them.
-		refs = map[annotations.QueueRef]bool{}
+		refs = tickRefs{}
 		for _, ms := range members {
 			for _, m := range ms {
 				if m.st.spec == nil {
@@ -263,7 +259,7 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 				}
 				for _, q := range m.st.spec.Queues {
 					if a := allowed[m.d.Namespace]; a == nil || a[readTarget(q)] {
-						refs[q] = true
+						refs.add(q, m.d.Namespace)
 					}
 				}
 			}
@@ -274,7 +270,7 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 		readings = <-early
 	}
 	if early == nil || !covers(c.lastRefs, refs) {
-		readings = c.queues.Read(ctx, slices.Collect(maps.Keys(refs)))
+		readings = c.queues.Read(ctx, refs.list())
 	}
 	c.lastRefs = refs
 	t := &tick{at: now, readings: readings, members: members, allowedHosts: allowed}
@@ -316,18 +312,43 @@ func (c *Controller) capHosts(hosts map[string]map[string]bool) map[string]map[s
 }
 
 // readTarget is what a queue costs a tick in requests, as the per-namespace
-// cap counts it: an nsqd is one /stats however many topics it serves; an
-// nsqlookupd is one lookup per topic, each its own.
+// cap counts it: an nsqd, a NATS server's monitoring port or a Redis
+// server is one request however many queues it serves; an nsqlookupd is
+// one lookup per topic, RabbitMQ one request per queue and Prometheus one
+// per query, each its own.
 func readTarget(q annotations.QueueRef) string {
-	if q.Scheme == "nsqlookupd" {
+	switch q.Scheme {
+	case annotations.SchemeNSQLookupd:
 		return q.Host + "/" + q.Name
+	case annotations.SchemeRabbitMQ, annotations.SchemePrometheus:
+		// One request per queue, or per query.
+		return q.Scheme + "://" + q.Host + "/" + q.Sub + "/" + q.Name
 	}
 	return q.Host
 }
 
-func covers(read, need map[annotations.QueueRef]bool) bool {
+// tickRefs are the queues a tick reads, each with the namespaces that
+// name it (its reads are charged to their shares).
+type tickRefs map[annotations.QueueRef]map[string]bool
+
+func (r tickRefs) add(q annotations.QueueRef, namespace string) {
+	if r[q] == nil {
+		r[q] = map[string]bool{}
+	}
+	r[q][namespace] = true
+}
+
+func (r tickRefs) list() []queue.Ref {
+	out := make([]queue.Ref, 0, len(r))
+	for q, ns := range r {
+		out = append(out, queue.Ref{QueueRef: q, Namespaces: slices.Sorted(maps.Keys(ns))})
+	}
+	return out
+}
+
+func covers(read, need tickRefs) bool {
 	for q := range need {
-		if !read[q] {
+		if _, ok := read[q]; !ok {
 			return false
 		}
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/policy"
+	"github.com/microscaling/microscaling/scaler/queue"
 )
 
 type fakeCluster struct {
@@ -69,7 +70,7 @@ type fakeQueues struct {
 	err     error
 }
 
-func (f *fakeQueues) Read(context.Context, []annotations.QueueRef) policy.Readings { return f }
+func (f *fakeQueues) Read(context.Context, []queue.Ref) policy.Readings { return f }
 func (f *fakeQueues) Reading(annotations.QueueRef) (policy.QueueReading, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -211,12 +212,12 @@ type readsQueues struct {
 
 type readOf map[annotations.QueueRef]bool
 
-func (f *readsQueues) Read(_ context.Context, refs []annotations.QueueRef) policy.Readings {
+func (f *readsQueues) Read(_ context.Context, refs []queue.Ref) policy.Readings {
 	var hosts []string
 	r := readOf{}
 	for _, q := range refs {
 		hosts = append(hosts, q.Host)
-		r[q] = true
+		r[q.QueueRef] = true
 	}
 	slices.Sort(hosts)
 	f.mu.Lock()

@@ -14,12 +14,20 @@ import (
 )
 
 // QueueReading is one read of a member's queues, summed over all of them.
+// A source fills what its server counts, and says what it cannot give.
 type QueueReading struct {
 	Backlog int64 // waiting + in flight + deferred
-	Waiting int64 // not yet delivered to any consumer
-	Arrived int64 // cumulative arrivals
+	// Waiting is the part of the backlog not yet delivered to any consumer;
+	// a source that cannot tell them apart gives the whole backlog.
+	Waiting int64
+	Arrived int64 // cumulative arrivals (valid unless NoArrivals)
+	// NoArrivals: some queue counts no arrivals (a Redis list, a
+	// Prometheus queue without an arrivals query). No rate can be learnt:
+	// the rule sizes from the backlog alone.
+	NoArrivals bool
 	// Consumers is the largest count of connected consumers on any of the
-	// queues; 0 when none is seen.
+	// queues; 0 when none is seen or the server does not list them (the
+	// Ready replicas stand for them).
 	Consumers int64
 	// At is when the counts were read (the latest answer); zero: the tick's
 	// time stands for it.
@@ -70,6 +78,16 @@ type MemberState struct {
 // alive) the Ready replicas count: they are not on the way.
 func (s *MemberState) Step(p QueuePolicy, now time.Time, cur, ready int32, r QueueReading, known bool) Decision {
 	in := QueueInput{Now: now, Current: cur}
+	if known && r.NoArrivals {
+		// Nothing to learn a rate from: the backlog alone sizes.
+		consuming := ready
+		if r.Consumers > 0 {
+			consuming = int32(min(r.Consumers, int64(max(ready, cur))))
+		}
+		in.BacklogKnown, in.BacklogOnly, in.Backlog, in.Waiting, in.Consuming = true, true, r.Backlog, r.Waiting, consuming
+		s.Rates = Rates{}
+		return DecideQueue(p, in, &s.Queue)
+	}
 	if known {
 		consuming := ready
 		if r.Consumers > 0 {

@@ -260,3 +260,45 @@ func TestStepAttributesTheRateToTheReplicasConsuming(t *testing.T) {
 		t.Errorf("asked for at most %d replicas, want at least 7 for 56/s at 8/s a replica", most)
 	}
 }
+
+// A queue that counts no arrivals (a Redis list) is sized from its backlog
+// alone: a simulated load of 40/s on replicas that each do 10/s. The rule
+// grows while the backlog is above target, holds the backlog near it, and
+// once the load stops gives replicas back one at a time, each after the
+// scale-down delay; it never learns a rate it cannot know.
+func TestStepWithoutArrivalsSizesFromTheBacklog(t *testing.T) {
+	p := QueuePolicy{Target: 100, Min: 0, Max: 20, ScaleDownDelay: 30 * time.Second}
+	var s MemberState
+	cur, backlog := int32(1), int64(0)
+	var peak int32
+	lastChange := 0
+	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Second) }
+	for i := range 400 {
+		rate := int64(40)
+		if i >= 200 {
+			rate = 0
+		}
+		backlog = max(0, backlog+rate-int64(cur)*10)
+		d := s.Step(p, at(i), cur, cur, QueueReading{Backlog: backlog, Waiting: backlog, NoArrivals: true}, true)
+		if s.Rates.ArrivalKnown || s.Rates.ServiceKnown {
+			t.Fatalf("tick %d: a rate was learnt without arrivals: %+v", i, s.Rates)
+		}
+		if i >= 20 && i < 200 && backlog > 2*p.Target {
+			t.Fatalf("tick %d: backlog %d under load with %d replicas, want at most twice the target", i, backlog, cur)
+		}
+		if d.Replicas < cur && i-lastChange < int(p.ScaleDownDelay/time.Second) {
+			t.Fatalf("tick %d: shrank %d -> %d %ds after the last change, within the scale-down delay", i, cur, d.Replicas, i-lastChange)
+		}
+		if d.Replicas != cur {
+			lastChange = i
+		}
+		cur = d.Replicas
+		peak = max(peak, cur)
+	}
+	if peak < 4 {
+		t.Errorf("peaked at %d replicas, want at least the 4 that 40/s needs", peak)
+	}
+	if cur > 2 {
+		t.Errorf("%d replicas 200 s after the load stopped (peak %d), want at most 2", cur, peak)
+	}
+}

@@ -45,6 +45,10 @@ type QueueInput struct {
 	Waiting      int64 // not yet delivered to any consumer
 	Arrived      int64 // cumulative arrivals, as in QueueSample
 	Rates        Rates
+	// BacklogOnly: the queue counts no arrivals, so no rate is ever known;
+	// the rule grows while the backlog is above its target and gives back
+	// one replica at a time (after the scale-down delay) while it is below.
+	BacklogOnly bool
 }
 
 // QueueState is what the rule remembers between ticks of one member.
@@ -158,7 +162,7 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 		}
 		want = int32(min(int64(want), max(in.Backlog, 1)))
 		floor = want
-	case below && r.ArrivalKnown:
+	case below && (r.ArrivalKnown || in.BacklogOnly):
 		// Nobody can tell how few would do: give back one at a time, each
 		// after the scale-down delay, until messages wait and the rate shows.
 		want, floor = cur-1, cur-1

@@ -25,7 +25,8 @@ func TestDependenciesFlowOneWay(t *testing.T) {
 		}, "the cluster adapter uses the policy's types, never the loop"},
 		{".", func(d string) bool { return strings.HasPrefix(d, module+"/test/") || d == "github.com/nsqio/go-nsq" },
 			"the controller's binary carries no test or demo code"},
-		{"./scaler/nsq", func(d string) bool { return d == module+"/scaler" }, "the queue reader does not know the loop"},
+		{"./scaler/queue/...", func(d string) bool { return d == module+"/scaler" }, "the queue sources do not know the loop"},
+		{"./scaler", func(d string) bool { return strings.HasPrefix(d, module+"/scaler/queue/") }, "the loop knows the Source interface, never a source"},
 		{"./scaler/egress", func(d string) bool { return strings.HasPrefix(d, module+"/") && d != module+"/scaler/egress" }, "the egress rule stands alone: queue reads and label sync share it"},
 	}
 	for _, tc := range tests {

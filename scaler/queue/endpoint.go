@@ -1,24 +1,18 @@
-package nsq
+package queue
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
-	"syscall"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/microscaling/microscaling/scaler/egress"
 )
-
-// errNotAllowed is what a queue address that tenants may not reach gives.
-var errNotAllowed = egress.ErrNotAllowed
 
 // DefaultAllow is the queue endpoint policy when the operator sets none:
 // private, shared (CGNAT) and loopback networks, where in-cluster Services
@@ -83,7 +77,7 @@ var cgnat = netip.MustParsePrefix("100.64.0.0/10")
 func (p Policy) check(ap netip.AddrPort, byName bool) error {
 	a := ap.Addr().Unmap()
 	if egress.Refused(a) {
-		return errNotAllowed
+		return egress.ErrNotAllowed
 	}
 	if err := egress.Deny(p.Deny)(netip.AddrPortFrom(a, ap.Port()), ""); err != nil {
 		return err
@@ -96,39 +90,32 @@ func (p Policy) check(ap netip.AddrPort, byName bool) error {
 			return nil
 		}
 	}
-	return errNotAllowed
+	return egress.ErrNotAllowed
 }
 
-// NewQueueClient is the HTTP client of the queue reader. Queue addresses
-// come from tenants, so it follows no redirect, uses no proxy, and dials
-// only addresses the policy allows: a host name is resolved here, each
-// address checked, and the checked address is the one dialed, so a DNS
-// answer cannot swap in another between the check and the dial.
-func NewQueueClient(p Policy) *http.Client {
-	dial := egress.Dial(&net.Dialer{Timeout: 5 * time.Second}, func(ap netip.AddrPort, host string) error {
+// DialContext dials only addresses the policy allows: a host name is
+// resolved here, each address checked, and the checked address is the one
+// dialed, so a DNS answer cannot swap in another between the check and the
+// dial. Sources that do not speak HTTP (Redis) dial with it.
+func (p Policy) DialContext() func(ctx context.Context, network, address string) (net.Conn, error) {
+	return egress.Dial(&net.Dialer{Timeout: 5 * time.Second}, func(ap netip.AddrPort, host string) error {
 		return p.check(ap, p.nameAllowed(host))
 	})
+}
+
+// NewClient is the HTTP client of the queue sources. Queue addresses come
+// from tenants, so it follows no redirect, uses no proxy, and dials only
+// addresses the policy allows (DialContext).
+func NewClient(p Policy) *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
 			Proxy:               nil,
-			DialContext:         dial,
+			DialContext:         p.DialContext(),
 			MaxIdleConnsPerHost: 2,
 			IdleConnTimeout:     90 * time.Second,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-}
-
-// producerAddr checks an nsqd address that an nsqlookupd announced: a host
-// name or IP and a port, nothing that could carry a path or credentials.
-func producerAddr(host string, port int) (string, error) {
-	if port < 1 || port > 65535 {
-		return "", fmt.Errorf("%w: port out of range", errBadProducer)
-	}
-	if _, err := netip.ParseAddr(host); err != nil && len(validation.IsDNS1123Subdomain(host)) > 0 {
-		return "", fmt.Errorf("%w: not a host name or IP", errBadProducer)
-	}
-	return net.JoinHostPort(host, fmt.Sprint(port)), nil
 }
 
 // APIServerAddrs resolves the API server's host (a URL's host:port) to the
@@ -151,54 +138,4 @@ func APIServerAddrs(ctx context.Context, hostport string) ([]netip.AddrPort, err
 		out = append(out, netip.AddrPortFrom(ip.Unmap(), uint16(p)))
 	}
 	return out, nil
-}
-
-// ReadError is a failed read of an nsqd or nsqlookupd, as the tenant whose
-// queue it is may see it: the role, the address from their annotation, and
-// a class of error, never a byte of the answer. Unwrap gives the whole
-// error, for the operator's logs.
-type ReadError struct {
-	Role, Host, Class string
-	err               error
-}
-
-func (e *ReadError) Error() string { return e.Role + " " + e.Host + ": " + e.Class }
-func (e *ReadError) Unwrap() error { return e.err }
-
-// errTooLarge marks an answer over the size bound.
-var errTooLarge = errors.New("answer too large")
-
-// errBadProducer marks an nsqd address an nsqlookupd announced that is not
-// a plain host:port.
-var errBadProducer = errors.New("invalid nsqd address from nsqlookupd")
-
-func readError(role, host string, err error) error {
-	var (
-		he  *httpError
-		ne  net.Error
-		se  *json.SyntaxError
-		te  *json.UnmarshalTypeError
-		cls string
-	)
-	switch {
-	case errors.Is(err, errNotAllowed):
-		cls = "address not allowed by the queue endpoint policy"
-	case errors.Is(err, errTooLarge):
-		cls = errTooLarge.Error()
-	case errors.Is(err, errBadProducer):
-		cls = errBadProducer.Error()
-	case errors.Is(err, errTooManyProducers):
-		cls = errTooManyProducers.Error()
-	case errors.As(err, &he):
-		cls = fmt.Sprintf("HTTP %d", he.status)
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		cls = "timeout"
-	case errors.Is(err, syscall.ECONNREFUSED):
-		cls = "connection refused"
-	case errors.Is(err, errNestedWrapper), errors.As(err, &se), errors.As(err, &te):
-		cls = "not an NSQ answer"
-	default:
-		cls = "unreachable"
-	}
-	return &ReadError{Role: role, Host: host, Class: cls, err: err}
 }

@@ -1,8 +1,7 @@
-// Package nsq reads queue backlogs from NSQ for the scaler: one /stats per
-// nsqd per tick however many groups name it, nsqlookupd resolution, bounded
-// decoding, and the tenant-safe HTTP client (no redirects, no proxy, refused
-// addresses checked at dial time) whose errors say a class, never a byte of
-// the answer.
+// Package nsq is the queue source for NSQ: one /stats per nsqd per tick
+// however many groups name it, nsqlookupd resolution (with the nsqds that
+// left it held while they may still carry a topic), and bounded streaming
+// decoding of both answers.
 package nsq
 
 import (
@@ -10,7 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -18,10 +17,10 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/utils/clock"
+	"github.com/microscaling/microscaling/scaler/queue"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/microscaling/microscaling/annotations"
-	"github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/policy"
 )
 
@@ -62,32 +61,13 @@ type nsqChannel struct {
 // NSQReader reads nsqd /stats, once per nsqd per Read however many queues
 // name it, and resolves nsqlookupd addresses to the nsqds that carry a topic.
 type NSQReader struct {
-	Client  *http.Client
-	Timeout time.Duration // per request
-	// Metrics, when set, records each request's latency and failures, by
-	// host for at most maxHostLabels hosts (the rest as "other"); a host no
-	// read has named for forgetAfter loses its series.
-	Metrics *metrics.Metrics
-	// Clock, when set, times what is forgotten (tests); the real clock otherwise.
-	Clock clock.PassiveClock
-	// MaxBytes bounds one answer (DefaultMaxBytes when 0); Concurrency, the
-	// requests in flight over every read (DefaultConcurrency when 0).
-	MaxBytes    int64
-	Concurrency int
+	// Fetcher runs every request under the shared bounds.
+	Fetcher *queue.Fetcher
 	// VanishedHold bounds how long an nsqd a lookupd stopped announcing is
 	// still read for a topic (DefaultVanishedHold when 0).
 	VanishedHold time.Duration
 
-	semOnce sync.Once
-	// sem bounds the requests in flight to proven hosts, probation those to
-	// every other host.
-	sem, probation chan struct{}
-
-	mu      sync.Mutex // guards labeled, vanished, announced, hostSem and proven
-	hostSem map[string]*hostSlots
-	// proven are hosts whose last read succeeded, and when.
-	proven  map[string]time.Time
-	labeled map[string]time.Time // host -> last read
+	mu sync.Mutex // guards vanished and announced
 	// vanished are nsqds an nsqlookupd stopped announcing for a topic
 	// while they may still hold its messages, with when each was first
 	// missed: read until they hold none, for at most VanishedHold.
@@ -105,14 +85,6 @@ type announcement struct {
 // held by an nsqd that left its lookupd for longer than it waits before a
 // shrink.
 const DefaultVanishedHold = annotations.DefaultScaleDownDelay
-
-// forgetAfter is how long a host or lookup no read names is remembered
-// (a read of only the queues new on a tick names few of them).
-const forgetAfter = 10 * time.Minute
-
-// maxHostLabels bounds the host label values of the read metrics: hosts
-// come from tenants' annotations and nsqlookupd answers.
-const maxHostLabels = 256
 
 // Snapshot is one tick's reading of every nsqd that some queue names. Its
 // reads run in the background: Reading waits only for the hosts its queue
@@ -145,15 +117,18 @@ type lookupFetch struct {
 type lookupKey struct{ lookupd, topic string }
 
 // Read starts reading what refs need and returns at once; each Reading
-// waits for its own hosts, each read bounded by Timeout.
-func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) policy.Readings {
+// waits for its own hosts. An nsqd's read is charged to the namespaces
+// that name it, and an nsqd a lookup announces to those of the lookup.
+func (r *NSQReader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	s := &Snapshot{stats: map[string]*fetch{}, lookups: map[lookupKey]*lookupFetch{}}
 	direct := map[string]map[string]bool{} // nsqd host -> its topics named by nsq:// queues
 	lookedUp := map[string]bool{}          // every topic looked up: any nsqd may carry them
-	keys := map[lookupKey]bool{}
+	keys := map[lookupKey][]queue.Ref{}
+	charged := map[string][]queue.Ref{} // nsqd host -> the refs naming it
 	for _, q := range refs {
-		if q.Scheme == "nsqlookupd" {
-			keys[lookupKey{q.Host, q.Name}] = true
+		if q.Scheme == annotations.SchemeNSQLookupd {
+			k := lookupKey{q.Host, q.Name}
+			keys[k] = append(keys[k], q)
 			lookedUp[q.Name] = true
 			continue
 		}
@@ -161,10 +136,11 @@ func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) polic
 			direct[q.Host] = map[string]bool{}
 		}
 		direct[q.Host][q.Name] = true
+		charged[q.Host] = append(charged[q.Host], q)
 	}
-	r.prune()
+	r.Fetcher.Forget()
 	r.expireLookups(keys)
-	start := func(host string) *fetch {
+	start := func(host string, namespaces []string) *fetch {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if f, ok := s.stats[host]; ok {
@@ -176,36 +152,33 @@ func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) polic
 		s.stats[host] = f
 		go func() {
 			defer close(f.done)
-			t0 := time.Now()
-			st, err := r.stats(ctx, host, topics)
-			r.observe(host, time.Since(t0), err)
+			st, err := r.stats(ctx, namespaces, host, topics)
 			if err != nil {
-				f.err = readError("nsqd", host, err)
+				f.err = queue.Classify("nsqd", host, err)
 				return
 			}
 			f.st = st
 		}()
 		return f
 	}
-	for host := range direct {
-		start(host)
+	for host, rs := range charged {
+		start(host, queue.Namespaces(rs...))
 	}
-	for k := range keys {
+	for k, rs := range keys {
 		lf := &lookupFetch{done: make(chan struct{})}
 		s.lookups[k] = lf
+		namespaces := queue.Namespaces(rs...)
 		go func() {
 			defer close(lf.done)
-			t0 := time.Now()
-			ps, err := r.lookup(ctx, k.lookupd, k.topic)
-			r.observe(k.lookupd, time.Since(t0), err)
+			ps, err := r.lookup(ctx, namespaces, k.lookupd, k.topic)
 			if err != nil {
-				lf.err = readError("nsqlookupd", k.lookupd, err)
+				lf.err = queue.Classify("nsqlookupd", k.lookupd, err)
 				return
 			}
 			ps, vanished := r.keepVanished(k, ps)
 			fetches := map[string]*fetch{}
 			for _, p := range ps {
-				fetches[p] = start(p)
+				fetches[p] = start(p, namespaces)
 			}
 			for h := range vanished {
 				<-fetches[h].done
@@ -217,8 +190,8 @@ func (r *NSQReader) Read(ctx context.Context, refs []annotations.QueueRef) polic
 	return s
 }
 
-// expireLookups forgets what lookups no read has named for forgetAfter.
-func (r *NSQReader) expireLookups(keys map[lookupKey]bool) {
+// expireLookups forgets what lookups no read has named for queue.ForgetAfter.
+func (r *NSQReader) expireLookups(keys map[lookupKey][]queue.Ref) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.vanished == nil {
@@ -226,7 +199,7 @@ func (r *NSQReader) expireLookups(keys map[lookupKey]bool) {
 	}
 	now := r.now()
 	for k, a := range r.announced {
-		if !keys[k] && now.Sub(a.at) > forgetAfter {
+		if _, named := keys[k]; !named && now.Sub(a.at) > queue.ForgetAfter {
 			delete(r.announced, k)
 			delete(r.vanished, k)
 		}
@@ -310,55 +283,7 @@ func topicBacklog(t *nsqTopic) int64 {
 	return n
 }
 
-func (r *NSQReader) observe(host string, d time.Duration, err error) {
-	if r.Metrics == nil {
-		return
-	}
-	r.mu.Lock()
-	if _, ok := r.labeled[host]; ok || len(r.labeled) < maxHostLabels {
-		if r.labeled == nil {
-			r.labeled = map[string]time.Time{}
-		}
-		r.labeled[host] = r.now()
-	} else {
-		host = "other"
-	}
-	r.mu.Unlock()
-	r.Metrics.QueueReadLatency.WithLabelValues(host).Observe(d.Seconds())
-	if err != nil {
-		r.Metrics.QueueReadErrors.WithLabelValues(host).Inc()
-	}
-}
-
-func (r *NSQReader) now() time.Time {
-	if r.Clock == nil {
-		return time.Now()
-	}
-	return r.Clock.Now()
-}
-
-// prune deletes the read metrics of hosts that no read has named for
-// forgetAfter.
-func (r *NSQReader) prune() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	now := r.now()
-	for host, at := range r.proven {
-		if now.Sub(at) > forgetAfter {
-			delete(r.proven, host)
-		}
-	}
-	if r.Metrics == nil {
-		return
-	}
-	for host, at := range r.labeled {
-		if now.Sub(at) > forgetAfter {
-			r.Metrics.QueueReadLatency.DeleteLabelValues(host)
-			r.Metrics.QueueReadErrors.DeleteLabelValues(host)
-			delete(r.labeled, host)
-		}
-	}
-}
+func (r *NSQReader) now() time.Time { return r.Fetcher.Now() }
 
 // Reading sums a queue over its nsqds, waiting for their reads. Any nsqd
 // that could not be read makes the whole reading fail: a partial sum would
@@ -412,183 +337,14 @@ func (s *Snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) 
 	return out, nil
 }
 
-// get fetches u from host and decodes its answer as it streams in. At
-// most Concurrency requests are in flight to hosts whose last read
-// succeeded, at most perHostSlots to any one host, and every other host (new,
-// or failing: hung, refusing, garbled) waits in a pool of its own, as large:
-// hosts that hang, however many a tenant names, wait on each other and
-// never take the slots a proven host needs. A proven host's
-// read waits at most Timeout for its slots, and its Timeout runs from when
-// it is sent; any other host's read has Timeout for both, as a host that
-// has not answered yet must not hold up a tick for longer.
-func (r *NSQReader) get(ctx context.Context, host, u string, decode func(*json.Decoder) error) (err error) {
-	proven := r.isProven(host)
-	if !proven {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, r.Timeout)
-		defer cancel()
-	}
-	release, err := r.acquire(ctx, host, proven)
-	if err != nil {
-		return fmt.Errorf("waiting for a read slot for %s: %w", host, err)
-	}
-	defer release()
-	defer func() { r.noteResult(host, err == nil) }()
-	if proven {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, r.Timeout)
-		defer cancel()
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return err
-	}
-	c := r.Client
-	if c == nil {
-		c = defaultQueueClient
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		// The body is the server's, which a tenant may control: never read.
-		return &httpError{status: resp.StatusCode}
-	}
-	limit := r.maxBytes()
-	body := &countingReader{r: io.LimitReader(resp.Body, limit+1)}
-	err = decode(json.NewDecoder(body))
-	switch {
-	case body.n > limit:
-		return fmt.Errorf("%s: %w: more than %d bytes", u, errTooLarge, limit)
-	case err != nil && ctx.Err() != nil:
-		return fmt.Errorf("reading %s: %w", u, ctx.Err()) // the timeout, whatever the body read said
-	case err != nil:
-		return fmt.Errorf("decoding %s: %w", u, err)
-	}
-	return nil
-}
-
-// DefaultMaxBytes bounds one answer when MaxBytes is 0: a /stats of 2,000
-// topics is about 1 MB.
-const DefaultMaxBytes = 8 << 20
-
-// DefaultConcurrency bounds the requests in flight when Concurrency is 0.
-const DefaultConcurrency = 16
-
-func (r *NSQReader) maxBytes() int64 {
-	if r.MaxBytes > 0 {
-		return r.MaxBytes
-	}
-	return DefaultMaxBytes
-}
-
-// perHostSlots bounds the requests in flight to one host (an nsqlookupd
-// asked for many topics).
-const perHostSlots = 2
-
-// acquire takes a slot of host's own and one of the pool host belongs to
-// (proven hosts', or the others'), waiting at most Timeout; release gives
-// both back.
-func (r *NSQReader) acquire(ctx context.Context, host string, proven bool) (release func(), err error) {
-	r.semOnce.Do(func() {
-		n := r.Concurrency
-		if n <= 0 {
-			n = DefaultConcurrency
-		}
-		r.sem, r.probation = make(chan struct{}, n), make(chan struct{}, n)
-	})
-	pool := r.probation
-	if proven {
-		pool = r.sem
-	}
-	r.mu.Lock()
-	if r.hostSem == nil {
-		r.hostSem = map[string]*hostSlots{}
-	}
-	hs := r.hostSem[host]
-	if hs == nil {
-		hs = &hostSlots{c: make(chan struct{}, perHostSlots)}
-		r.hostSem[host] = hs
-	}
-	hs.users++
-	r.mu.Unlock()
-	done := func() {
-		r.mu.Lock()
-		if hs.users--; hs.users == 0 {
-			delete(r.hostSem, host) // bounded by the hosts being read now
-		}
-		r.mu.Unlock()
-	}
-	wait, cancel := context.WithTimeout(ctx, r.Timeout)
-	defer cancel()
-	select {
-	case hs.c <- struct{}{}:
-	case <-wait.Done():
-		done()
-		return nil, wait.Err()
-	}
-	select {
-	case pool <- struct{}{}:
-	case <-wait.Done():
-		<-hs.c
-		done()
-		return nil, wait.Err()
-	}
-	return func() { <-pool; <-hs.c; done() }, nil
-}
-
-func (r *NSQReader) isProven(host string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	_, ok := r.proven[host]
-	return ok
-}
-
-// noteResult records whether host's last read succeeded, for the pool its
-// next read waits in; a proven host no read names is forgotten after
-// forgetAfter (prune).
-func (r *NSQReader) noteResult(host string, ok bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	switch {
-	case ok && len(r.proven) < maxProvenHosts:
-		if r.proven == nil {
-			r.proven = map[string]time.Time{}
-		}
-		r.proven[host] = r.now()
-	case !ok:
-		delete(r.proven, host)
-	}
-}
-
-// maxProvenHosts bounds the hosts remembered as proven; past it, a host
-// that answers still waits in the probation pool.
-const maxProvenHosts = 4096
-
-// hostSlots are the requests in flight to one host; users counts the reads
-// holding or waiting for them.
-type hostSlots struct {
-	c     chan struct{}
-	users int
-}
-
-// defaultQueueClient serves readers built without a client (tests).
-var defaultQueueClient = NewQueueClient(Policy{Nets: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}})
-
 // maxProducers bounds the nsqds one lookup may name, each a request a tick.
 const maxProducers = 64
 
-type httpError struct{ status int }
-
-func (e *httpError) Error() string { return fmt.Sprintf("HTTP %d", e.status) }
-
-func (r *NSQReader) stats(ctx context.Context, host string, topics func(string) bool) (*nsqStats, error) {
+func (r *NSQReader) stats(ctx context.Context, namespaces []string, host string, topics func(string) bool) (*nsqStats, error) {
 	var st *nsqStats
 	u := "http://" + host + "/stats?format=json&include_clients=false&include_mem=false"
 	var at time.Time
-	err := r.get(ctx, host, u, func(dec *json.Decoder) (err error) {
+	err := r.Fetcher.GetJSON(ctx, namespaces, host, u, nil, func(dec *json.Decoder) (err error) {
 		at = r.now() // nsqd counted as it answered: the rates are per this time, not the tick's
 		st, err = decodeStats(dec, topics)
 		return err
@@ -600,14 +356,14 @@ func (r *NSQReader) stats(ctx context.Context, host string, topics func(string) 
 	return st.index(), nil
 }
 
-func (r *NSQReader) lookup(ctx context.Context, lookupd, topic string) ([]string, error) {
+func (r *NSQReader) lookup(ctx context.Context, namespaces []string, lookupd, topic string) ([]string, error) {
 	var ps []producer
-	err := r.get(ctx, lookupd, "http://"+lookupd+"/lookup?topic="+url.QueryEscape(topic), func(dec *json.Decoder) (err error) {
+	err := r.Fetcher.GetJSON(ctx, namespaces, lookupd, "http://"+lookupd+"/lookup?topic="+url.QueryEscape(topic), nil, func(dec *json.Decoder) (err error) {
 		ps, err = decodeLookup(dec)
 		return err
 	})
-	var he *httpError
-	if errors.As(err, &he) && he.status == http.StatusNotFound {
+	var he *queue.StatusError
+	if errors.As(err, &he) && he.Status == http.StatusNotFound {
 		return nil, nil // no nsqd carries the topic yet: an empty queue
 	}
 	if err != nil {
@@ -623,3 +379,19 @@ func (r *NSQReader) lookup(ctx context.Context, lookupd, topic string) ([]string
 	}
 	return out, nil
 }
+
+// producerAddr checks an nsqd address that an nsqlookupd announced: a host
+// name or IP and a port, nothing that could carry a path or credentials.
+func producerAddr(host string, port int) (string, error) {
+	if port < 1 || port > 65535 {
+		return "", fmt.Errorf("%w: port out of range", errBadProducer)
+	}
+	if _, err := netip.ParseAddr(host); err != nil && len(validation.IsDNS1123Subdomain(host)) > 0 {
+		return "", fmt.Errorf("%w: not a host name or IP", errBadProducer)
+	}
+	return net.JoinHostPort(host, fmt.Sprint(port)), nil
+}
+
+// errBadProducer marks an nsqd address an nsqlookupd announced that is not
+// a plain host:port.
+const errBadProducer = queue.Class("invalid nsqd address from nsqlookupd")

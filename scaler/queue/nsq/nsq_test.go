@@ -17,6 +17,7 @@ import (
 	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/policy"
+	"github.com/microscaling/microscaling/scaler/queue"
 )
 
 const stats1x = `{"version":"1.3.0","health":"OK","start_time":1,"topics":[
@@ -42,7 +43,7 @@ func TestNSQReader(t *testing.T) {
 		{name: "pre-1.0 data wrapper", body: statsPre1, topic: "jobs", channel: "work", want: policy.QueueReading{Backlog: 10, Waiting: 10, Arrived: 50}},
 		{name: "topic without the channel yet counts topic depth", body: stats1x, topic: "fresh", channel: "work", want: policy.QueueReading{Backlog: 7, Waiting: 7, Arrived: 7}},
 		{name: "unknown topic is an empty queue", body: `{"topics":null}`, topic: "nope", channel: "work", want: policy.QueueReading{}},
-		{name: "garbage JSON is an error", body: `<html>oops`, topic: "jobs", channel: "work", wantErr: "not an NSQ answer"},
+		{name: "garbage JSON is an error", body: `<html>oops`, topic: "jobs", channel: "work", wantErr: "malformed answer"},
 		{name: "HTTP error is an error", body: `boom`, status: 500, topic: "jobs", channel: "work", wantErr: "HTTP 500"},
 		{name: "slow nsqd times out", body: stats1x, delay: 300 * time.Millisecond, topic: "jobs", channel: "work", wantErr: "timeout"},
 	}
@@ -66,10 +67,10 @@ func TestNSQReader(t *testing.T) {
 			defer srv.Close()
 			host := strings.TrimPrefix(srv.URL, "http://")
 			at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-			r := &NSQReader{Timeout: 100 * time.Millisecond, Clock: clocktesting.NewFakePassiveClock(at)}
+			r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: 100 * time.Millisecond, Clock: clocktesting.NewFakePassiveClock(at)}}
 			q := annotations.QueueRef{Scheme: "nsq", Host: host, Name: tc.topic, Sub: tc.channel}
 			other := annotations.QueueRef{Scheme: "nsq", Host: host, Name: "other", Sub: "c"}
-			got, err := r.Read(context.Background(), []annotations.QueueRef{q, other}).Reading(q)
+			got, err := r.Read(context.Background(), asRefs(q, other)).Reading(q)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want one saying %q", err, tc.wantErr)
@@ -116,7 +117,7 @@ func TestNSQLookupd(t *testing.T) {
 		w.Write([]byte(`{"channels":["work"],"producers":[{"broadcast_address":"` + nsqdHost + `","http_port":` + nsqdPort + `},{"broadcast_address":"` + nsqdHost + `","http_port":` + nsqdPort + `}]}`))
 	}))
 	defer lookupd.Close()
-	r := &NSQReader{Timeout: time.Second}
+	r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: time.Second}}
 	host := strings.TrimPrefix(lookupd.URL, "http://")
 	jobs := annotations.QueueRef{Scheme: "nsqlookupd", Host: host, Name: "jobs", Sub: "work"}
 	unknown := annotations.QueueRef{Scheme: "nsqlookupd", Host: host, Name: "unknown", Sub: "work"}
@@ -124,7 +125,7 @@ func TestNSQLookupd(t *testing.T) {
 	// port as if it were an nsqd: neither may fail the jobs topic.
 	broken := annotations.QueueRef{Scheme: "nsqlookupd", Host: host, Name: "broken", Sub: "work"}
 	asNSQD := annotations.QueueRef{Scheme: "nsq", Host: host, Name: "jobs", Sub: "work"}
-	snap := r.Read(context.Background(), []annotations.QueueRef{jobs, unknown, broken, asNSQD})
+	snap := r.Read(context.Background(), asRefs(jobs, unknown, broken, asNSQD))
 	if got, err := snap.Reading(jobs); err != nil || got.Backlog != 74 {
 		t.Errorf("jobs via lookupd = %+v, %v; want backlog 74 (37 on each of 2 nsqds)", got, err)
 	}
@@ -141,7 +142,7 @@ func TestNSQLookupd(t *testing.T) {
 // readAll reads refs, waits until every one is read, and returns how many
 // failed.
 func readAll(r *NSQReader, refs ...annotations.QueueRef) int {
-	s := r.Read(context.Background(), refs)
+	s := r.Read(context.Background(), asRefs(refs...))
 	failed := 0
 	for _, q := range refs {
 		if _, err := s.Reading(q); err != nil {
@@ -152,14 +153,14 @@ func readAll(r *NSQReader, refs ...annotations.QueueRef) int {
 }
 
 // The read metrics' host label comes from tenants: there are never more
-// than maxHostLabels hosts, and a host's series go once no read has named it
-// for forgetAfter.
+// than queue.MaxHostLabels hosts, and a host's series go once no read has named it
+// for queue.ForgetAfter.
 func TestReadMetricsHostsBounded(t *testing.T) {
 	nsqd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(stats1x)) }))
 	defer nsqd.Close()
 	m := metrics.NewMetrics(prometheus.NewRegistry())
 	clk := clocktesting.NewFakePassiveClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	r := &NSQReader{Timeout: time.Second, Metrics: m, Clock: clk}
+	r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: time.Second, Metrics: m, Clock: clk}}
 	host := strings.TrimPrefix(nsqd.URL, "http://")
 	ref := func(h string) annotations.QueueRef {
 		return annotations.QueueRef{Scheme: "nsq", Host: h, Name: "jobs", Sub: "work"}
@@ -169,19 +170,19 @@ func TestReadMetricsHostsBounded(t *testing.T) {
 	}
 	// Many hosts nobody serves (refused at once on closed ports of 127.0.0.1).
 	var refs []annotations.QueueRef
-	for i := range maxHostLabels + 50 {
+	for i := range queue.MaxHostLabels + 50 {
 		refs = append(refs, ref(fmt.Sprintf("127.0.0.1:%d", 1+i)))
 	}
 	if n := readAll(r, refs...); n != len(refs) {
 		t.Errorf("%d of %d reads of closed ports failed, want all", n, len(refs))
 	}
-	if n := testutil.CollectAndCount(m.QueueReadLatency); n != maxHostLabels+1 {
-		t.Errorf("%d latency series for %d hosts, want %d (+ other)", n, len(refs)+1, maxHostLabels)
+	if n := testutil.CollectAndCount(m.QueueReadLatency); n != queue.MaxHostLabels+1 {
+		t.Errorf("%d latency series for %d hosts, want %d (+ other)", n, len(refs)+1, queue.MaxHostLabels)
 	}
 	if got := testutil.ToFloat64(m.QueueReadErrors.WithLabelValues("other")); got != 51 {
 		t.Errorf("errors counted as other = %v, want 51", got)
 	}
-	clk.SetTime(clk.Now().Add(forgetAfter + time.Second))
+	clk.SetTime(clk.Now().Add(queue.ForgetAfter + time.Second))
 	if n := readAll(r, ref(host)); n != 0 {
 		t.Fatalf("%d reads of the nsqd failed", n)
 	}
@@ -218,9 +219,9 @@ func TestVanishedProducerStillCounts(t *testing.T) {
 	defer lookupd.Close()
 	q := annotations.QueueRef{Scheme: "nsqlookupd", Host: strings.TrimPrefix(lookupd.URL, "http://"), Name: "jobs", Sub: "work"}
 	clk := clocktesting.NewFakePassiveClock(time.Now())
-	r := &NSQReader{Timeout: time.Second, Clock: clk, VanishedHold: 30 * time.Second}
+	r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: time.Second, Clock: clk}, VanishedHold: 30 * time.Second}
 	read := func() (policy.QueueReading, error) {
-		return r.Read(context.Background(), []annotations.QueueRef{q}).Reading(q)
+		return r.Read(context.Background(), asRefs(q)).Reading(q)
 	}
 	step := func(name string, change func(), wantBacklog int64, wantErr bool) {
 		t.Helper()
@@ -246,4 +247,13 @@ func TestVanishedProducerStillCounts(t *testing.T) {
 	step("b still gone within the hold", func() { clk.SetTime(clk.Now().Add(29 * time.Second)) }, 0, true)
 	step("b gone past the hold: forgotten", func() { clk.SetTime(clk.Now().Add(2 * time.Second)) }, 0, false)
 	step("and stays forgotten", func() {}, 0, false)
+}
+
+// asRefs is qs as one namespace's Deployments name them.
+func asRefs(qs ...annotations.QueueRef) []queue.Ref {
+	out := make([]queue.Ref, len(qs))
+	for i, q := range qs {
+		out[i] = queue.Ref{QueueRef: q, Namespaces: []string{"tenant"}}
+	}
+	return out
 }

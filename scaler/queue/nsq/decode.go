@@ -2,28 +2,15 @@ package nsq
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
+
+	"github.com/microscaling/microscaling/scaler/queue"
 )
 
 // The answers of nsqd and nsqlookupd are read as a stream of JSON tokens:
 // only the topics a tick asks for are kept, and a lookup naming too many
 // nsqds fails at the first one too many, so neither a huge nor a hostile
 // answer is ever held whole.
-
-// countingReader counts what it has read, to tell an answer cut at the size
-// bound from a malformed one.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
 
 // walkObject reads one JSON object, calling field for each key; field must
 // consume the value, or return false to have it skipped.
@@ -109,7 +96,7 @@ func expectDelim(dec *json.Decoder, want json.Delim) error {
 // another: nsqd and nsqlookupd before 1.0 wrapped their answers once, and
 // reading wrappers within wrappers would let an answer's nesting, not its
 // size, set the stack the read takes.
-var errNestedWrapper = errors.New(`"data" wrapper inside another`)
+const errNestedWrapper = queue.Class(`malformed answer: a "data" wrapper inside another`)
 
 // decodeStats reads nsqd's /stats (bare, or in the one {"data": ...}
 // wrapper of nsqd before 1.0), keeping the topics want accepts.
@@ -149,7 +136,7 @@ func decodeStatsIn(dec *json.Decoder, want func(topic string) bool, wrapped bool
 
 // errTooManyProducers marks a lookup that names more nsqds than are read
 // per topic.
-var errTooManyProducers = errors.New("too many nsqds for one topic")
+const errTooManyProducers = queue.Class("too many nsqds for one topic")
 
 type producer struct {
 	Broadcast string `json:"broadcast_address"`

@@ -15,6 +15,7 @@ import (
 
 	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/scaler/policy"
+	"github.com/microscaling/microscaling/scaler/queue"
 )
 
 // allocated is what f allocated on the heap, in bytes.
@@ -57,11 +58,11 @@ func TestHugeAnswersFailFast(t *testing.T) {
 		{"100,000 nsqds from one lookup", "nsqlookupd", "too many nsqds", 1 << 20},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := &NSQReader{Timeout: 5 * time.Second}
+			r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: 5 * time.Second}}
 			q := annotations.QueueRef{Scheme: tc.scheme, Host: host, Name: "jobs", Sub: "work"}
 			var err error
 			t0 := time.Now()
-			n := allocated(func() { _, err = r.Read(context.Background(), []annotations.QueueRef{q}).Reading(q) })
+			n := allocated(func() { _, err = r.Read(context.Background(), asRefs(q)).Reading(q) })
 			if err == nil || !strings.Contains(err.Error(), tc.class) {
 				t.Fatalf("err = %v, want the class %q", err, tc.class)
 			}
@@ -74,7 +75,7 @@ func TestHugeAnswersFailFast(t *testing.T) {
 }
 
 // A 64 MiB answer of {"data": wrappers nested inside each other, to nsqd's
-// and to nsqlookupd's address: the read fails as "not an NSQ answer" at the
+// and to nsqlookupd's address: the read fails as "malformed answer" at the
 // second wrapper, with bounded stack and heap, and the other queue on a
 // healthy nsqd is read in the same tick.
 func TestNestedWrappersAreRefused(t *testing.T) {
@@ -91,19 +92,19 @@ func TestNestedWrappersAreRefused(t *testing.T) {
 	good := annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(healthy.URL, "http://"), Name: "jobs", Sub: "work"}
 	for _, scheme := range []string{"nsq", "nsqlookupd"} {
 		t.Run(scheme, func(t *testing.T) {
-			r := &NSQReader{Timeout: 5 * time.Second, MaxBytes: 128 << 20}
+			r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: 5 * time.Second, MaxBytes: 128 << 20}}
 			q := annotations.QueueRef{Scheme: scheme, Host: bad, Name: "jobs", Sub: "work"}
 			var err, goodErr error
 			var got int64
 			n := allocated(func() {
-				rs := r.Read(context.Background(), []annotations.QueueRef{q, good})
+				rs := r.Read(context.Background(), asRefs(q, good))
 				_, err = rs.Reading(q)
 				var g policy.QueueReading
 				g, goodErr = rs.Reading(good)
 				got = g.Backlog
 			})
-			if err == nil || !strings.Contains(err.Error(), "not an NSQ answer") {
-				t.Fatalf("err = %v, want the class %q", err, "not an NSQ answer")
+			if err == nil || !strings.Contains(err.Error(), "malformed answer") {
+				t.Fatalf("err = %v, want the class %q", err, "malformed answer")
 			}
 			if goodErr != nil || got != 7 {
 				t.Errorf("the healthy queue read %d, %v; want 7, nil", got, goodErr)
@@ -119,8 +120,8 @@ func TestNestedWrappersAreRefused(t *testing.T) {
 func TestOnlyReferencedTopicsAreKept(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(stats1x)) }))
 	defer srv.Close()
-	r := &NSQReader{Timeout: time.Second}
-	st, err := r.stats(context.Background(), strings.TrimPrefix(srv.URL, "http://"), func(topic string) bool { return topic == "fresh" })
+	r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: time.Second}}
+	st, err := r.stats(context.Background(), nil, strings.TrimPrefix(srv.URL, "http://"), func(topic string) bool { return topic == "fresh" })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,8 +153,8 @@ func TestReadsAreBounded(t *testing.T) {
 		servers = append(servers, srv)
 		refs = append(refs, annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(srv.URL, "http://"), Name: "jobs", Sub: "work"})
 	}
-	r := &NSQReader{Timeout: 5 * time.Second, Concurrency: 4}
-	snap := r.Read(context.Background(), refs)
+	r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: 5 * time.Second, Concurrency: 4}}
+	snap := r.Read(context.Background(), asRefs(refs...))
 	for _, q := range refs {
 		if _, err := snap.Reading(q); err != nil {
 			t.Fatal(err)
@@ -182,10 +183,10 @@ func TestSlowHostDelaysOnlyItsQueues(t *testing.T) {
 	q := func(u string) annotations.QueueRef {
 		return annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(u, "http://"), Name: "jobs", Sub: "work"}
 	}
-	r := &NSQReader{Timeout: time.Minute}
+	r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: time.Minute}}
 	got := make(chan error, 1)
 	go func() {
-		snap := r.Read(context.Background(), []annotations.QueueRef{q(slow.URL), q(fast.URL)})
+		snap := r.Read(context.Background(), asRefs(q(slow.URL), q(fast.URL)))
 		_, err := snap.Reading(q(fast.URL))
 		got <- err
 	}()
@@ -196,6 +197,56 @@ func TestSlowHostDelaysOnlyItsQueues(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second): // the slow nsqd answers only when the test ends
 		t.Fatal("the fast nsqd's queue waited for the slow nsqd")
+	}
+}
+
+// TestSlowNeighboursKeepToTheirShare: a namespace naming 64 nsqds that
+// answer, each a little under the timeout, takes its share of the slots
+// for proven hosts, never all of them: another namespace's nsqd is read in
+// every tick. With one pool for everyone, the victim waited behind the
+// slow reads and timed out in most ticks.
+func TestSlowNeighboursKeepToTheirShare(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	healthy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte(stats1x))
+	}))
+	defer healthy.Close()
+	var slowNow atomic.Bool
+	slowly := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if slowNow.Load() {
+			select {
+			case <-time.After(timeout * 2 / 3):
+			case <-r.Context().Done():
+			}
+		}
+		_, _ = w.Write([]byte(stats1x))
+	})
+	victim := annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(healthy.URL, "http://"), Name: "jobs", Sub: "work"}
+	refs := []queue.Ref{{QueueRef: victim, Namespaces: []string{"victim"}}}
+	for range 64 {
+		slow := httptest.NewServer(slowly)
+		defer slow.Close()
+		host := strings.TrimPrefix(slow.URL, "http://")
+		refs = append(refs, queue.Ref{QueueRef: annotations.QueueRef{Scheme: "nsq", Host: host, Name: "jobs", Sub: "work"}, Namespaces: []string{"noisy"}})
+	}
+	r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: timeout, Concurrency: 16}}
+	// Every host answers at once at first: all are proven.
+	snap := r.Read(context.Background(), refs)
+	for _, q := range refs {
+		if _, err := snap.Reading(q.QueueRef); err != nil {
+			t.Fatalf("warming up: %v", err)
+		}
+	}
+	slowNow.Store(true)
+	failed := 0
+	for range 10 {
+		if _, err := r.Read(context.Background(), refs).Reading(victim); err != nil {
+			failed++
+			t.Logf("the victim's read failed: %v", err)
+		}
+	}
+	if failed > 0 {
+		t.Errorf("the victim's nsqd was unreadable in %d of 10 ticks", failed)
 	}
 }
 
@@ -263,34 +314,42 @@ func TestHungHostsDoNotStarveOthers(t *testing.T) {
 			return refs
 		}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			r := &NSQReader{Timeout: 200 * time.Millisecond, Concurrency: 16}
-			if _, err := r.Read(context.Background(), []annotations.QueueRef{victim}).Reading(victim); err != nil {
-				t.Fatalf("the healthy nsqd alone: %v", err)
-			}
-			refs := append(tc.refs(), victim)
-			failed := 0
-			for range 10 {
-				t0 := time.Now()
-				snap := r.Read(context.Background(), refs)
-				if _, err := snap.Reading(victim); err != nil {
-					failed++
-					t.Logf("the victim's read failed: %v", err)
-				}
-				for _, q := range refs[:len(refs)-1] {
-					if _, err := snap.Reading(q); err == nil {
-						t.Fatalf("a hung host's queue %s read without error", q)
+		for _, proven := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/victim read before %v", tc.name, proven), func(t *testing.T) {
+				r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: 200 * time.Millisecond, Concurrency: 16}}
+				if proven {
+					if _, err := r.Read(context.Background(), asRefs(victim)).Reading(victim); err != nil {
+						t.Fatalf("the healthy nsqd alone: %v", err)
 					}
 				}
-				// Every read ends within the timeout (its wait included),
-				// plus the scheduling of some hundred goroutines.
-				if took := time.Since(t0); took > 3*r.Timeout {
-					t.Errorf("a tick's reads took %s, over three times the %s timeout", took, r.Timeout)
+				hung := tc.refs()
+				refs := []queue.Ref{{QueueRef: victim, Namespaces: []string{"victim"}}}
+				for _, q := range hung {
+					refs = append(refs, queue.Ref{QueueRef: q, Namespaces: []string{"noisy"}})
 				}
-			}
-			if failed > 0 {
-				t.Errorf("the healthy nsqd was unreadable in %d of 10 ticks", failed)
-			}
-		})
+				failed := 0
+				for range 10 {
+					t0 := time.Now()
+					snap := r.Read(context.Background(), refs)
+					if _, err := snap.Reading(victim); err != nil {
+						failed++
+						t.Logf("the victim's read failed: %v", err)
+					}
+					for _, q := range hung {
+						if _, err := snap.Reading(q); err == nil {
+							t.Fatalf("a hung host's queue %s read without error", q)
+						}
+					}
+					// Every read ends within the timeout (its wait included),
+					// plus the scheduling of some hundred goroutines.
+					if took := time.Since(t0); took > 3*r.Fetcher.Timeout {
+						t.Errorf("a tick's reads took %s, over three times the %s timeout", took, r.Fetcher.Timeout)
+					}
+				}
+				if failed > 0 {
+					t.Errorf("the healthy nsqd was unreadable in %d of 10 ticks", failed)
+				}
+			})
+		}
 	}
 }

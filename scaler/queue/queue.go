@@ -1,0 +1,124 @@
+// Package queue is how the loop reads queues: the Source interface that
+// every kind of queue implements (one package per kind below this one),
+// Sources, which hands each queue to the source of its scheme, and what
+// every source shares so that every tenant rule holds for all of them: the
+// endpoint policy (allow list, dial-time address check, no redirects, no
+// proxy), fair per-namespace shares of read concurrency with deadlines
+// that run from when a read is sent, bounded answers, per-host metrics,
+// and errors a tenant may see (a class, never a byte of an answer).
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+
+	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/scaler/egress"
+	"github.com/microscaling/microscaling/scaler/policy"
+)
+
+// Ref is one queue a tick reads, and the namespaces whose Deployments name
+// it: its reads are charged to their shares.
+type Ref struct {
+	annotations.QueueRef
+	Namespaces []string
+}
+
+// Source reads the queues of its schemes.
+type Source interface {
+	// Read starts reading what refs need, once per server endpoint however
+	// many refs name it, and returns at once; each Reading waits only for
+	// the reads its own queue needs.
+	Read(ctx context.Context, refs []Ref) policy.Readings
+}
+
+// Sources is a Source that hands each queue to the Source of its scheme.
+type Sources map[string]Source
+
+// Read splits refs by scheme and starts every source's read.
+func (s Sources) Read(ctx context.Context, refs []Ref) policy.Readings {
+	by := map[string][]Ref{}
+	for _, r := range refs {
+		by[r.Scheme] = append(by[r.Scheme], r)
+	}
+	out := readings{}
+	for scheme, rs := range by {
+		if src, ok := s[scheme]; ok {
+			out[scheme] = src.Read(ctx, rs)
+		}
+	}
+	return out
+}
+
+type readings map[string]policy.Readings
+
+func (r readings) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
+	rs, ok := r[q.Scheme]
+	if !ok {
+		return policy.QueueReading{}, &ReadError{Role: q.Scheme, Host: q.Host, Class: "no source reads this scheme"}
+	}
+	return rs.Reading(q)
+}
+
+// Class is an error whose text a tenant may see: a class of failure, never
+// a byte of an answer. Sources wrap their own (fmt.Errorf("%w: ...", c)).
+type Class string
+
+func (c Class) Error() string { return string(c) }
+
+// ErrTooLarge marks an answer over the size bound.
+const ErrTooLarge = Class("answer too large")
+
+// ErrMalformed marks an answer that is not what the server of the scheme
+// sends.
+const ErrMalformed = Class("malformed answer")
+
+// ReadError is a failed read, as the tenant whose queue it is may see it:
+// the server's role, the address from their annotation, and a class of
+// error. Unwrap gives the whole error, for the operator's logs.
+type ReadError struct {
+	Role, Host, Class string
+	err               error
+}
+
+func (e *ReadError) Error() string { return e.Role + " " + e.Host + ": " + e.Class }
+func (e *ReadError) Unwrap() error { return e.err }
+
+// StatusError is an HTTP answer other than the one a read expects; its
+// body, which a tenant may control, is never read.
+type StatusError struct{ Status int }
+
+func (e *StatusError) Error() string { return fmt.Sprintf("HTTP %d", e.Status) }
+
+// Classify makes err a ReadError of role at host.
+func Classify(role, host string, err error) error {
+	var (
+		c   Class
+		he  *StatusError
+		ne  net.Error
+		se  *json.SyntaxError
+		te  *json.UnmarshalTypeError
+		cls string
+	)
+	switch {
+	case errors.Is(err, egress.ErrNotAllowed):
+		cls = "address not allowed by the queue endpoint policy"
+	case errors.As(err, &c):
+		cls = string(c)
+	case errors.As(err, &he):
+		cls = he.Error()
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		cls = "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		cls = "connection refused"
+	case errors.As(err, &se), errors.As(err, &te):
+		cls = string(ErrMalformed)
+	default:
+		cls = "unreachable"
+	}
+	return &ReadError{Role: role, Host: host, Class: cls, err: err}
+}

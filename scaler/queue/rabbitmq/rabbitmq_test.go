@@ -1,0 +1,134 @@
+package rabbitmq
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/scaler/policy"
+	"github.com/microscaling/microscaling/scaler/queue"
+	"github.com/microscaling/microscaling/test/harness"
+)
+
+func guest(queue.Ref) (string, string, bool) { return "guest", "guest", true }
+
+// A real rabbitmq-server with the management plugin: messages ready,
+// unacknowledged, published and consumers as a real AMQP client publishes,
+// takes and acknowledges; wrong credentials and unknown queues fail by
+// class.
+func TestReadsQueuesThroughTheManagementAPI(t *testing.T) {
+	srv := harness.StartRabbitMQ(t)
+	conn, err := amqp.Dial("amqp://guest:guest@" + srv.Addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare("orders", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if err := ch.PublishWithContext(t.Context(), "", "orders", false, false, amqp.Publishing{Body: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ch.Qos(4, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	deliveries, err := ch.Consume("orders", "worker", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tags []uint64
+	for range 4 {
+		tags = append(tags, (<-deliveries).DeliveryTag)
+	}
+	if err := ch.Ack(tags[0], false); err != nil {
+		t.Fatal(err)
+	}
+
+	r := &Reader{Fetcher: &queue.Fetcher{Timeout: 2 * time.Second}, Credentials: guest}
+	orders := annotations.QueueRef{Scheme: annotations.SchemeRabbitMQ, Host: srv.HTTPAddr, Name: "orders", Sub: "/"}
+	// 10 published, 1 acknowledged, and the consumer holds its prefetch of
+	// 4 (the broker sent a fifth once one was acknowledged): 5 ready, 4
+	// unacknowledged, one consumer; the management API shows it within its
+	// statistics interval.
+	want := policy.QueueReading{Backlog: 9, Waiting: 5, Arrived: 10, Consumers: 1}
+	var got policy.QueueReading
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for {
+		got, err = r.Read(t.Context(), []queue.Ref{{QueueRef: orders}}).Reading(orders)
+		if err != nil && !strings.Contains(err.Error(), "no statistics") {
+			t.Fatal(err)
+		}
+		got.At = time.Time{}
+		if got == want {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("reading %+v, want %+v", got, want)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	if got != want {
+		t.Fatalf("reading %+v, want %+v", got, want)
+	}
+
+	unknown := annotations.QueueRef{Scheme: annotations.SchemeRabbitMQ, Host: srv.HTTPAddr, Name: "nothing", Sub: "/"}
+	if _, err := r.Read(t.Context(), []queue.Ref{{QueueRef: unknown}}).Reading(unknown); err == nil || !strings.Contains(err.Error(), "HTTP 404") {
+		t.Errorf("an unknown queue: %v, want HTTP 404", err)
+	}
+	wrong := &Reader{Fetcher: &queue.Fetcher{Timeout: 2 * time.Second}, Credentials: func(queue.Ref) (string, string, bool) { return "guest", "wrong", true }}
+	if _, err := wrong.Read(t.Context(), []queue.Ref{{QueueRef: orders}}).Reading(orders); err == nil || !strings.Contains(err.Error(), "HTTP 401") {
+		t.Errorf("a wrong password: %v, want HTTP 401", err)
+	}
+}
+
+// Figures the management API has not refreshed keep the time they first
+// showed: a rate is measured over the interval the server counted.
+func TestUnchangedFiguresKeepTheirTime(t *testing.T) {
+	body := `{"messages_ready":5,"messages_unacknowledged":1,"consumers":2,"message_stats":{"publish":40}}`
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.EscapedPath() != "/api/queues/%2F/orders" {
+			http.Error(w, "unexpected request", http.StatusBadRequest)
+			return
+		}
+		_, _ = w.Write([]byte(body))
+	}))
+	defer srv.Close()
+	q := annotations.QueueRef{Scheme: annotations.SchemeRabbitMQ, Host: strings.TrimPrefix(srv.URL, "http://"), Name: "orders", Sub: "/"}
+	r := &Reader{Fetcher: &queue.Fetcher{Timeout: 2 * time.Second}}
+	read := func() policy.QueueReading {
+		t.Helper()
+		got, err := r.Read(t.Context(), []queue.Ref{{QueueRef: q}}).Reading(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	first := read()
+	if again := read(); !again.At.Equal(first.At) {
+		t.Errorf("unchanged figures read at %v, then %v: want the first time kept", first.At, again.At)
+	}
+	body = `{"messages_ready":7,"messages_unacknowledged":1,"consumers":2,"message_stats":{"publish":45}}`
+	if next := read(); !next.At.After(first.At) || next.Arrived != 45 {
+		t.Errorf("new figures %+v at %v, want 45 arrived after %v", next, next.At, first.At)
+	}
+	// A queue just declared has no counts yet: not read as empty.
+	body = `{"name":"orders","vhost":"/","consumer_details":[]}`
+	if _, err := r.Read(t.Context(), []queue.Ref{{QueueRef: q}}).Reading(q); err == nil || !strings.Contains(err.Error(), "no statistics") {
+		t.Errorf("an answer without counts: %v, want no statistics yet", err)
+	}
+}

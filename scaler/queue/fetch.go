@@ -382,3 +382,11 @@ func Namespaces(refs ...Ref) []string {
 	slices.Sort(out)
 	return out
 }
+
+// HTTPClient is the client requests go through (the endpoint policy's).
+func (f *Fetcher) HTTPClient() *http.Client {
+	if f.Client == nil {
+		return defaultClient
+	}
+	return f.Client
+}

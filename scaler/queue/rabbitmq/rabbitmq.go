@@ -13,8 +13,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"sync"
-	"time"
 
 	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/scaler/policy"
@@ -29,15 +27,7 @@ type Reader struct {
 	// with; ok false: none (the request goes without).
 	Credentials func(q queue.Ref) (user, password string, ok bool)
 
-	mu   sync.Mutex // guards seen
-	seen map[annotations.QueueRef]seen
-}
-
-// seen is the last figures read of a queue and when they first showed.
-type seen struct {
-	figures answer
-	at      time.Time
-	read    time.Time
+	seen queue.Unchanged[annotations.QueueRef, answer]
 }
 
 // answer is the part of GET /api/queues/VHOST/QUEUE that is read.
@@ -77,7 +67,7 @@ type read struct {
 // Read starts one GET per queue and returns at once.
 func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	r.Fetcher.Forget()
-	r.forget()
+	r.seen.Forget(r.Fetcher.Now())
 	s := snapshot{}
 	for _, q := range refs {
 		rd := &read{done: make(chan struct{})}
@@ -114,39 +104,9 @@ func (r *Reader) read(ctx context.Context, q queue.Ref) (policy.QueueReading, er
 	if a.Ready < 0 || a.Unacked < 0 || a.Consumers < 0 || a.MessageStats.Publish < 0 {
 		return policy.QueueReading{}, queue.ErrMalformed
 	}
-	at := r.firstShown(q.QueueRef, a)
+	at := r.seen.Since(q.QueueRef, a, r.Fetcher.Now())
 	return policy.QueueReading{Backlog: a.Ready + a.Unacked, Waiting: a.Ready, Arrived: a.MessageStats.Publish,
 		Consumers: a.Consumers, At: at}, nil
-}
-
-// firstShown is when the figures a were first read for q.
-func (r *Reader) firstShown(q annotations.QueueRef, a answer) time.Time {
-	now := r.Fetcher.Now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.seen == nil {
-		r.seen = map[annotations.QueueRef]seen{}
-	}
-	s, ok := r.seen[q]
-	if !ok || s.figures != a {
-		s = seen{figures: a, at: now}
-	}
-	s.read = now
-	r.seen[q] = s
-	return s.at
-}
-
-// forget drops what is remembered of queues no read has named for
-// queue.ForgetAfter.
-func (r *Reader) forget() {
-	now := r.Fetcher.Now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for q, s := range r.seen {
-		if now.Sub(s.read) > queue.ForgetAfter {
-			delete(r.seen, q)
-		}
-	}
 }
 
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {

@@ -1,0 +1,126 @@
+package prometheus
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/scaler/policy"
+	"github.com/microscaling/microscaling/scaler/queue"
+	"github.com/microscaling/microscaling/test/harness"
+)
+
+// A real Prometheus scraping an exporter every second: the backlog and
+// arrivals queries' values as the exporter's figures change, one query per
+// distinct expression however many queues name it, and every way a query
+// can fail, by class.
+func TestQueriesARealPrometheus(t *testing.T) {
+	var lag, offset atomic.Int64
+	lag.Store(42)
+	offset.Store(1000)
+	exporter := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, "# TYPE kafka_lag gauge\nkafka_lag{partition=\"0\"} %d\nkafka_lag{partition=\"1\"} 0\n", lag.Load())
+		fmt.Fprintf(w, "# TYPE kafka_offset counter\nkafka_offset_total{partition=\"0\"} %d\n", offset.Load())
+	}))
+	defer exporter.Close()
+	prom := harness.StartPrometheus(t, strings.TrimPrefix(exporter.URL, "http://"))
+
+	var queries atomic.Int64
+	counting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		queries.Add(1)
+		u, err := url.Parse("http://" + prom.Addr + r.URL.RequestURI())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		r.URL, r.Host, r.RequestURI = u, "", ""
+		resp, err := http.DefaultTransport.RoundTrip(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, vs := range resp.Header {
+			w.Header()[k] = vs
+		}
+		w.WriteHeader(resp.StatusCode)
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := resp.Body.Read(buf)
+			_, _ = w.Write(buf[:n])
+			if err != nil {
+				return
+			}
+		}
+	}))
+	defer counting.Close()
+	host := strings.TrimPrefix(counting.URL, "http://")
+	r := &Reader{Fetcher: &queue.Fetcher{Timeout: 5 * time.Second}}
+	q := annotations.QueueRef{Scheme: annotations.SchemePrometheus, Host: host, Name: "sum(kafka_lag)", Sub: "sum(kafka_offset_total)"}
+	same := annotations.QueueRef{Scheme: annotations.SchemePrometheus, Host: host, Name: "sum(kafka_lag)"}
+
+	read := func(qs ...annotations.QueueRef) policy.Readings {
+		var refs []queue.Ref
+		for _, x := range qs {
+			refs = append(refs, queue.Ref{QueueRef: x, Namespaces: []string{"a"}})
+		}
+		return r.Read(t.Context(), refs)
+	}
+	// Wait for the first scrape.
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	var got policy.QueueReading
+	for {
+		var err error
+		got, err = read(q).Reading(q)
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "no value") {
+			t.Fatal(err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no value within 30 s: %v", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if got.Backlog != 42 || got.Waiting != 42 || got.Arrived != 1000 || got.NoArrivals {
+		t.Errorf("reading %+v, want backlog 42 and 1000 arrived", got)
+	}
+	queries.Store(0)
+	snap := read(q, same)
+	if _, err := snap.Reading(same); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := snap.Reading(same); err != nil || !b.NoArrivals || b.Backlog != 42 {
+		t.Errorf("without an arrivals query: %+v, %v; want backlog 42, no arrivals", b, err)
+	}
+	if n := queries.Load(); n != 2 {
+		t.Errorf("%d queries for two queues sharing their backlog query, want 2", n)
+	}
+
+	for _, tc := range []struct{ expr, want string }{
+		{"kafka_lag", "more than one series"},
+		{"sum(nothing_here)", "no value"},
+		{"sum(kafka_lag", "refused the query"},
+		{"-1", "not a count"},
+		{`{__name__=~".+"}`, "more than one series"},
+	} {
+		bad := annotations.QueueRef{Scheme: annotations.SchemePrometheus, Host: host, Name: tc.expr}
+		if _, err := read(bad).Reading(bad); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.expr, err, tc.want)
+		}
+	}
+	small := &Reader{Fetcher: &queue.Fetcher{Timeout: 5 * time.Second, MaxBytes: 64}}
+	if _, err := small.Read(t.Context(), []queue.Ref{{QueueRef: q}}).Reading(q); err == nil || !strings.Contains(err.Error(), "answer too large") {
+		t.Errorf("with a 64-byte bound: %v, want answer too large", err)
+	}
+}

@@ -1,0 +1,47 @@
+package queue
+
+import (
+	"sync"
+	"time"
+)
+
+// Unchanged times figures that a server refreshes on its own schedule (a
+// management API's statistics interval, a Prometheus scrape): figures read
+// again unchanged keep the time they were first read, so that a rate is
+// measured over the interval the server counted, not over the reads.
+type Unchanged[K, V comparable] struct {
+	mu   sync.Mutex
+	seen map[K]shown[V]
+}
+
+type shown[V comparable] struct {
+	v           V
+	first, last time.Time
+}
+
+// Since records v read for k at now and returns when k first showed v.
+func (u *Unchanged[K, V]) Since(k K, v V, now time.Time) time.Time {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.seen == nil {
+		u.seen = map[K]shown[V]{}
+	}
+	s, ok := u.seen[k]
+	if !ok || s.v != v {
+		s = shown[V]{v: v, first: now}
+	}
+	s.last = now
+	u.seen[k] = s
+	return s.first
+}
+
+// Forget drops the keys not read for ForgetAfter.
+func (u *Unchanged[K, V]) Forget(now time.Time) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for k, s := range u.seen {
+		if now.Sub(s.last) > ForgetAfter {
+			delete(u.seen, k)
+		}
+	}
+}

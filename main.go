@@ -60,7 +60,12 @@ import (
 	"github.com/microscaling/microscaling/scaler/dashboard"
 	scalermetrics "github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/queue"
+	"github.com/microscaling/microscaling/scaler/queue/nats"
 	"github.com/microscaling/microscaling/scaler/queue/nsq"
+	promsource "github.com/microscaling/microscaling/scaler/queue/prometheus"
+	"github.com/microscaling/microscaling/scaler/queue/rabbitmq"
+	"github.com/microscaling/microscaling/scaler/queue/redis"
+	"github.com/microscaling/microscaling/scaler/queue/secret"
 	"github.com/microscaling/microscaling/scaler/status"
 )
 
@@ -114,6 +119,7 @@ type options struct {
 	remainderPrio   int
 	queueReads      int
 	queueReadsPerNS int
+	queueSecrets    bool
 	leaderElect     bool
 	leaseName       string
 	leaseNamespace  string
@@ -207,6 +213,7 @@ func controllerFlags(fs *flag.FlagSet) *options {
 	fs.IntVar(&o.hostsPerNS, "queue-hosts-per-namespace", 32, "distinct queue hosts the Deployments of one namespace may name; the queues of hosts past it (in sorted order) are not read and their members are held; 0: no bound")
 	fs.Int64Var(&o.queueMaxBytes, "queue-max-bytes", queue.DefaultMaxBytes, "largest queue server answer read; a larger one makes its queues unreadable")
 	fs.IntVar(&o.queueReads, "queue-concurrency", queue.DefaultConcurrency, "queue requests in flight at once to servers that answered their last read, and as many to the others")
+	fs.BoolVar(&o.queueSecrets, "queue-secrets", false, "read queue credentials from the Secret a Deployment names in microscaling.com/queue-secret (its own namespace, by name, never listed); needs the RBAC the chart's queueSecrets.enabled or manifests/queue-secrets grants")
 	fs.IntVar(&o.queueReadsPerNS, "queue-namespace-concurrency", queue.DefaultPerNamespace, "queue requests in flight at once for one namespace's Deployments: its share of --queue-concurrency")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "hold a Lease so that only one replica writes")
 	fs.StringVar(&o.leaseName, "leader-elect-lease-name", "microscaling", "name of the Lease")
@@ -629,7 +636,7 @@ func run(ctx context.Context, o options) error {
 	}
 	history := dashboard.NewHistory(600, 100)
 	ctrl := scaler.New(scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun, History: history, QueueHostsPerNamespace: o.hostsPerNS, QueueSameNamespace: o.sameNamespace, RemainderMaxPriority: int32(o.remainderPrio)},
-		inf, sources(queuePolicy, &o, metrics),
+		inf, sources(queuePolicy, &o, metrics, client),
 		scaler.ScaleWriter{Client: client}, recorder, metrics, clock.RealClock{})
 	reg.MustRegister(scalermetrics.Collector(ctrl)) // the per-Deployment gauges
 
@@ -925,9 +932,19 @@ func forwardToLeader(h *health, rv *access.Reviewer, local http.Handler) http.Ha
 
 // sources is the queue source of every scheme, all under one Fetcher: one
 // set of read slots, per-namespace shares, timeouts and answer bounds.
-func sources(p queue.Policy, o *options, m *scalermetrics.Metrics) queue.Sources {
+func sources(p queue.Policy, o *options, m *scalermetrics.Metrics, client kubernetes.Interface) queue.Sources {
 	f := &queue.Fetcher{Client: queue.NewClient(p), Timeout: o.queueTimeout, Metrics: m,
 		MaxBytes: o.queueMaxBytes, Concurrency: o.queueReads, PerNamespace: o.queueReadsPerNS}
+	if o.queueSecrets {
+		f.Credentials = &secret.Reader{Client: client}
+	}
 	n := &nsq.NSQReader{Fetcher: f}
-	return queue.Sources{annotations.SchemeNSQ: n, annotations.SchemeNSQLookupd: n}
+	return queue.Sources{
+		annotations.SchemeNSQ:        n,
+		annotations.SchemeNSQLookupd: n,
+		annotations.SchemeRabbitMQ:   &rabbitmq.Reader{Fetcher: f},
+		annotations.SchemeRedis:      &redis.Reader{Fetcher: f, Dial: p.DialContext()},
+		annotations.SchemeNATS:       &nats.Reader{Fetcher: f},
+		annotations.SchemePrometheus: &promsource.Reader{Fetcher: f},
+	}
 }

@@ -32,6 +32,7 @@ const (
 	Priority          = Prefix + "priority"
 	Rule              = Prefix + "rule"
 	Queue             = Prefix + "queue"
+	QueueSecret       = Prefix + "queue-secret"
 	TargetQueueLength = Prefix + "target-queue-length"
 	TargetWait        = Prefix + "target-wait"
 	MinReplicas       = Prefix + "min-replicas"
@@ -45,7 +46,7 @@ const (
 
 // Keys lists every key of the contract, in the order the docs give them.
 var Keys = []string{
-	Group, Priority, Rule, Queue, TargetQueueLength, TargetWait, MinReplicas, MaxReplicas,
+	Group, Priority, Rule, Queue, QueueSecret, TargetQueueLength, TargetWait, MinReplicas, MaxReplicas,
 	MaxDelta, ScaleDownDelay, GroupMaxReplicas, Paused, SyncLabels,
 }
 
@@ -89,6 +90,9 @@ type Spec struct {
 	GroupMaxReplicas  int32 // 0: no group budget
 	Paused            bool
 	SyncLabels        bool
+	// QueueSecret names a Secret of the Deployment's namespace holding the
+	// credentials its queues are read with; empty: none.
+	QueueSecret string
 }
 
 // FieldError is one problem with one annotation.
@@ -222,6 +226,18 @@ func Parse(name string, ann map[string]string) (Spec, error) {
 	}
 	s.Paused = p.boolean(Paused)
 	s.SyncLabels = p.boolean(SyncLabels)
+	if v, ok := p.get(QueueSecret); ok {
+		switch {
+		case len(validation.IsDNS1123Subdomain(v)) > 0:
+			p.fail(QueueSecret, v, "the name of a Secret in the Deployment's namespace (a DNS-1123 subdomain)")
+		case !hasQueue:
+			p.fail(QueueSecret, v, "used only with microscaling.com/queue")
+		case slices.ContainsFunc(s.Queues, func(q QueueRef) bool { return q.Scheme == SchemeNSQ || q.Scheme == SchemeNSQLookupd }):
+			p.fail(QueueSecret, v, "nsqd and nsqlookupd take no credentials: name queues of one kind that does, or remove it")
+		default:
+			s.QueueSecret = v
+		}
+	}
 	return s, utilerrors.NewAggregate(p.errs)
 }
 
@@ -345,6 +361,19 @@ func distance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// QualifySecret marks each queue of spec with the Secret its credentials
+// come from, in namespace ns ("ns/name"): the same queue read with
+// different credentials is a different read, so that no Deployment's
+// reading is ever made with another namespace's Secret.
+func (s *Spec) QualifySecret(ns string) {
+	if s.QueueSecret == "" {
+		return
+	}
+	for i := range s.Queues {
+		s.Queues[i].Secret = ns + "/" + s.QueueSecret
+	}
 }
 
 // QueuesInNamespace checks that every in-cluster queue address of spec

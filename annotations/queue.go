@@ -43,6 +43,9 @@ type QueueRef struct {
 	Host   string // host:port
 	Name   string
 	Sub    string
+	// Secret is the namespace/name of the Secret the queue is read with
+	// (Spec.QualifySecret); empty: none.
+	Secret string
 }
 
 // String renders the reference in the form Parse accepts.

@@ -380,6 +380,7 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 		return st
 	}
 	spec, err := annotations.Parse(d.Name, d.Annotations)
+	spec.QualifySecret(d.Namespace) // read with this namespace's Secret, never another's
 	if err == nil && c.cfg.QueueSameNamespace {
 		err = annotations.QueuesInNamespace(spec, d.Namespace)
 	}

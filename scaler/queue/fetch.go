@@ -44,6 +44,9 @@ type Fetcher struct {
 	MaxBytes     int64
 	Concurrency  int
 	PerNamespace int
+	// Credentials, when set, gives the credentials of queues that name a
+	// Secret; unset, such queues are unreadable (ErrNoSecrets).
+	Credentials CredentialSource
 
 	once sync.Once
 	// sem bounds the requests in flight to proven hosts, probation those to

@@ -82,6 +82,29 @@ func TestAdmissionPolicyAgreesWithParse(t *testing.T) {
 		{"the same queue twice", map[string]string{annotations.Queue: q + "," + q, annotations.TargetQueueLength: "5", annotations.MaxReplicas: "5"}},
 		{"queue on a remainder", map[string]string{annotations.Queue: q, annotations.Rule: "remainder", annotations.MaxReplicas: "5"}},
 	}
+	for i, v := range []string{
+		"rabbitmq://rabbit.ns:15672/%2F/orders", "rabbitmq://10.0.0.1:15672/prod/orders%20eu", "rabbitmq://rabbit:15672/orders",
+		"redis://redis:6379/jobs", "redis://[::1]:6379/app%2Fjobs?group=workers", "redis://redis:6379/a/b", "redis://redis:6379/k?group=g&x=1",
+		"nats://nats:8222/ORDERS/worker", "nats://nats:8222/ORD.ERS/worker", "nats://nats:8222/ORDERS",
+		"prometheus://prom:9090?backlog=sum(kafka_lag%7Btopic%3D%22a%22%7D)", "prometheus://prom:9090?backlog=sum(x)&arrivals=sum(y_total)",
+		"prometheus://prom:9090?arrivals=sum(y)&backlog=sum(x)", "prometheus://prom:9090?arrivals=sum(y)", "prometheus://prom:9090/api?backlog=x",
+		"prometheus://prom:99999?backlog=x", "amqp://rabbit:5672/%2F/q",
+	} {
+		cases = append(cases, tc{fmt.Sprintf("queue form %d %s", i, v), map[string]string{annotations.Queue: v, annotations.TargetQueueLength: "5", annotations.MaxReplicas: "5"}})
+	}
+	for i, c := range []struct{ queue, secret string }{
+		{"rabbitmq://rabbit:15672/%2F/orders", "rabbit-reader"}, {"redis://redis:6379/jobs", "redis.creds"},
+		{"rabbitmq://rabbit:15672/%2F/orders", "Bad_Name"}, {q, "nsq-creds"}, {"", "lonely"},
+	} {
+		ann := map[string]string{annotations.QueueSecret: c.secret, annotations.TargetQueueLength: "5", annotations.MaxReplicas: "5"}
+		if c.queue != "" {
+			ann[annotations.Queue] = c.queue
+		} else {
+			ann[annotations.Rule] = "remainder"
+			delete(ann, annotations.TargetQueueLength)
+		}
+		cases = append(cases, tc{fmt.Sprintf("queue-secret %d %s", i, c.secret), ann})
+	}
 	for _, key := range annotations.Keys {
 		for i, v := range hostileValues {
 			ann := base()

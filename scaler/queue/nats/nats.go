@@ -44,18 +44,25 @@ type consumer struct {
 // Read starts one GET per server and returns at once.
 func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	r.Fetcher.Forget()
-	byHost := map[string][]queue.Ref{}
+	byHost := map[endpoint][]queue.Ref{}
 	for _, q := range refs {
-		byHost[q.Host] = append(byHost[q.Host], q)
+		e := endpoint{q.Host, q.Secret}
+		byHost[e] = append(byHost[e], q)
 	}
 	s := snapshot{}
-	for host, rs := range byHost {
+	for e, rs := range byHost {
 		h := &hostRead{done: make(chan struct{})}
-		s[host] = h
+		s[e] = h
+		host := e.host
 		go func() {
 			defer close(h.done)
+			creds, err := r.Fetcher.CredentialsFor(ctx, rs[0].QueueRef)
+			if err != nil {
+				h.err = queue.Classify("nats", host, err)
+				return
+			}
 			u := "http://" + host + "/jsz?consumers=true"
-			err := r.Fetcher.GetJSON(ctx, queue.Namespaces(rs...), host, u, nil, func(dec *json.Decoder) error {
+			err = r.Fetcher.GetJSON(ctx, queue.Namespaces(rs...), host, u, creds.Authorize, func(dec *json.Decoder) error {
 				h.at = r.Fetcher.Now()
 				return dec.Decode(&h.answer)
 			})
@@ -67,7 +74,10 @@ func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	return s
 }
 
-type snapshot map[string]*hostRead
+// endpoint is a server read with one Secret's credentials (or none).
+type endpoint struct{ host, secret string }
+
+type snapshot map[endpoint]*hostRead
 
 // hostRead is one server's answer; set before done closes.
 type hostRead struct {
@@ -80,7 +90,7 @@ type hostRead struct {
 const errNoConsumer = queue.Class("no such JetStream stream and consumer on the server")
 
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
-	h, ok := s[q.Host]
+	h, ok := s[endpoint{q.Host, q.Secret}]
 	if !ok {
 		return policy.QueueReading{}, fmt.Errorf("nats %s: not read", q.Host)
 	}

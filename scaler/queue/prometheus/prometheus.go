@@ -32,7 +32,7 @@ type Reader struct {
 	seen queue.Unchanged[annotations.QueueRef, [2]int64]
 }
 
-type queryKey struct{ host, expr string }
+type queryKey struct{ host, expr, secret string }
 
 // result is one query's value; set before done closes.
 type result struct {
@@ -55,7 +55,7 @@ func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	for _, q := range refs {
 		for _, e := range []string{q.Name, q.Sub} {
 			if e != "" {
-				k := queryKey{q.Host, e}
+				k := queryKey{q.Host, e, q.Secret}
 				charged[k] = append(charged[k], q)
 			}
 		}
@@ -67,7 +67,7 @@ func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 		go func() {
 			defer close(res.done)
 			err := r.Fetcher.Do(ctx, queue.Namespaces(rs...), k.host, func(ctx context.Context) error {
-				v, err := r.query(ctx, k)
+				v, err := r.query(ctx, k, rs[0].QueueRef)
 				res.v = v
 				return err
 			})
@@ -88,9 +88,13 @@ const (
 	errNotAValue  = queue.Class("the query gave neither a vector nor a scalar")
 )
 
-func (r *Reader) query(ctx context.Context, k queryKey) (int64, error) {
+func (r *Reader) query(ctx context.Context, k queryKey, q annotations.QueueRef) (int64, error) {
+	creds, err := r.Fetcher.CredentialsFor(ctx, q)
+	if err != nil {
+		return 0, err
+	}
 	c, err := api.NewClient(api.Config{Address: "http://" + k.host, Client: &http.Client{
-		Transport:     bounded{next: r.Fetcher.HTTPClient().Transport, limit: r.Fetcher.MaxAnswer()},
+		Transport:     bounded{next: r.Fetcher.HTTPClient().Transport, limit: r.Fetcher.MaxAnswer(), creds: creds},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}})
 	if err != nil {
@@ -136,7 +140,7 @@ func (r *Reader) query(ctx context.Context, k queryKey) (int64, error) {
 
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	get := func(expr string) (int64, error) {
-		res, ok := s.results[queryKey{q.Host, expr}]
+		res, ok := s.results[queryKey{q.Host, expr, q.Secret}]
 		if !ok {
 			return 0, fmt.Errorf("prometheus %s: not read", q.Host)
 		}
@@ -159,14 +163,17 @@ func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	return out, nil
 }
 
-// bounded fails an answer's body past limit bytes and passes on no
-// redirect.
+// bounded adds the credentials and fails an answer's body past limit
+// bytes.
 type bounded struct {
 	next  http.RoundTripper
 	limit int64
+	creds queue.Credentials
 }
 
 func (b bounded) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	b.creds.Authorize(req)
 	resp, err := b.next.RoundTrip(req)
 	if err != nil {
 		return nil, err

@@ -11,7 +11,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/url"
 
 	"github.com/microscaling/microscaling/annotations"
@@ -23,11 +22,7 @@ import (
 type Reader struct {
 	// Fetcher bounds every read (slots, shares, timeout, answer size).
 	Fetcher *queue.Fetcher
-	// Credentials, when set, gives the user and password to read a queue
-	// with; ok false: none (the request goes without).
-	Credentials func(q queue.Ref) (user, password string, ok bool)
-
-	seen queue.Unchanged[annotations.QueueRef, answer]
+	seen    queue.Unchanged[annotations.QueueRef, answer]
 }
 
 // answer is the part of GET /api/queues/VHOST/QUEUE that is read.
@@ -85,14 +80,12 @@ func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 
 func (r *Reader) read(ctx context.Context, q queue.Ref) (policy.QueueReading, error) {
 	u := "http://" + q.Host + "/api/queues/" + url.PathEscape(q.Sub) + "/" + url.PathEscape(q.Name)
+	creds, err := r.Fetcher.CredentialsFor(ctx, q.QueueRef)
+	if err != nil {
+		return policy.QueueReading{}, err
+	}
 	var w wire
-	err := r.Fetcher.GetJSON(ctx, q.Namespaces, q.Host, u, func(req *http.Request) {
-		if r.Credentials != nil {
-			if user, pass, ok := r.Credentials(q); ok {
-				req.SetBasicAuth(user, pass)
-			}
-		}
-	}, func(dec *json.Decoder) error { return dec.Decode(&w) })
+	err = r.Fetcher.GetJSON(ctx, q.Namespaces, q.Host, u, creds.Authorize, func(dec *json.Decoder) error { return dec.Decode(&w) })
 	if err != nil {
 		return policy.QueueReading{}, err
 	}

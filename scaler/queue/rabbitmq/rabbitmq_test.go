@@ -17,7 +17,19 @@ import (
 	"github.com/microscaling/microscaling/test/harness"
 )
 
-func guest(queue.Ref) (string, string, bool) { return "guest", "guest", true }
+// secrets serves credentials by Secret name, as the controller's Secret
+// reader does.
+type secrets map[string]queue.Credentials
+
+func (s secrets) Credentials(_ context.Context, name string) (queue.Credentials, error) {
+	c, ok := s[name]
+	if !ok {
+		return queue.Credentials{}, queue.Class("no such Secret")
+	}
+	return c, nil
+}
+
+var guest = secrets{"shop/rabbit": {Username: "guest", Password: "guest"}, "shop/wrong": {Username: "guest", Password: "wrong"}}
 
 // A real rabbitmq-server with the management plugin: messages ready,
 // unacknowledged, published and consumers as a real AMQP client publishes,
@@ -57,8 +69,8 @@ func TestReadsQueuesThroughTheManagementAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r := &Reader{Fetcher: &queue.Fetcher{Timeout: 2 * time.Second}, Credentials: guest}
-	orders := annotations.QueueRef{Scheme: annotations.SchemeRabbitMQ, Host: srv.HTTPAddr, Name: "orders", Sub: "/"}
+	r := &Reader{Fetcher: &queue.Fetcher{Timeout: 2 * time.Second, Credentials: guest}}
+	orders := annotations.QueueRef{Scheme: annotations.SchemeRabbitMQ, Host: srv.HTTPAddr, Name: "orders", Sub: "/", Secret: "shop/rabbit"}
 	// 10 published, 1 acknowledged, and the consumer holds its prefetch of
 	// 4 (the broker sent a fifth once one was acknowledged): 5 ready, 4
 	// unacknowledged, one consumer; the management API shows it within its
@@ -86,13 +98,30 @@ func TestReadsQueuesThroughTheManagementAPI(t *testing.T) {
 		t.Fatalf("reading %+v, want %+v", got, want)
 	}
 
-	unknown := annotations.QueueRef{Scheme: annotations.SchemeRabbitMQ, Host: srv.HTTPAddr, Name: "nothing", Sub: "/"}
+	unknown := annotations.QueueRef{Scheme: annotations.SchemeRabbitMQ, Host: srv.HTTPAddr, Name: "nothing", Sub: "/", Secret: "shop/rabbit"}
 	if _, err := r.Read(t.Context(), []queue.Ref{{QueueRef: unknown}}).Reading(unknown); err == nil || !strings.Contains(err.Error(), "HTTP 404") {
 		t.Errorf("an unknown queue: %v, want HTTP 404", err)
 	}
-	wrong := &Reader{Fetcher: &queue.Fetcher{Timeout: 2 * time.Second}, Credentials: func(queue.Ref) (string, string, bool) { return "guest", "wrong", true }}
-	if _, err := wrong.Read(t.Context(), []queue.Ref{{QueueRef: orders}}).Reading(orders); err == nil || !strings.Contains(err.Error(), "HTTP 401") {
-		t.Errorf("a wrong password: %v, want HTTP 401", err)
+	// The same queue read with another Secret is a read of its own.
+	wrong := orders
+	wrong.Secret = "shop/wrong"
+	snap := r.Read(t.Context(), []queue.Ref{{QueueRef: orders}, {QueueRef: wrong}})
+	if _, err := snap.Reading(wrong); err == nil || !strings.Contains(err.Error(), "HTTP 401") || strings.Contains(err.Error(), "wrong") {
+		t.Errorf("a wrong password: %v, want HTTP 401 and no credentials", err)
+	}
+	if _, err := snap.Reading(orders); err != nil {
+		t.Errorf("the right password beside it: %v", err)
+	}
+	// No Secret named: no credentials, refused; a Secret named with Secret
+	// reading off: the member is told why.
+	anonymous := orders
+	anonymous.Secret = ""
+	if _, err := r.Read(t.Context(), []queue.Ref{{QueueRef: anonymous}}).Reading(anonymous); err == nil || !strings.Contains(err.Error(), "HTTP 401") {
+		t.Errorf("without credentials: %v, want HTTP 401", err)
+	}
+	off := &Reader{Fetcher: &queue.Fetcher{Timeout: 2 * time.Second}}
+	if _, err := off.Read(t.Context(), []queue.Ref{{QueueRef: orders}}).Reading(orders); err == nil || !strings.Contains(err.Error(), "--queue-secrets") {
+		t.Errorf("with Secret reading off: %v, want it named", err)
 	}
 }
 

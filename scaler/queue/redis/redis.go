@@ -41,14 +41,16 @@ type Reader struct {
 // Read starts one pipeline per server and returns at once.
 func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	r.Fetcher.Forget()
-	byHost := map[string][]queue.Ref{}
+	byHost := map[endpoint][]queue.Ref{}
 	for _, q := range refs {
-		byHost[q.Host] = append(byHost[q.Host], q)
+		e := endpoint{q.Host, q.Secret}
+		byHost[e] = append(byHost[e], q)
 	}
 	s := snapshot{}
-	for host, rs := range byHost {
+	for e, rs := range byHost {
 		h := &hostRead{done: make(chan struct{}), got: map[annotations.QueueRef]policy.QueueReading{}}
-		s[host] = h
+		s[e] = h
+		host := e.host
 		go func() {
 			defer close(h.done)
 			err := r.Fetcher.Do(ctx, queue.Namespaces(rs...), host, func(ctx context.Context) error {
@@ -62,7 +64,10 @@ func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	return s
 }
 
-type snapshot map[string]*hostRead
+// endpoint is a server read with one Secret's credentials (or none).
+type endpoint struct{ host, secret string }
+
+type snapshot map[endpoint]*hostRead
 
 // hostRead is one server's pipeline; got and err are set before done closes.
 type hostRead struct {
@@ -74,7 +79,7 @@ type hostRead struct {
 }
 
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
-	h, ok := s[q.Host]
+	h, ok := s[endpoint{q.Host, q.Secret}]
 	if !ok {
 		return policy.QueueReading{}, fmt.Errorf("redis %s: not read", q.Host)
 	}
@@ -98,9 +103,13 @@ const (
 )
 
 func (r *Reader) read(ctx context.Context, host string, rs []queue.Ref, h *hostRead) error {
+	creds, err := r.Fetcher.CredentialsFor(ctx, rs[0].QueueRef)
+	if err != nil {
+		return err
+	}
 	limit := r.Fetcher.MaxAnswer()
 	c := goredis.NewClient(&goredis.Options{
-		Addr: host,
+		Addr: host, Username: creds.Username, Password: creds.Password,
 		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			conn, err := r.Dial(ctx, network, addr)
 			if err != nil {

@@ -21,10 +21,15 @@ image:
 image-binaries:
 	test/tools/image.sh binaries
 
-# Debian's Chromium, for the dashboard's browser test.
+# Debian's Chromium, for the dashboard's browser test, and the queue
+# servers the sources are tested against (installed, never started here).
 deps:
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium (the dashboard's browser test)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@for b in redis-server nats-server rabbitmq-server prometheus; do \
+	  command -v $$b >/dev/null || [ -x /usr/sbin/$$b ] || { echo "installing Debian's redis, nats, rabbitmq and prometheus (the queue sources' tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server nats-server rabbitmq-server prometheus; break; }; \
+	done
 
 demo: binaries
 	MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) run ./test/demo

@@ -65,8 +65,9 @@ func startServer(t testing.TB, p *process, ready func(ctx context.Context) error
 	}
 }
 
-// StartRedis starts redis-server with no persistence.
-func StartRedis(t testing.TB) *Server {
+// StartRedis starts redis-server with no persistence; args are added to
+// its command line (--requirepass PASSWORD, say).
+func StartRedis(t testing.TB, args ...string) *Server {
 	t.Helper()
 	port, err := freePort()
 	if err != nil {
@@ -75,7 +76,7 @@ func StartRedis(t testing.TB) *Server {
 	s := &Server{Addr: addr(port)}
 	s.HTTPAddr = s.Addr
 	s.p = &process{name: "redis-server", bin: lookBin(t, "redis-server"), log: filepath.Join(t.TempDir(), "redis.log"),
-		args: []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}}
+		args: append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}, args...)}
 	startServer(t, s.p, func(ctx context.Context) error { return dialed(ctx, s.Addr) }, 30*time.Second)
 	return s
 }

@@ -54,6 +54,14 @@ func ProduceRate(ctx context.Context, addr, topic string, rate func(time.Duratio
 	}
 	p.SetLoggerLevel(nsq.LogLevelError)
 	defer p.Stop()
+	Pace(ctx, rate, func(n int) error { return p.MultiPublish(topic, stamped(n)) })
+	return nil
+}
+
+// Pace calls publish with how many messages to send every 100 ms so that
+// rate(time since the start) messages per second go out, until ctx ends.
+// A failed batch is logged and not sent again.
+func Pace(ctx context.Context, rate func(time.Duration) float64, publish func(n int) error) {
 	start := time.Now()
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
@@ -61,7 +69,7 @@ func ProduceRate(ctx context.Context, addr, topic string, rate func(time.Duratio
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-t.C:
 		}
 		owed += rate(time.Since(start)) / 10
@@ -70,9 +78,8 @@ func ProduceRate(ctx context.Context, addr, topic string, rate func(time.Duratio
 			continue
 		}
 		owed -= float64(n)
-		batch := stamped(n)
-		if err := p.MultiPublish(topic, batch); err != nil {
-			klog.FromContext(ctx).Info("publish failed; retrying next batch", "err", err)
+		if err := publish(n); err != nil && ctx.Err() == nil {
+			klog.FromContext(ctx).Info("publish failed; going on with the next batch", "err", err)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 // Package workload closes the loop for tests and the local demo: it starts
-// one NSQ consumer per Running pod of a Deployment (kwok pods run nothing),
-// each taking a fixed time per message, and publishes messages.
+// one consumer per Running pod of a Deployment (kwok pods run nothing), on
+// NSQ or any queue a Connect gives (RabbitMQ, Redis, NATS JetStream), each
+// taking a fixed time per message, and publishes messages.
 package workload
 
 import (
@@ -35,9 +36,14 @@ type Consumers struct {
 	// Waits, when set, records each stamped message's wait from publish to
 	// the start of its handling.
 	Waits *Waits
+	// Connect, when set, starts one pod's consumer on another queue: it
+	// calls handle for each message it takes, one at a time, and
+	// acknowledges it when handle returns; stop ends it and waits. When
+	// unset, the consumer is NSQ's (NSQDTCPAddr, Topic, Channel).
+	Connect func(pod string, handle func(body []byte)) (stop func(), err error)
 
 	mu      sync.Mutex // guards running
-	running map[string]*nsq.Consumer
+	running map[string]func()
 	// slower, when set, replaces PerMessage for every consumer from then on
 	// (a downstream dependency that slows down); in nanoseconds.
 	slower atomic.Int64
@@ -49,7 +55,7 @@ func (c *Consumers) SlowTo(per time.Duration) { c.slower.Store(int64(per)) }
 // Run keeps one consumer per Running pod until ctx ends, then stops them all.
 func (c *Consumers) Run(ctx context.Context) {
 	c.mu.Lock()
-	c.running = map[string]*nsq.Consumer{}
+	c.running = map[string]func(){}
 	c.mu.Unlock()
 	defer c.stopAll()
 	t := time.NewTicker(200 * time.Millisecond)
@@ -86,9 +92,9 @@ func (c *Consumers) sync(ctx context.Context) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for name, cons := range c.running {
+	for name, stop := range c.running {
 		if !want[name] {
-			cons.Stop()
+			go stop() // a consumer that holds messages may take a while
 			delete(c.running, name)
 		}
 	}
@@ -96,37 +102,52 @@ func (c *Consumers) sync(ctx context.Context) error {
 		if _, ok := c.running[name]; ok {
 			continue
 		}
-		cfg := nsq.NewConfig()
-		cfg.MaxInFlight = max(1, c.MaxInFlight)
-		cons, err := nsq.NewConsumer(c.Topic, c.Channel, cfg)
+		connect := c.Connect
+		if connect == nil {
+			connect = c.connectNSQ
+		}
+		stop, err := connect(name, c.handle)
 		if err != nil {
 			return fmt.Errorf("consumer for pod %s: %w", name, err)
 		}
-		cons.SetLoggerLevel(nsq.LogLevelError)
-		per, waits := c.PerMessage, c.Waits
-		cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
-			waits.observe(m.Body)
-			work := per
-			if d := c.slower.Load(); d > 0 {
-				work = time.Duration(d)
-			}
-			time.Sleep(work) // the simulated work of a message
-			return nil
-		}))
-		if err := cons.ConnectToNSQD(c.NSQDTCPAddr); err != nil {
-			return fmt.Errorf("connecting consumer for pod %s: %w", name, err)
-		}
-		c.running[name] = cons
+		c.running[name] = stop
 	}
 	return nil
+}
+
+// handle is one message's simulated work.
+func (c *Consumers) handle(body []byte) {
+	c.Waits.observe(body)
+	work := c.PerMessage
+	if d := c.slower.Load(); d > 0 {
+		work = time.Duration(d)
+	}
+	time.Sleep(work)
+}
+
+func (c *Consumers) connectNSQ(_ string, handle func([]byte)) (func(), error) {
+	cfg := nsq.NewConfig()
+	cfg.MaxInFlight = max(1, c.MaxInFlight)
+	cons, err := nsq.NewConsumer(c.Topic, c.Channel, cfg)
+	if err != nil {
+		return nil, err
+	}
+	cons.SetLoggerLevel(nsq.LogLevelError)
+	cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
+		handle(m.Body)
+		return nil
+	}))
+	if err := cons.ConnectToNSQD(c.NSQDTCPAddr); err != nil {
+		return nil, fmt.Errorf("connecting: %w", err)
+	}
+	return func() { cons.Stop(); <-cons.StopChan }, nil
 }
 
 func (c *Consumers) stopAll() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for name, cons := range c.running {
-		cons.Stop()
-		<-cons.StopChan
+	for name, stop := range c.running {
+		stop()
 		delete(c.running, name)
 	}
 }

@@ -122,3 +122,20 @@ func Classify(role, host string, err error) error {
 	}
 	return &ReadError{Role: role, Host: host, Class: cls, err: err}
 }
+
+// Endpoint is a server read with one Secret's credentials (or none): what
+// a source that reads a whole server at once reads once per tick.
+type Endpoint struct{ Host, Secret string }
+
+// EndpointOf is the endpoint q is read through.
+func EndpointOf(q annotations.QueueRef) Endpoint { return Endpoint{q.Host, q.Secret} }
+
+// ByEndpoint groups refs by the endpoint each is read through.
+func ByEndpoint(refs []Ref) map[Endpoint][]Ref {
+	out := map[Endpoint][]Ref{}
+	for _, q := range refs {
+		e := EndpointOf(q.QueueRef)
+		out[e] = append(out[e], q)
+	}
+	return out
+}

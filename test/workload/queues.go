@@ -3,7 +3,6 @@ package workload
 import (
 	"context"
 	"errors"
-	"strconv"
 	"sync"
 	"time"
 
@@ -71,50 +70,6 @@ func PublishRabbitMQ(ctx context.Context, url, queue string) (publish func(n int
 			}
 			return nil
 		}, func() { logClose("rabbitmq publisher", conn.Close()) }, nil
-}
-
-// RedisStream connects one consumer per pod to a Redis stream's consumer
-// group, reading one entry at a time and acknowledging it once handled.
-func RedisStream(addr, password, stream, group string) func(pod string, handle func([]byte)) (func(), error) {
-	return func(pod string, handle func([]byte)) (func(), error) {
-		c := goredis.NewClient(&goredis.Options{Addr: addr, Password: password})
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			for ctx.Err() == nil {
-				res, err := c.XReadGroup(ctx, &goredis.XReadGroupArgs{Group: group, Consumer: pod, Streams: []string{stream, ">"}, Count: 1, Block: 200 * time.Millisecond}).Result()
-				if err != nil {
-					continue // nothing new (redis.Nil), or stopping
-				}
-				for _, s := range res {
-					for _, m := range s.Messages {
-						body, _ := m.Values["t"].(string)
-						handle([]byte(body))
-						if err := c.XAck(ctx, stream, group, m.ID).Err(); err != nil && ctx.Err() == nil {
-							return
-						}
-					}
-				}
-			}
-		}()
-		return func() { cancel(); <-done; logClose("redis consumer "+pod, c.Close()) }, nil
-	}
-}
-
-// PublishRedisStream returns a publish function for Pace: n stamped
-// entries added to stream.
-func PublishRedisStream(ctx context.Context, addr, password, stream string) (publish func(n int) error, stop func()) {
-	c := goredis.NewClient(&goredis.Options{Addr: addr, Password: password})
-	return func(n int) error {
-		now := strconv.FormatInt(time.Now().UnixNano(), 10)
-		pipe := c.Pipeline()
-		for range n {
-			pipe.XAdd(ctx, &goredis.XAddArgs{Stream: stream, Values: map[string]any{"t": now}})
-		}
-		_, err := pipe.Exec(ctx)
-		return err
-	}, func() { logClose("redis publisher", c.Close()) }
 }
 
 // logClose logs a failure to close a test client: nothing is lost by it,

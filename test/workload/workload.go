@@ -1,6 +1,6 @@
 // Package workload closes the loop for tests and the local demo: it starts
 // one consumer per Running pod of a Deployment (kwok pods run nothing), on
-// NSQ or any queue a Connect gives (RabbitMQ, Redis, NATS JetStream), each
+// NSQ or any queue a Connect gives (RabbitMQ, Redis lists), each
 // taking a fixed time per message, and publishes messages.
 package workload
 

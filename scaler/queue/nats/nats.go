@@ -44,16 +44,11 @@ type consumer struct {
 // Read starts one GET per server and returns at once.
 func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	r.Fetcher.Forget()
-	byHost := map[endpoint][]queue.Ref{}
-	for _, q := range refs {
-		e := endpoint{q.Host, q.Secret}
-		byHost[e] = append(byHost[e], q)
-	}
 	s := snapshot{}
-	for e, rs := range byHost {
+	for e, rs := range queue.ByEndpoint(refs) {
 		h := &hostRead{done: make(chan struct{})}
 		s[e] = h
-		host := e.host
+		host := e.Host
 		go func() {
 			defer close(h.done)
 			creds, err := r.Fetcher.CredentialsFor(ctx, rs[0].QueueRef)
@@ -74,10 +69,7 @@ func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	return s
 }
 
-// endpoint is a server read with one Secret's credentials (or none).
-type endpoint struct{ host, secret string }
-
-type snapshot map[endpoint]*hostRead
+type snapshot map[queue.Endpoint]*hostRead
 
 // hostRead is one server's answer; set before done closes.
 type hostRead struct {
@@ -90,7 +82,7 @@ type hostRead struct {
 const errNoConsumer = queue.Class("no such JetStream stream and consumer on the server")
 
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
-	h, ok := s[endpoint{q.Host, q.Secret}]
+	h, ok := s[queue.EndpointOf(q)]
 	if !ok {
 		return policy.QueueReading{}, fmt.Errorf("nats %s: not read", q.Host)
 	}

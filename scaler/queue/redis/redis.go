@@ -41,16 +41,11 @@ type Reader struct {
 // Read starts one pipeline per server and returns at once.
 func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	r.Fetcher.Forget()
-	byHost := map[endpoint][]queue.Ref{}
-	for _, q := range refs {
-		e := endpoint{q.Host, q.Secret}
-		byHost[e] = append(byHost[e], q)
-	}
 	s := snapshot{}
-	for e, rs := range byHost {
+	for e, rs := range queue.ByEndpoint(refs) {
 		h := &hostRead{done: make(chan struct{}), got: map[annotations.QueueRef]policy.QueueReading{}}
 		s[e] = h
-		host := e.host
+		host := e.Host
 		go func() {
 			defer close(h.done)
 			err := r.Fetcher.Do(ctx, queue.Namespaces(rs...), host, func(ctx context.Context) error {
@@ -64,10 +59,7 @@ func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	return s
 }
 
-// endpoint is a server read with one Secret's credentials (or none).
-type endpoint struct{ host, secret string }
-
-type snapshot map[endpoint]*hostRead
+type snapshot map[queue.Endpoint]*hostRead
 
 // hostRead is one server's pipeline; got and err are set before done closes.
 type hostRead struct {
@@ -79,7 +71,7 @@ type hostRead struct {
 }
 
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
-	h, ok := s[endpoint{q.Host, q.Secret}]
+	h, ok := s[queue.EndpointOf(q)]
 	if !ok {
 		return policy.QueueReading{}, fmt.Errorf("redis %s: not read", q.Host)
 	}

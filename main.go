@@ -942,9 +942,9 @@ func sources(p queue.Policy, o *options, m *scalermetrics.Metrics, client kubern
 	return queue.Sources{
 		annotations.SchemeNSQ:        n,
 		annotations.SchemeNSQLookupd: n,
-		annotations.SchemeRabbitMQ:   &rabbitmq.Reader{Fetcher: f},
+		annotations.SchemeRabbitMQ:   rabbitmq.NewReader(f),
 		annotations.SchemeRedis:      &redis.Reader{Fetcher: f, Dial: p.DialContext()},
 		annotations.SchemeNATS:       &nats.Reader{Fetcher: f},
-		annotations.SchemePrometheus: &promsource.Reader{Fetcher: f},
+		annotations.SchemePrometheus: promsource.NewReader(f),
 	}
 }

@@ -8,8 +8,13 @@ import (
 // Unchanged times figures that a server refreshes on its own schedule (a
 // management API's statistics interval, a Prometheus scrape): figures read
 // again unchanged keep the time they were first read, so that a rate is
-// measured over the interval the server counted, not over the reads.
+// measured over the interval the server counted, not over the reads. For
+// at most Hold, though: figures that stay the same longer are a queue at
+// rest (nothing arrives, nothing is done), and a reading must say so, or
+// the last rate seen would be believed forever.
 type Unchanged[K, V comparable] struct {
+	Hold time.Duration
+
 	mu   sync.Mutex
 	seen map[K]shown[V]
 }
@@ -27,7 +32,7 @@ func (u *Unchanged[K, V]) Since(k K, v V, now time.Time) time.Time {
 		u.seen = map[K]shown[V]{}
 	}
 	s, ok := u.seen[k]
-	if !ok || s.v != v {
+	if !ok || s.v != v || now.Sub(s.first) > u.Hold {
 		s = shown[V]{v: v, first: now}
 	}
 	s.last = now

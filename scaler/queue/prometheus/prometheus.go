@@ -14,6 +14,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/api"
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
@@ -30,6 +31,14 @@ type Reader struct {
 	Fetcher *queue.Fetcher
 
 	seen queue.Unchanged[annotations.QueueRef, [2]int64]
+}
+
+// NewReader is a Reader whose figures, unchanged for longer than a minute
+// (Prometheus's default scrape interval), are a queue at rest.
+func NewReader(f *queue.Fetcher) *Reader {
+	r := &Reader{Fetcher: f}
+	r.seen.Hold = time.Minute
+	return r
 }
 
 type queryKey struct{ host, expr, secret string }

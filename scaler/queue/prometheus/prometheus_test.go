@@ -62,7 +62,7 @@ func TestQueriesARealPrometheus(t *testing.T) {
 	}))
 	defer counting.Close()
 	host := strings.TrimPrefix(counting.URL, "http://")
-	r := &Reader{Fetcher: &queue.Fetcher{Timeout: 5 * time.Second}}
+	r := NewReader(&queue.Fetcher{Timeout: 5 * time.Second})
 	q := annotations.QueueRef{Scheme: annotations.SchemePrometheus, Host: host, Name: "sum(kafka_lag)", Sub: "sum(kafka_offset_total)"}
 	same := annotations.QueueRef{Scheme: annotations.SchemePrometheus, Host: host, Name: "sum(kafka_lag)"}
 
@@ -119,7 +119,7 @@ func TestQueriesARealPrometheus(t *testing.T) {
 			t.Errorf("%s: %v, want %q", tc.expr, err, tc.want)
 		}
 	}
-	small := &Reader{Fetcher: &queue.Fetcher{Timeout: 5 * time.Second, MaxBytes: 64}}
+	small := NewReader(&queue.Fetcher{Timeout: 5 * time.Second, MaxBytes: 64})
 	if _, err := small.Read(t.Context(), []queue.Ref{{QueueRef: q}}).Reading(q); err == nil || !strings.Contains(err.Error(), "answer too large") {
 		t.Errorf("with a 64-byte bound: %v, want answer too large", err)
 	}

@@ -3,8 +3,9 @@
 // (messages ready, unacknowledged, published, and consumers). The
 // management API refreshes its figures every statistics interval (5 s by
 // default): a reading whose figures have not changed keeps the time of the
-// first that showed them, so rates are measured over the interval the
-// server counted, not over the controller's ticks.
+// first that showed them (for up to three intervals: longer, the queue is
+// at rest), so rates are measured over the interval the server counted,
+// not over the controller's ticks.
 package rabbitmq
 
 import (
@@ -12,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"time"
 
 	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/scaler/policy"
@@ -22,7 +24,16 @@ import (
 type Reader struct {
 	// Fetcher bounds every read (slots, shares, timeout, answer size).
 	Fetcher *queue.Fetcher
-	seen    queue.Unchanged[annotations.QueueRef, answer]
+
+	seen queue.Unchanged[annotations.QueueRef, answer]
+}
+
+// NewReader is a Reader whose figures, unchanged for longer than three of
+// RabbitMQ's default statistics intervals (5 s), are a queue at rest.
+func NewReader(f *queue.Fetcher) *Reader {
+	r := &Reader{Fetcher: f}
+	r.seen.Hold = 15 * time.Second
+	return r
 }
 
 // answer is the part of GET /api/queues/VHOST/QUEUE that is read.

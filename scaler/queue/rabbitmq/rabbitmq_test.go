@@ -11,6 +11,8 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	clocktesting "k8s.io/utils/clock/testing"
+
 	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/scaler/policy"
 	"github.com/microscaling/microscaling/scaler/queue"
@@ -69,7 +71,7 @@ func TestReadsQueuesThroughTheManagementAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r := &Reader{Fetcher: &queue.Fetcher{Timeout: 2 * time.Second, Credentials: guest}}
+	r := NewReader(&queue.Fetcher{Timeout: 2 * time.Second, Credentials: guest})
 	orders := annotations.QueueRef{Scheme: annotations.SchemeRabbitMQ, Host: srv.HTTPAddr, Name: "orders", Sub: "/", Secret: "shop/rabbit"}
 	// 10 published, 1 acknowledged, and the consumer holds its prefetch of
 	// 4 (the broker sent a fifth once one was acknowledged): 5 ready, 4
@@ -119,7 +121,7 @@ func TestReadsQueuesThroughTheManagementAPI(t *testing.T) {
 	if _, err := r.Read(t.Context(), []queue.Ref{{QueueRef: anonymous}}).Reading(anonymous); err == nil || !strings.Contains(err.Error(), "HTTP 401") {
 		t.Errorf("without credentials: %v, want HTTP 401", err)
 	}
-	off := &Reader{Fetcher: &queue.Fetcher{Timeout: 2 * time.Second}}
+	off := NewReader(&queue.Fetcher{Timeout: 2 * time.Second})
 	if _, err := off.Read(t.Context(), []queue.Ref{{QueueRef: orders}}).Reading(orders); err == nil || !strings.Contains(err.Error(), "--queue-secrets") {
 		t.Errorf("with Secret reading off: %v, want it named", err)
 	}
@@ -138,7 +140,8 @@ func TestUnchangedFiguresKeepTheirTime(t *testing.T) {
 	}))
 	defer srv.Close()
 	q := annotations.QueueRef{Scheme: annotations.SchemeRabbitMQ, Host: strings.TrimPrefix(srv.URL, "http://"), Name: "orders", Sub: "/"}
-	r := &Reader{Fetcher: &queue.Fetcher{Timeout: 2 * time.Second}}
+	clk := clocktesting.NewFakePassiveClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	r := NewReader(&queue.Fetcher{Timeout: 2 * time.Second, Clock: clk})
 	read := func() policy.QueueReading {
 		t.Helper()
 		got, err := r.Read(t.Context(), []queue.Ref{{QueueRef: q}}).Reading(q)
@@ -148,12 +151,21 @@ func TestUnchangedFiguresKeepTheirTime(t *testing.T) {
 		return got
 	}
 	first := read()
+	clk.SetTime(clk.Now().Add(4 * time.Second))
 	if again := read(); !again.At.Equal(first.At) {
 		t.Errorf("unchanged figures read at %v, then %v: want the first time kept", first.At, again.At)
 	}
+	clk.SetTime(clk.Now().Add(time.Second))
 	body = `{"messages_ready":7,"messages_unacknowledged":1,"consumers":2,"message_stats":{"publish":45}}`
-	if next := read(); !next.At.After(first.At) || next.Arrived != 45 {
-		t.Errorf("new figures %+v at %v, want 45 arrived after %v", next, next.At, first.At)
+	next := read()
+	if !next.At.Equal(clk.Now()) || next.Arrived != 45 {
+		t.Errorf("new figures %+v at %v, want 45 arrived at %v", next, next.At, clk.Now())
+	}
+	// Unchanged for longer than three statistics intervals: a queue at
+	// rest, read as of now, or the last rate would be believed forever.
+	clk.SetTime(clk.Now().Add(16 * time.Second))
+	if rest := read(); !rest.At.Equal(clk.Now()) {
+		t.Errorf("figures unchanged for 16 s read at %v, want now (%v)", rest.At, clk.Now())
 	}
 	// A queue just declared has no counts yet: not read as empty.
 	body = `{"name":"orders","vhost":"/","consumer_details":[]}`

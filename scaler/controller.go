@@ -683,13 +683,7 @@ func (c *Controller) readQueues(m member, t *tick) (policy.QueueReading, bool) {
 		if r, err = t.readings.Reading(q); err != nil {
 			break
 		}
-		sum.Backlog += r.Backlog
-		sum.Waiting += r.Waiting
-		sum.Arrived += r.Arrived
-		sum.Consumers = max(sum.Consumers, r.Consumers)
-		if r.At.After(sum.At) {
-			sum.At = r.At
-		}
+		sum = sum.Plus(r)
 	}
 	st := m.st
 	st.mu.Lock()

@@ -34,6 +34,22 @@ type QueueReading struct {
 	At time.Time
 }
 
+// Plus is the reading of two queues (or two servers of one queue) taken
+// together: counts add, the queue without arrivals makes the sum have none,
+// the consumers are the most seen on either (a consumer reads them all),
+// and the latest answer dates it.
+func (r QueueReading) Plus(o QueueReading) QueueReading {
+	r.Backlog += o.Backlog
+	r.Waiting += o.Waiting
+	r.Arrived += o.Arrived
+	r.NoArrivals = r.NoArrivals || o.NoArrivals
+	r.Consumers = max(r.Consumers, o.Consumers)
+	if o.At.After(r.At) {
+		r.At = o.At
+	}
+	return r
+}
+
 // Readings answers for each queue from one tick's reads.
 type Readings interface {
 	Reading(q annotations.QueueRef) (QueueReading, error)

@@ -302,3 +302,20 @@ func TestStepWithoutArrivalsSizesFromTheBacklog(t *testing.T) {
 		t.Errorf("%d replicas 200 s after the load stopped (peak %d), want at most 2", cur, peak)
 	}
 }
+
+// A member reading a Redis list beside an NSQ channel has no arrival count
+// for the sum: the sum must say so, or the rule would learn a rate from
+// the NSQ half alone and take it for the whole.
+func TestPlusKeepsWhatTheSumCannotGive(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	nsq := QueueReading{Backlog: 30, Waiting: 20, Arrived: 500, Consumers: 3, At: t0}
+	list := QueueReading{Backlog: 7, Waiting: 7, NoArrivals: true, At: t0.Add(time.Second)}
+	got := QueueReading{}.Plus(nsq).Plus(list)
+	want := QueueReading{Backlog: 37, Waiting: 27, Arrived: 500, NoArrivals: true, Consumers: 3, At: t0.Add(time.Second)}
+	if got != want {
+		t.Errorf("sum = %+v, want %+v", got, want)
+	}
+	if got := (QueueReading{}).Plus(nsq).Plus(nsq); got.NoArrivals || got.Arrived != 1000 || got.Consumers != 3 {
+		t.Errorf("two counted queues = %+v, want arrivals 1000 counted, 3 consumers", got)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -62,9 +63,30 @@ type controller struct {
 	metrics string // host:port
 	// token, when set, is presented to the controller (--metrics-auth=kubernetes).
 	token string
-	log   *bytes.Buffer
+	log   *syncBuffer
 	done  chan struct{}
 }
+
+// syncBuffer is the controller's output, written by the process's pipe
+// and read by the test while the controller runs.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *syncBuffer) Bytes() []byte { return []byte(b.String()) }
 
 // startController runs the controller binary with kubeconfig (an admin one, or
 // one acting as a ServiceAccount) and waits until it is ready.
@@ -99,7 +121,7 @@ func launchAt(t *testing.T, addr string, command func(metricsAddr string) *exec.
 	if addr == "" {
 		addr = freeAddr(t)
 	}
-	c := &controller{metrics: addr, log: &bytes.Buffer{}, done: make(chan struct{})}
+	c := &controller{metrics: addr, log: &syncBuffer{}, done: make(chan struct{})}
 	c.cmd = command(addr)
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

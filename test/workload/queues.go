@@ -61,15 +61,15 @@ func PublishRabbitMQ(ctx context.Context, url, queue string) (publish func(n int
 	}
 	var mu sync.Mutex
 	return func(n int) error {
-			mu.Lock()
-			defer mu.Unlock()
-			for _, b := range stamped(n) {
-				if err := ch.PublishWithContext(ctx, "", queue, false, false, amqp.Publishing{Body: b}); err != nil {
-					return err
-				}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, b := range stamped(n) {
+			if err := ch.PublishWithContext(ctx, "", queue, false, false, amqp.Publishing{Body: b}); err != nil {
+				return err
 			}
-			return nil
-		}, func() { logClose("rabbitmq publisher", conn.Close()) }, nil
+		}
+		return nil
+	}, func() { logClose("rabbitmq publisher", conn.Close()) }, nil
 }
 
 // logClose logs a failure to close a test client: nothing is lost by it,
@@ -90,9 +90,17 @@ func RedisList(addr, password, key string) func(pod string, handle func([]byte))
 		go func() {
 			defer close(done)
 			for ctx.Err() == nil {
-				res, err := c.BLPop(ctx, 200*time.Millisecond, key).Result()
-				if err != nil || len(res) != 2 {
-					continue // nothing waiting (redis.Nil), or stopping
+				res, err := c.BLPop(ctx, time.Second, key).Result() // a second is BLPOP's least timeout
+				switch {
+				case errors.Is(err, goredis.Nil) || ctx.Err() != nil:
+					continue // nothing waiting, or stopping
+				case err != nil || len(res) != 2:
+					// The server is away: try again shortly rather than spin.
+					select {
+					case <-ctx.Done():
+					case <-time.After(100 * time.Millisecond):
+					}
+					continue
 				}
 				handle([]byte(res[1]))
 			}

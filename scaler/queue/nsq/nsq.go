@@ -313,26 +313,17 @@ func (s *Snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) 
 		if f.err != nil {
 			return policy.QueueReading{}, f.err
 		}
-		if f.st.at.After(out.At) {
-			out.At = f.st.at
+		here := policy.QueueReading{At: f.st.at}
+		if t, ok := f.st.byName[q.Name]; ok { // no such topic on this nsqd: nothing waits there
+			if i := slices.IndexFunc(t.Channels, func(c nsqChannel) bool { return c.Name == q.Sub }); i >= 0 {
+				c := t.Channels[i]
+				here.Backlog, here.Waiting, here.Arrived, here.Consumers = c.Depth+c.InFlight+c.Deferred, c.Depth, c.MessageCount, c.ClientCount
+			} else {
+				// No channel yet: messages wait in the topic.
+				here.Backlog, here.Waiting, here.Arrived = t.Depth, t.Depth, t.MessageCount
+			}
 		}
-		t, ok := f.st.byName[q.Name]
-		if !ok {
-			continue // no such topic on this nsqd: nothing waits there
-		}
-		i := slices.IndexFunc(t.Channels, func(c nsqChannel) bool { return c.Name == q.Sub })
-		if i < 0 {
-			// No channel yet: messages wait in the topic.
-			out.Backlog += t.Depth
-			out.Waiting += t.Depth
-			out.Arrived += t.MessageCount
-			continue
-		}
-		c := t.Channels[i]
-		out.Backlog += c.Depth + c.InFlight + c.Deferred
-		out.Waiting += c.Depth
-		out.Arrived += c.MessageCount
-		out.Consumers = max(out.Consumers, c.ClientCount)
+		out = out.Plus(here)
 	}
 	return out, nil
 }

@@ -31,8 +31,10 @@ deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server nats-server rabbitmq-server prometheus; break; }; \
 	done
 
+# QUEUE=rabbitmq|redis|nats runs the demo on another queue server (make deps installs them).
+QUEUE ?= nsq
 demo: binaries
-	MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) run ./test/demo
+	MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) run ./test/demo --queue=$(QUEUE)
 
 # A local control plane and nsqd for a person, until Ctrl-C.
 cluster: binaries

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"syscall"
 
 	"github.com/microscaling/microscaling/annotations"
@@ -92,7 +93,15 @@ func (e *ReadError) Unwrap() error { return e.err }
 // body, which a tenant may control, is never read.
 type StatusError struct{ Status int }
 
-func (e *StatusError) Error() string { return fmt.Sprintf("HTTP %d", e.Status) }
+func (e *StatusError) Error() string {
+	switch e.Status {
+	case http.StatusUnauthorized:
+		return "HTTP 401: credentials required or refused"
+	case http.StatusForbidden:
+		return "HTTP 403: the credentials may not read this"
+	}
+	return fmt.Sprintf("HTTP %d", e.Status)
+}
 
 // Classify makes err a ReadError of role at host.
 func Classify(role, host string, err error) error {

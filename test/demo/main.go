@@ -4,6 +4,12 @@
 // the loop with a producer whose rate rises and falls and one NSQ consumer
 // per Running consumer pod. It prints a line a second and the scale events,
 // and serves the controller's dashboard. Ctrl-C stops everything.
+//
+// --queue=rabbitmq|redis|nats runs the same loop on another queue server
+// (Debian's, started on 127.0.0.1 beside the control plane): the consumer's
+// microscaling.com/queue names it, and consumers and producer use that
+// queue's own client. RabbitMQ is read with credentials from a Secret in
+// the demo namespace (microscaling.com/queue-secret).
 package main
 
 import (
@@ -18,6 +24,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -36,9 +43,10 @@ func main() {
 		dashboard = flag.String("dashboard-addr", "127.0.0.1:8080", "where the dashboard and metrics are served")
 		maxRate   = flag.Float64("max-rate", 80, "highest producer rate, messages per second")
 		period    = flag.Duration("period", 4*time.Minute, "one rise and fall of the producer rate")
+		queue     = flag.String("queue", "nsq", "the queue server: nsq, rabbitmq, redis (a list) or nats (JetStream)")
 	)
 	flag.Parse()
-	if err := run(*duration, *nodes, *nodeCPU, *dashboard, *maxRate, *period); err != nil {
+	if err := run(*duration, *nodes, *nodeCPU, *dashboard, *maxRate, *period, *queue); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -48,7 +56,10 @@ func say(format string, args ...any) {
 	fmt.Printf("%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 }
 
-func run(duration time.Duration, nodes int, nodeCPU, dashboard string, maxRate float64, period time.Duration) error {
+func run(duration time.Duration, nodes int, nodeCPU, dashboard string, maxRate float64, period time.Duration, queue string) error {
+	if !slices.Contains([]string{"nsq", "rabbitmq", "redis", "nats"}, queue) {
+		return fmt.Errorf("--queue must be nsq, rabbitmq, redis or nats")
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if duration > 0 {
@@ -80,12 +91,31 @@ func run(duration time.Duration, nodes int, nodeCPU, dashboard string, maxRate f
 		return err
 	}
 	fmt.Print(indent(out))
-	// Locally the queue is the harness's nsqd, not the in-cluster Service
-	// (kwok pods run nothing).
-	local := fmt.Sprintf("microscaling.com/queue=nsq://%s/jobs/work", s.NSQ.HTTPAddr)
-	if _, err := s.Kubectl(ctx, "-n", "demo", "annotate", "deployment", "consumer", "--overwrite", local); err != nil {
+	// Locally the queue is a server on this machine, not the in-cluster
+	// Service (kwok pods run nothing).
+	q, err := startQueue(ctx, queue, s)
+	if err != nil {
 		return err
 	}
+	defer q.stop()
+	if _, err := s.Kubectl(ctx, "-n", "demo", "annotate", "deployment", "consumer", "--overwrite", "microscaling.com/queue="+q.annotation); err != nil {
+		return err
+	}
+	ctrlArgs := []string{"--kubeconfig=" + s.Kubeconfig, "--metrics-addr=", "--metrics-auth=none", "--namespace=demo"}
+	if q.secret != nil {
+		args := []string{"-n", "demo", "create", "secret", "generic", "queue-reader"}
+		for k, v := range q.secret {
+			args = append(args, "--from-literal="+k+"="+v)
+		}
+		if _, err := s.Kubectl(ctx, args...); err != nil {
+			return err
+		}
+		if _, err := s.Kubectl(ctx, "-n", "demo", "annotate", "deployment", "consumer", "--overwrite", "microscaling.com/queue-secret=queue-reader"); err != nil {
+			return err
+		}
+		ctrlArgs = append(ctrlArgs, "--queue-secrets")
+	}
+	say("queue: %s (microscaling.com/queue=%s)", queue, q.annotation)
 
 	say("building and starting the controller")
 	bin := filepath.Join(s.Dir, "microscaling")
@@ -103,7 +133,8 @@ func run(duration time.Duration, nodes int, nodeCPU, dashboard string, maxRate f
 	}
 	dashboard = l.Addr().String()
 	l.Close()
-	ctrl := exec.Command(bin, "--kubeconfig="+s.Kubeconfig, "--metrics-addr="+dashboard, "--metrics-auth=none", "--namespace=demo")
+	ctrlArgs[1] += dashboard
+	ctrl := exec.Command(bin, ctrlArgs...)
 	logFile, err := os.Create(filepath.Join(s.Dir, "controller.log"))
 	if err != nil {
 		return err
@@ -118,13 +149,18 @@ func run(duration time.Duration, nodes int, nodeCPU, dashboard string, maxRate f
 	say("dashboard: http://%s/   metrics: http://%s/metrics   controller log: %s", dashboard, dashboard, logFile.Name())
 
 	cons := &workload.Consumers{Client: s.Client, Namespace: "demo", Selector: "app=consumer", NSQDTCPAddr: s.NSQ.TCPAddr,
-		Topic: "jobs", Channel: "work", PerMessage: 100 * time.Millisecond}
+		Topic: "jobs", Channel: "work", PerMessage: 100 * time.Millisecond, Connect: q.connect}
+	sched := workload.Schedule{Min: 5, Max: maxRate, Period: period}
 	// The workload stops before the stack does (defers run last-first).
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { cons.Run(ctx) })
 	wg.Go(func() {
-		if err := workload.Produce(ctx, s.NSQ.TCPAddr, "jobs", workload.Schedule{Min: 5, Max: maxRate, Period: period}); err != nil {
+		if q.publish != nil {
+			workload.Pace(ctx, sched.Rate, q.publish)
+			return
+		}
+		if err := workload.Produce(ctx, s.NSQ.TCPAddr, "jobs", sched); err != nil {
 			say("producer: %v", err)
 		}
 	})
@@ -170,6 +206,81 @@ func watch(ctx context.Context, base string, cons *workload.Consumers, start tim
 			}
 		}
 	}
+}
+
+// demoQueue is the queue server the demo runs on.
+type demoQueue struct {
+	annotation string                                     // microscaling.com/queue
+	secret     map[string]string                          // the queue-secret's data, when it needs one
+	connect    func(string, func([]byte)) (func(), error) // nil: NSQ's consumers
+	publish    func(n int) error                          // nil: NSQ's producer
+	stop       func()
+}
+
+// startQueue starts the queue server kind on this machine (NSQ is the
+// stack's own) with its queue declared, a producer connected.
+func startQueue(ctx context.Context, kind string, s *harness.Stack) (*demoQueue, error) {
+	if kind == "nsq" {
+		return &demoQueue{annotation: fmt.Sprintf("nsq://%s/jobs/work", s.NSQ.HTTPAddr), stop: func() {}}, nil
+	}
+	dir, err := os.MkdirTemp("", "microscaling-demo-"+kind+"-")
+	if err != nil {
+		return nil, err
+	}
+	var srv *harness.Server
+	switch kind {
+	case "rabbitmq":
+		srv, err = harness.NewRabbitMQ(dir)
+	case "redis":
+		srv, err = harness.NewRedis(dir)
+	case "nats":
+		srv, err = harness.NewNATS(dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	say("starting %s on %s (its log in %s)", kind, srv.Addr, dir)
+	if err := srv.Start(ctx); err != nil {
+		return nil, err
+	}
+	q := &demoQueue{}
+	stops := []func(){srv.Stop, func() { _ = os.RemoveAll(dir) }}
+	q.stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	fail := func(err error) (*demoQueue, error) { q.stop(); return nil, err }
+	switch kind {
+	case "rabbitmq":
+		url := "amqp://guest:guest@" + srv.Addr + "/"
+		if err := workload.DeclareRabbitMQ(url, "jobs"); err != nil {
+			return fail(err)
+		}
+		publish, stop, err := workload.PublishRabbitMQ(ctx, url, "jobs")
+		if err != nil {
+			return fail(err)
+		}
+		stops = append(stops, stop)
+		q.annotation, q.secret = "rabbitmq://"+srv.HTTPAddr+"/%2F/jobs", map[string]string{"username": "guest", "password": "guest"}
+		q.connect, q.publish = workload.RabbitMQ(url, "jobs", 1), publish
+	case "redis":
+		publish, stop := workload.PublishRedisList(ctx, srv.Addr, "", "jobs")
+		stops = append(stops, stop)
+		q.annotation, q.connect, q.publish = "redis://"+srv.Addr+"/jobs", workload.RedisList(srv.Addr, "", "jobs"), publish
+	case "nats":
+		url := "nats://" + srv.Addr
+		if err := workload.DeclareNATS(url, "JOBS", "jobs.>", "work"); err != nil {
+			return fail(err)
+		}
+		publish, stop, err := workload.PublishNATS(url, "jobs.new")
+		if err != nil {
+			return fail(err)
+		}
+		stops = append(stops, stop)
+		q.annotation, q.connect, q.publish = "nats://"+srv.HTTPAddr+"/JOBS/work", workload.NATS(url, "JOBS", "work"), publish
+	}
+	return q, nil
 }
 
 func state(ctx context.Context, base string) (dashboard.State, error) {

@@ -28,6 +28,8 @@ type Server struct {
 	// RabbitMQ's management API, Prometheus's API; Addr for Redis.
 	HTTPAddr string
 	p        *process
+	ready    func(ctx context.Context) error
+	within   time.Duration
 }
 
 // PID is the server's process id (0 once stopped).
@@ -36,146 +38,219 @@ func (s *Server) PID() int { return s.p.pid() }
 // Stop stops the server and waits until it has exited.
 func (s *Server) Stop() { s.p.stop(15 * time.Second) }
 
-func lookBin(t testing.TB, name string) string {
-	t.Helper()
-	for _, dir := range []string{"", "/usr/sbin/", "/usr/lib/rabbitmq/bin/"} {
-		if p, err := exec.LookPath(dir + name); err == nil {
-			return p
-		}
+// Tail is the end of the server's log, for failure messages.
+func (s *Server) Tail() string { return s.p.tail(3000) }
+
+// Start starts the server (again, after Stop: same addresses and data)
+// and waits until it answers.
+func (s *Server) Start(ctx context.Context) error {
+	if err := s.p.start(); err != nil {
+		return err
 	}
-	t.Fatalf("%s not found: apt-get install -y --no-install-recommends redis-server nats-server rabbitmq-server prometheus (.ci/run does)", name)
-	return ""
+	ctx, cancel := context.WithTimeout(ctx, s.within)
+	defer cancel()
+	if err := poll(ctx, s.p, 100*time.Millisecond, s.ready); err != nil {
+		s.Stop()
+		return fmt.Errorf("%s did not come up within %s: %w", s.p.name, s.within, err)
+	}
+	return nil
 }
 
-func startServer(t testing.TB, p *process, ready func(ctx context.Context) error, within time.Duration) {
+// Restart starts a stopped server again and waits until it answers.
+func (s *Server) Restart(t testing.TB) {
 	t.Helper()
-	if err := p.start(); err != nil {
+	if err := s.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func lookBin(name string) (string, error) {
+	for _, dir := range []string{"", "/usr/sbin/", "/usr/lib/rabbitmq/bin/"} {
+		if p, err := exec.LookPath(dir + name); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found: apt-get install -y --no-install-recommends redis-server nats-server rabbitmq-server prometheus (.ci/run and make deps do)", name)
+}
+
+// started starts a server a constructor made for a test, stopped when the
+// test ends (its log shown if the test failed).
+func started(t testing.TB, s *Server, err error) *Server {
+	t.Helper()
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("%s log:\n%s", p.name, p.tail(3000))
+			t.Logf("%s log:\n%s", s.p.name, s.Tail())
 		}
-		p.stop(15 * time.Second)
+		s.Stop()
 	})
-	ctx, cancel := context.WithTimeout(t.Context(), within)
-	defer cancel()
-	if err := poll(ctx, p, 100*time.Millisecond, ready); err != nil {
-		t.Fatalf("%s did not come up within %s: %v\n%s", p.name, within, err, p.tail(3000))
+	if err := s.Start(t.Context()); err != nil {
+		t.Fatal(err)
 	}
+	return s
 }
 
-// StartRedis starts redis-server with no persistence; args are added to
-// its command line (--requirepass PASSWORD, say).
+// StartRedis starts redis-server for a test; see NewRedis.
 func StartRedis(t testing.TB, args ...string) *Server {
 	t.Helper()
+	s, err := NewRedis(t.TempDir(), args...)
+	return started(t, s, err)
+}
+
+// NewRedis is redis-server keeping its data in an append-only file in dir,
+// so that a restart finds the lists and streams it held; args are added to
+// its command line (--requirepass PASSWORD, say). Start runs it.
+func NewRedis(dir string, args ...string) (*Server, error) {
 	port, err := freePort()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	s := &Server{Addr: addr(port)}
+	bin, err := lookBin("redis-server")
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Addr: addr(port), within: 30 * time.Second}
 	s.HTTPAddr = s.Addr
-	s.p = &process{name: "redis-server", bin: lookBin(t, "redis-server"), log: filepath.Join(t.TempDir(), "redis.log"),
-		args: append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}, args...)}
-	startServer(t, s.p, func(ctx context.Context) error { return dialed(ctx, s.Addr) }, 30*time.Second)
-	return s
+	s.p = &process{name: "redis-server", bin: bin, log: filepath.Join(dir, "redis.log"),
+		args: append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--dir", dir}, args...)}
+	s.ready = func(ctx context.Context) error { return dialed(ctx, s.Addr) }
+	return s, nil
 }
 
-// StartNATS starts nats-server with JetStream.
+// StartNATS starts nats-server for a test; see NewNATS.
 func StartNATS(t testing.TB) *Server {
 	t.Helper()
-	ports, err := freePorts(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &Server{Addr: addr(ports[0]), HTTPAddr: addr(ports[1])}
-	s.p = &process{name: "nats-server", bin: lookBin(t, "nats-server"), log: filepath.Join(t.TempDir(), "nats.log"),
-		args: []string{"-js", "-a", "127.0.0.1", "-p", strconv.Itoa(ports[0]), "-m", strconv.Itoa(ports[1]), "-sd", t.TempDir()}}
-	startServer(t, s.p, func(ctx context.Context) error { return httpOK(ctx, "http://"+s.HTTPAddr+"/healthz") }, 30*time.Second)
-	return s
+	s, err := NewNATS(t.TempDir())
+	return started(t, s, err)
 }
 
-// StartRabbitMQ starts rabbitmq-server with the management plugin; the
-// guest user (guest/guest) works from loopback. It takes some 15 s.
+// NewNATS is nats-server with JetStream, its streams kept in dir. Start
+// runs it.
+func NewNATS(dir string) (*Server, error) {
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	bin, err := lookBin("nats-server")
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Addr: addr(ports[0]), HTTPAddr: addr(ports[1]), within: 30 * time.Second}
+	s.p = &process{name: "nats-server", bin: bin, log: filepath.Join(dir, "nats.log"),
+		args: []string{"-js", "-a", "127.0.0.1", "-p", strconv.Itoa(ports[0]), "-m", strconv.Itoa(ports[1]), "-sd", dir}}
+	s.ready = func(ctx context.Context) error { return httpOK(ctx, "http://"+s.HTTPAddr+"/healthz") }
+	return s, nil
+}
+
+// StartRabbitMQ starts rabbitmq-server for a test; see NewRabbitMQ.
 func StartRabbitMQ(t testing.TB) *Server {
 	t.Helper()
-	ports, err := freePorts(4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &Server{Addr: addr(ports[0]), HTTPAddr: addr(ports[1])}
+	// Not t.TempDir: as root the directory goes to the rabbitmq user.
 	dir, err := os.MkdirTemp("", "rabbitmq-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	s, err := NewRabbitMQ(dir)
+	return started(t, s, err)
+}
+
+// NewRabbitMQ is rabbitmq-server with the management plugin, its data in
+// dir; the guest user (guest/guest) works from loopback. It takes some
+// 15 s to start. Its management API's queue figures move in steps of
+// 5 s (measured with RabbitMQ 3.10, whatever collect_statistics_interval
+// says).
+func NewRabbitMQ(dir string) (*Server, error) {
+	ports, err := freePorts(4)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Addr: addr(ports[0]), HTTPAddr: addr(ports[1]), within: 90 * time.Second}
 	if err := os.WriteFile(filepath.Join(dir, "enabled_plugins"), []byte("[rabbitmq_management].\n"), 0o644); err != nil {
-		t.Fatal(err)
+		return nil, err
+	}
+	conf := fmt.Sprintf("management.tcp.port = %d\nmanagement.tcp.ip = 127.0.0.1\n", ports[1])
+	if err := os.WriteFile(filepath.Join(dir, "rabbitmq.conf"), []byte(conf), 0o644); err != nil {
+		return nil, err
 	}
 	// As root the start script drops to the rabbitmq user: its directory
 	// must be that user's.
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("rabbitmq")
 		if err != nil {
-			t.Fatalf("rabbitmq-server drops to the rabbitmq user as root: %v", err)
+			return nil, fmt.Errorf("rabbitmq-server drops to the rabbitmq user as root: %w", err)
 		}
 		uid, err := strconv.Atoi(u.Uid)
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		gid, err := strconv.Atoi(u.Gid)
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		if err := chownAll(dir, uid, gid); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 	}
-	bin := lookBin(t, "rabbitmq-server")
+	bin, err := lookBin("rabbitmq-server")
+	if err != nil {
+		return nil, err
+	}
 	sh := strings.Join([]string{
 		"HOME=" + dir, "RABBITMQ_NODE_IP_ADDRESS=127.0.0.1", "RABBITMQ_NODE_PORT=" + strconv.Itoa(ports[0]),
 		"RABBITMQ_DIST_PORT=" + strconv.Itoa(ports[2]), "ERL_EPMD_PORT=" + strconv.Itoa(ports[3]), "ERL_EPMD_ADDRESS=127.0.0.1",
 		"RABBITMQ_NODENAME=ms" + strconv.Itoa(ports[0]) + "@localhost", "RABBITMQ_MNESIA_BASE=" + dir + "/mnesia",
 		"RABBITMQ_LOG_BASE=" + dir + "/log", "RABBITMQ_ENABLED_PLUGINS_FILE=" + dir + "/enabled_plugins",
-		"RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-rabbitmq_management listener [{port," + strconv.Itoa(ports[1]) + "},{ip,\"127.0.0.1\"}]'",
+		"RABBITMQ_CONFIG_FILE=" + dir + "/rabbitmq.conf",
 		"exec", bin,
 	}, " ")
 	s.p = &process{name: "rabbitmq-server", bin: "/bin/sh", log: filepath.Join(dir, "rabbitmq.log"), args: []string{"-c", sh}}
-	startServer(t, s.p, func(ctx context.Context) error {
+	s.ready = func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.HTTPAddr+"/api/overview", nil)
 		if err != nil {
 			return err
 		}
 		req.SetBasicAuth("guest", "guest")
 		return do(req)
-	}, 90*time.Second)
-	return s
+	}
+	return s, nil
 }
 
-// StartPrometheus starts prometheus scraping targets (host:port) every
-// second.
+// StartPrometheus starts prometheus for a test; see NewPrometheus.
 func StartPrometheus(t testing.TB, targets ...string) *Server {
 	t.Helper()
+	s, err := NewPrometheus(t.TempDir(), targets...)
+	return started(t, s, err)
+}
+
+// NewPrometheus is prometheus scraping targets (host:port) every second,
+// its data in dir. Start runs it.
+func NewPrometheus(dir string, targets ...string) (*Server, error) {
 	port, err := freePort()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	s := &Server{Addr: addr(port)}
+	bin, err := lookBin("prometheus")
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Addr: addr(port), within: 60 * time.Second}
 	s.HTTPAddr = s.Addr
-	dir := t.TempDir()
 	quoted := make([]string, len(targets))
 	for i, tg := range targets {
 		quoted[i] = strconv.Quote(tg)
 	}
 	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: queues\n    static_configs:\n      - targets: [%s]\n", strings.Join(quoted, ", "))
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	s.p = &process{name: "prometheus", bin: lookBin(t, "prometheus"), log: filepath.Join(dir, "prometheus.log"),
+	s.p = &process{name: "prometheus", bin: bin, log: filepath.Join(dir, "prometheus.log"),
 		args: []string{"--config.file=" + filepath.Join(dir, "prometheus.yml"), "--web.listen-address=" + s.Addr,
 			"--storage.tsdb.path=" + filepath.Join(dir, "data")}}
-	startServer(t, s.p, func(ctx context.Context) error { return httpOK(ctx, "http://"+s.Addr+"/-/ready") }, 60*time.Second)
-	return s
+	s.ready = func(ctx context.Context) error { return httpOK(ctx, "http://"+s.Addr+"/-/ready") }
+	return s, nil
 }
 
 func chownAll(dir string, uid, gid int) error {

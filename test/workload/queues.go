@@ -3,9 +3,15 @@ package workload
 import (
 	"context"
 	"errors"
+	"math"
+	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	amqp "github.com/rabbitmq/amqp091-go"
 	goredis "github.com/redis/go-redis/v9"
 	"k8s.io/klog/v2"
@@ -133,4 +139,201 @@ func DeclareRabbitMQ(url, queue string) error {
 		_, err = ch.QueueDeclare(queue, true, false, false, false, nil)
 	}
 	return errors.Join(err, conn.Close())
+}
+
+// RedisStream connects one consumer per pod to a Redis stream's consumer
+// group, reading one entry at a time (XREADGROUP) and acknowledging it
+// (XACK) once handled; while it works, the entry is pending.
+func RedisStream(addr, password, key, group string) func(pod string, handle func([]byte)) (func(), error) {
+	return func(pod string, handle func([]byte)) (func(), error) {
+		c := goredis.NewClient(&goredis.Options{Addr: addr, Password: password})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for ctx.Err() == nil {
+				res, err := c.XReadGroup(ctx, &goredis.XReadGroupArgs{Group: group, Consumer: pod, Streams: []string{key, ">"},
+					Count: 1, Block: time.Second}).Result()
+				switch {
+				case errors.Is(err, goredis.Nil) || ctx.Err() != nil:
+					continue
+				case err != nil:
+					select { // the server is away: try again shortly
+					case <-ctx.Done():
+					case <-time.After(100 * time.Millisecond):
+					}
+					continue
+				}
+				for _, s := range res {
+					for _, m := range s.Messages {
+						body, _ := m.Values["body"].(string)
+						handle([]byte(body))
+						if err := c.XAck(ctx, key, group, m.ID).Err(); err != nil && ctx.Err() == nil {
+							klog.Background().Info("XACK failed; the entry stays pending", "pod", pod, "err", err)
+						}
+					}
+				}
+			}
+		}()
+		return func() { cancel(); <-done; logClose("redis stream consumer "+pod, c.Close()) }, nil
+	}
+}
+
+// DeclareRedisStream creates the stream key with consumer group group,
+// reading from its start.
+func DeclareRedisStream(ctx context.Context, addr, password, key, group string) error {
+	c := goredis.NewClient(&goredis.Options{Addr: addr, Password: password})
+	return errors.Join(c.XGroupCreateMkStream(ctx, key, group, "0").Err(), c.Close())
+}
+
+// PublishRedisStream returns a publish function for Pace: n stamped entries
+// added to the stream (XADD, field "body").
+func PublishRedisStream(ctx context.Context, addr, password, key string) (publish func(n int) error, stop func()) {
+	c := goredis.NewClient(&goredis.Options{Addr: addr, Password: password})
+	return func(n int) error {
+		p := c.Pipeline()
+		for _, b := range stamped(n) {
+			p.XAdd(ctx, &goredis.XAddArgs{Stream: key, Values: []any{"body", string(b)}})
+		}
+		_, err := p.Exec(ctx)
+		return err
+	}, func() { logClose("redis stream publisher", c.Close()) }
+}
+
+// NATS connects one consumer per pod to a JetStream durable pull consumer
+// (url of the NATS server), fetching one message at a time and
+// acknowledging it once handled; while it works the message is pending
+// acknowledgement. The client reconnects by itself when the server
+// returns.
+func NATS(url, stream, consumer string) func(pod string, handle func([]byte)) (func(), error) {
+	return func(pod string, handle func([]byte)) (func(), error) {
+		nc, err := natsgo.Connect(url, natsgo.Name(pod), natsgo.MaxReconnects(-1), natsgo.ReconnectWait(200*time.Millisecond))
+		if err != nil {
+			return nil, err
+		}
+		js, err := nc.JetStream()
+		var sub *natsgo.Subscription
+		if err == nil {
+			sub, err = js.PullSubscribe("", consumer, natsgo.Bind(stream, consumer))
+		}
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for ctx.Err() == nil {
+				msgs, err := sub.Fetch(1, natsgo.MaxWait(time.Second))
+				if err != nil {
+					if !errors.Is(err, natsgo.ErrTimeout) {
+						select { // the server is away: try again shortly
+						case <-ctx.Done():
+						case <-time.After(100 * time.Millisecond):
+						}
+					}
+					continue
+				}
+				for _, m := range msgs {
+					handle(m.Data)
+					if err := m.Ack(); err != nil && ctx.Err() == nil {
+						klog.Background().Info("ack failed; the message is redelivered", "pod", pod, "err", err)
+					}
+				}
+			}
+		}()
+		return func() { cancel(); <-done; nc.Close() }, nil
+	}
+}
+
+// DeclareNATS creates a file-backed stream on subject and a durable pull
+// consumer of it with explicit acknowledgement.
+func DeclareNATS(url, stream, subject, consumer string) error {
+	nc, err := natsgo.Connect(url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := nc.JetStream()
+	if err != nil {
+		return err
+	}
+	if _, err := js.AddStream(&natsgo.StreamConfig{Name: stream, Subjects: []string{subject}, Storage: natsgo.FileStorage}); err != nil {
+		return err
+	}
+	_, err = js.AddConsumer(stream, &natsgo.ConsumerConfig{Durable: consumer, AckPolicy: natsgo.AckExplicitPolicy, AckWait: 30 * time.Second})
+	return err
+}
+
+// PublishNATS returns a publish function for Pace: n stamped messages to
+// subject, each acknowledged by the stream. The client reconnects by itself.
+func PublishNATS(url, subject string) (publish func(n int) error, stop func(), err error) {
+	nc, err := natsgo.Connect(url, natsgo.MaxReconnects(-1), natsgo.ReconnectWait(200*time.Millisecond))
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := nc.JetStream()
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	var mu sync.Mutex
+	return func(n int) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, b := range stamped(n) {
+			if _, err := js.PublishAsync(subject, b); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+			return nil
+		case <-time.After(5 * time.Second):
+			return errors.New("nats: publishes not acknowledged within 5 s")
+		}
+	}, nc.Close, nil
+}
+
+// ListExporter is what a queue exporter shows Prometheus for a Redis list:
+// its length (demo_queue_length), read at each scrape, and how many
+// messages the producer put on it (demo_queue_published_total).
+type ListExporter struct {
+	Handler http.Handler
+	// Publish wraps a publish function so that what it sends is counted.
+	Publish func(publish func(n int) error) func(n int) error
+}
+
+// ExportRedisList serves the length of a Redis list key, and a publish
+// counter, for Prometheus to scrape.
+func ExportRedisList(addr, password, key string) ListExporter {
+	c := goredis.NewClient(&goredis.Options{Addr: addr, Password: password})
+	var published atomic.Int64
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "demo_queue_length", Help: "Messages waiting on the list."}, func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			n, err := c.LLen(ctx, key).Result()
+			if err != nil {
+				return math.NaN() // not known: Prometheus stores NaN, the query is refused
+			}
+			return float64(n)
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "demo_queue_published_total", Help: "Messages the producer put on the list."},
+			func() float64 { return float64(published.Load()) }),
+	)
+	return ListExporter{
+		Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Publish: func(publish func(int) error) func(int) error {
+			return func(n int) error {
+				err := publish(n)
+				if err == nil {
+					published.Add(int64(n))
+				}
+				return err
+			}
+		},
+	}
 }

@@ -340,3 +340,82 @@ func childrenOf(t *testing.T, pids []int) []int {
 	}
 	return out
 }
+
+// Every queue server stops whole: no process that names its directory is
+// left (RabbitMQ's Erlang VM and port mapper would escape a stop of the
+// group if the start script dropped to its user itself), its ports are
+// free, and it starts again on them.
+func TestQueueServersStopWhole(t *testing.T) {
+	for name, make := range map[string]func(dir string) (*Server, error){
+		"redis":      func(dir string) (*Server, error) { return NewRedis(dir) },
+		"nats":       NewNATS,
+		"rabbitmq":   NewRabbitMQ,
+		"prometheus": func(dir string) (*Server, error) { return NewPrometheus(dir) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir, err := os.MkdirTemp("", "server-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer os.RemoveAll(dir)
+			s, err := make(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Stop()
+			for range 2 { // and again after a restart
+				if err := s.Start(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+				pgid := s.PID()
+				if pgid == 0 {
+					t.Fatalf("%s runs with no process", name)
+				}
+				s.Stop()
+				if err := syscall.Kill(-pgid, 0); !errors.Is(err, syscall.ESRCH) {
+					t.Errorf("%s stopped, yet its process group %d lives on (kill 0: %v)", name, pgid, err)
+				}
+				// Helpers in sessions of their own end once the server has.
+				eventually(t, 5*time.Second, func(context.Context) error {
+					if left := processesNaming(t, dir); len(left) > 0 {
+						return fmt.Errorf("%s stopped, yet processes %v still name its directory", name, left)
+					}
+					return nil
+				})
+				for _, a := range []string{s.Addr, s.HTTPAddr} {
+					l, err := net.Listen("tcp", a)
+					if err != nil {
+						t.Errorf("port %s still taken after Stop: %v", a, err)
+						continue
+					}
+					l.Close()
+				}
+			}
+		})
+	}
+}
+
+// processesNaming lists the processes whose command line or environment
+// holds s.
+func processesNaming(t *testing.T, s string) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, e := range entries {
+		var pid int
+		if _, err := fmt.Sscan(e.Name(), &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		for _, f := range []string{"cmdline", "environ"} {
+			b, err := os.ReadFile("/proc/" + e.Name() + "/" + f)
+			if err == nil && strings.Contains(string(b), s) {
+				out = append(out, pid)
+				break
+			}
+		}
+	}
+	return out
+}

@@ -20,6 +20,10 @@ type process struct {
 	bin  string
 	args []string
 	log  string // path of the combined stdout and stderr
+	// cred, when set, is the user the process runs as (a server that would
+	// otherwise drop to its user itself, in a session of its own that
+	// stopping the group would not reach).
+	cred *syscall.Credential
 
 	mu   sync.Mutex // guards cmd and done
 	cmd  *exec.Cmd
@@ -36,7 +40,7 @@ func (p *process) start() error {
 	cmd := exec.Command(p.bin, p.args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	// Own process group, and killed if the test binary dies without cleanup.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: p.cred}
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return fmt.Errorf("starting %s: %w", p.name, err)
@@ -83,8 +87,14 @@ func (p *process) stop(grace time.Duration) {
 		_ = syscall.Kill(-pgid, syscall.SIGKILL)
 		<-done
 	}
-	// Anything left in the group (children that ignored SIGTERM) goes too.
+	// Anything left in the group (children that ignored SIGTERM) goes too,
+	// and is waited for: a server started again finds its ports free.
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if err := syscall.Kill(-pgid, 0); errors.Is(err, syscall.ESRCH) {
+			break
+		}
+	}
 	p.mu.Lock()
 	p.cmd = nil
 	p.mu.Unlock()

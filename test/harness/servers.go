@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -175,12 +176,14 @@ func NewRabbitMQ(dir string) (*Server, error) {
 	if err := os.WriteFile(filepath.Join(dir, "rabbitmq.conf"), []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	// As root the start script drops to the rabbitmq user: its directory
-	// must be that user's.
+	// As root the start script would drop to the rabbitmq user through su,
+	// in a session of its own that outlives a stop: run it as that user
+	// from the start, in its directory.
+	var cred *syscall.Credential
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("rabbitmq")
 		if err != nil {
-			return nil, fmt.Errorf("rabbitmq-server drops to the rabbitmq user as root: %w", err)
+			return nil, fmt.Errorf("rabbitmq-server runs as the rabbitmq user: %w", err)
 		}
 		uid, err := strconv.Atoi(u.Uid)
 		if err != nil {
@@ -193,20 +196,29 @@ func NewRabbitMQ(dir string) (*Server, error) {
 		if err := chownAll(dir, uid, gid); err != nil {
 			return nil, err
 		}
+		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 	}
 	bin, err := lookBin("rabbitmq-server")
 	if err != nil {
 		return nil, err
 	}
+	epmd, err := lookBin("epmd")
+	if err != nil {
+		epmd = "/usr/lib/erlang/bin/epmd"
+	}
+	// Erlang's port mapper would daemonize out of the process group: one of
+	// the server's own runs in the foreground beside it and stops with it.
 	sh := strings.Join([]string{
-		"HOME=" + dir, "RABBITMQ_NODE_IP_ADDRESS=127.0.0.1", "RABBITMQ_NODE_PORT=" + strconv.Itoa(ports[0]),
-		"RABBITMQ_DIST_PORT=" + strconv.Itoa(ports[2]), "ERL_EPMD_PORT=" + strconv.Itoa(ports[3]), "ERL_EPMD_ADDRESS=127.0.0.1",
+		"export HOME=" + dir, "ERL_EPMD_PORT=" + strconv.Itoa(ports[3]), "ERL_EPMD_ADDRESS=127.0.0.1;",
+		epmd, "-port", strconv.Itoa(ports[3]), "-address", "127.0.0.1", "&",
+		"RABBITMQ_NODE_IP_ADDRESS=127.0.0.1", "RABBITMQ_NODE_PORT=" + strconv.Itoa(ports[0]),
+		"RABBITMQ_DIST_PORT=" + strconv.Itoa(ports[2]),
 		"RABBITMQ_NODENAME=ms" + strconv.Itoa(ports[0]) + "@localhost", "RABBITMQ_MNESIA_BASE=" + dir + "/mnesia",
 		"RABBITMQ_LOG_BASE=" + dir + "/log", "RABBITMQ_ENABLED_PLUGINS_FILE=" + dir + "/enabled_plugins",
 		"RABBITMQ_CONFIG_FILE=" + dir + "/rabbitmq.conf",
 		"exec", bin,
 	}, " ")
-	s.p = &process{name: "rabbitmq-server", bin: "/bin/sh", log: filepath.Join(dir, "rabbitmq.log"), args: []string{"-c", sh}}
+	s.p = &process{name: "rabbitmq-server", bin: "/bin/sh", log: filepath.Join(dir, "rabbitmq.log"), args: []string{"-c", sh}, cred: cred}
 	s.ready = func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.HTTPAddr+"/api/overview", nil)
 		if err != nil {

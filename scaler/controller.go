@@ -320,8 +320,11 @@ func readTarget(q annotations.QueueRef) string {
 	switch q.Scheme {
 	case annotations.SchemeNSQLookupd:
 		return q.Host + "/" + q.Name
-	case annotations.SchemeRabbitMQ, annotations.SchemePrometheus:
-		// One request per queue, or per query.
+	case annotations.SchemeRabbitMQ:
+		// One request per virtual host.
+		return q.Scheme + "://" + q.Host + "/" + q.Sub
+	case annotations.SchemePrometheus:
+		// One request per query.
 		return q.Scheme + "://" + q.Host + "/" + q.Sub + "/" + q.Name
 	}
 	return q.Host

@@ -1,11 +1,12 @@
 // Package rabbitmq is the queue source for RabbitMQ: one GET of the
-// management API per queue per tick however many Deployments name it
-// (messages ready, unacknowledged, published, and consumers). The
-// management API refreshes its figures every statistics interval (5 s by
-// default): a reading whose figures have not changed keeps the time of the
-// first that showed them (for up to three intervals: longer, the queue is
-// at rest), so rates are measured over the interval the server counted,
-// not over the controller's ticks.
+// management API per virtual host per server (and Secret) per tick, however
+// many queues and Deployments it covers, asking only for the columns read
+// (messages ready, unacknowledged, published, and consumers) and keeping
+// only the queues named. The management API refreshes its figures every
+// statistics interval (5 s by default): a reading whose figures have not
+// changed keeps the time of the first that showed them (for up to three
+// intervals: longer, the queue is at rest), so rates are measured over the
+// interval the server counted, not over the controller's ticks.
 package rabbitmq
 
 import (
@@ -46,9 +47,10 @@ type answer struct {
 	} `json:"message_stats"`
 }
 
-// wire is the answer as sent: the counts are missing until the server has
-// collected the queue's first statistics.
+// wire is one queue of the answer as sent: the counts are missing until
+// the server has collected the queue's first statistics.
 type wire struct {
+	Name         string `json:"name"`
 	Ready        *int64 `json:"messages_ready"`
 	Unacked      *int64 `json:"messages_unacknowledged"`
 	Consumers    *int64 `json:"consumers"`
@@ -57,67 +59,118 @@ type wire struct {
 	} `json:"message_stats"`
 }
 
-// errNoStats: a queue the management API has no counts of yet (just
-// declared) is not read as empty.
-const errNoStats = queue.Class("no statistics for the queue yet")
+// columns are the only fields the management API is asked for.
+const columns = "name,messages_ready,messages_unacknowledged,consumers,message_stats.publish"
 
-type snapshot map[annotations.QueueRef]*read
+// Classes of what the server says about one queue.
+const (
+	// errNoStats: a queue the management API has no counts of yet (just
+	// declared) is not read as empty.
+	errNoStats = queue.Class("no statistics for the queue yet")
+	errNoQueue = queue.Class("no such queue in the virtual host")
+)
 
-// read is one queue's answer; set before done closes.
-type read struct {
+// vhostKey is one GET: a server read with one Secret, one virtual host.
+type vhostKey struct {
+	queue.Endpoint
+	vhost string
+}
+
+// snapshot is one tick's reads, answering per queue from its virtual
+// host's.
+type snapshot struct {
+	reads map[vhostKey]*vhostRead
+	r     *Reader
+}
+
+// vhostRead is one virtual host's answer, the queues asked for only; set
+// before done closes.
+type vhostRead struct {
 	done chan struct{}
-	got  policy.QueueReading
+	got  map[string]wire
+	at   time.Time
 	err  error
 }
 
-// Read starts one GET per queue and returns at once.
+// Read starts one GET per server, Secret and virtual host, and returns at
+// once.
 func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	r.Fetcher.Forget()
 	r.seen.Forget(r.Fetcher.Now())
-	s := snapshot{}
+	byVhost := map[vhostKey][]queue.Ref{}
 	for _, q := range refs {
-		rd := &read{done: make(chan struct{})}
-		s[q.QueueRef] = rd
+		k := vhostKey{queue.EndpointOf(q.QueueRef), q.Sub}
+		byVhost[k] = append(byVhost[k], q)
+	}
+	s := snapshot{reads: map[vhostKey]*vhostRead{}, r: r}
+	for k, rs := range byVhost {
+		rd := &vhostRead{done: make(chan struct{})}
+		s.reads[k] = rd
 		go func() {
 			defer close(rd.done)
-			rd.got, rd.err = r.read(ctx, q)
-			if rd.err != nil {
-				rd.err = queue.Classify("rabbitmq", q.Host, rd.err)
+			if rd.err = r.read(ctx, k, rs, rd); rd.err != nil {
+				rd.err = queue.Classify("rabbitmq", k.Host, rd.err)
 			}
 		}()
 	}
 	return s
 }
 
-func (r *Reader) read(ctx context.Context, q queue.Ref) (policy.QueueReading, error) {
-	u := "http://" + q.Host + "/api/queues/" + url.PathEscape(q.Sub) + "/" + url.PathEscape(q.Name)
-	creds, err := r.Fetcher.CredentialsFor(ctx, q.QueueRef)
+func (r *Reader) read(ctx context.Context, k vhostKey, rs []queue.Ref, rd *vhostRead) error {
+	creds, err := r.Fetcher.CredentialsFor(ctx, rs[0].QueueRef)
 	if err != nil {
-		return policy.QueueReading{}, err
+		return err
 	}
-	var w wire
-	err = r.Fetcher.GetJSON(ctx, q.Namespaces, q.Host, u, creds.Authorize, func(dec *json.Decoder) error { return dec.Decode(&w) })
-	if err != nil {
-		return policy.QueueReading{}, err
+	want := make(map[string]bool, len(rs))
+	for _, q := range rs {
+		want[q.Name] = true
 	}
-	if w.Ready == nil || w.Unacked == nil || w.Consumers == nil {
-		return policy.QueueReading{}, errNoStats
-	}
-	a := answer{Ready: *w.Ready, Unacked: *w.Unacked, Consumers: *w.Consumers}
-	a.MessageStats.Publish = w.MessageStats.Publish
-	if a.Ready < 0 || a.Unacked < 0 || a.Consumers < 0 || a.MessageStats.Publish < 0 {
-		return policy.QueueReading{}, queue.ErrMalformed
-	}
-	at := r.seen.Since(q.QueueRef, a, r.Fetcher.Now())
-	return policy.QueueReading{Backlog: a.Ready + a.Unacked, Waiting: a.Ready, Arrived: a.MessageStats.Publish,
-		Consumers: a.Consumers, At: at}, nil
+	u := "http://" + k.Host + "/api/queues/" + url.PathEscape(k.vhost) + "?columns=" + url.QueryEscape(columns)
+	rd.got = map[string]wire{}
+	return r.Fetcher.GetJSON(ctx, queue.Namespaces(rs...), k.Host, u, creds.Authorize, func(dec *json.Decoder) error {
+		rd.at = r.Fetcher.Now()
+		// A stream of queues, of which only those named are kept.
+		if tok, err := dec.Token(); err != nil {
+			return err
+		} else if d, ok := tok.(json.Delim); !ok || d != '[' {
+			return queue.ErrMalformed
+		}
+		for dec.More() {
+			var w wire
+			if err := dec.Decode(&w); err != nil {
+				return err
+			}
+			if want[w.Name] {
+				rd.got[w.Name] = w
+			}
+		}
+		_, err := dec.Token()
+		return err
+	})
 }
 
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
-	rd, ok := s[q]
+	rd, ok := s.reads[vhostKey{queue.EndpointOf(q), q.Sub}]
 	if !ok {
 		return policy.QueueReading{}, fmt.Errorf("rabbitmq %s: not read", q.Host)
 	}
 	<-rd.done
-	return rd.got, rd.err
+	if rd.err != nil {
+		return policy.QueueReading{}, rd.err
+	}
+	w, ok := rd.got[q.Name]
+	if !ok {
+		return policy.QueueReading{}, queue.Classify("rabbitmq", q.Host, errNoQueue)
+	}
+	if w.Ready == nil || w.Unacked == nil || w.Consumers == nil {
+		return policy.QueueReading{}, queue.Classify("rabbitmq", q.Host, errNoStats)
+	}
+	a := answer{Ready: *w.Ready, Unacked: *w.Unacked, Consumers: *w.Consumers}
+	a.MessageStats.Publish = w.MessageStats.Publish
+	if a.Ready < 0 || a.Unacked < 0 || a.Consumers < 0 || a.MessageStats.Publish < 0 {
+		return policy.QueueReading{}, queue.Classify("rabbitmq", q.Host, queue.ErrMalformed)
+	}
+	at := s.r.seen.Since(q, a, rd.at)
+	return policy.QueueReading{Backlog: a.Ready + a.Unacked, Waiting: a.Ready, Arrived: a.MessageStats.Publish,
+		Consumers: a.Consumers, At: at}, nil
 }

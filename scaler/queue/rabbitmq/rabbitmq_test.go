@@ -100,9 +100,20 @@ func TestReadsQueuesThroughTheManagementAPI(t *testing.T) {
 		t.Fatalf("reading %+v, want %+v", got, want)
 	}
 
+	// One GET covers the virtual host: a queue it does not hold fails on
+	// its own, beside one it does; an unknown virtual host is a 404.
 	unknown := annotations.QueueRef{Scheme: annotations.SchemeRabbitMQ, Host: srv.HTTPAddr, Name: "nothing", Sub: "/", Secret: "shop/rabbit"}
-	if _, err := r.Read(t.Context(), []queue.Ref{{QueueRef: unknown}}).Reading(unknown); err == nil || !strings.Contains(err.Error(), "HTTP 404") {
-		t.Errorf("an unknown queue: %v, want HTTP 404", err)
+	both := r.Read(t.Context(), []queue.Ref{{QueueRef: unknown}, {QueueRef: orders}})
+	if _, err := both.Reading(unknown); err == nil || !strings.Contains(err.Error(), "no such queue") {
+		t.Errorf("an unknown queue: %v, want no such queue", err)
+	}
+	if _, err := both.Reading(orders); err != nil {
+		t.Errorf("a known queue beside an unknown one: %v", err)
+	}
+	novhost := orders
+	novhost.Sub = "nowhere"
+	if _, err := r.Read(t.Context(), []queue.Ref{{QueueRef: novhost}}).Reading(novhost); err == nil || !strings.Contains(err.Error(), "HTTP 404") {
+		t.Errorf("an unknown virtual host: %v, want HTTP 404", err)
 	}
 	// The same queue read with another Secret is a read of its own.
 	wrong := orders
@@ -130,9 +141,9 @@ func TestReadsQueuesThroughTheManagementAPI(t *testing.T) {
 // Figures the management API has not refreshed keep the time they first
 // showed: a rate is measured over the interval the server counted.
 func TestUnchangedFiguresKeepTheirTime(t *testing.T) {
-	body := `{"messages_ready":5,"messages_unacknowledged":1,"consumers":2,"message_stats":{"publish":40}}`
+	body := `[{"name":"other","messages_ready":9},{"name":"orders","messages_ready":5,"messages_unacknowledged":1,"consumers":2,"message_stats":{"publish":40}}]`
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.EscapedPath() != "/api/queues/%2F/orders" {
+		if r.URL.EscapedPath() != "/api/queues/%2F" || r.URL.Query().Get("columns") != columns {
 			http.Error(w, "unexpected request", http.StatusBadRequest)
 			return
 		}
@@ -156,7 +167,7 @@ func TestUnchangedFiguresKeepTheirTime(t *testing.T) {
 		t.Errorf("unchanged figures read at %v, then %v: want the first time kept", first.At, again.At)
 	}
 	clk.SetTime(clk.Now().Add(time.Second))
-	body = `{"messages_ready":7,"messages_unacknowledged":1,"consumers":2,"message_stats":{"publish":45}}`
+	body = `[{"name":"orders","messages_ready":7,"messages_unacknowledged":1,"consumers":2,"message_stats":{"publish":45}}]`
 	next := read()
 	if !next.At.Equal(clk.Now()) || next.Arrived != 45 {
 		t.Errorf("new figures %+v at %v, want 45 arrived at %v", next, next.At, clk.Now())
@@ -168,8 +179,13 @@ func TestUnchangedFiguresKeepTheirTime(t *testing.T) {
 		t.Errorf("figures unchanged for 16 s read at %v, want now (%v)", rest.At, clk.Now())
 	}
 	// A queue just declared has no counts yet: not read as empty.
-	body = `{"name":"orders","vhost":"/","consumer_details":[]}`
+	body = `[{"name":"orders"}]`
 	if _, err := r.Read(t.Context(), []queue.Ref{{QueueRef: q}}).Reading(q); err == nil || !strings.Contains(err.Error(), "no statistics") {
 		t.Errorf("an answer without counts: %v, want no statistics yet", err)
+	}
+	// Not a list of queues: malformed, never read as empty.
+	body = `{"error":"Object Not Found"}`
+	if _, err := r.Read(t.Context(), []queue.Ref{{QueueRef: q}}).Reading(q); err == nil || !strings.Contains(err.Error(), "malformed") {
+		t.Errorf("an answer that is not a list: %v, want malformed", err)
 	}
 }

@@ -3,6 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -12,16 +15,21 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/microscaling/microscaling/test/harness"
+	"github.com/microscaling/microscaling/test/workload"
 )
 
 // TestScaleBenchmark is the benchmark of BENCHMARKS.md's scale section, not a
 // pass/fail check: MICROSCALING_BENCH=1, sizes in MICROSCALING_SCALE_SIZES
 // (default 100,1000,10000). Per size: a fresh stack, N Deployments in N/5
 // groups (4 queue members and a remainder that fits no node) over 2
-// namespaces, one nsqd with a topic per group.
+// namespaces, one nsqd with a topic per group. MICROSCALING_SCALE_SOURCES=1
+// spreads the groups over the five sources instead, a fifth each: NSQ,
+// RabbitMQ (a queue per group, one vhost), a Redis list, a NATS JetStream
+// consumer and a Prometheus query, each server on this machine.
 func TestScaleBenchmark(t *testing.T) {
 	if os.Getenv("MICROSCALING_BENCH") == "" {
 		t.Skip("benchmark: set MICROSCALING_BENCH=1")
@@ -49,9 +57,17 @@ func scaleRun(t *testing.T, n int) {
 			t.Fatal(err)
 		}
 	}
-	// Topics and channels first, so every queue reads as empty, not missing.
+	// Queues first, so every one reads as empty, not missing.
+	queueOf := func(g int) string { return fmt.Sprintf("nsq://%s/t%d/c", s.NSQ.HTTPAddr, g) }
+	var args []string
+	mixed := os.Getenv("MICROSCALING_SCALE_SOURCES") != ""
+	if mixed {
+		queueOf, args = scaleSources(t, s, groups)
+	}
 	for g := range groups {
-		ensureChannel(t, s, "t"+strconv.Itoa(g), "c")
+		if !mixed || g%5 == 0 {
+			ensureChannel(t, s, "t"+strconv.Itoa(g), "c")
+		}
 	}
 	var wg sync.WaitGroup
 	work := make(chan *appsv1.Deployment)
@@ -72,10 +88,14 @@ func scaleRun(t *testing.T, n int) {
 		ns := []string{"bench-a", "bench-b"}[g%2]
 		group := "g" + strconv.Itoa(g)
 		for p := 1; p <= 4; p++ {
-			work <- deployment(ns, fmt.Sprintf("%s-q%d", group, p), 0, map[string]string{
+			d := deployment(ns, fmt.Sprintf("%s-q%d", group, p), 0, map[string]string{
 				"microscaling.com/group": group, "microscaling.com/priority": strconv.Itoa(p),
-				"microscaling.com/queue":               fmt.Sprintf("nsq://%s/t%d/c", s.NSQ.HTTPAddr, g),
+				"microscaling.com/queue":               queueOf(g),
 				"microscaling.com/target-queue-length": "50", "microscaling.com/max-replicas": "5"})
+			if strings.HasPrefix(queueOf(g), "rabbitmq:") {
+				d.Annotations["microscaling.com/queue-secret"] = "rabbit"
+			}
+			work <- d
 		}
 		rem := deployment(ns, group+"-rem", 0, map[string]string{"microscaling.com/group": group, "microscaling.com/priority": "9",
 			"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "5"})
@@ -115,7 +135,7 @@ func scaleRun(t *testing.T, n int) {
 	t.Logf("deployment controller caught up in %s", time.Since(t1).Round(time.Second))
 
 	start := time.Now()
-	c := startController(t, s.Kubeconfig, append([]string{"--profiling"}, strings.Fields(os.Getenv("MICROSCALING_CONTROLLER_ARGS"))...)...)
+	c := startController(t, s.Kubeconfig, append(append([]string{"--profiling"}, args...), strings.Fields(os.Getenv("MICROSCALING_CONTROLLER_ARGS"))...)...)
 	ready := time.Since(start)
 	eventually(t, 5*time.Minute, func(ctx context.Context) error {
 		v, err := c.metric(ctx, "microscaling_tick_duration_seconds_count")
@@ -198,9 +218,99 @@ func scaleRun(t *testing.T, n int) {
 		1000*(cpu1-cpu0)/ticks, 1000*p50, 1000*p99, 1000*histQuantile(m0, m1, stats, 0.5), reads/ticks, writes/ticks,
 		per(`microscaling_queue_read_duration_seconds_count{host="`+s.NSQ.HTTPAddr+`"}`), ticks,
 		reactions[len(reactions)/2].Round(time.Millisecond), reactions[len(reactions)-1].Round(time.Millisecond))
+	if mixed {
+		line += " reads-per-tick-by-host=" + readsByHost(m0, m1, ticks)
+	}
 	t.Log(line)
 	fmt.Println(line)
 	fmt.Println("LAG-BUCKETS", lagBuckets(m0, m1, "microscaling_tick_lag_seconds"))
+}
+
+// scaleSources starts a RabbitMQ, a Redis, a NATS and a Prometheus server
+// beside the stack's nsqd, declares a queue of each for its fifth of the
+// groups, and returns each group's queue annotation and the controller's
+// extra flags. RabbitMQ is read with a Secret named rabbit in each
+// namespace.
+func scaleSources(t *testing.T, s *harness.Stack, groups int) (func(g int) string, []string) {
+	mq := harness.StartRabbitMQ(t)
+	rd := harness.StartRedis(t)
+	nt := harness.StartNATS(t)
+	var series strings.Builder
+	for g := 4; g < groups; g += 5 {
+		fmt.Fprintf(&series, "bench_queue_length{queue=\"g%d\"} 0\nbench_queue_published_total{queue=\"g%d\"} 0\n", g, g)
+	}
+	exporter := serve(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, series.String())
+	}))
+	pm := harness.StartPrometheus(t, exporter)
+	amqpURL := "amqp://guest:guest@" + mq.Addr + "/"
+	for g := 1; g < groups; g += 5 {
+		declare(t, amqpURL, "q"+strconv.Itoa(g))
+	}
+	for g := 3; g < groups; g += 5 {
+		if err := workload.DeclareNATS("nats://"+nt.Addr, "S"+strconv.Itoa(g), "s"+strconv.Itoa(g), "c"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ns := range []string{"bench-a", "bench-b"} {
+		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "rabbit"}, StringData: map[string]string{"username": "guest", "password": "guest"}}
+		if _, err := s.Client.CoreV1().Secrets(ns).Create(t.Context(), secret, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Prometheus has scraped the exporter once before the controller reads.
+	eventually(t, time.Minute, func(ctx context.Context) error {
+		return httpOK(ctx, "http://"+pm.HTTPAddr+"/api/v1/query?query=count(bench_queue_length)%3E0", `"result":[{`)
+	})
+	t.Logf("sources: rabbitmq %s, redis %s, nats %s, prometheus %s", mq.HTTPAddr, rd.Addr, nt.HTTPAddr, pm.HTTPAddr)
+	return func(g int) string {
+		switch g % 5 {
+		case 1:
+			return fmt.Sprintf("rabbitmq://%s/%%2F/q%d", mq.HTTPAddr, g)
+		case 2:
+			return fmt.Sprintf("redis://%s/l%d", rd.Addr, g)
+		case 3:
+			return fmt.Sprintf("nats://%s/S%d/c", nt.HTTPAddr, g)
+		case 4:
+			q := url.Values{"backlog": {fmt.Sprintf(`sum(bench_queue_length{queue="g%d"})`, g)},
+				"arrivals": {fmt.Sprintf(`sum(bench_queue_published_total{queue="g%d"})`, g)}}
+			return "prometheus://" + pm.HTTPAddr + "?" + q.Encode()
+		}
+		return fmt.Sprintf("nsq://%s/t%d/c", s.NSQ.HTTPAddr, g)
+	}, []string{"--queue-secrets"}
+}
+
+// httpOK is nil once a GET of u answers 200 with a body holding want.
+func httpOK(ctx context.Context, u, want string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
+		return fmt.Errorf("GET %s: %s %.200s", u, resp.Status, b)
+	}
+	return nil
+}
+
+// readsByHost is the queue reads per tick to each server.
+func readsByHost(m0, m1 map[string]float64, ticks float64) string {
+	var out []string
+	for k, v := range m1 {
+		if strings.HasPrefix(k, "microscaling_queue_read_duration_seconds_count{") {
+			out = append(out, fmt.Sprintf("%s=%.2f", strings.TrimSuffix(strings.TrimPrefix(k, "microscaling_queue_read_duration_seconds_count{"), "}"), (v-m0[k])/ticks))
+		}
+	}
+	slices.Sort(out)
+	return strings.Join(out, ",")
 }
 
 // scrape reads every sample of the controller's /metrics by its full name.

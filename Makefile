@@ -2,7 +2,7 @@
 GO ?= go
 
 
-.PHONY: test deps demo binaries image image-binaries cluster simulate fuzz bench-reaction bench-labels bench-scale bench-burst
+.PHONY: test deps demo binaries image image-binaries cluster simulate fuzz bench-reaction bench-labels bench-scale bench-burst bench-sources
 
 # Builds the real parts once (cached outside the clone), then runs every test
 # with the race detector against them.
@@ -57,6 +57,11 @@ bench-labels: binaries
 # The controller at 100, 1,000 and 10,000 Deployments; see BENCHMARKS.md.
 bench-scale: binaries
 	MICROSCALING_CONTROLLER_GOMEMLIMIT=200MiB MICROSCALING_BENCH=1 MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -count=1 -v -timeout 60m -run TestScaleBenchmark ./test/e2e | grep -E 'SCALE|LAG-BUCKETS|created in|caught up|^(ok|FAIL|---)'
+
+# Every queue source's closed loop (burst + steady, outage, drain), RUNS times; see BENCHMARKS.md.
+RUNS ?= 1
+bench-sources: binaries
+	MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -count=$(RUNS) -v -timeout 120m -run TestSourcesCloseTheLoop ./test/e2e | grep -E 'SOURCE|^(ok|FAIL|---|\s+---)'
 
 # Burst of 1,000 then 100 msg/s for 60 s on the real stack (5 runs); see BENCHMARKS.md.
 bench-burst: binaries

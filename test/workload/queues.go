@@ -91,28 +91,37 @@ func logClose(what string, err error) {
 func RedisList(addr, password, key string) func(pod string, handle func([]byte)) (func(), error) {
 	return func(pod string, handle func([]byte)) (func(), error) {
 		c := goredis.NewClient(&goredis.Options{Addr: addr, Password: password})
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			for ctx.Err() == nil {
-				res, err := c.BLPop(ctx, time.Second, key).Result() // a second is BLPOP's least timeout
-				switch {
-				case errors.Is(err, goredis.Nil) || ctx.Err() != nil:
-					continue // nothing waiting, or stopping
-				case err != nil || len(res) != 2:
-					// The server is away: try again shortly rather than spin.
-					select {
-					case <-ctx.Done():
-					case <-time.After(100 * time.Millisecond):
-					}
-					continue
-				}
-				handle([]byte(res[1]))
+		return background(func(ctx context.Context) error {
+			res, err := c.BLPop(ctx, time.Second, key).Result() // a second is BLPOP's least timeout
+			switch {
+			case errors.Is(err, goredis.Nil):
+				return nil // nothing waiting
+			case err != nil:
+				return err
 			}
-		}()
-		return func() { cancel(); <-done; logClose("redis consumer "+pod, c.Close()) }, nil
+			handle([]byte(res[1]))
+			return nil
+		}, func() { logClose("redis consumer "+pod, c.Close()) }), nil
 	}
+}
+
+// background calls take until stopped, waiting a little after an error
+// (the server away) rather than spinning; stop ends it, waits, and closes.
+func background(take func(ctx context.Context) error, closeClient func()) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			if err := take(ctx); err != nil && ctx.Err() == nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done; closeClient() }
 }
 
 // PublishRedisList returns a publish function for Pace: n stamped items
@@ -147,35 +156,26 @@ func DeclareRabbitMQ(url, queue string) error {
 func RedisStream(addr, password, key, group string) func(pod string, handle func([]byte)) (func(), error) {
 	return func(pod string, handle func([]byte)) (func(), error) {
 		c := goredis.NewClient(&goredis.Options{Addr: addr, Password: password})
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			for ctx.Err() == nil {
-				res, err := c.XReadGroup(ctx, &goredis.XReadGroupArgs{Group: group, Consumer: pod, Streams: []string{key, ">"},
-					Count: 1, Block: time.Second}).Result()
-				switch {
-				case errors.Is(err, goredis.Nil) || ctx.Err() != nil:
-					continue
-				case err != nil:
-					select { // the server is away: try again shortly
-					case <-ctx.Done():
-					case <-time.After(100 * time.Millisecond):
-					}
-					continue
-				}
-				for _, s := range res {
-					for _, m := range s.Messages {
-						body, _ := m.Values["body"].(string)
-						handle([]byte(body))
-						if err := c.XAck(ctx, key, group, m.ID).Err(); err != nil && ctx.Err() == nil {
-							klog.Background().Info("XACK failed; the entry stays pending", "pod", pod, "err", err)
-						}
+		return background(func(ctx context.Context) error {
+			res, err := c.XReadGroup(ctx, &goredis.XReadGroupArgs{Group: group, Consumer: pod, Streams: []string{key, ">"},
+				Count: 1, Block: time.Second}).Result()
+			switch {
+			case errors.Is(err, goredis.Nil):
+				return nil
+			case err != nil:
+				return err
+			}
+			for _, s := range res {
+				for _, m := range s.Messages {
+					body, _ := m.Values["body"].(string) // a missing field is an empty message
+					handle([]byte(body))
+					if err := c.XAck(ctx, key, group, m.ID).Err(); err != nil {
+						return err // the entry stays pending
 					}
 				}
 			}
-		}()
-		return func() { cancel(); <-done; logClose("redis stream consumer "+pod, c.Close()) }, nil
+			return nil
+		}, func() { logClose("redis stream consumer "+pod, c.Close()) }), nil
 	}
 }
 
@@ -220,30 +220,22 @@ func NATS(url, stream, consumer string) func(pod string, handle func([]byte)) (f
 			nc.Close()
 			return nil, err
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			for ctx.Err() == nil {
-				msgs, err := sub.Fetch(1, natsgo.MaxWait(time.Second))
-				if err != nil {
-					if !errors.Is(err, natsgo.ErrTimeout) {
-						select { // the server is away: try again shortly
-						case <-ctx.Done():
-						case <-time.After(100 * time.Millisecond):
-						}
-					}
-					continue
-				}
-				for _, m := range msgs {
-					handle(m.Data)
-					if err := m.Ack(); err != nil && ctx.Err() == nil {
-						klog.Background().Info("ack failed; the message is redelivered", "pod", pod, "err", err)
-					}
+		return background(func(context.Context) error {
+			msgs, err := sub.Fetch(1, natsgo.MaxWait(time.Second))
+			switch {
+			case errors.Is(err, natsgo.ErrTimeout):
+				return nil // nothing waiting
+			case err != nil:
+				return err
+			}
+			for _, m := range msgs {
+				handle(m.Data)
+				if err := m.Ack(); err != nil {
+					return err // redelivered after AckWait
 				}
 			}
-		}()
-		return func() { cancel(); <-done; nc.Close() }, nil
+			return nil
+		}, nc.Close), nil
 	}
 }
 

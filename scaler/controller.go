@@ -324,8 +324,8 @@ func readTarget(q annotations.QueueRef) string {
 		// One request per virtual host.
 		return q.Scheme + "://" + q.Host + "/" + q.Sub
 	case annotations.SchemePrometheus:
-		// One request per query.
-		return q.Scheme + "://" + q.Host + "/" + q.Sub + "/" + q.Name
+		// A namespace's queries go to a server together.
+		return q.Scheme + "://" + q.Host
 	}
 	return q.Host
 }

@@ -1,6 +1,7 @@
 // Package prometheus is the queue source for any queue Prometheus can see
-// (Kafka consumer lag, SQS through an exporter, ...): one instant query per
-// distinct expression per server per tick, through client_golang's API
+// (Kafka consumer lag, SQS through an exporter, ...): each distinct
+// expression evaluated once per server per tick, one tenant's expressions
+// together in one instant query (up to 32), through client_golang's API
 // client, bounded like every other read. A backlog query's value is the
 // messages waiting; an arrivals query's is a counter of the messages that
 // arrived (a sum of log-end offsets, say), from which rates are learnt.
@@ -14,6 +15,9 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/api"
@@ -55,8 +59,12 @@ type snapshot struct {
 	results map[queryKey]*result
 }
 
-// Read starts one query per distinct expression per server and returns at
-// once.
+// Read starts the tick's queries and returns at once: each distinct
+// expression is evaluated once per server and Secret, and the expressions
+// of one tenant (the same Secret, or the same namespaces) go to the server
+// together, up to maxBatch in one query (see batch). A batch the server
+// refuses is asked again one expression at a time, so one tenant's bad
+// expression fails only its own queue.
 func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	r.Fetcher.Forget()
 	r.seen.Forget(r.Fetcher.Now())
@@ -69,23 +77,76 @@ func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 			}
 		}
 	}
-	s := snapshot{r: r, results: map[queryKey]*result{}}
+	type tenant struct{ host, secret, namespaces string }
+	batches := map[tenant][]queryKey{}
 	for k, rs := range charged {
-		res := &result{done: make(chan struct{})}
-		s.results[k] = res
-		go func() {
-			defer close(res.done)
-			err := r.Fetcher.Do(ctx, queue.Namespaces(rs...), k.host, func(ctx context.Context) error {
-				v, err := r.query(ctx, k, rs[0].QueueRef)
-				res.v = v
-				return err
-			})
-			if err != nil {
-				res.err = queue.Classify("prometheus", k.host, err)
+		t := tenant{k.host, k.secret, strings.Join(queue.Namespaces(rs...), ",")}
+		batches[t] = append(batches[t], k)
+	}
+	s := snapshot{r: r, results: map[queryKey]*result{}}
+	for _, ks := range batches {
+		slices.SortFunc(ks, func(a, b queryKey) int { return strings.Compare(a.expr, b.expr) })
+		for chunk := range slices.Chunk(ks, maxBatch) {
+			var rs []queue.Ref
+			res := make([]*result, len(chunk))
+			for i, k := range chunk {
+				res[i] = &result{done: make(chan struct{})}
+				s.results[k] = res[i]
+				rs = append(rs, charged[k]...)
 			}
-		}()
+			go func() {
+				defer func() {
+					for _, r := range res {
+						close(r.done)
+					}
+				}()
+				r.run(ctx, chunk, rs, res)
+			}()
+		}
 	}
 	return s
+}
+
+// maxBatch bounds the expressions asked in one query (each at most
+// annotations.MaxQueryBytes).
+const maxBatch = 32
+
+// run evaluates one tenant's expressions on one server into res: together
+// when there are several, one by one if the server refuses them together.
+func (r *Reader) run(ctx context.Context, ks []queryKey, rs []queue.Ref, res []*result) {
+	host, ns := ks[0].host, queue.Namespaces(rs...)
+	fail := func(err error) error { return queue.Classify("prometheus", host, err) }
+	if len(ks) > 1 {
+		var vs []queryValue
+		err := r.Fetcher.Do(ctx, ns, host, func(ctx context.Context) (err error) {
+			vs, err = r.batch(ctx, ks, rs[0].QueueRef)
+			return err
+		})
+		if err == nil {
+			for i := range res {
+				res[i].v, res[i].err = vs[i].v, vs[i].err
+				if res[i].err != nil {
+					res[i].err = fail(res[i].err)
+				}
+			}
+			return
+		}
+		if !errors.Is(err, errBadQuery) {
+			for _, r := range res {
+				r.err = fail(err)
+			}
+			return
+		}
+	}
+	for i, k := range ks {
+		err := r.Fetcher.Do(ctx, ns, host, func(ctx context.Context) (err error) {
+			res[i].v, err = r.query(ctx, k, rs[0].QueueRef)
+			return err
+		})
+		if err != nil {
+			res[i].err = fail(err)
+		}
+	}
 }
 
 // Classes of failed queries; the server's own words are never passed on.
@@ -97,50 +158,117 @@ const (
 	errNotAValue  = queue.Class("the query gave neither a vector nor a scalar")
 )
 
-func (r *Reader) query(ctx context.Context, k queryKey, q annotations.QueueRef) (int64, error) {
+// api is a client of the server, bounded and with q's credentials.
+func (r *Reader) api(ctx context.Context, host string, q annotations.QueueRef) (v1.API, error) {
 	creds, err := r.Fetcher.CredentialsFor(ctx, q)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	c, err := api.NewClient(api.Config{Address: "http://" + k.host, Client: &http.Client{
+	c, err := api.NewClient(api.Config{Address: "http://" + host, Client: &http.Client{
 		Transport:     bounded{next: r.Fetcher.HTTPClient().Transport, limit: r.Fetcher.MaxAnswer(), creds: creds},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}})
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	v, _, _, err := v1.NewAPI(c).Query(ctx, k.expr, r.Fetcher.Now())
+	return v1.NewAPI(c), nil
+}
+
+// ask evaluates expr now; errors are classes.
+func (r *Reader) ask(ctx context.Context, host, expr string, q annotations.QueueRef) (model.Value, error) {
+	a, err := r.api(ctx, host, q)
+	if err != nil {
+		return nil, err
+	}
+	v, _, _, err := a.Query(ctx, expr, r.Fetcher.Now())
 	var pe *v1.Error
 	switch {
 	case errors.Is(err, queue.ErrTooLarge):
-		return 0, fmt.Errorf("%w: more than %d bytes", queue.ErrTooLarge, r.Fetcher.MaxAnswer())
+		return nil, fmt.Errorf("%w: more than %d bytes", queue.ErrTooLarge, r.Fetcher.MaxAnswer())
 	case errors.As(err, &pe) && (pe.Type == v1.ErrBadData || pe.Type == v1.ErrExec || pe.Type == v1.ErrTimeout || pe.Type == v1.ErrCanceled):
-		return 0, fmt.Errorf("%w (%s)", errBadQuery, pe.Type)
+		return nil, fmt.Errorf("%w (%s)", errBadQuery, pe.Type)
 	case errors.As(err, &pe) && pe.Type == v1.ErrClient:
-		return 0, queue.Class("the server refused the request (HTTP 4xx)")
+		return nil, queue.Class("the server refused the request (HTTP 4xx)")
 	case errors.As(err, &pe) && pe.Type == v1.ErrServer:
-		return 0, queue.Class("the server failed (HTTP 5xx)")
+		return nil, queue.Class("the server failed (HTTP 5xx)")
 	case errors.As(err, &pe):
-		return 0, fmt.Errorf("%w: not a Prometheus API answer", queue.ErrMalformed)
-	case err != nil:
+		return nil, fmt.Errorf("%w: not a Prometheus API answer", queue.ErrMalformed)
+	}
+	return v, err
+}
+
+// query evaluates one expression to one count.
+func (r *Reader) query(ctx context.Context, k queryKey, q annotations.QueueRef) (int64, error) {
+	v, err := r.ask(ctx, k.host, k.expr, q)
+	if err != nil {
 		return 0, err
 	}
-	var f float64
 	switch v := v.(type) {
 	case model.Vector:
-		switch len(v) {
-		case 0:
-			return 0, errNoValue
-		case 1:
-			f = float64(v[0].Value)
-		default:
-			return 0, errManyValues
-		}
+		return count(v)
 	case *model.Scalar:
-		f = float64(v.Value)
-	default:
-		return 0, errNotAValue
+		return countOf(float64(v.Value))
 	}
+	return 0, errNotAValue
+}
+
+// batchLabel tells the expressions of a batch apart in its answer.
+const batchLabel = "microscaling_query"
+
+type queryValue struct {
+	v   int64
+	err error
+}
+
+// batch evaluates several expressions in one query: each one's series
+// labelled with its index (label_replace), the results joined with or. An
+// expression's own series keep their count, so "no value" and "more than
+// one series" are told per expression as if it had been asked alone. An
+// expression that is not a vector (a scalar) makes the server refuse the
+// batch: run then asks one at a time.
+func (r *Reader) batch(ctx context.Context, ks []queryKey, q annotations.QueueRef) ([]queryValue, error) {
+	var b strings.Builder
+	for i, k := range ks {
+		if i > 0 {
+			b.WriteString(" or ")
+		}
+		fmt.Fprintf(&b, "label_replace((%s), %q, \"%d\", \"\", \"\")", k.expr, batchLabel, i)
+	}
+	v, err := r.ask(ctx, ks[0].host, b.String(), q)
+	if err != nil {
+		return nil, err
+	}
+	vec, ok := v.(model.Vector)
+	if !ok {
+		return nil, errNotAValue
+	}
+	parts := make([]model.Vector, len(ks))
+	for _, smp := range vec {
+		i, err := strconv.Atoi(string(smp.Metric[batchLabel]))
+		if err != nil || i < 0 || i >= len(ks) {
+			return nil, fmt.Errorf("%w: a series of no expression asked", queue.ErrMalformed)
+		}
+		parts[i] = append(parts[i], smp)
+	}
+	out := make([]queryValue, len(ks))
+	for i, p := range parts {
+		out[i].v, out[i].err = count(p)
+	}
+	return out, nil
+}
+
+// count is the one value of a vector.
+func count(v model.Vector) (int64, error) {
+	switch len(v) {
+	case 0:
+		return 0, errNoValue
+	case 1:
+		return countOf(float64(v[0].Value))
+	}
+	return 0, errManyValues
+}
+
+func countOf(f float64) (int64, error) {
 	if math.IsNaN(f) || f < 0 || f > float64(annotations.MaxTarget)*1024 {
 		return 0, errBadValue
 	}

@@ -103,8 +103,49 @@ func TestQueriesARealPrometheus(t *testing.T) {
 	if b, err := snap.Reading(same); err != nil || !b.NoArrivals || b.Backlog != 42 {
 		t.Errorf("without an arrivals query: %+v, %v; want backlog 42, no arrivals", b, err)
 	}
+	if n := queries.Load(); n != 1 {
+		t.Errorf("%d queries for two queues of one tenant (two distinct expressions), want 1", n)
+	}
+
+	// One tenant's expressions go together; what each gave is told as if
+	// asked alone. A batch the server refuses (a syntax error, a scalar
+	// that label_replace cannot take) is asked again one by one: the bad
+	// expression fails alone.
+	for _, tc := range []struct {
+		name, bad, want string
+		queries         int64
+	}{
+		{"several series beside a count", "kafka_lag", "more than one series", 1},
+		{"no value beside a count", "sum(nothing_here)", "no value", 1},
+		{"a syntax error beside a count", "sum(kafka_lag", "refused the query", 1 + 3},
+		{"a scalar beside a count", "scalar(sum(kafka_lag))", "", 1 + 3},
+	} {
+		bad := annotations.QueueRef{Scheme: annotations.SchemePrometheus, Host: host, Name: tc.bad}
+		queries.Store(0)
+		snap := read(q, bad)
+		if got, err := snap.Reading(q); err != nil || got.Backlog != 42 || got.Arrived != 1000 {
+			t.Errorf("%s: the good queue read %+v, %v; want backlog 42, 1000 arrived", tc.name, got, err)
+		}
+		_, err := snap.Reading(bad)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+		if n := queries.Load(); n != tc.queries {
+			t.Errorf("%s: %d queries, want %d", tc.name, n, tc.queries)
+		}
+	}
+	// Two tenants' expressions are never asked together (one they share is
+	// asked once, for both).
+	queries.Store(0)
+	snap = r.Read(t.Context(), []queue.Ref{{QueueRef: q, Namespaces: []string{"a"}}, {QueueRef: same, Namespaces: []string{"b"}}})
+	if _, err := snap.Reading(q); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := snap.Reading(same); err != nil {
+		t.Fatal(err)
+	}
 	if n := queries.Load(); n != 2 {
-		t.Errorf("%d queries for two queues sharing their backlog query, want 2", n)
+		t.Errorf("%d queries for two namespaces' queues, want 2", n)
 	}
 
 	for _, tc := range []struct{ expr, want string }{

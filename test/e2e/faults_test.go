@@ -77,7 +77,7 @@ func TestSlowAndGarbageNSQD(t *testing.T) {
 	waitEvent(t, s, "default", "slow", "Warning QueueUnreadable", 10*time.Second)
 	waitEvent(t, s, "default", "slow", "timeout", time.Second)
 	waitEvent(t, s, "default", "garbage", "Warning QueueUnreadable", 10*time.Second)
-	waitEvent(t, s, "default", "garbage", "not an NSQ answer", time.Second)
+	waitEvent(t, s, "default", "garbage", "malformed answer", time.Second)
 	// The tenant's Event carries no byte of what the endpoint answered.
 	if evs, err := events(t.Context(), s, "default", "garbage"); err != nil || strings.Contains(strings.Join(evs, "|"), "Bad Gateway") {
 		t.Errorf("events of garbage %q (%v) echo the answer", evs, err)

@@ -236,9 +236,9 @@ func sourceLoop(t *testing.T, sc sourceCase) {
 		return err
 	})
 	held, outage := rec.last().consumer, time.Since(start)
-	if err := hasEvent(t.Context(), s, "consumer", "Warning QueueUnreadable"); err != nil {
-		t.Error(err)
-	}
+	eventually(t, 10*time.Second, func(ctx context.Context) error { // Events are sent in the background
+		return hasEvent(ctx, s, "consumer", "Warning QueueUnreadable")
+	})
 	// Nothing may move for longer than the scale-down delay (10 s).
 	<-time.After(15 * time.Second)
 	if got := rec.since(outage); slices.ContainsFunc(got, func(g groupSample) bool { return g.consumer != held }) {

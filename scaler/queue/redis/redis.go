@@ -92,6 +92,7 @@ const (
 	errNoGroup   = queue.Class("no such consumer group on the stream")
 	errLag       = queue.Class("Redis cannot tell the group's lag (entries deleted from the stream)")
 	errRefused   = queue.Class("the server refused the command")
+	errAuth      = queue.Class("authentication required or refused")
 )
 
 func (r *Reader) read(ctx context.Context, host string, rs []queue.Ref, h *hostRead) error {
@@ -127,7 +128,13 @@ func (r *Reader) read(ctx context.Context, host string, rs []queue.Ref, h *hostR
 		}
 	}
 	at := r.Fetcher.Now()
-	if _, err := pipe.Exec(ctx); err != nil && !isServerError(err) {
+	_, err = pipe.Exec(ctx)
+	if c := serverClass(err); errors.Is(c, errAuth) {
+		// Refused before any command ran: the commands carry no error of
+		// their own (a stream's groups would read as none).
+		return c
+	}
+	if err != nil && !isServerError(err) {
 		var be *boundError
 		if errors.As(err, &be) {
 			return fmt.Errorf("%w: more than %d bytes", queue.ErrTooLarge, limit)
@@ -189,12 +196,15 @@ func isServerError(err error) bool {
 
 // serverClass maps a server's refusal of one command to a class.
 func serverClass(err error) error {
+	if err == nil {
+		return nil
+	}
 	msg := err.Error()
 	switch {
 	case strings.HasPrefix(msg, "WRONGTYPE"):
 		return errWrongType
 	case strings.HasPrefix(msg, "NOAUTH"), strings.HasPrefix(msg, "WRONGPASS"), strings.HasPrefix(msg, "NOPERM"):
-		return queue.Class("authentication required or refused")
+		return errAuth
 	}
 	var re goredis.Error
 	if errors.As(err, &re) {

@@ -100,3 +100,44 @@ func TestBoundsAndFailures(t *testing.T) {
 		t.Errorf("a stopped server: %v, want connection refused", err)
 	}
 }
+
+type secrets map[string]queue.Credentials
+
+func (s secrets) Credentials(_ context.Context, name string) (queue.Credentials, error) {
+	c, ok := s[name]
+	if !ok {
+		return queue.Credentials{}, queue.Class("no such Secret")
+	}
+	return c, nil
+}
+
+// A server behind a password: a wrong one, or none, is told as refused for
+// a list and for a stream's group alike (a refused connection runs no
+// command: the group must not read as missing), and the password is never
+// in the error; the right one reads.
+func TestPasswordsRefusedAsSuch(t *testing.T) {
+	srv := harness.StartRedis(t, "--requirepass", "s3cret-pass")
+	ctx := t.Context()
+	c := goredis.NewClient(&goredis.Options{Addr: srv.Addr, Password: "s3cret-pass"})
+	defer c.Close()
+	if err := c.XGroupCreateMkStream(ctx, "events", "workers", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	r := reader(t, queue.DefaultAllow, 0)
+	r.Fetcher.Credentials = secrets{"shop/right": {Password: "s3cret-pass"}, "shop/wrong": {Password: "not-the-pass"}}
+	for _, secret := range []string{"shop/wrong", ""} {
+		list, stream := ref(srv.Addr, "jobs", ""), ref(srv.Addr, "events", "workers")
+		list.Secret, stream.Secret = secret, secret
+		snap := r.Read(ctx, []queue.Ref{{QueueRef: list}, {QueueRef: stream}})
+		for _, q := range []annotations.QueueRef{list, stream} {
+			if _, err := snap.Reading(q); err == nil || !strings.Contains(err.Error(), "authentication required or refused") || strings.Contains(err.Error(), "pass") {
+				t.Errorf("%s with Secret %q: %v, want authentication refused and no password", q, secret, err)
+			}
+		}
+	}
+	stream := ref(srv.Addr, "events", "workers")
+	stream.Secret = "shop/right"
+	if _, err := r.Read(ctx, []queue.Ref{{QueueRef: stream}}).Reading(stream); err != nil {
+		t.Errorf("the right password: %v", err)
+	}
+}

@@ -20,6 +20,21 @@ type CredentialSource interface {
 	Credentials(ctx context.Context, secret string) (Credentials, error)
 }
 
+// Fixed is a CredentialSource of fixed credentials by qualified Secret
+// name ("namespace/name"): for tests, and for anything that has them
+// from elsewhere.
+type Fixed map[string]Credentials
+
+// Credentials returns the credentials of secret, or a class saying there
+// are none.
+func (f Fixed) Credentials(_ context.Context, secret string) (Credentials, error) {
+	c, ok := f[secret]
+	if !ok {
+		return Credentials{}, Class("no such Secret")
+	}
+	return c, nil
+}
+
 // ErrNoSecrets: a queue names a Secret, and the controller does not read
 // Secrets.
 const ErrNoSecrets = Class("microscaling.com/queue-secret is set, and the controller does not read Secrets (installed without --queue-secrets)")

@@ -19,19 +19,7 @@ import (
 	"github.com/microscaling/microscaling/test/harness"
 )
 
-// secrets serves credentials by Secret name, as the controller's Secret
-// reader does.
-type secrets map[string]queue.Credentials
-
-func (s secrets) Credentials(_ context.Context, name string) (queue.Credentials, error) {
-	c, ok := s[name]
-	if !ok {
-		return queue.Credentials{}, queue.Class("no such Secret")
-	}
-	return c, nil
-}
-
-var guest = secrets{"shop/rabbit": {Username: "guest", Password: "guest"}, "shop/wrong": {Username: "guest", Password: "wrong"}}
+var guest = queue.Fixed{"shop/rabbit": {Username: "guest", Password: "guest"}, "shop/wrong": {Username: "guest", Password: "wrong"}}
 
 // A real rabbitmq-server with the management plugin: messages ready,
 // unacknowledged, published and consumers as a real AMQP client publishes,

@@ -101,16 +101,6 @@ func TestBoundsAndFailures(t *testing.T) {
 	}
 }
 
-type secrets map[string]queue.Credentials
-
-func (s secrets) Credentials(_ context.Context, name string) (queue.Credentials, error) {
-	c, ok := s[name]
-	if !ok {
-		return queue.Credentials{}, queue.Class("no such Secret")
-	}
-	return c, nil
-}
-
 // A server behind a password: a wrong one, or none, is told as refused for
 // a list and for a stream's group alike (a refused connection runs no
 // command: the group must not read as missing), and the password is never
@@ -124,7 +114,7 @@ func TestPasswordsRefusedAsSuch(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := reader(t, queue.DefaultAllow, 0)
-	r.Fetcher.Credentials = secrets{"shop/right": {Password: "s3cret-pass"}, "shop/wrong": {Password: "not-the-pass"}}
+	r.Fetcher.Credentials = queue.Fixed{"shop/right": {Password: "s3cret-pass"}, "shop/wrong": {Password: "not-the-pass"}}
 	for _, secret := range []string{"shop/wrong", ""} {
 		list, stream := ref(srv.Addr, "jobs", ""), ref(srv.Addr, "events", "workers")
 		list.Secret, stream.Secret = secret, secret

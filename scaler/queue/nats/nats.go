@@ -56,10 +56,19 @@ func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 				h.err = queue.Classify("nats", host, err)
 				return
 			}
+			want := make(map[streamConsumer]bool, len(rs))
+			for _, q := range rs {
+				want[streamConsumer{q.Name, q.Sub}] = true
+			}
 			u := "http://" + host + "/jsz?consumers=true"
 			err = r.Fetcher.GetJSON(ctx, queue.Namespaces(rs...), host, u, creds.Authorize, func(dec *json.Decoder) error {
 				h.at = r.Fetcher.Now()
-				return dec.Decode(&h.answer)
+				var answer jsz
+				if err := dec.Decode(&answer); err != nil {
+					return err
+				}
+				h.consumers = answer.index(want)
+				return nil
 			})
 			if err != nil {
 				h.err = queue.Classify("nats", host, err)
@@ -73,10 +82,31 @@ type snapshot map[queue.Endpoint]*hostRead
 
 // hostRead is one server's answer; set before done closes.
 type hostRead struct {
-	done   chan struct{}
-	answer jsz
-	at     time.Time
-	err    error
+	done      chan struct{}
+	consumers map[streamConsumer]consumer
+	at        time.Time
+	err       error
+}
+
+// streamConsumer names a consumer on a server.
+type streamConsumer struct{ stream, consumer string }
+
+// index is the answer's consumers that are wanted, by stream and name, so
+// each member's reading is one lookup however many streams the server
+// holds.
+func (j *jsz) index(want map[streamConsumer]bool) map[streamConsumer]consumer {
+	out := make(map[streamConsumer]consumer, len(want))
+	for _, a := range j.Accounts {
+		for _, st := range a.Streams {
+			for _, c := range st.Consumers {
+				k := streamConsumer{st.Name, c.Name}
+				if _, dup := out[k]; want[k] && !dup { // the first account's, as before
+					out[k] = c
+				}
+			}
+		}
+	}
+	return out
 }
 
 const errNoConsumer = queue.Class("no such JetStream stream and consumer on the server")
@@ -90,25 +120,13 @@ func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	if h.err != nil {
 		return policy.QueueReading{}, h.err
 	}
-	for _, a := range h.answer.Accounts {
-		for _, st := range a.Streams {
-			if st.Name != q.Name {
-				continue
-			}
-			for _, c := range st.Consumers {
-				if c.Name == q.Sub {
-					if c.Pending < 0 || c.AckPending < 0 || c.Delivered.ConsumerSeq < 0 {
-						return policy.QueueReading{}, queue.Classify("nats", q.Host, queue.ErrMalformed)
-					}
-					// Deliveries so far and what waits to be delivered are
-					// every message that arrived for the consumer (a
-					// redelivery counts as one more: it is more work).
-					// Consumers connected are not listed.
-					return policy.QueueReading{Backlog: c.Pending + c.AckPending, Waiting: c.Pending,
-						Arrived: c.Delivered.ConsumerSeq + c.Pending, At: h.at}, nil
-				}
-			}
-		}
+	c, ok := h.consumers[streamConsumer{q.Name, q.Sub}]
+	if !ok {
+		return policy.QueueReading{}, queue.Classify("nats", q.Host, errNoConsumer)
 	}
-	return policy.QueueReading{}, queue.Classify("nats", q.Host, errNoConsumer)
+	if c.Pending < 0 || c.AckPending < 0 || c.Delivered.ConsumerSeq < 0 {
+		return policy.QueueReading{}, queue.Classify("nats", q.Host, queue.ErrMalformed)
+	}
+	return policy.QueueReading{Backlog: c.Pending + c.AckPending, Waiting: c.Pending,
+		Arrived: c.Delivered.ConsumerSeq + c.Pending, At: h.at}, nil
 }

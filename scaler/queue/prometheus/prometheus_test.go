@@ -109,7 +109,7 @@ func TestQueriesARealPrometheus(t *testing.T) {
 
 	// One tenant's expressions go together; what each gave is told as if
 	// asked alone. A batch the server refuses (a syntax error, a scalar
-	// that label_replace cannot take) is asked again one by one: the bad
+	// that label_replace cannot take) is asked again in halves: the bad
 	// expression fails alone.
 	for _, tc := range []struct {
 		name, bad, want string
@@ -117,8 +117,10 @@ func TestQueriesARealPrometheus(t *testing.T) {
 	}{
 		{"several series beside a count", "kafka_lag", "more than one series", 1},
 		{"no value beside a count", "sum(nothing_here)", "no value", 1},
-		{"a syntax error beside a count", "sum(kafka_lag", "refused the query", 1 + 3},
-		{"a scalar beside a count", "scalar(sum(kafka_lag))", "", 1 + 3},
+		// Sorted, the bad one comes first: the batch, then it alone and
+		// the other two together.
+		{"a syntax error beside a count", "sum(kafka_lag", "refused the query", 1 + 2},
+		{"a scalar beside a count", "scalar(sum(kafka_lag))", "", 1 + 2},
 	} {
 		bad := annotations.QueueRef{Scheme: annotations.SchemePrometheus, Host: host, Name: tc.bad}
 		queries.Store(0)
@@ -134,6 +136,28 @@ func TestQueriesARealPrometheus(t *testing.T) {
 			t.Errorf("%s: %d queries, want %d", tc.name, n, tc.queries)
 		}
 	}
+	// One bad expression among 200 of a tenant: the batch is halved until
+	// it is alone (about 2·log2(200) queries, not 200), and every other
+	// expression is read.
+	var many []annotations.QueueRef
+	for i := range 199 {
+		many = append(many, annotations.QueueRef{Scheme: annotations.SchemePrometheus, Host: host, Name: fmt.Sprintf("sum(kafka_lag) + %d", i)})
+	}
+	bad := annotations.QueueRef{Scheme: annotations.SchemePrometheus, Host: host, Name: "sum(kafka_lag"}
+	queries.Store(0)
+	snap = read(append(many, bad)...)
+	for i, m := range many {
+		if got, err := snap.Reading(m); err != nil || got.Backlog != int64(42+i) {
+			t.Fatalf("%s among 200: %+v, %v; want backlog %d", m.Name, got, err, 42+i)
+		}
+	}
+	if _, err := snap.Reading(bad); err == nil || !strings.Contains(err.Error(), "refused the query") {
+		t.Errorf("the bad one among 200: %v, want refused", err)
+	}
+	if n := queries.Load(); n > 2*8+1 {
+		t.Errorf("%d queries for one bad expression among 200, want at most 17", n)
+	}
+
 	// Two tenants' expressions are never asked together (one they share is
 	// asked once, for both).
 	queries.Store(0)

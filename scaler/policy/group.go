@@ -32,6 +32,11 @@ type QueueReading struct {
 	// At is when the counts were read (the latest answer); zero: the tick's
 	// time stands for it.
 	At time.Time
+	// Earliest is how old the counts may be: a server that refreshes its
+	// figures on its own schedule changed them some time after the read
+	// before the one that first showed them (Earliest) and before At. Zero:
+	// they were taken at At.
+	Earliest time.Time
 }
 
 // Plus is the reading of two queues (or two servers of one queue) taken
@@ -44,6 +49,11 @@ func (r QueueReading) Plus(o QueueReading) QueueReading {
 	r.Arrived += o.Arrived
 	r.NoArrivals = r.NoArrivals || o.NoArrivals
 	r.Consumers = max(r.Consumers, o.Consumers)
+	if r.Earliest.IsZero() || !o.Earliest.IsZero() && o.Earliest.Before(r.Earliest) {
+		// Figures that lag their reads make the sum lag as much; live ones
+		// (read when asked) keep it exact.
+		r.Earliest = o.Earliest
+	}
 	if o.At.After(r.At) {
 		r.At = o.At
 	}
@@ -109,11 +119,11 @@ func (s *MemberState) Step(p QueuePolicy, now time.Time, cur, ready int32, r Que
 		if r.Consumers > 0 {
 			consuming = int32(min(r.Consumers, int64(max(ready, cur))))
 		}
-		at := now
+		at, earliest := now, time.Time{}
 		if !r.At.IsZero() {
-			at = r.At
+			at, earliest = r.At, r.Earliest
 		}
-		sample := QueueSample{Time: at, Backlog: r.Backlog, Waiting: r.Waiting, Arrived: r.Arrived, Consuming: consuming}
+		sample := QueueSample{Time: at, Earliest: earliest, Backlog: r.Backlog, Waiting: r.Waiting, Arrived: r.Arrived, Consuming: consuming}
 		s.Rates.Observe(sample)
 		in.BacklogKnown, in.Backlog, in.Waiting, in.Arrived, in.Consuming, in.Rates = true, r.Backlog, r.Waiting, r.Arrived, consuming, s.Rates
 		// The guard does not trust the estimator: a backlog that runs away

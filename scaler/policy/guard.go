@@ -45,6 +45,11 @@ func (g *behindGuard) observe(s QueueSample, cur int32, above bool, service floa
 	if !above {
 		g.fixed = false
 	}
+	if g.started && s.Time.Equal(g.last.Time) {
+		// The same figures read again (a server that refreshes them on its
+		// own schedule): no interval has passed.
+		return Correction{}, false
+	}
 	prev, prevCur, ok := g.last, g.lastCur, g.started
 	g.last, g.lastCur, g.started = s, cur, true
 	if !ok {

@@ -425,3 +425,63 @@ func TestGuardCorrectsAnEstimateThatFallsBehind(t *testing.T) {
 		})
 	}
 }
+
+// A server that refreshes its figures every 5 s (RabbitMQ's statistics, a
+// Prometheus scrape) is read every second: four reads in five show the
+// figures of the one before, dated as before. The guard must measure over
+// the server's intervals, not start over at each repeat, or it never sees
+// five behind intervals in a row and an estimate four times too high
+// stands while the backlog runs away.
+func TestGuardSeesThroughRepeatedFigures(t *testing.T) {
+	p := QueuePolicy{Target: 30, Min: 1, Max: 4, ScaleDownDelay: 30 * time.Second}
+	var s MemberState
+	s.Rates.Service, s.Rates.ServiceKnown = 32, true
+	backlog, arrived := int64(100), int64(0)
+	var at, earliest time.Time
+	var d Decision
+	for i := range 40 {
+		now := t0.Add(time.Duration(i) * time.Second)
+		if i%5 == 0 { // the server's new figures: 5 s of 50/s in, 4 x 8/s done
+			if i > 0 {
+				arrived += 5 * 50
+				backlog += 5 * (50 - 32)
+			}
+			at, earliest = now, now.Add(-time.Second)
+		}
+		d = s.Step(p, now, 4, 4, QueueReading{Backlog: backlog, Waiting: backlog - 16, Arrived: arrived, Consumers: 4, At: at, Earliest: earliest}, true)
+		if d.Corrected != (Correction{}) {
+			break
+		}
+	}
+	if d.Corrected == (Correction{}) {
+		t.Fatalf("no correction after 40 s of a backlog growing 90 every 5 s at max replicas, estimate 32/s: %+v", d)
+	}
+	if math.Abs(d.Corrected.Delivered-8) > 0.5 {
+		t.Errorf("delivered = %.2f/s, want 8/s per replica", d.Corrected.Delivered)
+	}
+}
+
+// Figures a server refreshes every 5 s, at times that wander within a
+// second (its own timer), are first seen at the next read a second
+// apart: the interval between the reads that showed them is up to a
+// second shorter or longer than the one the server counted. Four replicas
+// of 10/s each keep up with 39/s, never quite busy: each interval can only
+// raise the rate, so one counted short must not pass for replicas faster
+// than they are.
+func TestRatesOfFiguresSeenLate(t *testing.T) {
+	var r Rates
+	r.Service, r.ServiceKnown = 10, true
+	wander := []float64{0.97, 0.01, 0.5, 0.99, 0.02, 0.98, 0.03, 0.6, 0.95, 0.0}
+	arrived, prevTrue := 0.0, 0.0
+	for k := range 60 {
+		taken := 5*float64(k) + wander[k%len(wander)] // when the server counted
+		arrived += 39 * (taken - prevTrue)
+		prevTrue = taken
+		seen := math.Ceil(taken) // the first read after
+		at := t0.Add(time.Duration(seen * float64(time.Second)))
+		r.Observe(QueueSample{Time: at, Earliest: at.Add(-time.Second), Backlog: 8, Waiting: 0, Arrived: int64(arrived), Consuming: 4})
+	}
+	if r.Service > 10.2 {
+		t.Errorf("service = %.2f/s per replica, want at most 10.2: replicas of 10/s taken for faster", r.Service)
+	}
+}

@@ -9,6 +9,9 @@ import (
 // QueueSample is one read of a member's queues.
 type QueueSample struct {
 	Time time.Time
+	// Earliest: the figures may have been taken as early as this (a server
+	// that refreshes them on its own schedule); zero: at Time.
+	Earliest time.Time
 	// Backlog is waiting + in flight + deferred messages.
 	Backlog int64
 	// Waiting is the part of the backlog ready to be delivered (NSQ channel
@@ -97,6 +100,12 @@ func (r *Rates) Observe(s QueueSample) {
 	// replicas for the whole interval, and only an interval where they are
 	// the same measures the rate; the others bound it.
 	lo, hi := min(s.Consuming, r.last.Consuming), max(s.Consuming, r.last.Consuming)
+	// Figures a server refreshes on its own schedule were taken some time
+	// in [Earliest, Time]: the interval they span is at most long and at
+	// least short. A bound on the rate takes the interval that makes it
+	// safe, or one read a second late would ratchet the rate up.
+	long := s.Time.Sub(r.last.earliest()).Seconds()
+	short := s.earliest().Sub(r.last.Time).Seconds()
 	if done >= 0 && hi > 0 {
 		// The count's noise: a replica's messages finish at random times.
 		noise := 2 * math.Sqrt(done)
@@ -114,15 +123,27 @@ func (r *Rates) Observe(s QueueSample) {
 			}
 		case busy && r.ServiceKnown && lo > 0:
 			// Busy, but the count changed: the rate lies between the bounds.
-			r.Service = min(max(r.Service, (done-noise)/dt/float64(hi)), (done+noise)/dt/float64(lo))
+			upper := math.Inf(1)
+			if short > 0 {
+				upper = (done + noise) / short / float64(lo)
+			}
+			r.Service = min(max(r.Service, (done-noise)/long/float64(hi)), upper)
 		case r.ServiceKnown:
 			// Some replicas idled at times: each could do at least its share,
 			// counted low by the noise, or a lucky interval would ratchet
 			// the rate up.
-			r.Service = max(r.Service, (done-noise)/dt/float64(hi))
+			r.Service = max(r.Service, (done-noise)/long/float64(hi))
 		}
 	}
 	r.last = s
+}
+
+// earliest is how old the sample's figures may be.
+func (s QueueSample) earliest() time.Time {
+	if s.Earliest.IsZero() {
+		return s.Time
+	}
+	return s.Earliest
 }
 
 // busy reports whether n consuming replicas were busy for the whole

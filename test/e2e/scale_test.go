@@ -221,9 +221,38 @@ func scaleRun(t *testing.T, n int) {
 	if mixed {
 		line += " reads-per-tick-by-host=" + readsByHost(m0, m1, ticks)
 	}
+	events := 0.0
+	for k := range m1 {
+		if strings.HasPrefix(k, "microscaling_api_requests_total") && strings.Contains(k, `resource="events"`) {
+			events += m1[k] - m0[k]
+		}
+	}
+	line += fmt.Sprintf(" events-sent-per-tick=%.2f", events/ticks)
 	t.Log(line)
 	fmt.Println(line)
 	fmt.Println("LAG-BUCKETS", lagBuckets(m0, m1, "microscaling_tick_lag_seconds"))
+	fmt.Println("EVENTS", eventReasons(t, s, "bench-a", "bench-b"))
+}
+
+// eventReasons counts the Events in namespaces by type and reason.
+func eventReasons(t *testing.T, s *harness.Stack, namespaces ...string) string {
+	t.Helper()
+	n := map[string]int32{}
+	for _, ns := range namespaces {
+		list, err := s.Client.CoreV1().Events(ns).List(t.Context(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range list.Items {
+			n[e.Type+"/"+e.Reason] += max(e.Count, 1)
+		}
+	}
+	var out []string
+	for k, v := range n {
+		out = append(out, fmt.Sprintf("%s=%d", k, v))
+	}
+	slices.Sort(out)
+	return strings.Join(out, " ")
 }
 
 // scaleSources starts a RabbitMQ, a Redis, a NATS and a Prometheus server

@@ -32,6 +32,13 @@ type QueueReading struct {
 	// At is when the counts were read (the latest answer); zero: the tick's
 	// time stands for it.
 	At time.Time
+	// Completed is the cumulative count of messages consumers finished
+	// (acknowledged), valid when CompletedKnown: a server that counts them
+	// apart from its queue figures (RabbitMQ's acks) gives the service rate
+	// directly, where arrivals less the backlog's change would mix figures
+	// it took at different instants.
+	Completed      int64
+	CompletedKnown bool
 	// Earliest is how old the counts may be: a server that refreshes its
 	// figures on its own schedule changed them some time after the read
 	// before the one that first showed them (Earliest) and before At. Zero:
@@ -48,6 +55,8 @@ func (r QueueReading) Plus(o QueueReading) QueueReading {
 	r.Waiting += o.Waiting
 	r.Arrived += o.Arrived
 	r.NoArrivals = r.NoArrivals || o.NoArrivals
+	r.Completed += o.Completed
+	r.CompletedKnown = r.CompletedKnown && o.CompletedKnown
 	r.Consumers = max(r.Consumers, o.Consumers)
 	if r.Earliest.IsZero() || !o.Earliest.IsZero() && o.Earliest.Before(r.Earliest) {
 		// Figures that lag their reads make the sum lag as much; live ones
@@ -123,7 +132,8 @@ func (s *MemberState) Step(p QueuePolicy, now time.Time, cur, ready int32, r Que
 		if !r.At.IsZero() {
 			at, earliest = r.At, r.Earliest
 		}
-		sample := QueueSample{Time: at, Earliest: earliest, Backlog: r.Backlog, Waiting: r.Waiting, Arrived: r.Arrived, Consuming: consuming}
+		sample := QueueSample{Time: at, Earliest: earliest, Backlog: r.Backlog, Waiting: r.Waiting, Arrived: r.Arrived,
+			Completed: r.Completed, CompletedKnown: r.CompletedKnown, Consuming: consuming}
 		s.Rates.Observe(sample)
 		in.BacklogKnown, in.Backlog, in.Waiting, in.Arrived, in.Consuming, in.Rates = true, r.Backlog, r.Waiting, r.Arrived, consuming, s.Rates
 		// The guard does not trust the estimator: a backlog that runs away

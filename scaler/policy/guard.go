@@ -56,7 +56,7 @@ func (g *behindGuard) observe(s QueueSample, cur int32, above bool, service floa
 		return Correction{}, false
 	}
 	dt := s.Time.Sub(prev.Time).Seconds()
-	done := float64((s.Arrived - prev.Arrived) - (s.Backlog - prev.Backlog))
+	done := completed(prev, s)
 	behind := above && dt > 0 && done >= 0 && s.Arrived >= prev.Arrived &&
 		s.Backlog > prev.Backlog && prev.Waiting > 0 && s.Waiting > 0 &&
 		cur <= prevCur && s.Consuming > 0 && s.Consuming == prev.Consuming

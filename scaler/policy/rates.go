@@ -20,8 +20,22 @@ type QueueSample struct {
 	// Arrived is the cumulative count of messages put on the channel (NSQ
 	// message_count); it only grows until nsqd restarts.
 	Arrived int64
+	// Completed is the cumulative count of messages finished, when the
+	// server counts it (CompletedKnown).
+	Completed      int64
+	CompletedKnown bool
 	// Consuming is how many replicas hold a connection to the queue.
 	Consuming int32
+}
+
+// completed is what the consumers finished between prev and s: the
+// server's own count when both have it, else what arrived less the
+// backlog's growth.
+func completed(prev, s QueueSample) float64 {
+	if prev.CompletedKnown && s.CompletedKnown && s.Completed >= prev.Completed {
+		return float64(s.Completed - prev.Completed)
+	}
+	return float64((s.Arrived - prev.Arrived) - (s.Backlog - prev.Backlog))
 }
 
 // Rates estimates a queue's arrival rate and the service rate of one
@@ -94,7 +108,7 @@ func (r *Rates) Observe(s QueueSample) {
 	r.observeArrival(float64(arrived) / dt)
 	r.Joined = max(0, s.Consuming-r.last.Consuming)
 
-	done := float64(arrived - (s.Backlog - r.last.Backlog))
+	done := completed(r.last, s)
 	// A replica that connected or left during the interval worked part of
 	// it: the replica-seconds of work lie between lo and hi consuming
 	// replicas for the whole interval, and only an interval where they are

@@ -20,24 +20,31 @@ type Unchanged[K, V comparable] struct {
 }
 
 type shown[V comparable] struct {
-	v           V
-	first, last time.Time
+	v V
+	// first and last are the first and last reads that showed v; before
+	// is the last read that showed the value before it (zero: none).
+	first, last, before time.Time
 }
 
-// Since records v read for k at now and returns when k first showed v.
-func (u *Unchanged[K, V]) Since(k K, v V, now time.Time) time.Time {
+// Since records v read for k at now and returns when k first showed v,
+// and how early the server may have changed to v: just after the last read
+// that showed the value before (zero when no earlier read tells).
+func (u *Unchanged[K, V]) Since(k K, v V, now time.Time) (first, earliest time.Time) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.seen == nil {
 		u.seen = map[K]shown[V]{}
 	}
 	s, ok := u.seen[k]
-	if !ok || s.v != v || now.Sub(s.first) > u.Hold {
+	switch {
+	case !ok || now.Sub(s.first) > u.Hold:
 		s = shown[V]{v: v, first: now}
+	case s.v != v:
+		s = shown[V]{v: v, first: now, before: s.last}
 	}
 	s.last = now
 	u.seen[k] = s
-	return s.first
+	return s.first, s.before
 }
 
 // Forget drops the keys not read for ForgetAfter.

@@ -244,7 +244,11 @@ func eventReasons(t *testing.T, s *harness.Stack, namespaces ...string) string {
 			t.Fatal(err)
 		}
 		for _, e := range list.Items {
-			n[e.Type+"/"+e.Reason] += max(e.Count, 1)
+			k := e.Type + "/" + e.Reason
+			if n[k] == 0 && e.Type == "Warning" {
+				t.Logf("%s: %.200s", k, e.Message)
+			}
+			n[k] += max(e.Count, 1)
 		}
 	}
 	var out []string

@@ -300,7 +300,7 @@ func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 			return policy.QueueReading{}, err
 		}
 	}
-	out.At = s.r.seen.Since(q, [2]int64{out.Backlog, out.Arrived}, s.r.Fetcher.Now())
+	out.At, out.Earliest = s.r.seen.Since(q, [2]int64{out.Backlog, out.Arrived}, s.r.Fetcher.Now())
 	return out, nil
 }
 

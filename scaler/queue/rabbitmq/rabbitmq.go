@@ -1,18 +1,23 @@
 // Package rabbitmq is the queue source for RabbitMQ: one GET of the
 // management API per virtual host per server (and Secret) per tick, however
 // many queues and Deployments it covers, asking only for the columns read
-// (messages ready, unacknowledged, published, and consumers) and keeping
-// only the queues named. The management API refreshes its figures every
-// statistics interval (5 s by default): a reading whose figures have not
-// changed keeps the time of the first that showed them (for up to three
-// intervals: longer, the queue is at rest), so rates are measured over the
-// interval the server counted, not over the controller's ticks.
+// (messages ready, unacknowledged, published, acknowledged, and consumers)
+// and keeping only the queues named. The management API refreshes its
+// figures every statistics interval (5 s by default), each kind on its own
+// timer: the queue's counts, the publishers' and the consumers' counters
+// change at different instants. So the service rate is the consumers' own
+// count of acknowledgements, and a reading is dated by that count: figures
+// read again with it unchanged keep the time it was first seen (for up to
+// three intervals: longer, the queue is at rest), so rates are measured
+// over the interval the server counted, not over the controller's ticks.
+// With no consumer, the whole answer dates it.
 package rabbitmq
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/url"
 	"time"
 
@@ -26,7 +31,7 @@ type Reader struct {
 	// Fetcher bounds every read (slots, shares, timeout, answer size).
 	Fetcher *queue.Fetcher
 
-	seen queue.Unchanged[annotations.QueueRef, answer]
+	seen queue.Unchanged[annotations.QueueRef, dated]
 }
 
 // NewReader is a Reader whose figures, unchanged for longer than three of
@@ -42,9 +47,7 @@ type answer struct {
 	Ready        int64 `json:"messages_ready"`
 	Unacked      int64 `json:"messages_unacknowledged"`
 	Consumers    int64 `json:"consumers"`
-	MessageStats struct {
-		Publish int64 `json:"publish"`
-	} `json:"message_stats"`
+	MessageStats stats `json:"message_stats"`
 }
 
 // wire is one queue of the answer as sent: the counts are missing until
@@ -54,13 +57,29 @@ type wire struct {
 	Ready        *int64 `json:"messages_ready"`
 	Unacked      *int64 `json:"messages_unacknowledged"`
 	Consumers    *int64 `json:"consumers"`
-	MessageStats struct {
-		Publish int64 `json:"publish"`
-	} `json:"message_stats"`
+	MessageStats stats  `json:"message_stats"`
 }
 
 // columns are the only fields the management API is asked for.
-const columns = "name,messages_ready,messages_unacknowledged,consumers,message_stats.publish"
+// stats are the queue's cumulative message counters.
+type stats struct {
+	Publish int64 `json:"publish"`
+	// Acknowledged deliveries, deliveries and gets that needed none: what
+	// consumers finished.
+	Ack          int64 `json:"ack"`
+	DeliverNoAck int64 `json:"deliver_no_ack"`
+	GetNoAck     int64 `json:"get_no_ack"`
+}
+
+// dated is what a reading's time follows: the consumers' count when some
+// are connected, else the whole answer.
+type dated struct {
+	a         answer
+	completed int64
+}
+
+const columns = "name,messages_ready,messages_unacknowledged,consumers," +
+	"message_stats.publish,message_stats.ack,message_stats.deliver_no_ack,message_stats.get_no_ack"
 
 // Classes of what the server says about one queue.
 const (
@@ -165,12 +184,18 @@ func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	if w.Ready == nil || w.Unacked == nil || w.Consumers == nil {
 		return policy.QueueReading{}, queue.Classify("rabbitmq", q.Host, errNoStats)
 	}
-	a := answer{Ready: *w.Ready, Unacked: *w.Unacked, Consumers: *w.Consumers}
-	a.MessageStats.Publish = w.MessageStats.Publish
-	if a.Ready < 0 || a.Unacked < 0 || a.Consumers < 0 || a.MessageStats.Publish < 0 {
+	a := answer{Ready: *w.Ready, Unacked: *w.Unacked, Consumers: *w.Consumers, MessageStats: w.MessageStats}
+	st := a.MessageStats
+	if a.Ready < 0 || a.Unacked < 0 || a.Consumers < 0 || st.Publish < 0 || st.Ack < 0 || st.DeliverNoAck < 0 || st.GetNoAck < 0 ||
+		a.Ready > math.MaxInt64-a.Unacked || st.Ack > math.MaxInt64-st.DeliverNoAck-st.GetNoAck {
 		return policy.QueueReading{}, queue.Classify("rabbitmq", q.Host, queue.ErrMalformed)
 	}
-	at := s.r.seen.Since(q, a, rd.at)
-	return policy.QueueReading{Backlog: a.Ready + a.Unacked, Waiting: a.Ready, Arrived: a.MessageStats.Publish,
-		Consumers: a.Consumers, At: at}, nil
+	completed := st.Ack + st.DeliverNoAck + st.GetNoAck
+	key := dated{completed: completed}
+	if a.Consumers == 0 {
+		key.a = a
+	}
+	at, earliest := s.r.seen.Since(q, key, rd.at)
+	return policy.QueueReading{Backlog: a.Ready + a.Unacked, Waiting: a.Ready, Arrived: st.Publish,
+		Completed: completed, CompletedKnown: true, Consumers: a.Consumers, At: at, Earliest: earliest}, nil
 }

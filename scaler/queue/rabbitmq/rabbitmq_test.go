@@ -65,7 +65,7 @@ func TestReadsQueuesThroughTheManagementAPI(t *testing.T) {
 	// 4 (the broker sent a fifth once one was acknowledged): 5 ready, 4
 	// unacknowledged, one consumer; the management API shows it within its
 	// statistics interval.
-	want := policy.QueueReading{Backlog: 9, Waiting: 5, Arrived: 10, Consumers: 1}
+	want := policy.QueueReading{Backlog: 9, Waiting: 5, Arrived: 10, Completed: 1, CompletedKnown: true, Consumers: 1}
 	var got policy.QueueReading
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -74,7 +74,7 @@ func TestReadsQueuesThroughTheManagementAPI(t *testing.T) {
 		if err != nil && !strings.Contains(err.Error(), "no statistics") {
 			t.Fatal(err)
 		}
-		got.At = time.Time{}
+		got.At, got.Earliest = time.Time{}, time.Time{}
 		if got == want {
 			break
 		}
@@ -126,10 +126,14 @@ func TestReadsQueuesThroughTheManagementAPI(t *testing.T) {
 	}
 }
 
-// Figures the management API has not refreshed keep the time they first
-// showed: a rate is measured over the interval the server counted.
-func TestUnchangedFiguresKeepTheirTime(t *testing.T) {
-	body := `[{"name":"other","messages_ready":9},{"name":"orders","messages_ready":5,"messages_unacknowledged":1,"consumers":2,"message_stats":{"publish":40}}]`
+// The management API refreshes the queue's counts, the publishers' and the
+// consumers' counters each on its own timer. While consumers are
+// connected, a reading is dated by their count of acknowledgements, the
+// figure the service rate is measured from: counts that changed on another
+// timer keep the time, a new count is dated now and may be as old as the
+// read before. Without consumers any change dates it.
+func TestFiguresAreDatedByTheConsumersCount(t *testing.T) {
+	body := `[{"name":"other","messages_ready":9},{"name":"orders","messages_ready":5,"messages_unacknowledged":1,"consumers":2,"message_stats":{"publish":40,"ack":30}}]`
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.EscapedPath() != "/api/queues/%2F" || r.URL.Query().Get("columns") != columns {
 			http.Error(w, "unexpected request", http.StatusBadRequest)
@@ -150,16 +154,39 @@ func TestUnchangedFiguresKeepTheirTime(t *testing.T) {
 		return got
 	}
 	first := read()
-	clk.SetTime(clk.Now().Add(4 * time.Second))
-	if again := read(); !again.At.Equal(first.At) {
-		t.Errorf("unchanged figures read at %v, then %v: want the first time kept", first.At, again.At)
+	if first.Completed != 30 || !first.CompletedKnown {
+		t.Errorf("first reading %+v, want 30 completed", first)
 	}
+	clk.SetTime(clk.Now().Add(2 * time.Second))
+	// The queue's counts and the publishers' counter moved; the consumers'
+	// count not yet.
+	body = `[{"name":"orders","messages_ready":7,"messages_unacknowledged":1,"consumers":2,"message_stats":{"publish":45,"ack":30}}]`
+	if again := read(); !again.At.Equal(first.At) || again.Arrived != 45 {
+		t.Errorf("new counts, the same acknowledgements: %+v, want 45 arrived dated %v", again, first.At)
+	}
+	clk.SetTime(clk.Now().Add(2 * time.Second))
+	before := clk.Now()
+	read() // still the same acknowledgements
 	clk.SetTime(clk.Now().Add(time.Second))
-	body = `[{"name":"orders","messages_ready":7,"messages_unacknowledged":1,"consumers":2,"message_stats":{"publish":45}}]`
+	body = `[{"name":"orders","messages_ready":7,"messages_unacknowledged":1,"consumers":2,"message_stats":{"publish":45,"ack":33,"deliver_no_ack":2}}]`
 	next := read()
-	if !next.At.Equal(clk.Now()) || next.Arrived != 45 {
-		t.Errorf("new figures %+v at %v, want 45 arrived at %v", next, next.At, clk.Now())
+	if !next.At.Equal(clk.Now()) || !next.Earliest.Equal(before) || next.Completed != 35 {
+		t.Errorf("new acknowledgements %+v, want 35 completed at %v, as early as %v", next, clk.Now(), before)
 	}
+	// No consumer: nothing is acknowledged, and any change dates the
+	// reading (arrivals still count).
+	clk.SetTime(clk.Now().Add(time.Second))
+	body = `[{"name":"orders","messages_ready":9,"messages_unacknowledged":0,"consumers":0,"message_stats":{"publish":47,"ack":33,"deliver_no_ack":2}}]`
+	if idle := read(); !idle.At.Equal(clk.Now()) || idle.Arrived != 47 {
+		t.Errorf("no consumer, new counts: %+v, want dated now (%v)", idle, clk.Now())
+	}
+	// Counters past what int64 holds together are not counts.
+	body = `[{"name":"orders","messages_ready":1,"messages_unacknowledged":0,"consumers":1,"message_stats":{"ack":9223372036854775807,"deliver_no_ack":1}}]`
+	if _, err := r.Read(t.Context(), []queue.Ref{{QueueRef: q}}).Reading(q); err == nil || !strings.Contains(err.Error(), "malformed") {
+		t.Errorf("counters that overflow: %v, want malformed", err)
+	}
+	body = `[{"name":"orders","messages_ready":7,"messages_unacknowledged":1,"consumers":2,"message_stats":{"publish":45,"ack":33,"deliver_no_ack":2}}]`
+	read()
 	// Unchanged for longer than three statistics intervals: a queue at
 	// rest, read as of now, or the last rate would be believed forever.
 	clk.SetTime(clk.Now().Add(16 * time.Second))

@@ -485,3 +485,37 @@ func TestRatesOfFiguresSeenLate(t *testing.T) {
 		t.Errorf("service = %.2f/s per replica, want at most 10.2: replicas of 10/s taken for faster", r.Service)
 	}
 }
+
+// A load rising by 0.6 msg/s every second, counted by a server that
+// refreshes its figures every 5 s: the arrival estimate trails the true
+// rate by about 10 s of the rise (a 5 s interval's own middle, and the
+// highest of three dropped as a possible burst), not by half of ten 5 s
+// intervals (25 s). Over one-second intervals nothing changes (5 s).
+func TestArrivalsOverLongIntervalsKeepUpWithARise(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		interval float64
+		maxLag   float64 // in seconds of the rise
+	}{
+		{"5 s figures", 5, 11},
+		{"1 s figures", 1, 6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var r Rates
+			const slope = 0.6
+			arrived := 0.0
+			var now float64
+			for now = 0; now <= 120; now += tc.interval {
+				// What arrived over the interval ending now: the rate at its middle.
+				if now > 0 {
+					arrived += slope * (now - tc.interval/2) * tc.interval
+				}
+				r.Observe(QueueSample{Time: t0.Add(time.Duration(now * float64(time.Second))), Arrived: int64(arrived), Consuming: 1})
+			}
+			now -= tc.interval
+			if lag := (slope*now - r.Arrival) / slope; lag > tc.maxLag {
+				t.Errorf("arrival %.1f/s at %.0f s for a true %.1f/s: %.1f s behind the rise, want at most %.0f", r.Arrival, now, slope*now, lag, tc.maxLag)
+			}
+		})
+	}
+}

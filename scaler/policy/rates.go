@@ -59,9 +59,10 @@ func completed(prev, s QueueSample) float64 {
 type Rates struct {
 	last    QueueSample
 	started bool
-	// in holds the last n per-interval arrival rates, oldest first.
-	in [arrivalWindow]float64
-	n  int
+	// in holds the last n per-interval arrival rates, oldest first, and
+	// dts their intervals' lengths in seconds.
+	in, dts [arrivalWindow]float64
+	n       int
 	// Arrival is messages per second; valid when ArrivalKnown.
 	Arrival      float64
 	ArrivalKnown bool
@@ -78,8 +79,13 @@ type Rates struct {
 }
 
 const (
-	// arrivalWindow is how many intervals the arrival rate is averaged over.
+	// arrivalWindow is how many intervals the arrival rate is averaged
+	// over, at most, and arrivalSpan about how long they cover: intervals
+	// longer than a second (a server that refreshes its figures every 5 s)
+	// are averaged over fewer, at least stepIntervals, or the estimate would
+	// trail a rising load by half of ten long intervals.
 	arrivalWindow = 10
+	arrivalSpan   = 10.0 // seconds
 	// stepIntervals is how many intervals in a row, each above the average
 	// by stepFactor, make a new rate rather than a burst or noise.
 	stepIntervals = 3
@@ -105,7 +111,7 @@ func (r *Rates) Observe(s QueueSample) {
 		*r = Rates{last: s, started: true, Service: r.Service, ServiceKnown: r.ServiceKnown, Spread: r.Spread, measured: r.measured}
 		return
 	}
-	r.observeArrival(float64(arrived) / dt)
+	r.observeArrival(float64(arrived)/dt, dt)
 	r.Joined = max(0, s.Consuming-r.last.Consuming)
 
 	done := completed(r.last, s)
@@ -173,18 +179,26 @@ func (r *Rates) busy(s QueueSample, dt float64, n int32) bool {
 	return float64(r.last.Waiting) >= expect+3*math.Sqrt(expect)
 }
 
-func (r *Rates) observeArrival(rate float64) {
+func (r *Rates) observeArrival(rate, dt float64) {
 	if r.n == arrivalWindow {
 		copy(r.in[:], r.in[1:])
+		copy(r.dts[:], r.dts[1:])
 		r.n--
 	}
-	r.in[r.n] = rate
+	r.in[r.n], r.dts[r.n] = rate, dt
 	r.n++
-	n := r.n
-	if n < 2 {
+	if r.n < 2 {
 		return // one interval cannot tell a burst from a rate
 	}
-	sorted := r.in // a copy
+	// The last n intervals, as many as cover about arrivalSpan.
+	span := 0.0
+	for _, d := range r.dts[:r.n] {
+		span += d
+	}
+	n := min(r.n, max(stepIntervals, int(math.Ceil(arrivalSpan/(span/float64(r.n))-1e-9))))
+	recent := r.in[r.n-n : r.n]
+	var sorted [arrivalWindow]float64
+	copy(sorted[:], recent)
 	slices.Sort(sorted[:n])
 	// Drop the highest fifth (at least one) and the lowest fifth.
 	k := n / 5
@@ -195,7 +209,7 @@ func (r *Rates) observeArrival(rate float64) {
 	}
 	est := sum / float64(len(kept))
 	if n >= stepIntervals {
-		last := r.in[n-stepIntervals : n]
+		last := recent[n-stepIntervals : n]
 		if up := slices.Min(last); up > stepFactor*est {
 			est = up
 		} else if down := slices.Max(last); down*stepFactor < est {

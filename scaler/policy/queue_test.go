@@ -471,7 +471,8 @@ func TestGuardSeesThroughRepeatedFigures(t *testing.T) {
 func TestRatesOfFiguresSeenLate(t *testing.T) {
 	var r Rates
 	r.Service, r.ServiceKnown = 10, true
-	wander := []float64{0.97, 0.01, 0.5, 0.99, 0.02, 0.98, 0.03, 0.6, 0.95, 0.0}
+	// (0.01 then 0.0: counted 4.99 s apart, read 4 s apart.)
+	wander := []float64{0.97, 0.01, 0.0, 0.5, 0.99, 0.02, 0.98, 0.03, 0.6, 0.95}
 	arrived, prevTrue := 0.0, 0.0
 	for k := range 60 {
 		taken := 5*float64(k) + wander[k%len(wander)] // when the server counted

@@ -238,6 +238,14 @@ func scaleRun(t *testing.T, n int) {
 		line += " reads-per-tick-by-host=" + readsByHost(m0, m1, ticks)
 	}
 	line += fmt.Sprintf(" events-sent-per-tick=%.2f", (eventsSent(m1)-eventsSent(m0))/ticks)
+	var failed []string
+	for k, v := range m1 {
+		if strings.HasPrefix(k, "microscaling_queue_read_errors_total{") && v > m0[k] {
+			failed = append(failed, fmt.Sprintf("%s=%.2f", strings.TrimPrefix(k, "microscaling_queue_read_errors_total"), (v-m0[k])/ticks))
+		}
+	}
+	slices.Sort(failed)
+	line += " read-errors-per-tick=" + strings.Join(failed, ",")
 	t.Log(line)
 	fmt.Println(line)
 	fmt.Println("LAG-BUCKETS", lagBuckets(m0, m1, "microscaling_tick_lag_seconds"))

@@ -520,3 +520,22 @@ func TestArrivalsOverLongIntervalsKeepUpWithARise(t *testing.T) {
 		})
 	}
 }
+
+// A steady 40/s counted on one 5 s timer and read through intervals dated
+// by another: an interval holds no new count of arrivals, the next two.
+// The estimate stays near 40/s; it read 20/s when the low intervals were
+// kept, and a burst on RabbitMQ was drained by too few replicas.
+func TestArrivalsThroughAliasedIntervals(t *testing.T) {
+	var r Rates
+	arrived := int64(0)
+	counts := []int64{200, 0, 400, 200, 200, 0, 400, 200}
+	for i := range 40 {
+		if i > 0 {
+			arrived += counts[i%len(counts)]
+		}
+		r.Observe(QueueSample{Time: t0.Add(time.Duration(5*i) * time.Second), Arrived: arrived, Consuming: 1})
+		if i >= 12 && (r.Arrival < 36 || r.Arrival > 44) {
+			t.Fatalf("interval %d: arrival %.1f/s, want about 40", i, r.Arrival)
+		}
+	}
+}

@@ -200,9 +200,17 @@ func (r *Rates) observeArrival(rate, dt float64) {
 	var sorted [arrivalWindow]float64
 	copy(sorted[:], recent)
 	slices.Sort(sorted[:n])
-	// Drop the highest fifth (at least one) and the lowest fifth.
+	// Drop the highest fifth (at least one) and the lowest fifth; over a
+	// window cut short by long intervals, at least one at each end: such
+	// intervals alias the server's other timers (one holds no new count of
+	// arrivals, the next two), and keeping the low ones would halve the
+	// rate.
 	k := n / 5
-	kept := sorted[k : n-max(1, k)]
+	lo := k
+	if n < r.n && n >= 3 {
+		lo = max(k, 1)
+	}
+	kept := sorted[lo : n-max(1, k)]
 	sum := 0.0
 	for _, v := range kept {
 		sum += v

@@ -677,7 +677,7 @@ func (c *Controller) conflicting(d *appsv1.Deployment, st *memberState) bool {
 func (c *Controller) readQueues(m member, t *tick) (policy.QueueReading, bool) {
 	var sum policy.QueueReading
 	var err error
-	for i, q := range m.spec.Queues {
+	for _, q := range m.spec.Queues {
 		if a := t.allowedHosts[m.d.Namespace]; a != nil && !a[readTarget(q)] {
 			err = fmt.Errorf("queue host %s not read: namespace %s names more than %d queue hosts (each nsqlookupd topic counts as one)", q.Host, m.d.Namespace, c.cfg.QueueHostsPerNamespace)
 			break
@@ -686,11 +686,7 @@ func (c *Controller) readQueues(m member, t *tick) (policy.QueueReading, bool) {
 		if r, err = t.readings.Reading(q); err != nil {
 			break
 		}
-		if i == 0 {
-			sum = r
-		} else {
-			sum = sum.Plus(r)
-		}
+		sum = sum.Plus(r)
 	}
 	st := m.st
 	st.mu.Lock()

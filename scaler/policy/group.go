@@ -51,6 +51,9 @@ type QueueReading struct {
 // the consumers are the most seen on either (a consumer reads them all),
 // and the latest answer dates it.
 func (r QueueReading) Plus(o QueueReading) QueueReading {
+	if r == (QueueReading{}) {
+		return o // the sum of none: what the server counts is o's to say
+	}
 	r.Backlog += o.Backlog
 	r.Waiting += o.Waiting
 	r.Arrived += o.Arrived

@@ -235,17 +235,10 @@ func scaleRun(t *testing.T, n int) {
 		per(`microscaling_queue_read_duration_seconds_count{host="`+s.NSQ.HTTPAddr+`"}`), ticks,
 		reactions[len(reactions)/2].Round(time.Millisecond), reactions[len(reactions)-1].Round(time.Millisecond))
 	if mixed {
-		line += " reads-per-tick-by-host=" + readsByHost(m0, m1, ticks)
+		line += " reads-per-tick-by-host=" + perTickBy(m0, m1, ticks, "microscaling_queue_read_duration_seconds_count")
 	}
 	line += fmt.Sprintf(" events-sent-per-tick=%.2f", (eventsSent(m1)-eventsSent(m0))/ticks)
-	var failed []string
-	for k, v := range m1 {
-		if strings.HasPrefix(k, "microscaling_queue_read_errors_total{") && v > m0[k] {
-			failed = append(failed, fmt.Sprintf("%s=%.2f", strings.TrimPrefix(k, "microscaling_queue_read_errors_total"), (v-m0[k])/ticks))
-		}
-	}
-	slices.Sort(failed)
-	line += " read-errors-per-tick=" + strings.Join(failed, ",")
+	line += " read-errors-per-tick=" + perTickBy(m0, m1, ticks, "microscaling_queue_read_errors_total")
 	t.Log(line)
 	fmt.Println(line)
 	fmt.Println("LAG-BUCKETS", lagBuckets(m0, m1, "microscaling_tick_lag_seconds"))
@@ -363,12 +356,13 @@ func httpOK(ctx context.Context, u, want string) error {
 	return nil
 }
 
-// readsByHost is the queue reads per tick to each server.
-func readsByHost(m0, m1 map[string]float64, ticks float64) string {
+// perTickBy is how much each series of a counter grew per tick, by its
+// labels; series that did not grow are left out.
+func perTickBy(m0, m1 map[string]float64, ticks float64, counter string) string {
 	var out []string
 	for k, v := range m1 {
-		if strings.HasPrefix(k, "microscaling_queue_read_duration_seconds_count{") {
-			out = append(out, fmt.Sprintf("%s=%.2f", strings.TrimSuffix(strings.TrimPrefix(k, "microscaling_queue_read_duration_seconds_count{"), "}"), (v-m0[k])/ticks))
+		if labels, ok := strings.CutPrefix(k, counter+"{"); ok && v > m0[k] {
+			out = append(out, fmt.Sprintf("%s=%.2f", strings.TrimSuffix(labels, "}"), (v-m0[k])/ticks))
 		}
 	}
 	slices.Sort(out)

@@ -99,7 +99,10 @@ type Controller struct {
 
 	// Owned by Run's goroutine (and the tick it runs):
 	ticks    uint64                 // ticks begun
-	lastRefs tickRefs               // the queues the last tick read
+	lastQueues *queueSet            // the queues the last tick read
+	// specs counts the changes of members' specs (parsed, cleared,
+	// forgotten): the queue set is built again when it moves.
+	specs uint64
 	groups   map[string]*groupState // by group key; each touched by its group's decision only
 
 	mu      sync.RWMutex // guards members (the map) and each memberState's listing fields
@@ -213,28 +216,16 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 	// Read the queues the last tick read while the members are listed; read
 	// again only when this tick needs one that read does not cover.
 	var early chan policy.Readings
-	if prev := c.lastRefs; len(prev) > 0 {
+	if prev := c.lastQueues; prev != nil && len(prev.list) > 0 {
 		early = make(chan policy.Readings, 1)
-		go func() { early <- c.queues.Read(ctx, prev.list()) }()
+		go func() { early <- c.queues.Read(ctx, prev.list) }()
 	}
 	groups := c.cluster.Groups()
-	refs := tickRefs{}
 	members := make(map[string][]memberRef, len(groups))
-	hosts := map[string]map[string]bool{} // by namespace
 	for k, ds := range groups {
 		ms := make([]memberRef, len(ds))
 		for i, d := range ds {
-			st := c.state(ctx, d)
-			ms[i] = memberRef{d, st}
-			if st.spec != nil {
-				for _, q := range st.spec.Queues {
-					refs.add(q, d.Namespace)
-					if hosts[d.Namespace] == nil {
-						hosts[d.Namespace] = map[string]bool{}
-					}
-					hosts[d.Namespace][readTarget(q)] = true
-				}
-			}
+			ms[i] = memberRef{d, c.state(ctx, d)}
 		}
 		members[k] = ms
 		if c.groups[k] == nil {
@@ -247,33 +238,21 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 		}
 	}
 	c.forgetUnseen()
-	allowed := c.capHosts(hosts)
-	if allowed != nil {
-		// Rare: some namespace names too many hosts. Its queues on hosts past
-		// the bound are not read, unless a namespace within it names them.
-		refs = tickRefs{}
-		for _, ms := range members {
-			for _, m := range ms {
-				if m.st.spec == nil {
-					continue
-				}
-				for _, q := range m.st.spec.Queues {
-					if a := allowed[m.d.Namespace]; a == nil || a[readTarget(q)] {
-						refs.add(q, m.d.Namespace)
-					}
-				}
-			}
-		}
+	// The queues to read change only with a member's spec: built again
+	// only then, not from every member every tick.
+	q := c.lastQueues
+	if q == nil || q.specs != c.specs {
+		q = c.queueSet(members)
 	}
 	var readings policy.Readings
 	if early != nil {
 		readings = <-early
 	}
-	if early == nil || !covers(c.lastRefs, refs) {
-		readings = c.queues.Read(ctx, refs.list())
+	if early == nil || (q != c.lastQueues && !covers(c.lastQueues.refs, q.refs)) {
+		readings = c.queues.Read(ctx, q.list)
 	}
-	c.lastRefs = refs
-	t := &tick{at: now, readings: readings, members: members, allowedHosts: allowed}
+	c.lastQueues = q
+	t := &tick{at: now, readings: readings, members: members, allowedHosts: q.allowed}
 	keys := make([]string, 0, len(members))
 	for k := range members {
 		if annotations.ValidGroupKey(k) { // members of an invalid group are told of, never decided
@@ -328,6 +307,51 @@ func readTarget(q annotations.QueueRef) string {
 		return q.Scheme + "://" + q.Host
 	}
 	return q.Host
+}
+
+// queueSet is what a tick reads, built from the members' specs.
+type queueSet struct {
+	specs   uint64   // Controller.specs it was built at
+	refs    tickRefs // the queues to read, by reference
+	list    []queue.Ref
+	allowed map[string]map[string]bool // see tick.allowedHosts
+}
+
+// queueSet lists the queues the members name, each with the namespaces
+// naming it, past the per-namespace host cap (capHosts).
+func (c *Controller) queueSet(members map[string][]memberRef) *queueSet {
+	hosts := map[string]map[string]bool{} // by namespace
+	for _, ms := range members {
+		for _, m := range ms {
+			if m.st.spec == nil {
+				continue
+			}
+			for _, q := range m.st.spec.Queues {
+				if hosts[m.d.Namespace] == nil {
+					hosts[m.d.Namespace] = map[string]bool{}
+				}
+				hosts[m.d.Namespace][readTarget(q)] = true
+			}
+		}
+	}
+	s := &queueSet{specs: c.specs, refs: tickRefs{}, allowed: c.capHosts(hosts)}
+	for _, ms := range members {
+		for _, m := range ms {
+			if m.st.spec == nil {
+				continue
+			}
+			for _, q := range m.st.spec.Queues {
+				// Rare: some namespace names too many hosts. Its queues on
+				// hosts past the bound are not read, unless a namespace
+				// within it names them.
+				if a := s.allowed[m.d.Namespace]; a == nil || a[readTarget(q)] {
+					s.refs.add(q, m.d.Namespace)
+				}
+			}
+		}
+	}
+	s.list = s.refs.list()
+	return s
 }
 
 // tickRefs are the queues a tick reads, each with the namespaces that
@@ -392,6 +416,7 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 		// keep the last settings through.
 		c.mu.Lock()
 		st.spec = nil
+		c.specs++
 		c.mu.Unlock()
 		st.mu.Lock()
 		st.gauges, st.hasWritten = metrics.Gauges{}, false
@@ -422,6 +447,7 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 	}
 	c.mu.Lock()
 	st.spec = &spec
+	c.specs++
 	c.mu.Unlock()
 	st.mu.Lock()
 	st.gauges.Invalid = false
@@ -479,6 +505,7 @@ func (c *Controller) forgetUnseen() {
 			c.cfg.History.Forget(k.namespace, k.name)
 			if st.spec != nil {
 				released = append(released, gone{k, st.ann})
+				c.specs++
 			}
 		}
 	}

@@ -262,14 +262,33 @@ func TestControllerReadsNewQueuesOnTheirFirstTick(t *testing.T) {
 	steps := []struct {
 		name         string
 		add          string // a group with a consumer on this host, added before the tick
+		change       func() // before the tick
 		reads, write string
 	}{
 		{name: "first tick reads after listing", reads: "h1:1", write: "a=5"},
 		{name: "steady: one read, begun with the listing", reads: "h1:1"},
 		{name: "a new nsqd is read and decided on the same tick", add: "h2:1", reads: "h1:1 h1:1+h2:1", write: "b=5"},
 		{name: "then one read again", reads: "h1:1+h2:1"},
+		{name: "a queue renamed is read on the same tick", change: func() {
+			d := consumer("b", "h3:1")
+			d.ResourceVersion = "2"
+			cluster.groups["ns/b"] = []*appsv1.Deployment{d}
+		}, reads: "h1:1+h2:1 h1:1+h3:1", write: "b=5"},
+		{name: "the old host is no longer read", reads: "h1:1+h3:1"},
+		{name: "a member gone: its queue is read once more while listing", change: func() {
+			delete(cluster.groups, "ns/b")
+		}, reads: "h1:1+h3:1"},
+		{name: "then no more", reads: "h1:1"},
+		{name: "a spec made invalid keeps its last good queues", change: func() {
+			d := consumer("a", "h1:1")
+			d.ResourceVersion, d.Annotations[annotations.Queue] = "3", "nsq://"
+			cluster.groups["ns/a"] = []*appsv1.Deployment{d}
+		}, reads: "h1:1", write: "a=5"},
 	}
 	for _, st := range steps {
+		if st.change != nil {
+			st.change()
+		}
 		if st.add != "" {
 			cluster.groups["ns/b"] = []*appsv1.Deployment{consumer("b", st.add)}
 		}

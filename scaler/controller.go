@@ -98,12 +98,12 @@ type Controller struct {
 	lastTick atomic.Int64
 
 	// Owned by Run's goroutine (and the tick it runs):
-	ticks    uint64                 // ticks begun
-	lastQueues *queueSet            // the queues the last tick read
+	ticks      uint64    // ticks begun
+	lastQueues *queueSet // the queues the last tick read
 	// specs counts the changes of members' specs (parsed, cleared,
 	// forgotten): the queue set is built again when it moves.
-	specs uint64
-	groups   map[string]*groupState // by group key; each touched by its group's decision only
+	specs  uint64
+	groups map[string]*groupState // by group key; each touched by its group's decision only
 
 	mu      sync.RWMutex // guards members (the map) and each memberState's listing fields
 	members map[memberKey]*memberState

@@ -22,16 +22,7 @@ type Reader struct {
 	Fetcher *queue.Fetcher
 }
 
-// jsz is the part of /jsz?consumers=true that is read.
-type jsz struct {
-	Accounts []struct {
-		Streams []struct {
-			Name      string     `json:"name"`
-			Consumers []consumer `json:"consumer_detail"`
-		} `json:"stream_detail"`
-	} `json:"account_details"`
-}
-
+// consumer is the part of a consumer in /jsz?consumers=true that is read.
 type consumer struct {
 	Name      string `json:"name"`
 	Delivered struct {
@@ -63,12 +54,8 @@ func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 			u := "http://" + host + "/jsz?consumers=true"
 			err = r.Fetcher.GetJSON(ctx, queue.Namespaces(rs...), host, u, creds.Authorize, func(dec *json.Decoder) error {
 				h.at = r.Fetcher.Now()
-				var answer jsz
-				if err := dec.Decode(&answer); err != nil {
-					return err
-				}
-				h.consumers = answer.index(want)
-				return nil
+				h.consumers, err = decode(dec, want)
+				return err
 			})
 			if err != nil {
 				h.err = queue.Classify("nats", host, err)
@@ -91,22 +78,41 @@ type hostRead struct {
 // streamConsumer names a consumer on a server.
 type streamConsumer struct{ stream, consumer string }
 
-// index is the answer's consumers that are wanted, by stream and name, so
-// each member's reading is one lookup however many streams the server
-// holds.
-func (j *jsz) index(want map[streamConsumer]bool) map[streamConsumer]consumer {
+// decode reads /jsz?consumers=true as a stream, stream by stream, keeping
+// the consumers wanted (the first account's when two name the same stream
+// and consumer): nothing else of the answer is held, and the buffer holds
+// one stream at a time.
+func decode(dec *json.Decoder, want map[streamConsumer]bool) (map[streamConsumer]consumer, error) {
 	out := make(map[streamConsumer]consumer, len(want))
-	for _, a := range j.Accounts {
-		for _, st := range a.Streams {
-			for _, c := range st.Consumers {
-				k := streamConsumer{st.Name, c.Name}
-				if _, dup := out[k]; want[k] && !dup { // the first account's, as before
-					out[k] = c
+	// in walks into the array under key of each object of an array.
+	in := func(key string, each func() error) func() error {
+		return func() error {
+			return queue.WalkObject(dec, func(k string) (bool, error) {
+				if k != key {
+					return false, nil
 				}
-			}
+				return true, queue.WalkArray(dec, each)
+			})
 		}
 	}
-	return out
+	stream := func() error {
+		var st struct {
+			Name      string     `json:"name"`
+			Consumers []consumer `json:"consumer_detail"`
+		}
+		if err := dec.Decode(&st); err != nil {
+			return err
+		}
+		for _, c := range st.Consumers {
+			k := streamConsumer{st.Name, c.Name}
+			if _, dup := out[k]; want[k] && !dup {
+				out[k] = c
+			}
+		}
+		return nil
+	}
+	err := in("account_details", in("stream_detail", stream))()
+	return out, err
 }
 
 const errNoConsumer = queue.Class("no such JetStream stream and consumer on the server")

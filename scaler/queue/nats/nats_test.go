@@ -1,6 +1,7 @@
 package nats
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -69,5 +70,39 @@ func TestReadsJetStreamConsumers(t *testing.T) {
 	small := &Reader{Fetcher: &queue.Fetcher{Timeout: 2 * time.Second, MaxBytes: 1024}}
 	if _, err := small.Read(t.Context(), []queue.Ref{{QueueRef: worker}}).Reading(worker); err == nil || !strings.Contains(err.Error(), "answer too large") {
 		t.Errorf("with a 1 KiB bound: %v, want answer too large", err)
+	}
+}
+
+// The answer's shapes a single-account server does not show: two accounts
+// naming the same stream and consumer (the first account's is read), a
+// stream with no consumers (null or absent), streams not asked for, and
+// answers that are not /jsz.
+func TestDecodeShapes(t *testing.T) {
+	want := map[streamConsumer]bool{{"S", "c"}: true, {"T", "d"}: true}
+	body := `{"server_id":"x","config":{"a":[1,{"b":2}]},"account_details":[
+		{"name":"A","stream_detail":[
+			{"name":"S","state":{"messages":5},"consumer_detail":[{"name":"c","num_pending":5,"num_ack_pending":1,"delivered":{"consumer_seq":7}},{"name":"other","num_pending":9}]},
+			{"name":"U","consumer_detail":null},
+			{"name":"V"}]},
+		{"name":"B","stream_detail":[
+			{"consumer_detail":[{"name":"d","num_pending":2}],"name":"T"},
+			{"name":"S","consumer_detail":[{"name":"c","num_pending":99}]}]}]}`
+	got, err := decode(json.NewDecoder(strings.NewReader(body)), want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := got[streamConsumer{"S", "c"}]; c.Pending != 5 || c.AckPending != 1 || c.Delivered.ConsumerSeq != 7 {
+		t.Errorf("S/c read as %+v, want the first account's (5 pending, 1 ack pending, 7 delivered)", c)
+	}
+	if c, ok := got[streamConsumer{"T", "d"}]; !ok || c.Pending != 2 {
+		t.Errorf("T/d (its stream's name after its consumers) read as %+v, %v", c, ok)
+	}
+	if len(got) != 2 {
+		t.Errorf("kept %d consumers, want the 2 asked for: %+v", len(got), got)
+	}
+	for _, bad := range []string{`[]`, `{"account_details":{}}`, `{"account_details":[{"stream_detail":[{"consumer_detail":[{"name":1}]}]}]}`, `{"account_details":[`} {
+		if _, err := decode(json.NewDecoder(strings.NewReader(bad)), want); err == nil {
+			t.Errorf("%s decoded without an error", bad)
+		}
 	}
 }

@@ -7,90 +7,9 @@ import (
 	"github.com/microscaling/microscaling/scaler/queue"
 )
 
-// The answers of nsqd and nsqlookupd are read as a stream of JSON tokens:
-// only the topics a tick asks for are kept, and a lookup naming too many
-// nsqds fails at the first one too many, so neither a huge nor a hostile
-// answer is ever held whole.
-
-// walkObject reads one JSON object, calling field for each key; field must
-// consume the value, or return false to have it skipped.
-func walkObject(dec *json.Decoder, field func(key string) (bool, error)) error {
-	if err := expectDelim(dec, '{'); err != nil {
-		return err
-	}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		key, ok := tok.(string)
-		if !ok {
-			return &json.UnmarshalTypeError{Value: "object key", Type: nil}
-		}
-		used, err := field(key)
-		if err != nil {
-			return err
-		}
-		if !used {
-			if err := skipValue(dec); err != nil {
-				return err
-			}
-		}
-	}
-	_, err := dec.Token() // '}'
-	return err
-}
-
-// walkArray reads one JSON array (or null: no elements), calling elem to
-// consume each element.
-func walkArray(dec *json.Decoder, elem func() error) error {
-	tok, err := dec.Token()
-	if err != nil || tok == nil {
-		return err
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '[' {
-		return &json.UnmarshalTypeError{Value: fmt.Sprintf("%v", tok), Type: nil}
-	}
-	for dec.More() {
-		if err := elem(); err != nil {
-			return err
-		}
-	}
-	_, err = dec.Token() // ']'
-	return err
-}
-
-// skipValue consumes one JSON value token by token, holding none of it.
-func skipValue(dec *json.Decoder) error {
-	depth := 0
-	for {
-		tok, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		if d, ok := tok.(json.Delim); ok {
-			if d == '{' || d == '[' {
-				depth++
-			} else {
-				depth--
-			}
-		}
-		if depth == 0 {
-			return nil
-		}
-	}
-}
-
-func expectDelim(dec *json.Decoder, want json.Delim) error {
-	tok, err := dec.Token()
-	if err != nil {
-		return err
-	}
-	if d, ok := tok.(json.Delim); !ok || d != want {
-		return &json.UnmarshalTypeError{Value: fmt.Sprintf("%v", tok), Type: nil}
-	}
-	return nil
-}
+// The answers of nsqd and nsqlookupd are read as a stream (see
+// queue.WalkObject): only the topics a tick asks for are kept, and a
+// lookup naming too many nsqds fails at the first one too many.
 
 // errNestedWrapper marks an answer with a {"data": ...} wrapper inside
 // another: nsqd and nsqlookupd before 1.0 wrapped their answers once, and
@@ -106,7 +25,7 @@ func decodeStats(dec *json.Decoder, want func(topic string) bool) (*nsqStats, er
 
 func decodeStatsIn(dec *json.Decoder, want func(topic string) bool, wrapped bool) (*nsqStats, error) {
 	st := &nsqStats{}
-	err := walkObject(dec, func(key string) (bool, error) {
+	err := queue.WalkObject(dec, func(key string) (bool, error) {
 		switch key {
 		case "data":
 			if wrapped {
@@ -118,7 +37,7 @@ func decodeStatsIn(dec *json.Decoder, want func(topic string) bool, wrapped bool
 			}
 			return true, err
 		case "topics":
-			return true, walkArray(dec, func() error {
+			return true, queue.WalkArray(dec, func() error {
 				var t nsqTopic
 				if err := dec.Decode(&t); err != nil {
 					return err
@@ -152,7 +71,7 @@ func decodeLookup(dec *json.Decoder) ([]producer, error) {
 
 func decodeLookupIn(dec *json.Decoder, wrapped bool) ([]producer, error) {
 	var out []producer
-	err := walkObject(dec, func(key string) (bool, error) {
+	err := queue.WalkObject(dec, func(key string) (bool, error) {
 		switch key {
 		case "data":
 			if wrapped {
@@ -165,7 +84,7 @@ func decodeLookupIn(dec *json.Decoder, wrapped bool) ([]producer, error) {
 			out = append(out, inner...)
 			return true, err
 		case "producers":
-			return true, walkArray(dec, func() error {
+			return true, queue.WalkArray(dec, func() error {
 				if len(out) == maxProducers {
 					return fmt.Errorf("%w: more than %d", errTooManyProducers, maxProducers)
 				}

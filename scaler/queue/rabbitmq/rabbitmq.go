@@ -60,7 +60,6 @@ type wire struct {
 	MessageStats stats  `json:"message_stats"`
 }
 
-// columns are the only fields the management API is asked for.
 // stats are the queue's cumulative message counters.
 type stats struct {
 	Publish int64 `json:"publish"`
@@ -78,6 +77,7 @@ type dated struct {
 	completed int64
 }
 
+// columns are the only fields the management API is asked for.
 const columns = "name,messages_ready,messages_unacknowledged,consumers," +
 	"message_stats.publish,message_stats.ack,message_stats.deliver_no_ack,message_stats.get_no_ack"
 

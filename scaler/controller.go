@@ -531,14 +531,32 @@ type member struct {
 	cur  int32
 }
 
+// scratch is the memory one group decision reuses: a tick decides every
+// group, and allocating each one's slices afresh (10,000 members: megabytes
+// a tick) would set how often the collector runs.
+type scratch struct {
+	ms     []member
+	inputs []policy.MemberInput
+	specs  []*annotations.Spec
+	ds     []*appsv1.Deployment
+	policy policy.Scratch
+}
+
+var scratches = sync.Pool{New: func() any { return new(scratch) }}
+
 // decide gathers one group's inputs on tick t, decides, and acts.
 func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *tick) {
-	ms := c.gather(key, t)
+	sc := scratches.Get().(*scratch)
+	defer scratches.Put(sc)
+	ms := c.gather(key, t, sc.ms[:0])
+	sc.ms = ms
 	if len(ms) == 0 {
 		return
 	}
-	in := policy.GroupInput{Now: t.at, Members: make([]policy.MemberInput, len(ms))}
-	specs := make([]*annotations.Spec, len(ms))
+	n := len(ms)
+	sc.inputs, sc.specs = slices.Grow(sc.inputs[:0], n)[:n], slices.Grow(sc.specs[:0], n)[:n]
+	in := policy.GroupInput{Now: t.at, Members: sc.inputs, Scratch: &sc.policy}
+	specs := sc.specs
 	for i, m := range ms {
 		specs[i] = m.spec
 		in.Members[i] = policy.MemberInput{Name: m.d.Name, Version: m.d.ResourceVersion, Spec: m.spec,
@@ -551,7 +569,8 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		}
 	}
 	if policy.NeedsRoom(specs...) {
-		ds := make([]*appsv1.Deployment, len(ms))
+		sc.ds = slices.Grow(sc.ds[:0], n)[:n]
+		ds := sc.ds
 		for i, m := range ms {
 			ds[i] = m.d
 		}
@@ -626,9 +645,8 @@ func (c *Controller) lowPriority(m member) bool {
 
 // gather lists a group's members that have a valid spec, with the replicas
 // they ask for now, and tells of replicas someone else set.
-func (c *Controller) gather(key string, t *tick) []member {
+func (c *Controller) gather(key string, t *tick, ms []member) []member {
 	refs := t.members[key]
-	ms := make([]member, 0, len(refs))
 	for _, ref := range refs {
 		d, st := ref.d, ref.st
 		c.mu.RLock()

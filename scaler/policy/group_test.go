@@ -150,9 +150,13 @@ func TestDecideGroup(t *testing.T) {
 			want: "consumer=2(unreadable) remainder=8(room) writes[]",
 		},
 	}
+	// One Scratch lent to every case in turn, as the loop lends one to
+	// group after group: what an earlier (larger) group left in it never
+	// shows in a later decision.
+	shared := &Scratch{}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tc.in.Now = t0
+			tc.in.Now, tc.in.Scratch = t0, shared
 			out := DecideGroup(tc.in, &GroupState{})
 			if got := describe(tc.in, out); got != tc.want {
 				t.Errorf("got  %s\nwant %s", got, tc.want)

@@ -42,10 +42,7 @@ type Sources map[string]Source
 
 // Read splits refs by scheme and starts every source's read.
 func (s Sources) Read(ctx context.Context, refs []Ref) policy.Readings {
-	by := map[string][]Ref{}
-	for _, r := range refs {
-		by[r.Scheme] = append(by[r.Scheme], r)
-	}
+	by := GroupBy(refs, func(r Ref) string { return r.Scheme })
 	out := readings{}
 	for scheme, rs := range by {
 		if src, ok := s[scheme]; ok {
@@ -141,10 +138,23 @@ func EndpointOf(q annotations.QueueRef) Endpoint { return Endpoint{q.Host, q.Sec
 
 // ByEndpoint groups refs by the endpoint each is read through.
 func ByEndpoint(refs []Ref) map[Endpoint][]Ref {
-	out := map[Endpoint][]Ref{}
-	for _, q := range refs {
-		e := EndpointOf(q.QueueRef)
-		out[e] = append(out[e], q)
+	return GroupBy(refs, func(r Ref) Endpoint { return EndpointOf(r.QueueRef) })
+}
+
+// GroupBy splits refs by key, each part allocated once at its size (a
+// tick splits thousands of refs).
+func GroupBy[K comparable](refs []Ref, key func(Ref) K) map[K][]Ref {
+	n := map[K]int{}
+	for _, r := range refs {
+		n[key(r)]++
+	}
+	out := make(map[K][]Ref, len(n))
+	for _, r := range refs {
+		k := key(r)
+		if out[k] == nil {
+			out[k] = make([]Ref, 0, n[k])
+		}
+		out[k] = append(out[k], r)
 	}
 	return out
 }

@@ -237,6 +237,9 @@ func scaleRun(t *testing.T, n int) {
 	if mixed {
 		line += " reads-per-tick-by-host=" + perTickBy(m0, m1, ticks, "microscaling_queue_read_duration_seconds_count")
 	}
+	// What a tick allocates sets how often the collector runs, and what
+	// it costs; both steadier than the CPU time on a shared machine.
+	line += fmt.Sprintf(" alloc-mib-per-tick=%.2f gc-per-tick=%.2f", per("go_memstats_alloc_bytes_total")/(1<<20), per("go_gc_duration_seconds_count"))
 	line += fmt.Sprintf(" events-sent-per-tick=%.2f", (eventsSent(m1)-eventsSent(m0))/ticks)
 	line += " read-errors-per-tick=" + perTickBy(m0, m1, ticks, "microscaling_queue_read_errors_total")
 	t.Log(line)

@@ -116,11 +116,7 @@ type vhostRead struct {
 func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	r.Fetcher.Forget()
 	r.seen.Forget(r.Fetcher.Now())
-	byVhost := map[vhostKey][]queue.Ref{}
-	for _, q := range refs {
-		k := vhostKey{queue.EndpointOf(q.QueueRef), q.Sub}
-		byVhost[k] = append(byVhost[k], q)
-	}
+	byVhost := queue.GroupBy(refs, func(q queue.Ref) vhostKey { return vhostKey{queue.EndpointOf(q.QueueRef), q.Sub} })
 	s := snapshot{reads: map[vhostKey]*vhostRead{}, r: r}
 	for k, rs := range byVhost {
 		rd := &vhostRead{done: make(chan struct{})}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -173,7 +174,11 @@ func scaleRun(t *testing.T, n int) {
 		if err := os.WriteFile(fmt.Sprintf("%s.heap0.%d", path, n), []byte(heap0), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		prof, err := c.get(t.Context(), "/debug/pprof/profile?seconds=15")
+		secs := cmp.Or(os.Getenv("MICROSCALING_PROFILE_SECONDS"), "15")
+		if _, err := strconv.ParseUint(secs, 10, 8); err != nil {
+			t.Fatalf("MICROSCALING_PROFILE_SECONDS=%q: %v", secs, err)
+		}
+		prof, err := c.get(t.Context(), "/debug/pprof/profile?seconds="+secs)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -239,7 +244,8 @@ func scaleRun(t *testing.T, n int) {
 	}
 	// What a tick allocates sets how often the collector runs, and what
 	// it costs; both steadier than the CPU time on a shared machine.
-	line += fmt.Sprintf(" alloc-mib-per-tick=%.2f gc-per-tick=%.2f", per("go_memstats_alloc_bytes_total")/(1<<20), per("go_gc_duration_seconds_count"))
+	line += fmt.Sprintf(" alloc-mib-per-tick=%.2f gc-per-tick=%.2f stack-mib=%.1f goroutines=%.0f", per("go_memstats_alloc_bytes_total")/(1<<20), per("go_gc_duration_seconds_count"),
+		m1["go_memstats_stack_inuse_bytes"]/(1<<20), m1["go_goroutines"])
 	line += fmt.Sprintf(" events-sent-per-tick=%.2f", (eventsSent(m1)-eventsSent(m0))/ticks)
 	line += " read-errors-per-tick=" + perTickBy(m0, m1, ticks, "microscaling_queue_read_errors_total")
 	t.Log(line)

@@ -6,9 +6,11 @@ import (
 )
 
 // Answers are read as a stream of JSON values, so that only what a tick
-// asks for is kept and neither a huge nor a hostile answer is ever held
-// whole: WalkObject and WalkArray follow the answer's structure, and a
-// field or element is decoded (or skipped) alone.
+// asks for is kept and an answer is never held whole: WalkObject and
+// WalkArray follow the answer's structure, and a field or element is
+// decoded (or skipped) alone. A skipped value is buffered while it is
+// read, so at most one value of the answer is held at a time, within the
+// answer's size bound (GetJSON's).
 
 // WalkObject reads one JSON object, calling field for each key; field must
 // consume the value, or return false to have it skipped.
@@ -58,7 +60,9 @@ func WalkArray(dec *json.Decoder, elem func() error) error {
 	return err
 }
 
-// skipValue consumes one JSON value, holding none of it past the call.
+// skipValue consumes one JSON value in one Decode (the decoder's own
+// scan, far cheaper than token by token), holding none of it past the
+// call.
 func skipValue(dec *json.Decoder) error {
 	var v skipped
 	return dec.Decode(&v)

@@ -9,7 +9,7 @@ import (
 )
 
 // jszOf is a /jsz?consumers=true answer of n streams of one consumer each,
-// laid out as nats-server 2.10 sends it (indented).
+// laid out as nats-server 2.9 sends it (indented).
 func jszOf(n int) []byte {
 	var b strings.Builder
 	b.WriteString(`{"server_id":"NCC5","now":"2026-12-06T02:07:16Z","config":{"max_memory":1,"max_storage":1,"store_dir":"/js"},"memory":0,"storage":0,"api":{"total":1,"errors":0},"streams":1,"consumers":1,"account_details":[{"name":"$G","id":"$G","memory":0,"storage":0,"api":{"total":1,"errors":0},"stream_detail":[`)

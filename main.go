@@ -932,19 +932,19 @@ func forwardToLeader(h *health, rv *access.Reviewer, local http.Handler) http.Ha
 
 // sources is the queue source of every scheme, all under one Fetcher: one
 // set of read slots, per-namespace shares, timeouts and answer bounds.
-func sources(p queue.Policy, o *options, m *scalermetrics.Metrics, client kubernetes.Interface) queue.Sources {
+func sources(p queue.Policy, o *options, m *scalermetrics.Metrics, client kubernetes.Interface) *queue.Sources {
 	f := &queue.Fetcher{Client: queue.NewClient(p), Timeout: o.queueTimeout, Metrics: m,
 		MaxBytes: o.queueMaxBytes, Concurrency: o.queueReads, PerNamespace: o.queueReadsPerNS}
 	if o.queueSecrets {
 		f.Credentials = &secret.Reader{Client: client}
 	}
 	n := &nsq.NSQReader{Fetcher: f}
-	return queue.Sources{
+	return queue.NewSources(map[string]queue.Source{
 		annotations.SchemeNSQ:        n,
 		annotations.SchemeNSQLookupd: n,
 		annotations.SchemeRabbitMQ:   rabbitmq.NewReader(f),
 		annotations.SchemeRedis:      &redis.Reader{Fetcher: f, Dial: p.DialContext()},
 		annotations.SchemeNATS:       &nats.Reader{Fetcher: f},
 		annotations.SchemePrometheus: promsource.NewReader(f),
-	}
+	})
 }

@@ -38,14 +38,22 @@ type Source interface {
 }
 
 // Sources is a Source that hands each queue to the Source of its scheme.
-type Sources map[string]Source
+type Sources struct {
+	by   map[string]Source
+	plan Plan[map[string][]Ref]
+}
+
+// NewSources hands the queues of each scheme to its Source.
+func NewSources(by map[string]Source) *Sources { return &Sources{by: by} }
 
 // Read splits refs by scheme and starts every source's read.
-func (s Sources) Read(ctx context.Context, refs []Ref) policy.Readings {
-	by := GroupBy(refs, func(r Ref) string { return r.Scheme })
+func (s *Sources) Read(ctx context.Context, refs []Ref) policy.Readings {
+	by := s.plan.For(refs, func(refs []Ref) map[string][]Ref {
+		return GroupBy(refs, func(r Ref) string { return r.Scheme })
+	})
 	out := readings{}
 	for scheme, rs := range by {
-		if src, ok := s[scheme]; ok {
+		if src, ok := s.by[scheme]; ok {
 			out[scheme] = src.Read(ctx, rs)
 		}
 	}

@@ -35,6 +35,7 @@ type Reader struct {
 	Fetcher *queue.Fetcher
 
 	seen queue.Unchanged[annotations.QueueRef, [2]int64]
+	plan queue.Plan[plan]
 }
 
 // NewReader is a Reader whose figures, unchanged for longer than a minute
@@ -47,27 +48,40 @@ func NewReader(f *queue.Fetcher) *Reader {
 
 type queryKey struct{ host, expr, secret string }
 
-// result is one query's value; set before done closes.
+// plan is how a set of refs is asked: the queries, in batches of one
+// tenant each, and where each expression's value is in a tick's results.
+type plan struct {
+	batches []batch
+	at      map[queryKey]int // index in a tick's results
+}
+
+// batch is expressions asked together: results first to first+len(keys).
+type batch struct {
+	keys       []queryKey
+	refs       []queue.Ref // that name them, for their namespaces' shares
+	namespaces []string
+	query      string // the joined expression (see join); empty for one key
+	first      int
+}
+
+// result is one expression's value; set before its batch's done closes.
 type result struct {
-	done chan struct{}
-	v    int64
-	err  error
+	v   int64
+	err error
 }
 
 type snapshot struct {
 	r       *Reader
-	results map[queryKey]*result
+	plan    plan
+	results []result
+	done    []chan struct{} // by batch
+	batchOf []int           // by result
 }
 
-// Read starts the tick's queries and returns at once: each distinct
-// expression is evaluated once per server and Secret, and the expressions
-// of one tenant (the same Secret, or the same namespaces) go to the server
-// together, up to maxBatch in one query (see batch). A batch the server
-// refuses is asked again in halves (see run), so one tenant's bad
-// expression fails only its own queue.
-func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
-	r.Fetcher.Forget()
-	r.seen.Forget(r.Fetcher.Now())
+// newPlan groups the distinct expressions of refs by server and Secret:
+// the expressions of one tenant (the same Secret, or the same namespaces)
+// go to the server together, up to maxBatch in one query.
+func newPlan(refs []queue.Ref) plan {
 	charged := map[queryKey][]queue.Ref{}
 	for _, q := range refs {
 		for _, e := range []string{q.Name, q.Sub} {
@@ -78,31 +92,50 @@ func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 		}
 	}
 	type tenant struct{ host, secret, namespaces string }
-	batches := map[tenant][]queryKey{}
+	byTenant := map[tenant][]queryKey{}
 	for k, rs := range charged {
 		t := tenant{k.host, k.secret, strings.Join(queue.Namespaces(rs...), ",")}
-		batches[t] = append(batches[t], k)
+		byTenant[t] = append(byTenant[t], k)
 	}
-	s := snapshot{r: r, results: map[queryKey]*result{}}
-	for _, ks := range batches {
+	p := plan{at: make(map[queryKey]int, len(charged))}
+	for _, ks := range byTenant {
 		slices.SortFunc(ks, func(a, b queryKey) int { return strings.Compare(a.expr, b.expr) })
 		for chunk := range slices.Chunk(ks, maxBatch) {
-			var rs []queue.Ref
-			res := make([]*result, len(chunk))
+			b := batch{keys: chunk, first: len(p.at)}
 			for i, k := range chunk {
-				res[i] = &result{done: make(chan struct{})}
-				s.results[k] = res[i]
-				rs = append(rs, charged[k]...)
+				p.at[k] = b.first + i
+				b.refs = append(b.refs, charged[k]...)
 			}
-			go func() {
-				defer func() {
-					for _, r := range res {
-						close(r.done)
-					}
-				}()
-				r.run(ctx, chunk, rs, res)
-			}()
+			b.namespaces = queue.Namespaces(b.refs...)
+			if len(chunk) > 1 {
+				b.query = join(chunk)
+			}
+			p.batches = append(p.batches, b)
 		}
+	}
+	return p
+}
+
+// Read starts the tick's queries and returns at once: each distinct
+// expression is evaluated once per server and Secret, in the batches of
+// the refs' plan (built again only when the refs change). A batch the
+// server refuses is asked again in halves (see run), so one tenant's bad
+// expression fails only its own queue.
+func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
+	r.Fetcher.Forget()
+	r.seen.Forget(r.Fetcher.Now())
+	p := r.plan.For(refs, newPlan)
+	s := snapshot{r: r, plan: p, results: make([]result, len(p.at)),
+		done: make([]chan struct{}, len(p.batches)), batchOf: make([]int, len(p.at))}
+	for i, b := range p.batches {
+		s.done[i] = make(chan struct{})
+		for j := range b.keys {
+			s.batchOf[b.first+j] = i
+		}
+		go func() {
+			defer close(s.done[i])
+			r.run(ctx, b, b.keys, b.query, s.results[b.first:b.first+len(b.keys)])
+		}()
 	}
 	return s
 }
@@ -112,16 +145,16 @@ func (r *Reader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 // cost 4 requests a tick, not 25.
 const maxBatch = 256
 
-// run evaluates one tenant's expressions on one server into res: together
-// when there are several. A batch the server refuses is split in halves,
-// each asked again, so one bad expression among n costs about 2·log2(n)
-// queries and fails only itself.
-func (r *Reader) run(ctx context.Context, ks []queryKey, rs []queue.Ref, res []*result) {
-	host, ns := ks[0].host, queue.Namespaces(rs...)
+// run evaluates ks, expressions of batch b, into res: together (as
+// query, joined when empty) when there are several. A batch the server
+// refuses is split in halves, each asked again, so one bad expression
+// among n costs about 2·log2(n) queries and fails only itself.
+func (r *Reader) run(ctx context.Context, b batch, ks []queryKey, query string, res []result) {
+	host := ks[0].host
 	fail := func(err error) error { return queue.Classify("prometheus", host, err) }
 	if len(ks) == 1 {
-		err := r.Fetcher.Do(ctx, ns, host, func(ctx context.Context) (err error) {
-			res[0].v, err = r.query(ctx, ks[0], rs[0].QueueRef)
+		err := r.Fetcher.Do(ctx, b.namespaces, host, func(ctx context.Context) (err error) {
+			res[0].v, err = r.query(ctx, ks[0], b.refs[0].QueueRef)
 			return err
 		})
 		if err != nil {
@@ -129,9 +162,12 @@ func (r *Reader) run(ctx context.Context, ks []queryKey, rs []queue.Ref, res []*
 		}
 		return
 	}
+	if query == "" {
+		query = join(ks)
+	}
 	var vs []queryValue
-	err := r.Fetcher.Do(ctx, ns, host, func(ctx context.Context) (err error) {
-		vs, err = r.batch(ctx, ks, rs[0].QueueRef)
+	err := r.Fetcher.Do(ctx, b.namespaces, host, func(ctx context.Context) (err error) {
+		vs, err = r.askAll(ctx, ks, query, b.refs[0].QueueRef)
 		return err
 	})
 	switch {
@@ -144,11 +180,11 @@ func (r *Reader) run(ctx context.Context, ks []queryKey, rs []queue.Ref, res []*
 		}
 	case errors.Is(err, errBadQuery):
 		half := len(ks) / 2
-		r.run(ctx, ks[:half], rs, res[:half])
-		r.run(ctx, ks[half:], rs, res[half:])
+		r.run(ctx, b, ks[:half], "", res[:half])
+		r.run(ctx, b, ks[half:], "", res[half:])
 	default:
-		for _, r := range res {
-			r.err = fail(err)
+		for i := range res {
+			res[i].err = fail(err)
 		}
 	}
 }
@@ -224,13 +260,13 @@ type queryValue struct {
 	err error
 }
 
-// batch evaluates several expressions in one query: each one's series
-// labelled with its index (label_replace), the results joined with or. An
+// join is several expressions as one query: each one's series labelled
+// with its index (label_replace), the results joined with or. An
 // expression's own series keep their count, so "no value" and "more than
 // one series" are told per expression as if it had been asked alone. An
 // expression that is not a vector (a scalar) makes the server refuse the
-// batch: run then asks its halves.
-func (r *Reader) batch(ctx context.Context, ks []queryKey, q annotations.QueueRef) ([]queryValue, error) {
+// whole: run then asks its halves.
+func join(ks []queryKey) string {
 	var b strings.Builder
 	for i, k := range ks {
 		if i > 0 {
@@ -238,7 +274,13 @@ func (r *Reader) batch(ctx context.Context, ks []queryKey, q annotations.QueueRe
 		}
 		fmt.Fprintf(&b, "label_replace((%s), %q, \"%d\", \"\", \"\")", k.expr, batchLabel, i)
 	}
-	v, err := r.ask(ctx, ks[0].host, b.String(), q)
+	return b.String()
+}
+
+// askAll evaluates ks joined as query (see join) and splits the answer
+// into each expression's value.
+func (r *Reader) askAll(ctx context.Context, ks []queryKey, query string, q annotations.QueueRef) ([]queryValue, error) {
+	v, err := r.ask(ctx, ks[0].host, query, q)
 	if err != nil {
 		return nil, err
 	}
@@ -281,12 +323,12 @@ func countOf(f float64) (int64, error) {
 
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	get := func(expr string) (int64, error) {
-		res, ok := s.results[queryKey{q.Host, expr, q.Secret}]
+		i, ok := s.plan.at[queryKey{q.Host, expr, q.Secret}]
 		if !ok {
 			return 0, fmt.Errorf("prometheus %s: not read", q.Host)
 		}
-		<-res.done
-		return res.v, res.err
+		<-s.done[s.batchOf[i]]
+		return s.results[i].v, s.results[i].err
 	}
 	backlog, err := get(q.Name)
 	if err != nil {

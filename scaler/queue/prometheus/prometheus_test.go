@@ -154,8 +154,21 @@ func TestQueriesARealPrometheus(t *testing.T) {
 	if _, err := snap.Reading(bad); err == nil || !strings.Contains(err.Error(), "refused the query") {
 		t.Errorf("the bad one among 200: %v, want refused", err)
 	}
-	if n := queries.Load(); n > 2*8+1 {
+	n := queries.Load()
+	if n > 2*8+1 {
 		t.Errorf("%d queries for one bad expression among 200, want at most 17", n)
+	}
+	// The same queues on the next tick: asked again, the same way.
+	queries.Store(0)
+	snap = read(append(many, bad)...)
+	if got, err := snap.Reading(many[198]); err != nil || got.Backlog != 42+198 {
+		t.Errorf("read again: %+v, %v; want backlog %d", got, err, 42+198)
+	}
+	if _, err := snap.Reading(bad); err == nil || !strings.Contains(err.Error(), "refused the query") {
+		t.Errorf("the bad one read again: %v, want refused", err)
+	}
+	if again := queries.Load(); again != n {
+		t.Errorf("%d queries read again, want %d as the first time", again, n)
 	}
 
 	// Two tenants' expressions are never asked together (one they share is

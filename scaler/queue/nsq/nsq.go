@@ -74,6 +74,8 @@ type NSQReader struct {
 	vanished map[lookupKey]map[string]time.Time
 	// announced are the nsqds each lookup named last time.
 	announced map[lookupKey]announcement
+
+	plan queue.Plan[plan]
 }
 
 type announcement struct {
@@ -116,30 +118,50 @@ type lookupFetch struct {
 
 type lookupKey struct{ lookupd, topic string }
 
+// plan is what a set of refs asks of NSQ: the topics named on each nsqd
+// and through lookups, and the namespaces each read is charged to.
+type plan struct {
+	direct   map[string]map[string]bool // nsqd host -> its topics named by nsq:// queues
+	lookedUp map[string]bool            // every topic looked up: any nsqd may carry them
+	hosts    map[string][]string        // nsqd host named -> the namespaces naming it
+	lookups  map[lookupKey][]string     // lookup -> the namespaces naming it
+}
+
+func newPlan(refs []queue.Ref) plan {
+	p := plan{direct: map[string]map[string]bool{}, lookedUp: map[string]bool{}, hosts: map[string][]string{}, lookups: map[lookupKey][]string{}}
+	named := map[string][]queue.Ref{}
+	looked := map[lookupKey][]queue.Ref{}
+	for _, q := range refs {
+		if q.Scheme == annotations.SchemeNSQLookupd {
+			k := lookupKey{q.Host, q.Name}
+			looked[k] = append(looked[k], q)
+			p.lookedUp[q.Name] = true
+			continue
+		}
+		if p.direct[q.Host] == nil {
+			p.direct[q.Host] = map[string]bool{}
+		}
+		p.direct[q.Host][q.Name] = true
+		named[q.Host] = append(named[q.Host], q)
+	}
+	for host, rs := range named {
+		p.hosts[host] = queue.Namespaces(rs...)
+	}
+	for k, rs := range looked {
+		p.lookups[k] = queue.Namespaces(rs...)
+	}
+	return p
+}
+
 // Read starts reading what refs need and returns at once; each Reading
 // waits for its own hosts. An nsqd's read is charged to the namespaces
 // that name it, and an nsqd a lookup announces to those of the lookup.
 func (r *NSQReader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
 	s := &Snapshot{stats: map[string]*fetch{}, lookups: map[lookupKey]*lookupFetch{}}
-	direct := map[string]map[string]bool{} // nsqd host -> its topics named by nsq:// queues
-	lookedUp := map[string]bool{}          // every topic looked up: any nsqd may carry them
-	keys := map[lookupKey][]queue.Ref{}
-	charged := map[string][]queue.Ref{} // nsqd host -> the refs naming it
-	for _, q := range refs {
-		if q.Scheme == annotations.SchemeNSQLookupd {
-			k := lookupKey{q.Host, q.Name}
-			keys[k] = append(keys[k], q)
-			lookedUp[q.Name] = true
-			continue
-		}
-		if direct[q.Host] == nil {
-			direct[q.Host] = map[string]bool{}
-		}
-		direct[q.Host][q.Name] = true
-		charged[q.Host] = append(charged[q.Host], q)
-	}
+	p := r.plan.For(refs, newPlan)
+	direct, lookedUp := p.direct, p.lookedUp
 	r.Fetcher.Forget()
-	r.expireLookups(keys)
+	r.expireLookups(p.lookups)
 	start := func(host string, namespaces []string) *fetch {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -161,13 +183,12 @@ func (r *NSQReader) Read(ctx context.Context, refs []queue.Ref) policy.Readings 
 		}()
 		return f
 	}
-	for host, rs := range charged {
-		start(host, queue.Namespaces(rs...))
+	for host, namespaces := range p.hosts {
+		start(host, namespaces)
 	}
-	for k, rs := range keys {
+	for k, namespaces := range p.lookups {
 		lf := &lookupFetch{done: make(chan struct{})}
 		s.lookups[k] = lf
-		namespaces := queue.Namespaces(rs...)
 		go func() {
 			defer close(lf.done)
 			ps, err := r.lookup(ctx, namespaces, k.lookupd, k.topic)
@@ -191,7 +212,7 @@ func (r *NSQReader) Read(ctx context.Context, refs []queue.Ref) policy.Readings 
 }
 
 // expireLookups forgets what lookups no read has named for queue.ForgetAfter.
-func (r *NSQReader) expireLookups(keys map[lookupKey][]queue.Ref) {
+func (r *NSQReader) expireLookups(keys map[lookupKey][]string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.vanished == nil {

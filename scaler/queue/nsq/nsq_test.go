@@ -137,6 +137,20 @@ func TestNSQLookupd(t *testing.T) {
 	if got, err := snap.Reading(unknown); err != nil || got.Backlog != 0 {
 		t.Errorf("unknown topic via lookupd = %+v, %v; want an empty queue", got, err)
 	}
+	// The next tick names other queues: the same reader reads those, and
+	// no longer the ones before.
+	direct := annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(nsqd.URL, "http://"), Name: "jobs", Sub: "work"}
+	snap = r.Read(context.Background(), asRefs(direct))
+	if got, err := snap.Reading(direct); err != nil || got.Backlog != 37 {
+		t.Errorf("jobs on the nsqd named = %+v, %v; want backlog 37", got, err)
+	}
+	if got, err := snap.Reading(jobs); err == nil {
+		t.Errorf("jobs via lookupd on a tick that does not name it = %+v, want not read", got)
+	}
+	snap = r.Read(context.Background(), asRefs(jobs))
+	if got, err := snap.Reading(jobs); err != nil || got.Backlog != 74 {
+		t.Errorf("jobs via lookupd named again = %+v, %v; want backlog 74", got, err)
+	}
 }
 
 // readAll reads refs, waits until every one is read, and returns how many

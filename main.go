@@ -58,6 +58,7 @@ import (
 	"github.com/microscaling/microscaling/scaler"
 	"github.com/microscaling/microscaling/scaler/access"
 	"github.com/microscaling/microscaling/scaler/dashboard"
+	"github.com/microscaling/microscaling/scaler/egress"
 	scalermetrics "github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/queue"
 	"github.com/microscaling/microscaling/scaler/queue/nats"
@@ -116,6 +117,7 @@ type options struct {
 	queueAllow      string
 	hostsPerNS      int
 	sameNamespace   bool
+	apiEndpoints    bool
 	remainderPrio   int
 	queueReads      int
 	queueReadsPerNS int
@@ -209,6 +211,7 @@ func controllerFlags(fs *flag.FlagSet) *options {
 	fs.DurationVar(&o.queueTimeout, "queue-timeout", 500*time.Millisecond, "timeout of one queue request, from when it is sent")
 	fs.StringVar(&o.queueAllow, "queue-allow", queue.DefaultAllow, "queue endpoints tenants may name: comma-separated CIDRs (checked on the resolved address) and DNS suffixes (on the name, for example .svc.cluster.local); link-local, multicast and the API server's addresses are refused whatever it says")
 	fs.IntVar(&o.remainderPrio, "remainder-max-priority", -1, "the highest pod priority a remainder grows at (its PriorityClass's value): a remainder takes room from everything at or below its priority, so it must run below the cluster's workloads")
+	apiEndpointsFlag(fs, &o.apiEndpoints)
 	fs.BoolVar(&o.sameNamespace, "queue-same-namespace", false, "read only queues whose in-cluster Service name (NAME.NAMESPACE[.svc...]) is in the Deployment's own namespace; bare names are refused too")
 	fs.IntVar(&o.hostsPerNS, "queue-hosts-per-namespace", 32, "distinct queue hosts the Deployments of one namespace may name; the queues of hosts past it (in sorted order) are not read and their members are held; 0: no bound")
 	fs.Int64Var(&o.queueMaxBytes, "queue-max-bytes", queue.DefaultMaxBytes, "largest queue server answer read; a larger one makes its queues unreadable")
@@ -245,7 +248,7 @@ func (o *options) check() error {
 	case o.metricsAuth != "kubernetes" && o.metricsAuth != "none":
 		return errors.New("--metrics-auth: must be kubernetes or none")
 	}
-	if _, err := queue.ParsePolicy(o.queueAllow); err != nil {
+	if _, err := queue.ParsePolicy(o.queueAllow, nil); err != nil {
 		return fmt.Errorf("--queue-allow: %w", err)
 	}
 	if _, err := labels.ParseKeys(o.labels.keys); err != nil {
@@ -323,7 +326,7 @@ func labelFlags(fs *flag.FlagSet, l *labelOptions) {
 	fs.BoolVar(&l.proxyFromEnv, "registry-proxy-from-env", false, "reach registries through the proxy HTTPS_PROXY/HTTP_PROXY/NO_PROXY name (off: tenants name registries and token realms, and a proxy would reach places the controller itself cannot)")
 }
 
-func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, l labelOptions, timeout, tagTTL time.Duration, deny []netip.AddrPort) (*labels.Syncer, error) {
+func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, l labelOptions, timeout, tagTTL time.Duration, deny *egress.Denied) (*labels.Syncer, error) {
 	p, err := v1.ParsePlatform(l.platform)
 	if err != nil {
 		return nil, fmt.Errorf("--platform %q: %w", l.platform, err)
@@ -495,13 +498,14 @@ func dashboardMain(ctx context.Context, args []string, out io.Writer) error {
 func syncLabelsMain(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("sync-labels", flag.ExitOnError)
 	var kubeconfig, namespace string
-	var dryRun bool
+	var dryRun, apiEndpoints bool
 	var workers, burst int
 	var qps float64
 	var timeout time.Duration
 	fs.StringVar(&kubeconfig, "kubeconfig", "", "path to a kubeconfig; in-cluster config when empty")
 	fs.StringVar(&namespace, "namespace", "", "namespace to sync; all when empty")
 	fs.BoolVar(&dryRun, "dry-run", false, "print each patch instead of applying it")
+	apiEndpointsFlag(fs, &apiEndpoints)
 	fs.IntVar(&workers, "workers", 8, "Deployments synced in parallel")
 	fs.Float64Var(&qps, "kube-api-qps", 500, "requests per second to the API server")
 	fs.IntVar(&burst, "kube-api-burst", 1000, "burst of requests to the API server")
@@ -521,7 +525,15 @@ func syncLabelsMain(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := newSyncer(client, recorder, lo, timeout, time.Hour, deny)
+	denied := egress.NewDenied(deny...)
+	if apiEndpoints {
+		live, err := informer.ListAPIServer(ctx, client)
+		if err != nil {
+			return err
+		}
+		denied.SetLive(live)
+	}
+	s, err := newSyncer(client, recorder, lo, timeout, time.Hour, denied)
 	if err != nil {
 		return err
 	}
@@ -567,6 +579,11 @@ func newBroadcaster(ctx context.Context, client kubernetes.Interface) record.Eve
 	}))
 	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	return b
+}
+
+// apiEndpointsFlag defines --apiserver-endpoints on fs.
+func apiEndpointsFlag(fs *flag.FlagSet, v *bool) {
+	fs.BoolVar(v, "apiserver-endpoints", true, "refuse, as addresses tenants name, the API server's own endpoints as the EndpointSlices of default/kubernetes list them, besides the address the client config names (needs list and watch on endpointslices in namespace default; off: the client config's address only)")
 }
 
 // apiServerAddrs are the API server's addresses, which no queue address
@@ -630,7 +647,13 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	queuePolicy, err := queue.ParsePolicy(o.queueAllow, deny...)
+	denied := egress.NewDenied(deny...)
+	if o.apiEndpoints {
+		if err := inf.WatchAPIServer(client, denied.SetLive); err != nil {
+			return err
+		}
+	}
+	queuePolicy, err := queue.ParsePolicy(o.queueAllow, denied)
 	if err != nil {
 		return fmt.Errorf("--queue-allow: %w", err)
 	}
@@ -648,7 +671,7 @@ func run(ctx context.Context, o options) error {
 		if err != nil {
 			return err
 		}
-		syncer, err := newSyncer(labelClient, recorder, o.labels, 10*time.Second, o.labelInterval/2, deny)
+		syncer, err := newSyncer(labelClient, recorder, o.labels, 10*time.Second, o.labelInterval/2, denied)
 		if err != nil {
 			return err
 		}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"sync"
 	"time"
@@ -38,7 +37,7 @@ type Resolver struct {
 	// Deny are addresses no registry or token realm may be (the API
 	// server's); link-local and cloud metadata addresses are refused too
 	// (egress.Refused), checked on the address dialed.
-	Deny []netip.AddrPort
+	Deny *egress.Denied
 
 	flight singleflight.Group // one resolution per image and credentials at a time
 
@@ -143,7 +142,7 @@ func (r *Resolver) puller(kc *Keychain) (*remote.Puller, error) {
 	}
 	t := &http.Transport{
 		Proxy:                 proxy,
-		DialContext:           egress.Dial(&net.Dialer{Timeout: r.Timeout}, egress.Deny(r.Deny)),
+		DialContext:           egress.Dial(&net.Dialer{Timeout: r.Timeout}, r.Deny.Check),
 		TLSHandshakeTimeout:   r.Timeout,
 		ResponseHeaderTimeout: r.Timeout,
 		MaxIdleConnsPerHost:   16,

@@ -20,6 +20,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/microscaling/microscaling/scaler/egress"
 )
 
 // A private image's labels, read with one namespace's pull secret, must not
@@ -196,7 +198,7 @@ func TestRealmOnADeniedAddressIsNotFetched(t *testing.T) {
 	}))
 	defer reg.Close()
 	r := NewResolver(v1.Platform{OS: "linux", Architecture: "amd64"}, 5*time.Second, time.Minute)
-	r.Deny = []netip.AddrPort{netip.MustParseAddrPort(strings.TrimPrefix(internal.URL, "http://"))}
+	r.Deny = egress.NewDenied(netip.MustParseAddrPort(strings.TrimPrefix(internal.URL, "http://")))
 	_, _, err := r.Labels(context.Background(), strings.TrimPrefix(reg.URL, "http://")+"/app:1", nil)
 	if err == nil {
 		t.Fatal("read succeeded, want the realm refused")

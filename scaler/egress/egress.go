@@ -12,7 +12,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
+	"sync/atomic"
 )
 
 // ErrNotAllowed is what an address a tenant may not reach gives.
@@ -88,15 +90,51 @@ func Dial(d *net.Dialer, check Check) func(ctx context.Context, network, address
 	}
 }
 
-// Deny is a Check that refuses the addresses of deny (the API server's)
-// and allows the rest.
-func Deny(deny []netip.AddrPort) Check {
-	return func(ap netip.AddrPort, _ string) error {
-		for _, d := range deny {
-			if d.Addr().Unmap() == ap.Addr() && d.Port() == ap.Port() {
-				return ErrNotAllowed
-			}
-		}
+// Denied are the addresses no tenant may reach whatever the operator
+// allows: the API server's, as the client config names it (fixed) and as
+// the cluster lists its endpoints (live: they move with the control-plane
+// nodes, and the Service address alone leaves the real ones reachable).
+// Safe for concurrent use; a nil Denied refuses nothing.
+type Denied struct {
+	fixed []netip.AddrPort
+	live  atomic.Pointer[[]netip.AddrPort]
+}
+
+// NewDenied refuses fixed, and what SetLive adds.
+func NewDenied(fixed ...netip.AddrPort) *Denied {
+	return &Denied{fixed: unmapped(fixed)}
+}
+
+// SetLive replaces the live addresses.
+func (d *Denied) SetLive(aps []netip.AddrPort) {
+	u := unmapped(aps)
+	d.live.Store(&u)
+}
+
+// Live are the live addresses last set.
+func (d *Denied) Live() []netip.AddrPort {
+	if p := d.live.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func unmapped(aps []netip.AddrPort) []netip.AddrPort {
+	out := make([]netip.AddrPort, len(aps))
+	for i, ap := range aps {
+		out[i] = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return out
+}
+
+// Check is a Check that refuses the denied addresses and allows the rest.
+func (d *Denied) Check(ap netip.AddrPort, _ string) error {
+	if d == nil {
 		return nil
 	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	if slices.Contains(d.fixed, ap) || slices.Contains(d.Live(), ap) {
+		return ErrNotAllowed
+	}
+	return nil
 }

@@ -30,11 +30,11 @@ const DefaultAllow = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,127.
 type Policy struct {
 	Nets     []netip.Prefix
 	Suffixes []string
-	Deny     []netip.AddrPort
+	Deny     *egress.Denied
 }
 
 // ParsePolicy reads a comma-separated list of CIDRs and DNS suffixes.
-func ParsePolicy(allow string, deny ...netip.AddrPort) (Policy, error) {
+func ParsePolicy(allow string, deny *egress.Denied) (Policy, error) {
 	p := Policy{Deny: deny}
 	for _, e := range strings.Split(allow, ",") {
 		e = strings.TrimSpace(e)
@@ -79,7 +79,7 @@ func (p Policy) check(ap netip.AddrPort, byName bool) error {
 	if egress.Refused(a) {
 		return egress.ErrNotAllowed
 	}
-	if err := egress.Deny(p.Deny)(netip.AddrPortFrom(a, ap.Port()), ""); err != nil {
+	if err := p.Deny.Check(netip.AddrPortFrom(a, ap.Port()), ""); err != nil {
 		return err
 	}
 	if byName && (a.IsPrivate() || a.IsLoopback() || cgnat.Contains(a)) {

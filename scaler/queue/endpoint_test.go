@@ -24,7 +24,7 @@ func TestQueueClientRefuses(t *testing.T) {
 	redirect := httptest.NewServer(http.RedirectHandler(secret.URL+"/stats", http.StatusFound))
 	defer redirect.Close()
 	apiServer := netip.MustParseAddrPort(strings.TrimPrefix(secret.URL, "http://"))
-	policy, err := ParsePolicy(DefaultAllow, apiServer)
+	policy, err := ParsePolicy(DefaultAllow, egress.NewDenied(apiServer))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func TestQueueClientRefuses(t *testing.T) {
 }
 
 func TestAllowedQueueAddr(t *testing.T) {
-	deny := []netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:443")}
+	deny := egress.NewDenied(netip.MustParseAddrPort("10.0.0.1:443"))
 	// With every network allowed, what is refused whatever the policy says.
 	everywhere := []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
 	for addr, ok := range map[string]bool{
@@ -129,7 +129,7 @@ func TestQueueAllowList(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			hits = 0
-			p, err := ParsePolicy(tc.allow)
+			p, err := ParsePolicy(tc.allow, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -143,7 +143,7 @@ func TestQueueAllowList(t *testing.T) {
 		})
 	}
 	for _, bad := range []string{"10.0.0.0/33", "not a name!", "-bad.example"} {
-		if _, err := ParsePolicy(bad); err == nil || !strings.Contains(err.Error(), "queue allow-list entry") {
+		if _, err := ParsePolicy(bad, nil); err == nil || !strings.Contains(err.Error(), "queue allow-list entry") {
 			t.Errorf("ParsePolicy(%q) = %v, want an error naming the entry", bad, err)
 		}
 	}

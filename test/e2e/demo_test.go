@@ -74,6 +74,8 @@ func TestInstallManifests(t *testing.T) {
 		{"create pods -n demo", "no"},
 		{"update deployments -n demo --subresource=scale", "yes"},
 		{"watch pods -A", "yes"},
+		{"watch endpointslices.discovery.k8s.io -n default", "yes"},
+		{"list endpointslices.discovery.k8s.io -n demo", "no"},
 	} {
 		out := canI(t, s, as, tc.verb)
 		if strings.TrimSpace(out) != tc.want {

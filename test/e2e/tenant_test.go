@@ -1,19 +1,25 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	schedulingv1 "k8s.io/api/scheduling/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/microscaling/microscaling/informer"
+	"github.com/microscaling/microscaling/scaler/egress"
 	"github.com/microscaling/microscaling/test/harness"
 	"github.com/microscaling/microscaling/test/workload"
 )
@@ -88,6 +94,75 @@ func TestHostileQueueEndpoints(t *testing.T) {
 	if n := internalHits.Load(); n != 0 {
 		t.Errorf("the address outside --queue-allow got %d requests, want none", n)
 	}
+}
+
+// TestAPIServerEndpointsFollowed: the EndpointSlices of default/kubernetes,
+// where a cluster lists the API server's real endpoints behind its Service
+// address, are followed into the addresses refused to tenants as they are
+// created, changed and deleted on the real API server. (This API server
+// listens on loopback, which an EndpointSlice may not list, so it publishes
+// none of its own: the test writes the slice as a control plane would.)
+func TestAPIServerEndpointsFollowed(t *testing.T) {
+	s := harness.StartT(t, harness.Options{})
+	inf, err := informer.New(s.Client, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied := egress.NewDenied()
+	if err := inf.WatchAPIServer(s.Client, denied.SetLive); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer func() { cancel(); inf.Shutdown() }()
+	if !inf.Run(ctx) {
+		t.Fatal("caches never synced")
+	}
+	refused := func(ap string) bool { return denied.Check(netip.MustParseAddrPort(ap), "") != nil }
+	expect := func(step string, want map[string]bool) {
+		t.Helper()
+		eventually(t, 10*time.Second, func(context.Context) error {
+			for ap, w := range want {
+				if refused(ap) != w {
+					return fmt.Errorf("%s: %s refused %v, want %v (live: %v)", step, ap, !w, w, denied.Live())
+				}
+			}
+			return nil
+		})
+	}
+	expect("before any slice", map[string]bool{"192.0.2.10:6443": false})
+
+	port, proto := int32(6443), corev1.ProtocolTCP
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "kubernetes", Labels: map[string]string{discoveryv1.LabelServiceName: "kubernetes"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"192.0.2.10"}}},
+		Ports:       []discoveryv1.EndpointPort{{Port: &port, Protocol: &proto}},
+	}
+	slices := s.Client.DiscoveryV1().EndpointSlices("default")
+	created, err := slices.Create(t.Context(), slice, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect("listed", map[string]bool{"192.0.2.10:6443": true, "192.0.2.10:4151": false, "192.0.2.11:6443": false})
+
+	// A control-plane node replaced: the old address is a tenant's again.
+	created.Endpoints = []discoveryv1.Endpoint{{Addresses: []string{"192.0.2.11"}}}
+	if _, err := slices.Update(t.Context(), created, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expect("moved", map[string]bool{"192.0.2.10:6443": false, "192.0.2.11:6443": true})
+
+	// Another Service's slice in default is not the API server's.
+	other := slice.DeepCopy()
+	other.Name, other.Labels = "other", map[string]string{discoveryv1.LabelServiceName: "other"}
+	other.Endpoints = []discoveryv1.Endpoint{{Addresses: []string{"192.0.2.20"}}}
+	if _, err := slices.Create(t.Context(), other, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := slices.Delete(t.Context(), slice.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expect("deleted", map[string]bool{"192.0.2.11:6443": false, "192.0.2.20:6443": false})
 }
 
 // TestRemainderPriority: a remainder whose pods would run at priority 0

@@ -20,7 +20,7 @@ func ref(host, key, group string) annotations.QueueRef {
 
 func reader(t *testing.T, allow string, maxBytes int64) *Reader {
 	t.Helper()
-	p, err := queue.ParsePolicy(allow)
+	p, err := queue.ParsePolicy(allow, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

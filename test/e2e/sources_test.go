@@ -42,7 +42,8 @@ type sourceCase struct {
 	shown func(ctx context.Context) (int64, error)
 }
 
-const sourcePassword = "Pa55-not-for-logs"
+// sourcePassword is the password of every server's reading user.
+var sourcePassword = harness.QueueUser.Password
 
 // TestSourcesCloseTheLoop closes the loop on every queue source beside NSQ,
 // each with its real server on 127.0.0.1 and real consumers made with that
@@ -113,10 +114,13 @@ func TestSourcesCloseTheLoop(t *testing.T) {
 			rd := harness.StartRedis(t)
 			ex := workload.ExportRedisList(rd.Addr, "", "jobs")
 			exporter := serve(t, ex.Handler)
-			pm := harness.StartPrometheus(t, exporter)
+			// Prometheus answers one user (basic authentication).
+			pm := harness.StartPrometheusWithUser(t, exporter)
 			publish, stop := workload.PublishRedisList(t.Context(), rd.Addr, "", "jobs")
 			t.Cleanup(stop)
 			return sourceCase{server: pm, queue: "prometheus://" + pm.HTTPAddr + "?backlog=demo_queue_length&arrivals=demo_queue_published_total",
+				secret:  map[string]string{"username": harness.QueueUser.Name, "password": sourcePassword},
+				wrong:   map[string]string{"username": harness.QueueUser.Name, "password": "not-" + sourcePassword},
 				connect: workload.RedisList(rd.Addr, "", "jobs"), publish: ex.Publish(publish), counted: true}
 		}},
 	} {

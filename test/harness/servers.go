@@ -230,11 +230,47 @@ func NewRabbitMQ(dir string) (*Server, error) {
 	return s, nil
 }
 
+// QueueUser is the user a test's queue server admits when it asks for
+// credentials; Hash is Password's bcrypt hash (cost 4), as Prometheus's web
+// configuration takes it.
+var QueueUser = struct{ Name, Password, Hash string }{"scaler", "Pa55-not-for-logs",
+	"$2a$04$E9sKI2jH0hy8ai3riYtf8ORw23WXQKm5umYdXh3axF9RkVI2zB7Ca"}
+
 // StartPrometheus starts prometheus for a test; see NewPrometheus.
 func StartPrometheus(t testing.TB, targets ...string) *Server {
 	t.Helper()
 	s, err := NewPrometheus(t.TempDir(), targets...)
 	return started(t, s, err)
+}
+
+// StartPrometheusWithUser starts prometheus for a test, its API answering
+// QueueUser alone (HTTP basic authentication).
+func StartPrometheusWithUser(t testing.TB, targets ...string) *Server {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := NewPrometheus(dir, targets...)
+	if err == nil {
+		err = basicAuth(s, dir)
+	}
+	return started(t, s, err)
+}
+
+// basicAuth makes the prometheus s admit QueueUser alone.
+func basicAuth(s *Server, dir string) error {
+	web := filepath.Join(dir, "web.yml")
+	if err := os.WriteFile(web, []byte(fmt.Sprintf("basic_auth_users:\n  %s: %s\n", QueueUser.Name, QueueUser.Hash)), 0o600); err != nil {
+		return err
+	}
+	s.p.args = append(s.p.args, "--web.config.file="+web)
+	s.ready = func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.Addr+"/-/ready", nil)
+		if err != nil {
+			return err
+		}
+		req.SetBasicAuth(QueueUser.Name, QueueUser.Password)
+		return do(req)
+	}
+	return nil
 }
 
 // NewPrometheus is prometheus scraping targets (host:port) every second,

@@ -346,8 +346,8 @@ func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	return out, nil
 }
 
-// bounded adds the credentials and fails an answer's body past limit
-// bytes.
+// bounded adds the credentials, makes a 401 or 403 a *queue.StatusError
+// and fails an answer's body past limit bytes.
 type bounded struct {
 	next  http.RoundTripper
 	limit int64
@@ -360,6 +360,12 @@ func (b bounded) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := b.next.RoundTrip(req)
 	if err != nil {
 		return nil, err
+	}
+	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+		// Refused credentials are told as such, like the other sources;
+		// the answer's body is not read.
+		resp.Body.Close()
+		return nil, &queue.StatusError{Status: resp.StatusCode}
 	}
 	resp.Body = &limitedBody{rc: resp.Body, left: b.limit}
 	return resp, nil

@@ -202,3 +202,32 @@ func TestQueriesARealPrometheus(t *testing.T) {
 		t.Errorf("with a 64-byte bound: %v, want answer too large", err)
 	}
 }
+
+// A Prometheus that asks for credentials: the Secret's user reads it; a
+// wrong password, or none, is told as refused credentials, and the error
+// holds no password.
+func TestCredentialsOnARealPrometheus(t *testing.T) {
+	prom := harness.StartPrometheusWithUser(t)
+	f := &queue.Fetcher{Timeout: 5 * time.Second, Credentials: queue.Fixed{
+		"shop/right": {Username: harness.QueueUser.Name, Password: harness.QueueUser.Password},
+		"shop/wrong": {Username: harness.QueueUser.Name, Password: "not-" + harness.QueueUser.Password},
+	}}
+	r := NewReader(f)
+	ref := func(secret string) annotations.QueueRef {
+		return annotations.QueueRef{Scheme: annotations.SchemePrometheus, Host: prom.Addr, Name: "vector(7)", Secret: secret}
+	}
+	right := ref("shop/right")
+	if got, err := r.Read(t.Context(), []queue.Ref{{QueueRef: right, Namespaces: []string{"shop"}}}).Reading(right); err != nil || got.Backlog != 7 {
+		t.Fatalf("with the right password: %+v, %v; want backlog 7", got, err)
+	}
+	for _, secret := range []string{"shop/wrong", ""} {
+		q := ref(secret)
+		_, err := r.Read(t.Context(), []queue.Ref{{QueueRef: q, Namespaces: []string{"shop"}}}).Reading(q)
+		if err == nil || !strings.Contains(err.Error(), "HTTP 401: credentials required or refused") {
+			t.Errorf("Secret %q: %v, want HTTP 401: credentials required or refused", secret, err)
+		}
+		if err != nil && strings.Contains(err.Error(), harness.QueueUser.Password) {
+			t.Errorf("Secret %q: the error holds the password: %v", secret, err)
+		}
+	}
+}

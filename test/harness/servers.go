@@ -220,12 +220,7 @@ func NewRabbitMQ(dir string) (*Server, error) {
 	}, " ")
 	s.p = &process{name: "rabbitmq-server", bin: "/bin/sh", log: filepath.Join(dir, "rabbitmq.log"), args: []string{"-c", sh}, cred: cred}
 	s.ready = func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.HTTPAddr+"/api/overview", nil)
-		if err != nil {
-			return err
-		}
-		req.SetBasicAuth("guest", "guest")
-		return do(req)
+		return httpOKAs(ctx, "http://"+s.HTTPAddr+"/api/overview", "guest", "guest")
 	}
 	return s, nil
 }
@@ -263,12 +258,7 @@ func basicAuth(s *Server, dir string) error {
 	}
 	s.p.args = append(s.p.args, "--web.config.file="+web)
 	s.ready = func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.Addr+"/-/ready", nil)
-		if err != nil {
-			return err
-		}
-		req.SetBasicAuth(QueueUser.Name, QueueUser.Password)
-		return do(req)
+		return httpOKAs(ctx, "http://"+s.Addr+"/-/ready", QueueUser.Name, QueueUser.Password)
 	}
 	return nil
 }
@@ -319,10 +309,17 @@ func dialed(ctx context.Context, a string) error {
 	return c.Close()
 }
 
-func httpOK(ctx context.Context, u string) error {
+func httpOK(ctx context.Context, u string) error { return httpOKAs(ctx, u, "", "") }
+
+// httpOKAs GETs u, as user (HTTP basic authentication) when one is given,
+// and wants 200.
+func httpOKAs(ctx context.Context, u, user, password string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
+	}
+	if user != "" {
+		req.SetBasicAuth(user, password)
 	}
 	return do(req)
 }

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -38,7 +40,8 @@ type sourceCase struct {
 	counted bool
 	// shown, when set, is the backlog the server publishes now, for servers
 	// that publish it late (RabbitMQ's management figures move in 5 s
-	// steps): the reaction counts from when it shows the burst.
+	// steps, Prometheus's with its scrapes): the reaction counts from when
+	// it shows the burst.
 	shown func(ctx context.Context) (int64, error)
 }
 
@@ -121,7 +124,8 @@ func TestSourcesCloseTheLoop(t *testing.T) {
 			return sourceCase{server: pm, queue: "prometheus://" + pm.HTTPAddr + "?backlog=demo_queue_length&arrivals=demo_queue_published_total",
 				secret:  map[string]string{"username": harness.QueueUser.Name, "password": sourcePassword},
 				wrong:   map[string]string{"username": harness.QueueUser.Name, "password": "not-" + sourcePassword},
-				connect: workload.RedisList(rd.Addr, "", "jobs"), publish: ex.Publish(publish), counted: true}
+				connect: workload.RedisList(rd.Addr, "", "jobs"), publish: ex.Publish(publish), counted: true,
+				shown: func(ctx context.Context) (int64, error) { return promBacklog(ctx, pm.HTTPAddr, "demo_queue_length") }}
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) { sourceLoop(t, tc.start(t)) })
@@ -162,6 +166,44 @@ func startRabbitMQCase(t *testing.T) sourceCase {
 		secret:  map[string]string{"username": "scaler", "password": sourcePassword},
 		wrong:   map[string]string{"username": "scaler", "password": "not-" + sourcePassword},
 		connect: workload.RabbitMQ(amqpURL, "orders", 2), publish: publish, counted: true}
+}
+
+// promBacklog is the value Prometheus answers for query now, as the
+// harness's user: Prometheus shows a burst only once it has scraped the
+// exporter (every second).
+func promBacklog(ctx context.Context, addr, query string) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/api/v1/query?query="+url.QueryEscape(query), nil)
+	if err != nil {
+		return 0, err
+	}
+	req.SetBasicAuth(harness.QueueUser.Name, harness.QueueUser.Password)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("GET %s: %s", req.URL.Path, resp.Status)
+	}
+	var r struct {
+		Data struct {
+			Result []struct {
+				Value [2]any `json:"value"`
+			} `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return 0, fmt.Errorf("decoding the answer to %q: %w", query, err)
+	}
+	if len(r.Data.Result) != 1 {
+		return 0, fmt.Errorf("%q answered %d series, want 1", query, len(r.Data.Result))
+	}
+	v, ok := r.Data.Result[0].Value[1].(string)
+	if !ok {
+		return 0, fmt.Errorf("%q answered a value that is not a string: %v", query, r.Data.Result[0].Value[1])
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	return int64(f), err
 }
 
 // sourceLoop runs the scenario of TestSourcesCloseTheLoop on one source.

@@ -16,7 +16,6 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/http/pprof"
 	"net/netip"
 	"net/url"
@@ -128,7 +127,7 @@ type options struct {
 	identity        string
 	metricsAddr     string
 	metricsAuth     string
-	advertise       string
+	audiences       string
 	profiling       bool
 	dryRun          bool
 }
@@ -223,8 +222,8 @@ func controllerFlags(fs *flag.FlagSet) *options {
 	fs.StringVar(&o.leaseNamespace, "leader-elect-lease-namespace", "microscaling-system", "namespace of the Lease")
 	fs.StringVar(&o.identity, "leader-elect-identity", "", "identity in the Lease; hostname_pid when empty")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8080", "address of /metrics, /healthz, /readyz and the dashboard (/); empty: none")
+	fs.StringVar(&o.audiences, "metrics-audiences", "", "comma-separated audiences every TokenReview asks for (with --metrics-auth=kubernetes): only tokens issued for one of them are accepted (kubectl create token NAME --audience=microscaling), so callers need not send a token the API server accepts; empty: the API server's own audiences")
 	fs.StringVar(&o.metricsAuth, "metrics-auth", "kubernetes", "who may read /metrics, /api/state and pprof: kubernetes (a bearer token checked with TokenReview, access with SubjectAccessReview: get on /metrics, and /api/state shows the namespaces where the user may get Deployments) or none (anyone who reaches the port)")
-	fs.StringVar(&o.advertise, "advertise-address", "", "host:port at which the other replicas reach this one's --metrics-addr, put in the Lease so that a standby forwards /api/state to the leader; POD_IP and the --metrics-addr port when empty and POD_IP is set")
 	fs.BoolVar(&o.profiling, "profiling", false, "serve Go's pprof profiles under /debug/pprof/ on --metrics-addr")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "decide, log and emit Events, but write nothing")
 	fs.BoolVar(&o.syncLabels, "sync-labels", false, "fill annotations from image labels for Deployments with microscaling.com/sync-labels: \"true\" (needs secrets get)")
@@ -233,8 +232,7 @@ func controllerFlags(fs *flag.FlagSet) *options {
 	return o
 }
 
-// check reports the first flag whose value is wrong, and fills in the
-// advertised address from POD_IP.
+// check reports the first flag whose value is wrong.
 func (o *options) check() error {
 	switch {
 	case o.queueMaxBytes < 1024:
@@ -253,18 +251,6 @@ func (o *options) check() error {
 	}
 	if _, err := labels.ParseKeys(o.labels.keys); err != nil {
 		return fmt.Errorf("--image-label-keys: %w", err)
-	}
-	if o.advertise == "" && os.Getenv("POD_IP") != "" && o.metricsAddr != "" {
-		_, port, err := net.SplitHostPort(o.metricsAddr)
-		if err != nil {
-			return fmt.Errorf("--metrics-addr %q: %w", o.metricsAddr, err)
-		}
-		o.advertise = net.JoinHostPort(os.Getenv("POD_IP"), port)
-	}
-	if o.advertise != "" {
-		if _, _, err := net.SplitHostPort(o.advertise); err != nil {
-			return fmt.Errorf("--advertise-address %q: %w", o.advertise, err)
-		}
 	}
 	return nil
 }
@@ -413,8 +399,10 @@ func addReachFlags(fs *flag.FlagSet) *reachFlags {
 	fs.StringVar(&r.rules.ExplicitPath, "kubeconfig", "", "path to a kubeconfig; $KUBECONFIG or ~/.kube/config when empty")
 	fs.StringVar(&r.overrides.CurrentContext, "context", "", "the kubeconfig context to use")
 	fs.StringVar(&r.token, "token", "", "a bearer token to present instead of the kubeconfig's credentials")
+	fs.StringVar(&r.target.Token, "controller-token", "", "a bearer token presented to the controller only (one issued for its --metrics-audiences: kubectl create token NAME --audience=microscaling); the kubeconfig's credentials still open the port-forward")
 	fs.StringVar(&r.target.Namespace, "controller-namespace", "microscaling-system", "namespace of the controller's pods")
-	fs.StringVar(&r.target.Selector, "selector", "app.kubernetes.io/name=microscaling", "label selector of the controller's pods")
+	fs.StringVar(&r.target.Lease, "lease", "microscaling", "the controller's leader-election Lease: the port-forward goes to the pod that holds it")
+	fs.StringVar(&r.target.Pod, "pod", "", "port-forward to this controller pod instead of the Lease holder (a controller without leader election)")
 	fs.IntVar(&r.target.Port, "port", 8080, "the controller's --metrics-addr port")
 	fs.StringVar(&r.target.Address, "address", "", "host:port of the controller's --metrics-addr, read directly instead of through a port-forward")
 	return r
@@ -629,9 +617,6 @@ func run(ctx context.Context, o options) error {
 		host, _ := os.Hostname() // an empty hostname still leaves the pid
 		identity = fmt.Sprintf("%s_%d", host, os.Getpid())
 	}
-	if o.advertise != "" {
-		identity += "@" + o.advertise // where a standby finds the leader
-	}
 
 	broadcaster := newBroadcaster(ctx, client)
 	defer broadcaster.Shutdown()
@@ -692,6 +677,7 @@ func run(ctx context.Context, o options) error {
 				return err
 			}
 			rv = access.NewReviewer(reviews, 10*time.Second)
+			rv.Audiences = audiences(o.audiences)
 		}
 		srv, err := serve(ctx, o.metricsAddr, prometheus.Gatherers{reg, legacyregistry.DefaultGatherer}, inf, hc, history, rv, o.profiling)
 		if err != nil {
@@ -800,8 +786,8 @@ type health struct {
 	mu       sync.Mutex // guards since, last and leader
 	since    time.Time  // when leading began; zero while not leading
 	last     func() time.Time
-	// leader is the address the current leader advertises in the Lease
-	// (after the "@" of its identity); empty when unknown or none.
+	// leader is the identity the Lease names; empty when unknown or
+	// without election.
 	leader string
 }
 
@@ -809,15 +795,12 @@ type health struct {
 func (h *health) newLeader(id string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.leader = ""
-	if i := strings.LastIndex(id, "@"); i >= 0 {
-		h.leader = id[i+1:]
-	}
+	h.leader = id
 }
 
-// forwardTo is the leader's address when this process stands by and the
-// leader advertises one: a standby answers with the leader's state.
-func (h *health) forwardTo() string {
+// standby is the leader's identity when this process stands by; empty
+// while it leads, runs without election or knows no leader yet.
+func (h *health) standby() string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !h.since.IsZero() {
@@ -857,8 +840,8 @@ func (h *health) check(now time.Time) error {
 // serve starts /metrics, /healthz, /readyz and the dashboard (/ and
 // /api/state) on addr. With a Reviewer, /metrics and pprof need get on
 // their path, and /api/state shows each user the namespaces where they
-// may get Deployments; /healthz and /readyz stay open. A standby forwards
-// /api/state to the leader.
+// may get Deployments; /healthz and /readyz stay open. A standby has no
+// state to show: its /api/state says so and names the leader.
 func serve(ctx context.Context, addr string, g prometheus.Gatherer, inf *informer.Informers, h *health, history *dashboard.History, rv *access.Reviewer, profiling bool) (*http.Server, error) {
 	guard := func(h http.Handler) http.Handler { return h }
 	var view dashboard.Viewer
@@ -879,7 +862,7 @@ func serve(ctx context.Context, addr string, g prometheus.Gatherer, inf *informe
 	mux := http.NewServeMux()
 	local := dashboard.Dashboard(history, view, access.Deny)
 	mux.Handle("/", local)
-	mux.Handle("/api/state", forwardToLeader(h, rv, local))
+	mux.Handle("/api/state", standingBy(h, rv, local))
 	if profiling {
 		mux.Handle("/debug/pprof/", guard(http.HandlerFunc(pprof.Index)))
 		mux.Handle("/debug/pprof/profile", guard(http.HandlerFunc(pprof.Profile)))
@@ -917,25 +900,15 @@ func serve(ctx context.Context, addr string, g prometheus.Gatherer, inf *informe
 	return srv, nil
 }
 
-// forwardedHeader marks a request a standby forwarded: it is never
-// forwarded again.
-const forwardedHeader = "X-Microscaling-Forwarded"
-
-// forwardToLeader answers /api/state on a standby with the leader's: the
-// request, its bearer token included, goes to the address the leader put in
-// the Lease, where it is checked again. A standby checks the token first,
-// so that it relays nothing for anyone. The leader, a process without
-// election and a standby that knows no leader address serve their own.
-func forwardToLeader(h *health, rv *access.Reviewer, local http.Handler) http.Handler {
-	transport := &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
-		ResponseHeaderTimeout: 5 * time.Second, MaxIdleConns: 4}
-	failed := func(w http.ResponseWriter, r *http.Request, err error) {
-		klog.FromContext(r.Context()).V(2).Info("forwarding to the leader failed", "err", err)
-		http.Error(w, "the leader did not answer", http.StatusBadGateway)
-	}
+// standingBy answers /api/state on a standby with 503 and the leader's
+// identity (to a caller whose token is good): only the leader decides, and
+// `status` finds it through the Lease. Nothing is relayed, so a token is
+// only ever sent to the pod its holder chose. The leader and a process
+// without election serve their own state.
+func standingBy(h *health, rv *access.Reviewer, local http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		leader := h.forwardTo()
-		if leader == "" || r.Header.Get(forwardedHeader) != "" {
+		leader := h.standby()
+		if leader == "" {
 			local.ServeHTTP(w, r)
 			return
 		}
@@ -945,12 +918,19 @@ func forwardToLeader(h *health, rv *access.Reviewer, local http.Handler) http.Ha
 				return
 			}
 		}
-		proxy := &httputil.ReverseProxy{Transport: transport, ErrorHandler: failed, Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", leader
-			pr.Out.Header.Set(forwardedHeader, "1")
-		}}
-		proxy.ServeHTTP(w, r)
+		http.Error(w, fmt.Sprintf("this replica stands by; the leader is %q (the holder of the Lease)", leader), http.StatusServiceUnavailable)
 	})
+}
+
+// audiences splits a comma-separated list, dropping empty items.
+func audiences(list string) []string {
+	var out []string
+	for a := range strings.SplitSeq(list, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // sources is the queue source of every scheme, all under one Fetcher: one

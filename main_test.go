@@ -5,6 +5,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -230,7 +232,6 @@ func TestControllerFlagsAreChecked(t *testing.T) {
 		{"--queue-concurrency=0", "--queue-concurrency"},
 		{"--queue-hosts-per-namespace=-1", "--queue-hosts-per-namespace"},
 		{"--image-label-keys=paused", "--image-label-keys"},
-		{"--advertise-address=nope", "--advertise-address"},
 	} {
 		if err := checkFlags(tc.arg); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want one naming %s", tc.arg, err, tc.want)
@@ -250,4 +251,28 @@ func checkFlags(args ...string) error {
 		return err
 	}
 	return o.check()
+}
+
+// A standby shows no state of its own and relays nothing: /api/state says
+// it stands by and names the Lease holder; the leader and a process
+// without election serve their own.
+func TestStandbyNamesTheLeader(t *testing.T) {
+	local := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "local state") })
+	h := &health{interval: time.Second}
+	get := func() *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		standingBy(h, nil, local).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/state", nil))
+		return rec
+	}
+	if rec := get(); rec.Code != http.StatusOK || rec.Body.String() != "local state" {
+		t.Errorf("without election: %d %q, want the local state", rec.Code, rec.Body)
+	}
+	h.newLeader("microscaling-7d9f8b6c5-x2x4q")
+	if rec := get(); rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"microscaling-7d9f8b6c5-x2x4q"`) {
+		t.Errorf("standing by: %d %q, want 503 naming the leader", rec.Code, rec.Body)
+	}
+	h.lead(true, time.Now)
+	if rec := get(); rec.Code != http.StatusOK || rec.Body.String() != "local state" {
+		t.Errorf("leading: %d %q, want the local state", rec.Code, rec.Body)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -61,6 +62,11 @@ func Status(err error) int {
 type Reviewer struct {
 	client kubernetes.Interface
 	ttl    time.Duration
+	// Audiences, when set, are asked of every TokenReview: only a token
+	// issued for one of them is accepted (the API server must say which),
+	// so a token sent to the controller need not be one that the API
+	// server itself accepts.
+	Audiences []string
 	// users by the SHA-256 of a token (never the token itself); decisions
 	// by user and attributes. Both bounded, entries expire after ttl.
 	users     *cache.LRUExpireCache
@@ -113,12 +119,13 @@ func (rv *Reviewer) Authenticate(ctx context.Context, r *http.Request) (*User, e
 	if !rv.mayReview(r.RemoteAddr) {
 		return nil, ErrBusy
 	}
-	res, err := rv.client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: token}}, metav1.CreateOptions{})
+	res, err := rv.client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: rv.Audiences}}, metav1.CreateOptions{})
 	if err != nil {
 		klog.FromContext(ctx).V(2).Info("TokenReview failed", "err", err)
 		return nil, fmt.Errorf("checking the token: %w", err)
 	}
-	if !res.Status.Authenticated {
+	// An authenticator that ignores audiences says none: refused too.
+	if !res.Status.Authenticated || len(rv.Audiences) > 0 && !slices.ContainsFunc(res.Status.Audiences, func(a string) bool { return slices.Contains(rv.Audiences, a) }) {
 		rv.users.Add(key, nil, rv.ttl)
 		return nil, ErrUnauthorized
 	}

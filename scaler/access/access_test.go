@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"testing"
 	"time"
 
@@ -148,5 +149,37 @@ func TestRandomTokensAreLimited(t *testing.T) {
 	}
 	if *calls != before {
 		t.Errorf("a rejected token was reviewed again %d times", *calls-before)
+	}
+}
+
+// With audiences, each TokenReview asks for them and a token is accepted
+// only when the API server answers one of them back: a token for the API
+// server, or an authenticator that ignores audiences, is refused.
+func TestAudiences(t *testing.T) {
+	client := fake.NewClientset()
+	client.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		tr := a.(k8stesting.CreateAction).GetObject().(*authenticationv1.TokenReview)
+		if !slices.Equal(tr.Spec.Audiences, []string{"microscaling"}) {
+			t.Errorf("TokenReview audiences %v, want [microscaling]", tr.Spec.Audiences)
+		}
+		tr.Status = authenticationv1.TokenReviewStatus{Authenticated: true, User: authenticationv1.UserInfo{Username: "alice"}}
+		switch tr.Spec.Token {
+		case "for-microscaling":
+			tr.Status.Audiences = []string{"microscaling"}
+		case "for-the-api-server":
+			tr.Status.Authenticated = false
+		case "audience-blind": // authenticated, no audiences said
+		}
+		return true, tr, nil
+	})
+	rv := NewReviewer(client, time.Minute)
+	rv.Audiences = []string{"microscaling"}
+	for token, ok := range map[string]bool{"for-microscaling": true, "for-the-api-server": false, "audience-blind": false} {
+		r := httptest.NewRequest(http.MethodGet, "/api/state", nil)
+		r.Header.Set("Authorization", "Bearer "+token)
+		u, err := rv.Authenticate(t.Context(), r)
+		if got := err == nil && u.Username == "alice"; got != ok {
+			t.Errorf("%s: %v, %v; want accepted %v", token, u, err, ok)
+		}
 	}
 }

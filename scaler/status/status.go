@@ -1,6 +1,7 @@
 // Package status owns `microscaling status` (also `kubectl microscaling
 // status`): reaching a controller's /api/state, through a port-forward to
-// one of its pods or at an address, with the user's own credentials from the
+// the pod that holds the leader-election Lease (or a named pod) or at an
+// address, with the user's own credentials from the
 // kubeconfig (so the controller shows only the namespaces the user may read),
 // and the table it prints.
 package status
@@ -21,9 +22,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/httpstream"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
@@ -38,12 +39,18 @@ const maxState = 64 << 20
 // Target says where the controller is.
 type Target struct {
 	// Address is host:port of a controller's --metrics-addr, read directly;
-	// when empty, a port-forward to a Ready pod of Selector in Namespace,
-	// port Port, is opened through the API server.
+	// when empty, a port-forward to port Port of Pod in Namespace is opened
+	// through the API server, or when Pod is empty to the pod that holds
+	// the Lease named Lease there (only the leader has state to show).
 	Address   string
 	Namespace string
-	Selector  string
+	Lease     string
+	Pod       string
 	Port      int
+	// Token, when set, is presented to the controller instead of the
+	// kubeconfig's credentials, which still open the port-forward: a
+	// token for the controller's --metrics-audiences only.
+	Token string
 }
 
 // Client reaches a controller with the user's credentials: Addr is where
@@ -66,12 +73,9 @@ func (c *Client) Close() {
 // cfg's credentials (a token, a token file or an exec plugin); client
 // certificates cannot be presented to the controller.
 func Open(ctx context.Context, cfg *rest.Config, t Target) (*Client, error) {
-	if cfg.BearerToken == "" && cfg.BearerTokenFile == "" && cfg.ExecProvider == nil && cfg.AuthProvider == nil {
-		return nil, errors.New("the kubeconfig user has no bearer token (a client certificate cannot be presented to the controller): use a user with a token, or --token")
-	}
-	rt, err := rest.TransportFor(cfg) // adds the user's credentials to every request
+	rt, err := credentials(cfg, t)
 	if err != nil {
-		return nil, fmt.Errorf("credentials from the kubeconfig: %w", err)
+		return nil, err
 	}
 	c := &Client{Addr: t.Address, Transport: rt}
 	if c.Addr == "" {
@@ -80,6 +84,34 @@ func Open(ctx context.Context, cfg *rest.Config, t Target) (*Client, error) {
 		}
 	}
 	return c, nil
+}
+
+// credentials is what requests to the controller carry: t's Token, or
+// cfg's own bearer credentials.
+func credentials(cfg *rest.Config, t Target) (http.RoundTripper, error) {
+	if t.Token != "" {
+		return bearer{t.Token, &http.Transport{Proxy: nil}}, nil
+	}
+	if cfg.BearerToken == "" && cfg.BearerTokenFile == "" && cfg.ExecProvider == nil && cfg.AuthProvider == nil {
+		return nil, errors.New("the kubeconfig user has no bearer token (a client certificate cannot be presented to the controller): use a user with a token, --token, or --controller-token")
+	}
+	rt, err := rest.TransportFor(cfg) // adds the user's credentials to every request
+	if err != nil {
+		return nil, fmt.Errorf("credentials from the kubeconfig: %w", err)
+	}
+	return rt, nil
+}
+
+// bearer adds a bearer token to every request.
+type bearer struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.next.RoundTrip(r)
 }
 
 // Fetch reads the state the controller shows the user of cfg.
@@ -168,19 +200,11 @@ func forward(ctx context.Context, cfg *rest.Config, t Target) (string, func(), e
 	if err != nil {
 		return "", nil, err
 	}
-	pods, err := client.CoreV1().Pods(t.Namespace).List(ctx, metav1.ListOptions{LabelSelector: t.Selector})
-	if err != nil {
-		return "", nil, fmt.Errorf("finding the controller (pods %s in namespace %s): %w", t.Selector, t.Namespace, err)
-	}
-	pod := ""
-	for _, p := range pods.Items {
-		if ready(&p) {
-			pod = p.Name
-			break
-		}
-	}
+	pod := t.Pod
 	if pod == "" {
-		return "", nil, fmt.Errorf("no Ready controller pod (%s) in namespace %s", t.Selector, t.Namespace)
+		if pod, err = leader(ctx, client, t.Namespace, t.Lease); err != nil {
+			return "", nil, err
+		}
 	}
 	u := client.CoreV1().RESTClient().Post().Resource("pods").Namespace(t.Namespace).Name(pod).SubResource("portforward").URL()
 	// WebSockets first, as kubectl does; SPDY when the server refuses the upgrade.
@@ -222,16 +246,21 @@ func forward(ctx context.Context, cfg *rest.Config, t Target) (string, func(), e
 	return fmt.Sprintf("127.0.0.1:%d", ports[0].Local), closeForward, nil
 }
 
-func ready(p *corev1.Pod) bool {
-	if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
-		return false
+// leader is the pod that holds the Lease namespace/name: the controller
+// pods put their own name in it (--leader-elect-identity=$(POD_NAME)).
+func leader(ctx context.Context, client kubernetes.Interface, namespace, name string) (string, error) {
+	l, err := client.CoordinationV1().Leases(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("finding the leader (Lease %s/%s; without leader election name the pod with --pod): %w", namespace, name, err)
 	}
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
+	if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" {
+		return "", fmt.Errorf("the Lease %s/%s names no leader: is a controller running?", namespace, name)
 	}
-	return false
+	id := *l.Spec.HolderIdentity
+	if errs := validation.IsDNS1123Subdomain(id); len(errs) > 0 {
+		return "", fmt.Errorf("the Lease %s/%s names %q, which is not a pod name (run the controller with --leader-elect-identity=$(POD_NAME), or name the pod with --pod)", namespace, name, id)
+	}
+	return id, nil
 }
 
 // Print writes st as a table, one line a member, groups together; only

@@ -8,6 +8,11 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+
 	"github.com/microscaling/microscaling/scaler/dashboard"
 )
 
@@ -74,6 +79,34 @@ func TestProxyChecksHost(t *testing.T) {
 		h.ServeHTTP(rec, req)
 		if got := rec.Code == http.StatusOK && forwarded == 1; got != ok {
 			t.Errorf("Host %q: status %d, forwarded %d; want served %v", host, rec.Code, forwarded, ok)
+		}
+	}
+}
+
+// The port-forward goes to the pod the Lease names; a Lease that names no
+// pod, or none at all, is an error that says what to do.
+func TestLeaderFromTheLease(t *testing.T) {
+	lease := func(holder string) *coordinationv1.Lease {
+		return &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "microscaling", Namespace: "microscaling-system"},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder}}
+	}
+	for _, tc := range []struct {
+		name    string
+		objects []runtime.Object
+		want    string // the pod, or a part of the error
+		ok      bool
+	}{
+		{"held by a pod", []runtime.Object{lease("microscaling-7d9f8b6c5-x2x4q")}, "microscaling-7d9f8b6c5-x2x4q", true},
+		{"no Lease", nil, "--pod", false},
+		{"released", []runtime.Object{lease("")}, "names no leader", false},
+		{"hostname_pid", []runtime.Object{lease("laptop_4242")}, "not a pod name", false},
+	} {
+		got, err := leader(t.Context(), fake.NewClientset(tc.objects...), "microscaling-system", "microscaling")
+		switch {
+		case tc.ok && (err != nil || got != tc.want):
+			t.Errorf("%s: %q, %v; want %q", tc.name, got, err, tc.want)
+		case !tc.ok && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: %q, %v; want an error saying %q", tc.name, got, err, tc.want)
 		}
 	}
 }

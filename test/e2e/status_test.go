@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,16 +16,26 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
 	"github.com/microscaling/microscaling/scaler/dashboard"
 	"github.com/microscaling/microscaling/test/harness"
 )
 
 // TestStatusAsTenant: `kubectl microscaling status`, as a person without
 // admin rights, through a real port-forward (API server, kwok's kubelet API)
-// to a controller pod that stands by: the standby answers with the leader's
-// state, the person sees only the namespace where they may get Deployments,
-// and each line agrees with the Deployment. /metrics and /api/state need a
-// token; /metrics needs get on it.
+// to the controller pod that holds the Lease: the person sees only the
+// namespace where they may get Deployments, and each line agrees with the
+// Deployment. The standby relays nothing: it says it stands by and names
+// the leader. /metrics and /api/state need a token; /metrics needs get on
+// it. The port-forward that every authenticated user is granted reaches
+// the controller's pods only: to any other pod of the namespace it is
+// refused, for a user and for an ordinary ServiceAccount.
 func TestStatusAsTenant(t *testing.T) {
 	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{
 		{Name: "n1", CPU: "2", Memory: "8Gi"}, {Name: "n2", CPU: "2", Memory: "8Gi"}}})
@@ -45,20 +56,28 @@ func TestStatusAsTenant(t *testing.T) {
 		}
 	}
 
-	// The leader, and a standby at the address the controller pods'
-	// port-forwards land on; both as manifests/install's ServiceAccount.
+	// The leader and a standby, as manifests/install's ServiceAccount, each
+	// named as one of the controller pods (kwok's) in the Lease, as the
+	// manifests do (--leader-elect-identity=$(POD_NAME)). The leader serves
+	// at the address the port-forwards land on.
 	kc, err := s.ServiceAccountKubeconfig("microscaling-system", "microscaling")
 	if err != nil {
 		t.Fatal(err)
 	}
+	pods := controllerPods(t, s, 2)
 	args := []string{"--leader-elect", "--leader-elect-lease-namespace=microscaling-system", "--metrics-auth=kubernetes"}
-	leaderAddr := freeAddr(t)
-	leader := startControllerAt(t, leaderAddr, kc, append(args, "--leader-elect-identity=leader", "--advertise-address="+leaderAddr)...)
+	leader := startControllerAt(t, s.PortForwardTarget, kc, append(args, "--leader-elect-identity="+pods[0])...)
 	leader.token = s.Config.BearerToken
 	waitLeader(t, leader, 1, 20*time.Second)
-	standby := startControllerAt(t, s.PortForwardTarget, kc, append(args, "--leader-elect-identity=standby", "--advertise-address="+s.PortForwardTarget)...)
+	standby := startControllerAt(t, freeAddr(t), kc, append(args, "--leader-elect-identity="+pods[1])...)
 	standby.token = s.Config.BearerToken
 	waitLeader(t, standby, 0, 5*time.Second)
+	eventually(t, 10*time.Second, func(ctx context.Context) error { // once it has read the Lease
+		if code, body := getAs(t, standby.metrics, "/api/state", s.Config.BearerToken); code != http.StatusServiceUnavailable || !strings.Contains(body, pods[0]) {
+			return fmt.Errorf("the standby's /api/state: %d %q; want 503 naming the leader %s", code, body, pods[0])
+		}
+		return nil
+	})
 
 	// Who may read what, on the leader.
 	for _, tc := range []struct {
@@ -97,11 +116,7 @@ func TestStatusAsTenant(t *testing.T) {
 	if err := os.Symlink(controllerBin, filepath.Join(plugins, "kubectl-microscaling")); err != nil {
 		t.Fatal(err)
 	}
-	status := func(ctx context.Context, u harness.User, args ...string) (string, error) {
-		kc, err := s.UserKubeconfig(u)
-		if err != nil {
-			return "", err
-		}
+	statusWith := func(ctx context.Context, kc string, args ...string) (string, error) {
 		cmd := exec.CommandContext(ctx, filepath.Join(s.Bin, "kubectl"), append([]string{"microscaling", "status"}, args...)...)
 		cmd.Env = append(os.Environ(), "PATH="+plugins+string(os.PathListSeparator)+os.Getenv("PATH"), "KUBECONFIG="+kc)
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) } // a hang shows its goroutines
@@ -110,6 +125,13 @@ func TestStatusAsTenant(t *testing.T) {
 			return "", fmt.Errorf("kubectl microscaling status %v: %v\n%s", args, err, out)
 		}
 		return string(out), nil
+	}
+	status := func(ctx context.Context, u harness.User, args ...string) (string, error) {
+		kc, err := s.UserKubeconfig(u)
+		if err != nil {
+			return "", err
+		}
+		return statusWith(ctx, kc, args...)
 	}
 
 	// Alice sees demo's two members, never team-b; every line's replicas are
@@ -212,6 +234,32 @@ func TestStatusAsTenant(t *testing.T) {
 		return nil
 	})
 
+	// Another pod of the controller's namespace: its port-forward is
+	// refused, to alice and to an ordinary ServiceAccount, though both hold
+	// the status Role's grant; the controller's pods stay reachable.
+	other := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "not-the-controller", Namespace: "microscaling-system"},
+		Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "example.com/other"}}}}
+	if _, err := s.Client.CoreV1().Pods("microscaling-system").Create(t.Context(), other, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	kcAlice, err = s.UserKubeconfig(alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kcSA, err := s.ServiceAccountKubeconfig("demo", "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for who, kc := range map[string]string{"alice": kcAlice, "ServiceAccount demo/default": kcSA} {
+		_, err := statusWith(t.Context(), kc, "--pod", other.Name)
+		if err == nil || !strings.Contains(err.Error(), "reach only the controller's pods") {
+			t.Errorf("%s port-forwarding to %s: %v; want it refused by the microscaling-status-portforward policy", who, other.Name, err)
+		}
+		if out, err := statusWith(t.Context(), kc, "--pod", pods[0], "-o", "json"); err != nil || !strings.Contains(out, "members") {
+			t.Errorf("%s port-forwarding to the controller pod %s: %v\n%s", who, pods[0], err, out)
+		}
+	}
+
 	// Bob may get no Deployment anywhere: nothing to show.
 	out, err = status(t.Context(), bob)
 	if err != nil {
@@ -220,6 +268,48 @@ func TestStatusAsTenant(t *testing.T) {
 	if !strings.Contains(out, "no managed Deployments that you may read") || strings.Contains(out, "demo") {
 		t.Errorf("bob's status:\n%s", out)
 	}
+}
+
+// controllerPods waits for n Running controller pods of manifests/install
+// (kwok's) and returns their names.
+func controllerPods(t *testing.T, s *harness.Stack, n int) []string {
+	t.Helper()
+	var names []string
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		pods, err := s.Client.CoreV1().Pods("microscaling-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=controller"})
+		if err != nil {
+			return err
+		}
+		names = names[:0]
+		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+				names = append(names, p.Name)
+			}
+		}
+		if len(names) < n {
+			return fmt.Errorf("%d Running controller pods, want %d", len(names), n)
+		}
+		return nil
+	})
+	return names
+}
+
+// getAs GETs path at addr with a bearer token and returns the status and
+// the body.
+func getAs(t *testing.T, addr, path, token string) (int, string) {
+	t.Helper()
+	req := mustRequest(t, t.Context(), http.MethodGet, "http://"+addr+path)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	return resp.StatusCode, string(body)
 }
 
 func statusCode(t *testing.T, addr, path, token string) int {
@@ -280,4 +370,50 @@ func memberNames(st *dashboard.State) []string {
 		out = append(out, m.Namespace+"/"+m.Name)
 	}
 	return out
+}
+
+// TestStateTokenAudiences: with --metrics-audiences the controller accepts
+// only tokens issued for it, which the API server itself refuses, so a
+// person never needs to hand it a token that could act on the cluster;
+// `status --controller-token` presents such a token.
+func TestStateTokenAudiences(t *testing.T) {
+	s := harness.StartT(t, harness.Options{})
+	c := startControllerAt(t, freeAddr(t), s.Kubeconfig, "--metrics-auth=kubernetes", "--metrics-audiences=microscaling")
+	if _, err := s.Client.CoreV1().ServiceAccounts("default").Create(t.Context(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "viewer"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := s.Kubectl(t.Context(), "create", "rolebinding", "viewer", "-n", "default", "--clusterrole=view", "--serviceaccount=default:viewer"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	token := func(audiences ...string) string {
+		tr, err := s.Client.CoreV1().ServiceAccounts("default").CreateToken(t.Context(), "viewer",
+			&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: audiences}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr.Status.Token
+	}
+	forUs, forAPI := token("microscaling"), token()
+	if code, body := getAs(t, c.metrics, "/api/state", forUs); code != http.StatusOK {
+		t.Errorf("/api/state with a token for microscaling: %d %s", code, body)
+	}
+	if code, _ := getAs(t, c.metrics, "/api/state", forAPI); code != http.StatusUnauthorized {
+		t.Errorf("/api/state with a token for the API server: %d, want 401", code)
+	}
+	// The token the controller accepts cannot act on the cluster.
+	cfg := rest.AnonymousClientConfig(s.Config)
+	cfg.BearerToken = forUs
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().Pods("default").List(t.Context(), metav1.ListOptions{}); !apierrors.IsUnauthorized(err) {
+		t.Errorf("the API server with the controller's token: %v, want 401", err)
+	}
+	// status with the kubeconfig for the API server and the token for the
+	// controller.
+	out, err := exec.CommandContext(t.Context(), controllerBin, "status", "--kubeconfig="+s.Kubeconfig, "--address="+c.metrics, "--controller-token="+forUs).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "no managed Deployments that you may read") {
+		t.Errorf("status --controller-token: %v\n%s", err, out)
+	}
 }

@@ -139,7 +139,7 @@ func TestKubectlScale(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitReplicas(t, s, "default", "managed", 10*time.Second, "more than 1", func(n int32) bool { return n > 1 })
-	emptyChannel(t, s)
+	emptyTopic(t, s, "jobs", "work")
 	waitReplicas(t, s, "default", "managed", 10*time.Second, "1", func(n int32) bool { return n == 1 })
 	for _, name := range []string{"managed", "paused"} {
 		if _, err := s.Kubectl(t.Context(), "scale", "deployment/"+name, "--replicas=5"); err != nil {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"slices"
 	"testing"
@@ -36,7 +35,7 @@ func TestReactionTime(t *testing.T) {
 	startController(t, s.Kubeconfig)
 	var got []time.Duration
 	for range trials {
-		emptyChannel(t, s)
+		emptyTopic(t, s, "jobs", "work")
 		waitReplicas(t, s, "default", "consumer", 10*time.Second, "1", func(n int32) bool { return n == 1 })
 		took := reaction(t, s, "default", "consumer", 1, "jobs", 60)
 		got = append(got, took)
@@ -88,14 +87,4 @@ func reaction(t *testing.T, s *harness.Stack, ns, name string, from int32, topic
 			t.Fatalf("%s/%s: no scale-up within 30 s", ns, name)
 		}
 	}
-}
-
-func emptyChannel(t *testing.T, s *harness.Stack) {
-	t.Helper()
-	req := mustRequest(t, t.Context(), http.MethodPost, "http://"+s.NSQ.HTTPAddr+"/channel/empty?topic=jobs&channel=work")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
 }

@@ -68,7 +68,17 @@ func (n *NSQ) Stop() { n.nsqd.stop(15 * time.Second) }
 // CreateChannel creates a topic and a channel on nsqd, so that messages
 // published before any consumer connects wait in the channel.
 func (n *NSQ) CreateChannel(ctx context.Context, topic, channel string) error {
-	for _, path := range []string{"/topic/create?topic=" + topic, "/channel/create?topic=" + topic + "&channel=" + channel} {
+	return n.post(ctx, "/topic/create?topic="+url.QueryEscape(topic), "/channel/create?topic="+url.QueryEscape(topic)+"&channel="+url.QueryEscape(channel))
+}
+
+// EmptyChannel drops every message waiting on a channel.
+func (n *NSQ) EmptyChannel(ctx context.Context, topic, channel string) error {
+	return n.post(ctx, "/channel/empty?topic="+url.QueryEscape(topic)+"&channel="+url.QueryEscape(channel))
+}
+
+// post POSTs each path to nsqd in turn; any answer but 200 is an error.
+func (n *NSQ) post(ctx context.Context, paths ...string) error {
+	for _, path := range paths {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+n.HTTPAddr+path, nil)
 		if err != nil {
 			return err

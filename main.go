@@ -941,7 +941,7 @@ func sources(p queue.Policy, o *options, m *scalermetrics.Metrics, client kubern
 	if o.queueSecrets {
 		f.Credentials = &secret.Reader{Client: client}
 	}
-	n := &nsq.NSQReader{Fetcher: f}
+	n := &nsq.NSQReader{Fetcher: f, HostsPerNamespace: o.hostsPerNS}
 	return queue.NewSources(map[string]queue.Source{
 		annotations.SchemeNSQ:        n,
 		annotations.SchemeNSQLookupd: n,

@@ -5,23 +5,26 @@
 package nsq
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
-	"github.com/microscaling/microscaling/scaler/queue"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/scaler/policy"
+	"github.com/microscaling/microscaling/scaler/queue"
 )
 
 // nsqStats is the part of nsqd's GET /stats?format=json that we read. nsqd
@@ -66,6 +69,10 @@ type NSQReader struct {
 	// VanishedHold bounds how long an nsqd a lookupd stopped announcing is
 	// still read for a topic (DefaultVanishedHold when 0).
 	VanishedHold time.Duration
+	// HostsPerNamespace, when above 0, is the queue hosts one namespace
+	// may make the controller contact: the nsqds and lookups it names and
+	// the nsqds its lookups announced last time (see admit).
+	HostsPerNamespace int
 
 	mu sync.Mutex // guards vanished and announced
 	// vanished are nsqds an nsqlookupd stopped announcing for a topic
@@ -186,7 +193,8 @@ func (r *NSQReader) Read(ctx context.Context, refs []queue.Ref) policy.Readings 
 	for host, namespaces := range p.hosts {
 		start(host, namespaces)
 	}
-	for k, namespaces := range p.lookups {
+	charged, refused := r.admit(p)
+	for k, namespaces := range charged {
 		lf := &lookupFetch{done: make(chan struct{})}
 		s.lookups[k] = lf
 		go func() {
@@ -197,6 +205,13 @@ func (r *NSQReader) Read(ctx context.Context, refs []queue.Ref) policy.Readings 
 				return
 			}
 			ps, vanished := r.keepVanished(k, ps)
+			if refused[k] {
+				// Looked up (it counts as one host) so that the next tick
+				// charges what it announces now; its nsqds are not read.
+				lf.err = queue.Classify("nsqlookupd", k.lookupd, queue.Class(fmt.Sprintf(
+					"nsqds not read: those it announces would take the namespace past %d queue hosts", r.HostsPerNamespace)))
+				return
+			}
 			fetches := map[string]*fetch{}
 			for _, p := range ps {
 				fetches[p] = start(p, namespaces)
@@ -209,6 +224,72 @@ func (r *NSQReader) Read(ctx context.Context, refs []queue.Ref) policy.Readings 
 		}()
 	}
 	return s
+}
+
+// admit charges each lookup's announced nsqds (as the last lookup named
+// them) to the namespaces naming it, lookups in sorted order, and returns
+// the namespaces each lookup is charged to. A namespace past
+// HostsPerNamespace with them is not charged; a lookup that no namespace
+// naming it can afford is refused. A namespace over its cap thus cannot
+// make another lose a lookup they share: the read is charged to those with
+// room.
+func (r *NSQReader) admit(p plan) (charged map[lookupKey][]string, refused map[lookupKey]bool) {
+	if r.HostsPerNamespace <= 0 {
+		return p.lookups, nil
+	}
+	hosts := map[string]map[string]bool{} // namespace -> the hosts it has us contact
+	add := func(ns, h string) {
+		if hosts[ns] == nil {
+			hosts[ns] = map[string]bool{}
+		}
+		hosts[ns][h] = true
+	}
+	for h, nss := range p.hosts {
+		for _, ns := range nss {
+			add(ns, h)
+		}
+	}
+	for k, nss := range p.lookups {
+		for _, ns := range nss {
+			add(ns, k.lookupd+"/"+k.topic)
+		}
+	}
+	keys := slices.SortedFunc(maps.Keys(p.lookups), func(a, b lookupKey) int {
+		return cmp.Or(strings.Compare(a.lookupd, b.lookupd), strings.Compare(a.topic, b.topic))
+	})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	charged, refused = make(map[lookupKey][]string, len(keys)), map[lookupKey]bool{}
+	for _, k := range keys {
+		announced := maps.Clone(r.announced[k].hosts)
+		for h := range r.vanished[k] {
+			if announced == nil {
+				announced = map[string]bool{}
+			}
+			announced[h] = true
+		}
+		var payers []string
+		for _, ns := range p.lookups[k] {
+			n := len(hosts[ns])
+			for h := range announced {
+				if !hosts[ns][h] {
+					n++
+				}
+			}
+			if n > r.HostsPerNamespace {
+				continue
+			}
+			payers = append(payers, ns)
+			for h := range announced {
+				add(ns, h)
+			}
+		}
+		if len(payers) == 0 {
+			refused[k], payers = true, p.lookups[k]
+		}
+		charged[k] = payers
+	}
+	return charged, refused
 }
 
 // expireLookups forgets what lookups no read has named for queue.ForgetAfter.

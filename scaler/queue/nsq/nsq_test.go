@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -270,4 +271,61 @@ func asRefs(qs ...annotations.QueueRef) []queue.Ref {
 		out[i] = queue.Ref{QueueRef: q, Namespaces: []string{"tenant"}}
 	}
 	return out
+}
+
+// The nsqds a lookup announces count toward its namespace's host cap (as
+// last announced): past it, they are not read and the lookup's members are
+// told why; a namespace over its cap that shares a lookup with another
+// does not make the other lose it.
+func TestAnnouncedNSQDsCountTowardTheCap(t *testing.T) {
+	var hits atomic.Int64
+	stats := `{"topics":[{"topic_name":"jobs","depth":0,"message_count":5,"channels":[{"channel_name":"work","depth":5,"message_count":5}]}]}`
+	var announce []string
+	for range 3 {
+		nsqd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			hits.Add(1)
+			_, _ = w.Write([]byte(stats))
+		}))
+		defer nsqd.Close()
+		h, p, _ := strings.Cut(strings.TrimPrefix(nsqd.URL, "http://"), ":")
+		announce = append(announce, `{"broadcast_address":"`+h+`","http_port":`+p+`}`)
+	}
+	lookupd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte(`{"producers":[` + strings.Join(announce, ",") + `]}`))
+	}))
+	defer lookupd.Close()
+	q := annotations.QueueRef{Scheme: "nsqlookupd", Host: strings.TrimPrefix(lookupd.URL, "http://"), Name: "jobs", Sub: "work"}
+	direct := func(i int) queue.Ref { // hosts that refuse connections: only counted
+		return queue.Ref{QueueRef: annotations.QueueRef{Scheme: "nsq", Host: fmt.Sprintf("127.0.0.1:%d", 1+i), Name: "t", Sub: "c"}, Namespaces: []string{"crowded"}}
+	}
+	r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: time.Second}, HostsPerNamespace: 4}
+	read := func(refs ...queue.Ref) (policy.QueueReading, int64, error) {
+		before := hits.Load()
+		got, err := r.Read(context.Background(), refs).Reading(q)
+		return got, hits.Load() - before, err
+	}
+
+	// The lookup and its 3 nsqds: 4 hosts, within the cap.
+	alone := queue.Ref{QueueRef: q, Namespaces: []string{"tenant"}}
+	for i := range 2 {
+		if got, n, err := read(alone); err != nil || got.Backlog != 15 || n != 3 {
+			t.Fatalf("read %d within the cap: backlog %d, %v, %d nsqds read; want 15 from 3", i, got.Backlog, err, n)
+		}
+	}
+	// A namespace that also names two nsqds itself: 6 hosts. The first tick
+	// reads what it does not know yet; from then on its nsqds are not read.
+	crowded := queue.Ref{QueueRef: q, Namespaces: []string{"crowded"}}
+	r = &NSQReader{Fetcher: &queue.Fetcher{Timeout: time.Second}, HostsPerNamespace: 4}
+	if got, n, err := read(crowded, direct(0), direct(1)); err != nil || got.Backlog != 15 || n != 3 {
+		t.Errorf("first read: backlog %d, %v, %d nsqds read; want 15 from the 3 announced (not known yet)", got.Backlog, err, n)
+	}
+	_, n, err := read(crowded, direct(0), direct(1))
+	if err == nil || !strings.Contains(err.Error(), "past 4 queue hosts") || n != 0 {
+		t.Errorf("past the cap: %v, %d nsqds read; want an error naming the cap and none read", err, n)
+	}
+	// Shared with a namespace that has room: read, charged to that one.
+	shared := queue.Ref{QueueRef: q, Namespaces: []string{"crowded", "tenant"}}
+	if got, n, err := read(shared, direct(0), direct(1)); err != nil || got.Backlog != 15 || n != 3 {
+		t.Errorf("shared with a namespace that has room: backlog %d, %v, %d nsqds read; want 15 from 3", got.Backlog, err, n)
+	}
 }

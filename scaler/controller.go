@@ -259,10 +259,77 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 			keys = append(keys, k)
 		}
 	}
-	workqueue.ParallelizeUntil(ctx, c.cfg.Workers, len(keys), func(i int) {
-		c.decide(ctx, keys[i], c.groups[keys[i]], t)
+	order := readyFirst(ctx, keys, members, readings)
+	workqueue.ParallelizeUntil(ctx, c.cfg.Workers, len(keys), func(int) {
+		k := <-order
+		c.decide(ctx, k, c.groups[k], t)
 	})
 	c.lastTick.Store(c.clock.Now().UnixNano())
+}
+
+// readyPoll is how often readyFirst looks again at the groups whose
+// readings are not complete yet.
+const readyPoll = 5 * time.Millisecond
+
+// readyFirst yields keys in the order their members' queue readings
+// complete, so that a group whose hosts hang waits on its own readings and
+// never holds a worker that a group with answers could use. Readings that
+// cannot tell (no queue.Readiness) yield keys as they are. The channel
+// holds every key, so the look-out never blocks and ends by itself.
+func readyFirst(ctx context.Context, keys []string, members map[string][]memberRef, r policy.Readings) <-chan string {
+	out := make(chan string, len(keys))
+	rd, ok := r.(queue.Readiness)
+	ready := func(k string) bool {
+		for _, m := range members[k] {
+			if m.st.spec == nil {
+				continue
+			}
+			for _, q := range m.st.spec.Queues {
+				if !rd.Ready(q) {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	if !ok {
+		for _, k := range keys {
+			out <- k
+		}
+		return out
+	}
+	pending := slices.Clone(keys)
+	look := func() {
+		rest := pending[:0]
+		for _, k := range pending {
+			if ready(k) {
+				out <- k
+			} else {
+				rest = append(rest, k)
+			}
+		}
+		pending = rest
+	}
+	look()
+	if len(pending) == 0 {
+		return out
+	}
+	go func() {
+		t := time.NewTicker(readyPoll)
+		defer t.Stop()
+		for len(pending) > 0 {
+			select {
+			case <-ctx.Done():
+				for _, k := range pending {
+					out <- k
+				}
+				return
+			case <-t.C:
+				look()
+			}
+		}
+	}()
+	return out
 }
 
 // capHosts keeps, for each namespace naming more queue hosts than

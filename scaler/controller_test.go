@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/record"
 	clocktesting "k8s.io/utils/clock/testing"
 
@@ -655,4 +656,61 @@ func drained(rec *record.FakeRecorder, reason string) []string {
 		}
 	}
 	return out
+}
+
+// gatedQueues reads every queue at once but those of the hung hosts, whose
+// readings wait for gate; it tells which are ready, as the sources do.
+type gatedQueues struct {
+	hung map[string]bool
+	gate chan struct{}
+}
+
+func (g *gatedQueues) Read(context.Context, []queue.Ref) policy.Readings { return g }
+func (g *gatedQueues) Ready(q annotations.QueueRef) bool {
+	return !g.hung[q.Host] || queue.Closed(g.gate)
+}
+func (g *gatedQueues) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
+	if g.hung[q.Host] {
+		<-g.gate
+	}
+	return policy.QueueReading{Backlog: 100, Waiting: 100, Consumers: 1000}, nil
+}
+
+// A group whose queue answered is decided while twenty groups whose hosts
+// hang wait for theirs, even with one worker.
+func TestGroupsWithAnswersAreDecidedFirst(t *testing.T) {
+	consumer := func(name, host string) *appsv1.Deployment {
+		replicas := int32(1)
+		return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", ResourceVersion: "1",
+			Annotations: map[string]string{annotations.Queue: "nsq://" + host + "/t/c", annotations.TargetQueueLength: "10", annotations.MaxReplicas: "5"}},
+			Spec: appsv1.DeploymentSpec{Replicas: &replicas}, Status: appsv1.DeploymentStatus{ReadyReplicas: replicas}}
+	}
+	cluster := &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/fast": {consumer("fast", "fast:1")}}}
+	queues := &gatedQueues{hung: map[string]bool{}, gate: make(chan struct{})}
+	for i := range 20 {
+		host := fmt.Sprintf("hung-%d:1", i)
+		queues.hung[host] = true
+		cluster.groups[fmt.Sprintf("ns/hung-%d", i)] = []*appsv1.Deployment{consumer(fmt.Sprintf("hung-%d", i), host)}
+	}
+	writer := &fakeWriter{}
+	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	c := New(Config{Interval: time.Second, Workers: 1}, cluster, queues, writer, record.NewFakeRecorder(1000), metrics.NewMetrics(prometheus.NewRegistry()), clk)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.runTick(t.Context(), clk.Now())
+	}()
+	err := wait.PollUntilContextTimeout(t.Context(), time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		writer.mu.Lock()
+		defer writer.mu.Unlock()
+		return slices.Contains(writer.writes, "fast=5"), nil
+	})
+	close(queues.gate)
+	<-done
+	if err != nil {
+		t.Errorf("fast was not scaled while the hung groups waited: %v (writes %v)", err, writer.take())
+	}
+	if w := writer.take(); len(w) != 21 {
+		t.Errorf("%d writes once the hung hosts answered, want 21 (every group scaled up): %v", len(w), w)
+	}
 }

@@ -60,7 +60,31 @@ func (s *Sources) Read(ctx context.Context, refs []Ref) policy.Readings {
 	return out
 }
 
+// Readiness is what Readings whose reads run in the background also tell:
+// whether Reading(q) would return at once. The loop decides the groups
+// whose readings are complete first, so that a group whose hosts hang
+// waits on its own and never holds a worker another group needs.
+type Readiness interface {
+	Ready(q annotations.QueueRef) bool
+}
+
+// Closed tells, without waiting, whether ch is closed.
+func Closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
 type readings map[string]policy.Readings
+
+// Ready is the Readiness of the queue's scheme; true when it cannot tell.
+func (r readings) Ready(q annotations.QueueRef) bool {
+	rd, ok := r[q.Scheme].(Readiness)
+	return !ok || rd.Ready(q)
+}
 
 func (r readings) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	rs, ok := r[q.Scheme]

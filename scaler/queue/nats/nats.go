@@ -117,6 +117,12 @@ func decode(dec *json.Decoder, want map[streamConsumer]bool) (map[streamConsumer
 
 const errNoConsumer = queue.Class("no such JetStream stream and consumer on the server")
 
+// Ready tells whether q's server has answered (or was never asked).
+func (s snapshot) Ready(q annotations.QueueRef) bool {
+	h, ok := s[queue.EndpointOf(q)]
+	return !ok || queue.Closed(h.done)
+}
+
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	h, ok := s[queue.EndpointOf(q)]
 	if !ok {

@@ -387,6 +387,30 @@ func topicBacklog(t *nsqTopic) int64 {
 
 func (r *NSQReader) now() time.Time { return r.Fetcher.Now() }
 
+// Ready tells whether Reading(q) would return at once: its lookup and the
+// reads of its nsqds are done (or were never started).
+func (s *Snapshot) Ready(q annotations.QueueRef) bool {
+	hosts := []string{q.Host}
+	if q.Scheme == annotations.SchemeNSQLookupd {
+		lf, ok := s.lookups[lookupKey{q.Host, q.Name}]
+		if !ok {
+			return true
+		}
+		if !queue.Closed(lf.done) {
+			return false
+		}
+		hosts = lf.producers
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, h := range hosts {
+		if f, ok := s.stats[h]; ok && !queue.Closed(f.done) {
+			return false
+		}
+	}
+	return true
+}
+
 // Reading sums a queue over its nsqds, waiting for their reads. Any nsqd
 // that could not be read makes the whole reading fail: a partial sum would
 // look like a shrinking backlog.

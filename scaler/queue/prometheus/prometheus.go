@@ -321,6 +321,17 @@ func countOf(f float64) (int64, error) {
 	return int64(math.Round(f)), nil
 }
 
+// Ready tells whether the batches of q's queries have been answered (or
+// were never asked).
+func (s snapshot) Ready(q annotations.QueueRef) bool {
+	for _, expr := range []string{q.Name, q.Sub} {
+		if i, ok := s.plan.at[queryKey{q.Host, expr, q.Secret}]; ok && !queue.Closed(s.done[s.batchOf[i]]) {
+			return false
+		}
+	}
+	return true
+}
+
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	get := func(expr string) (int64, error) {
 		i, ok := s.plan.at[queryKey{q.Host, expr, q.Secret}]

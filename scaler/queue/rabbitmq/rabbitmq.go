@@ -164,6 +164,12 @@ func (r *Reader) read(ctx context.Context, k vhostKey, rs []queue.Ref, rd *vhost
 	})
 }
 
+// Ready tells whether q's virtual host has been read (or was never asked).
+func (s snapshot) Ready(q annotations.QueueRef) bool {
+	rd, ok := s.reads[vhostKey{queue.EndpointOf(q), q.Sub}]
+	return !ok || queue.Closed(rd.done)
+}
+
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	rd, ok := s.reads[vhostKey{queue.EndpointOf(q), q.Sub}]
 	if !ok {

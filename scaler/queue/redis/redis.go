@@ -70,6 +70,12 @@ type hostRead struct {
 	bad map[annotations.QueueRef]error
 }
 
+// Ready tells whether q's server has answered (or was never asked).
+func (s snapshot) Ready(q annotations.QueueRef) bool {
+	h, ok := s[queue.EndpointOf(q)]
+	return !ok || queue.Closed(h.done)
+}
+
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {
 	h, ok := s[queue.EndpointOf(q)]
 	if !ok {

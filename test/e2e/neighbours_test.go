@@ -2,15 +2,26 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
+	"math"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
 	"github.com/microscaling/microscaling/test/harness"
+	"github.com/microscaling/microscaling/test/workload"
 )
 
 // TestNoisyNeighbours: one namespace names 32 hosts that accept a
@@ -128,4 +139,165 @@ func emptyTopic(t *testing.T, s *harness.Stack, topic, channel string) {
 	eventually(t, 10*time.Second, func(ctx context.Context) error {
 		return s.NSQ.EmptyChannel(ctx, topic, channel)
 	})
+}
+
+// TestAnnotationFlood: five Deployments re-annotated five times a second
+// (as fast as this API server takes them), each time with 3,000 unknown
+// microscaling.com/ keys. /healthz never fails, the ticks' lag stays under
+// 1 s at the 99th percentile, each flooded Deployment is told the bound,
+// and a victim's burst is still answered.
+func TestAnnotationFlood(t *testing.T) {
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	for _, ns := range []string{"victim", "flood"} {
+		if _, err := s.Kubectl(t.Context(), "create", "namespace", ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ensureChannel(t, s, "jobs", "work")
+	create(t, s, deployment("victim", "consumer", 1, map[string]string{"microscaling.com/queue": "nsq://" + s.NSQ.HTTPAddr + "/jobs/work",
+		"microscaling.com/target-queue-length": "50", "microscaling.com/min-replicas": "1", "microscaling.com/max-replicas": "10"}))
+	for i := range 5 {
+		create(t, s, deployment("flood", fmt.Sprintf("noisy-%d", i), 2, map[string]string{"microscaling.com/queue": "nsq://" + s.NSQ.HTTPAddr + "/jobs/other",
+			"microscaling.com/target-queue-length": "50", "microscaling.com/max-replicas": "3"}))
+	}
+	c := startController(t, s.Kubeconfig)
+	lagBefore, err := c.get(t.Context(), "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The flood's own client, not held to client-go's default 5 requests a second.
+	cfg := rest.CopyConfig(s.Config)
+	cfg.QPS, cfg.Burst = 100, 100
+	flood, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	// Two sets of the same 3,000 keys with other values: every patch
+	// changes them all.
+	var bodies [2][]byte
+	for n := range bodies {
+		keys := make(map[string]string, 3000)
+		for k := range 3000 {
+			keys[fmt.Sprintf("microscaling.com/unknown-%d", k)] = strconv.Itoa(n)
+		}
+		if bodies[n], err = json.Marshal(map[string]any{"metadata": map[string]any{"annotations": keys}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	var patches atomic.Int64
+	for i := range 5 {
+		wg.Go(func() {
+			tick := time.NewTicker(200 * time.Millisecond)
+			defer tick.Stop()
+			for n := 0; ; n++ {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				_, err := flood.AppsV1().Deployments("flood").Patch(ctx, fmt.Sprintf("noisy-%d", i), types.MergePatchType, bodies[n%2], metav1.PatchOptions{})
+				if err != nil && ctx.Err() == nil {
+					t.Errorf("re-annotating noisy-%d: %v", i, err)
+					return
+				}
+				patches.Add(1)
+			}
+		})
+	}
+	// /healthz every 100 ms, and a burst for the victim half way.
+	var unhealthy []string
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			if _, err := c.get(ctx, "/healthz"); err != nil && ctx.Err() == nil {
+				unhealthy = append(unhealthy, err.Error())
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	})
+	<-time.After(10 * time.Second)
+	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 200); err != nil {
+		t.Fatal(err)
+	}
+	waitReplicas(t, s, "victim", "consumer", 10*time.Second, "more than 1 during the flood", func(n int32) bool { return n > 1 })
+	wg.Wait()
+
+	lagAfter, err := c.get(t.Context(), "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p99, ticks, err := quantileBetween(lagBefore, lagAfter, "microscaling_tick_lag_seconds", 0.99)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("FLOOD: %d re-annotations of 3,000 unknown keys in 20 s; %d ticks, lag p99 <= %.3f s; /healthz failures %d", patches.Load(), ticks, p99, len(unhealthy))
+	if patches.Load() < 100 {
+		t.Errorf("only %d re-annotations reached the API server: not a flood", patches.Load())
+	}
+	if len(unhealthy) > 0 {
+		t.Errorf("/healthz failed %d times during the flood: %v", len(unhealthy), unhealthy[0])
+	}
+	if p99 >= 1 {
+		t.Errorf("tick lag p99 %.3f s during the flood, want under 1 s", p99)
+	}
+	for i := range 5 {
+		waitEvent(t, s, "flood", fmt.Sprintf("noisy-%d", i), "at most 32 microscaling.com/ annotations", 10*time.Second)
+	}
+}
+
+// quantileBetween is the q quantile of histogram name over the
+// observations made between two scrapes of /metrics, as the upper bound of
+// its bucket, and how many observations there were.
+func quantileBetween(before, after, name string, q float64) (float64, int64, error) {
+	buckets := func(body string) (map[float64]int64, error) {
+		out := map[float64]int64{}
+		for _, line := range strings.Split(body, "\n") {
+			rest, ok := strings.CutPrefix(line, name+`_bucket{le="`)
+			if !ok {
+				continue
+			}
+			le, count, ok := strings.Cut(rest, `"} `)
+			if !ok {
+				return nil, fmt.Errorf("a bucket line not understood: %q", line)
+			}
+			bound, err := strconv.ParseFloat(le, 64)
+			if err != nil {
+				return nil, err
+			}
+			n, err := strconv.ParseInt(strings.Fields(count)[0], 10, 64)
+			if err != nil {
+				return nil, err
+			}
+			out[bound] = n
+		}
+		if len(out) == 0 {
+			return nil, fmt.Errorf("no buckets of %s", name)
+		}
+		return out, nil
+	}
+	b0, err := buckets(before)
+	if err != nil {
+		return 0, 0, err
+	}
+	b1, err := buckets(after)
+	if err != nil {
+		return 0, 0, err
+	}
+	bounds := slices.Sorted(maps.Keys(b1))
+	total := b1[math.Inf(1)] - b0[math.Inf(1)]
+	if total == 0 {
+		return 0, 0, fmt.Errorf("no %s observed", name)
+	}
+	for _, le := range bounds {
+		if float64(b1[le]-b0[le]) >= q*float64(total) {
+			return le, total, nil
+		}
+	}
+	return math.Inf(1), total, nil
 }

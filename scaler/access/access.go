@@ -78,6 +78,10 @@ type Reviewer struct {
 	mu        sync.Mutex // guards sources
 	sources   *lru.Cache
 	newTokens flowcontrol.RateLimiter
+	// good are the hashes of tokens whose last review accepted them: when
+	// their cached answer expires they are reviewed again outside those
+	// limits, so a flood never turns away a scraper or a person it knew.
+	good *lru.Cache
 }
 
 // The limits on reviews of new tokens: per client address and in all, per
@@ -86,13 +90,14 @@ const (
 	sourceReviewQPS, sourceReviewBurst = 1, 5
 	newReviewQPS, newReviewBurst       = 5, 20
 	maxSources                         = 4096
+	maxGood                            = 4096
 )
 
 // NewReviewer checks with client's TokenReviews and SubjectAccessReviews,
 // keeping each answer for ttl.
 func NewReviewer(client kubernetes.Interface, ttl time.Duration) *Reviewer {
 	return &Reviewer{client: client, ttl: ttl, users: cache.NewLRUExpireCache(4096), decisions: cache.NewLRUExpireCache(16384),
-		sources: lru.New(maxSources), newTokens: flowcontrol.NewTokenBucketRateLimiter(newReviewQPS, newReviewBurst)}
+		sources: lru.New(maxSources), newTokens: flowcontrol.NewTokenBucketRateLimiter(newReviewQPS, newReviewBurst), good: lru.New(maxGood)}
 }
 
 // maxToken bounds the Authorization header read; Kubernetes tokens are a
@@ -116,7 +121,7 @@ func (rv *Reviewer) Authenticate(ctx context.Context, r *http.Request) (*User, e
 		}
 		return v.(*User), nil
 	}
-	if !rv.mayReview(r.RemoteAddr) {
+	if _, known := rv.good.Get(key); !known && !rv.mayReview(r.RemoteAddr) {
 		return nil, ErrBusy
 	}
 	res, err := rv.client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: rv.Audiences}}, metav1.CreateOptions{})
@@ -127,10 +132,12 @@ func (rv *Reviewer) Authenticate(ctx context.Context, r *http.Request) (*User, e
 	// An authenticator that ignores audiences says none: refused too.
 	if !res.Status.Authenticated || len(rv.Audiences) > 0 && !slices.ContainsFunc(res.Status.Audiences, func(a string) bool { return slices.Contains(rv.Audiences, a) }) {
 		rv.users.Add(key, nil, rv.ttl)
+		rv.good.Remove(key)
 		return nil, ErrUnauthorized
 	}
 	u := &User{res.Status.User}
 	rv.users.Add(key, u, rv.ttl)
+	rv.good.Add(key, struct{}{})
 	return u, nil
 }
 

@@ -1,6 +1,7 @@
 package access
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -181,5 +182,46 @@ func TestAudiences(t *testing.T) {
 		if got := err == nil && u.Username == "alice"; got != ok {
 			t.Errorf("%s: %v, %v; want accepted %v", token, u, err, ok)
 		}
+	}
+}
+
+// Random tokens from many addresses take the budget for new tokens; a
+// token accepted before is reviewed again, when its cached answer expires,
+// outside that budget.
+func TestKnownTokensOutliveAFlood(t *testing.T) {
+	rv, calls := reviewer(t)
+	h := rv.Require(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	from := func(addr, token string) int {
+		r := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+		r.RemoteAddr = addr
+		r.Header.Set("Authorization", "Bearer "+token)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code
+	}
+	if code := from("10.0.0.9:1234", "alice-token"); code != http.StatusOK {
+		t.Fatalf("alice before the flood: %d", code)
+	}
+	busy := 0
+	for i := range 1000 {
+		if from(fmt.Sprintf("10.6.%d.%d:4000", i/200, i%200), fmt.Sprintf("random-%d", i)) == http.StatusTooManyRequests {
+			busy++
+		}
+	}
+	if busy == 0 {
+		t.Fatal("1,000 random tokens from 1,000 addresses: none refused for want of budget")
+	}
+	// Alice's cached answer expires; a fresh address, the budget spent.
+	rv.users.Remove(sha256.Sum256([]byte("alice-token")))
+	before := *calls
+	if code := from("10.0.0.10:1234", "alice-token"); code != http.StatusOK {
+		t.Errorf("alice during the flood, her cached answer expired: %d, want 200", code)
+	}
+	if *calls == before {
+		t.Error("alice's token was not reviewed again")
+	}
+	// Never accepted: no such way round the budget.
+	if code := from("10.0.0.11:1234", "random-new"); code != http.StatusTooManyRequests {
+		t.Errorf("a new token during the flood: %d, want 429", code)
 	}
 }

@@ -267,9 +267,10 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 	c.lastTick.Store(c.clock.Now().UnixNano())
 }
 
-// readyPoll is how often readyFirst looks again at the groups whose
-// readings are not complete yet.
-const readyPoll = 5 * time.Millisecond
+// readyFirst looks again at the groups whose readings are not complete
+// after minReadyPoll, twice as long each time it finds none ready (most
+// reads end together, when their one host answers), at most maxReadyPoll.
+const minReadyPoll, maxReadyPoll = time.Millisecond, 16 * time.Millisecond
 
 // readyFirst yields keys in the order their members' queue readings
 // complete, so that a group whose hosts hang waits on its own readings and
@@ -299,7 +300,8 @@ func readyFirst(ctx context.Context, keys []string, members map[string][]memberR
 		return out
 	}
 	pending := slices.Clone(keys)
-	look := func() {
+	// look yields the pending groups now ready; it tells whether any was.
+	look := func() bool {
 		rest := pending[:0]
 		for _, k := range pending {
 			if ready(k) {
@@ -308,14 +310,17 @@ func readyFirst(ctx context.Context, keys []string, members map[string][]memberR
 				rest = append(rest, k)
 			}
 		}
+		found := len(rest) < len(pending)
 		pending = rest
+		return found
 	}
 	look()
 	if len(pending) == 0 {
 		return out
 	}
 	go func() {
-		t := time.NewTicker(readyPoll)
+		wait := minReadyPoll
+		t := time.NewTimer(wait)
 		defer t.Stop()
 		for len(pending) > 0 {
 			select {
@@ -325,8 +330,13 @@ func readyFirst(ctx context.Context, keys []string, members map[string][]memberR
 				}
 				return
 			case <-t.C:
-				look()
 			}
+			if look() {
+				wait = minReadyPoll
+			} else {
+				wait = min(2*wait, maxReadyPoll)
+			}
+			t.Reset(wait)
 		}
 	}()
 	return out

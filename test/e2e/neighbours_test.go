@@ -3,10 +3,12 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"math"
 	"net"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/test/harness"
 	"github.com/microscaling/microscaling/test/workload"
 )
@@ -300,4 +303,92 @@ func quantileBetween(before, after, name string, q float64) (float64, int64, err
 		}
 	}
 	return math.Inf(1), total, nil
+}
+
+// TestPhantomNSQD: a tenant's nsqd registers a victim's topic on the shared
+// nsqlookupd under an address where nothing answers, then goes away. While
+// it is announced the victim is held (a sum without it could look like a
+// shrinking backlog); once gone it holds the victim no longer than the
+// scale-down delay (the default, 30 s), and the topic is read again.
+func TestPhantomNSQD(t *testing.T) {
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	ensureChannel(t, s, "jobs", "work")
+	create(t, s, deployment("default", "consumer", 1, map[string]string{"microscaling.com/queue": "nsqlookupd://" + s.NSQ.LookupdHTTPAddr + "/jobs/work",
+		"microscaling.com/target-queue-length": "50", "microscaling.com/min-replicas": "1", "microscaling.com/max-replicas": "10"}))
+	c := startController(t, s.Kubeconfig)
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		st, err := memberStatus(ctx, c, "consumer")
+		if err == nil && !st.BacklogKnown {
+			err = errors.New("the consumer's queue is not read yet")
+		}
+		return err
+	})
+
+	stop, err := s.NSQ.StartPhantom(t.Context(), "jobs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	waitEvent(t, s, "default", "consumer", "Warning QueueUnreadable", 30*time.Second)
+	stop()
+	gone := time.Now()
+	eventually(t, 60*time.Second, func(ctx context.Context) error {
+		return hasEvent(ctx, s, "consumer", "Normal QueueReadable")
+	})
+	back := time.Since(gone)
+	t.Logf("PHANTOM: read again %.1f s after the phantom nsqd went away (scale-down delay 30 s)", back.Seconds())
+	if back > annotations.DefaultScaleDownDelay+5*time.Second {
+		t.Errorf("read again %.1f s after the phantom went away, want within the scale-down delay (%s) and a few ticks", back.Seconds(), annotations.DefaultScaleDownDelay)
+	}
+	if n := mustReplicas(t, s, "default", "consumer"); n != 1 {
+		t.Errorf("the consumer has %d replicas, want 1 (held, then an empty queue)", n)
+	}
+}
+
+// TestNestedAnswer: a tenant's "nsqd" answers 64 MiB of nested {"data":
+// wrappers on every read, with --queue-max-bytes raised to 128 MiB so the
+// size bound does not stop it first. The controller process keeps a
+// bounded stack and heap, the tenant's member is told its answer is
+// malformed, and a victim's burst is answered.
+func TestNestedAnswer(t *testing.T) {
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	nested := []byte(strings.Repeat(`{"data":`, (64<<20)/8) + "{}")
+	hostile := serve(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(nested) }))
+	if _, err := s.Kubectl(t.Context(), "create", "namespace", "attacker"); err != nil {
+		t.Fatal(err)
+	}
+	create(t, s, deployment("attacker", "nested", 1, map[string]string{"microscaling.com/queue": "nsq://" + hostile + "/jobs/work",
+		"microscaling.com/target-queue-length": "10", "microscaling.com/max-replicas": "5"}))
+	ensureChannel(t, s, "jobs", "work")
+	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "target-queue-length", "50", "min-replicas", "1", "max-replicas", "10")))
+	c := startController(t, s.Kubeconfig, "--queue-max-bytes=134217728", "--queue-timeout=5s")
+	waitEvent(t, s, "attacker", "nested", "Warning QueueUnreadable", 30*time.Second)
+	for _, e := range mustEvents(t, s, "attacker", "nested") {
+		if strings.HasPrefix(e, "Warning QueueUnreadable") && !strings.Contains(e, "malformed answer") {
+			t.Errorf("the Event does not say the answer is malformed: %s", e)
+		}
+	}
+	// Ten more ticks of reading it, then the victim's burst.
+	var stackMax, heapMax float64
+	for range 10 {
+		for name, max := range map[string]*float64{"go_memstats_stack_inuse_bytes": &stackMax, "go_memstats_heap_inuse_bytes": &heapMax} {
+			v, err := c.metric(t.Context(), name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			*max = math.Max(*max, v)
+		}
+		<-time.After(time.Second)
+	}
+	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 200); err != nil {
+		t.Fatal(err)
+	}
+	waitReplicas(t, s, "default", "consumer", 10*time.Second, "more than 1", func(n int32) bool { return n > 1 })
+	t.Logf("NESTED: 64 MiB nested answer read every tick: stack in use at most %.1f MiB, heap in use at most %.1f MiB", stackMax/(1<<20), heapMax/(1<<20))
+	if stackMax > 8<<20 {
+		t.Errorf("stack in use reached %.1f MiB reading a nested answer, want at most 8", stackMax/(1<<20))
+	}
+	if heapMax > 64<<20 {
+		t.Errorf("heap in use reached %.1f MiB reading a nested answer, want at most 64", heapMax/(1<<20))
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -415,5 +417,89 @@ func TestStateTokenAudiences(t *testing.T) {
 	out, err := exec.CommandContext(t.Context(), controllerBin, "status", "--kubeconfig="+s.Kubeconfig, "--address="+c.metrics, "--controller-token="+forUs).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "no managed Deployments that you may read") {
 		t.Errorf("status --controller-token: %v\n%s", err, out)
+	}
+}
+
+// TestTokenFlood: random tokens sent to /api/state from 40 loopback
+// addresses, 800 a second, for 25 s (past the 10 s a review is cached): a
+// scraper's /metrics and a person's /api/state, both with tokens the
+// controller knows, answer every time; the flood gets only 401 and 429.
+func TestTokenFlood(t *testing.T) {
+	s := harness.StartT(t, harness.Options{})
+	c := startControllerAt(t, freeAddr(t), s.Kubeconfig, "--metrics-auth=kubernetes")
+	known := s.Config.BearerToken
+	c.token = known
+	for _, path := range []string{"/metrics", "/api/state"} { // known before the flood
+		if code, body := getAs(t, c.metrics, path, known); code != http.StatusOK {
+			t.Fatalf("%s before the flood: %d %s", path, code, body)
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 25*time.Second)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		flood = map[int]int{}
+	)
+	for i := range 40 {
+		wg.Go(func() {
+			local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i))}
+			client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: local}).DialContext}}
+			tick := time.NewTicker(50 * time.Millisecond)
+			defer tick.Stop()
+			for n := 0; ; n++ {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.metrics+"/api/state", nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				req.Header.Set("Authorization", fmt.Sprintf("Bearer random-%d-%d", i, n))
+				resp, err := client.Do(req)
+				if err != nil {
+					continue // the flood ending
+				}
+				resp.Body.Close()
+				mu.Lock()
+				flood[resp.StatusCode]++
+				mu.Unlock()
+			}
+		})
+	}
+	var served, failed []string
+	for ctx.Err() == nil {
+		for _, path := range []string{"/metrics", "/api/state"} {
+			if _, err := c.get(ctx, path); err != nil {
+				if ctx.Err() == nil {
+					failed = append(failed, err.Error())
+				}
+				continue
+			}
+			served = append(served, path)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	wg.Wait()
+	t.Logf("TOKENS: flood answers %v; known tokens served %d times, refused %d", flood, len(served), len(failed))
+	if len(failed) > 0 {
+		t.Errorf("the known token was refused %d times during the flood, first: %s", len(failed), failed[0])
+	}
+	if len(served) < 100 {
+		t.Errorf("the known token was served only %d times in 25 s", len(served))
+	}
+	for code, n := range flood {
+		if code != http.StatusUnauthorized && code != http.StatusTooManyRequests {
+			t.Errorf("the flood got %d answers %d, want only 401 and 429", n, code)
+		}
+	}
+	if flood[http.StatusTooManyRequests] == 0 {
+		t.Error("no flood request was answered 429: the limits did not act")
 	}
 }

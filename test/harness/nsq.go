@@ -19,8 +19,10 @@ type NSQ struct {
 	// LookupdHTTPAddr is nsqlookupd's HTTP address.
 	LookupdHTTPAddr string
 
-	nsqd    *process
-	lookupd *process
+	nsqd       *process
+	lookupd    *process
+	lookupdTCP string
+	bin, dir   string
 }
 
 func startNSQ(ctx context.Context, bin, dir string) (*NSQ, error) {
@@ -30,6 +32,7 @@ func startNSQ(ctx context.Context, bin, dir string) (*NSQ, error) {
 	}
 	n := &NSQ{HTTPAddr: addr(ports[0]), TCPAddr: addr(ports[1]), LookupdHTTPAddr: addr(ports[2])}
 	lookupdTCP := addr(ports[3])
+	n.lookupdTCP, n.bin, n.dir = lookupdTCP, bin, dir
 	data := filepath.Join(dir, "nsqd")
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, fmt.Errorf("making nsqd data dir: %w", err)
@@ -60,6 +63,42 @@ func (n *NSQ) Start(ctx context.Context) error {
 		return err
 	}
 	return waitHTTP(ctx, n.nsqd, http.DefaultClient, "http://"+n.HTTPAddr+"/ping")
+}
+
+// StartPhantom starts a second nsqd that registers topic with the
+// nsqlookupd under an address where nothing answers (127.0.0.9: it listens
+// on 127.0.0.1 only), as a tenant's misconfigured or vanished nsqd would.
+// stop ends it, and its registration with it.
+func (n *NSQ) StartPhantom(ctx context.Context, topic string) (stop func(), err error) {
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	data := filepath.Join(n.dir, "phantom-"+topic)
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return nil, fmt.Errorf("making the phantom nsqd's data dir: %w", err)
+	}
+	p := &process{
+		name: "nsqd (phantom)", bin: filepath.Join(n.bin, "nsqd"), log: filepath.Join(n.dir, "phantom-"+topic+".log"),
+		args: []string{
+			"--http-address=" + addr(ports[0]), "--tcp-address=" + addr(ports[1]), "--broadcast-address=127.0.0.9",
+			"--data-path=" + data, "--lookupd-tcp-address=" + n.lookupdTCP, "--log-level=warn",
+		},
+	}
+	if err := p.start(); err != nil {
+		return nil, err
+	}
+	stop = func() { p.stop(15 * time.Second) }
+	if err := waitHTTP(ctx, p, http.DefaultClient, "http://"+addr(ports[0])+"/ping"); err != nil {
+		stop()
+		return nil, err
+	}
+	phantom := &NSQ{HTTPAddr: addr(ports[0])}
+	if err := phantom.post(ctx, "/topic/create?topic="+url.QueryEscape(topic)); err != nil {
+		stop()
+		return nil, err
+	}
+	return stop, nil
 }
 
 // Stop stops nsqd and waits until it has exited, so its ports are free.

@@ -391,3 +391,38 @@ func TestSyncLabelsJobRBAC(t *testing.T) {
 		}
 	}
 }
+
+// TestPullSecretFlood: a Deployment listing 20,000 imagePullSecrets gets a
+// LabelSyncFailed Warning that names the bound and costs no Secret read,
+// while another Deployment's labels sync as usual.
+func TestPullSecretFlood(t *testing.T) {
+	s := harness.StartT(t, harness.Options{Nodes: bigNodes})
+	reg := newRegistry(t)
+	app := push(t, reg.host, "team/app:v1", map[string]string{"com.microscaling.priority": "2"})
+	greedy := syncedDeployment("greedy", app, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"})
+	for i := range 20000 {
+		greedy.Spec.Template.Spec.ImagePullSecrets = append(greedy.Spec.Template.Spec.ImagePullSecrets, corev1.LocalObjectReference{Name: fmt.Sprintf("s%d", i)})
+	}
+	create(t, s, greedy)
+	create(t, s, syncedDeployment("app", app, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"}))
+	c := startController(t, s.Kubeconfig, "--sync-labels", "--label-sync-interval=1s")
+	waitEvent(t, s, "default", "greedy", "Warning LabelSyncFailed", 30*time.Second)
+	for _, e := range mustEvents(t, s, "default", "greedy") {
+		if strings.HasPrefix(e, "Warning LabelSyncFailed") && !strings.Contains(e, "20000 imagePullSecrets: at most 16") {
+			t.Errorf("the Warning does not name the bound: %.300s", e)
+		}
+	}
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		if p := annotationsOf(t, s, "app")["microscaling.com/priority"]; p != "2" {
+			return fmt.Errorf("app's priority %q, want 2 from its image", p)
+		}
+		return nil
+	})
+	// Label sync's client is counted (app's patch), and read no Secret.
+	if n, err := c.metric(t.Context(), "microscaling_api_requests_total", `verb="PATCH"`, `resource="deployments"`); err != nil || n == 0 {
+		t.Errorf("Deployment patches counted: %v (%v), want app's", n, err)
+	}
+	if n, err := c.metric(t.Context(), "microscaling_api_requests_total", `resource="secrets"`); err != nil || n != 0 {
+		t.Errorf("Secret requests: %v (%v), want none", n, err)
+	}
+}

@@ -421,7 +421,7 @@ func TestStateTokenAudiences(t *testing.T) {
 }
 
 // TestTokenFlood: random tokens sent to /api/state from 40 loopback
-// addresses, 800 a second, for 25 s (past the 10 s a review is cached): a
+// addresses (127.0.66.1-40), 800 a second, for 25 s (past the 10 s a review is cached): a
 // scraper's /metrics and a person's /api/state, both with tokens the
 // controller knows, answer every time; the flood gets only 401 and 429.
 func TestTokenFlood(t *testing.T) {
@@ -443,7 +443,10 @@ func TestTokenFlood(t *testing.T) {
 	)
 	for i := range 40 {
 		wg.Go(func() {
-			local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i))}
+			// Loopback addresses no server of the harness uses (kwok
+			// listens on 127.0.0.2): the flood's closed connections must
+			// not hold a port a later test's server binds.
+			local := &net.TCPAddr{IP: net.IPv4(127, 0, 66, byte(1+i))}
 			client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: local}).DialContext}}
 			tick := time.NewTicker(50 * time.Millisecond)
 			defer tick.Stop()

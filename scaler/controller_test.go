@@ -245,16 +245,19 @@ func (f *readsQueues) take() string {
 	return strings.Join(out, " ")
 }
 
+// nsqConsumer is a Deployment of namespace ns at 1 replica reading topic
+// t of the nsqd at host (target 10, max 5).
+func nsqConsumer(name, host string) *appsv1.Deployment {
+	replicas := int32(1)
+	return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", ResourceVersion: "1",
+		Annotations: map[string]string{annotations.Queue: "nsq://" + host + "/t/c", annotations.TargetQueueLength: "10", annotations.MaxReplicas: "5"}},
+		Spec: appsv1.DeploymentSpec{Replicas: &replicas}, Status: appsv1.DeploymentStatus{ReadyReplicas: replicas}}
+}
+
 // The queues are read while the members are listed, with the last tick's
 // queues; a queue that read did not cover is read on the same tick.
 func TestControllerReadsNewQueuesOnTheirFirstTick(t *testing.T) {
-	consumer := func(name, host string) *appsv1.Deployment {
-		replicas := int32(1)
-		return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", ResourceVersion: "1",
-			Annotations: map[string]string{annotations.Queue: "nsq://" + host + "/t/c", annotations.TargetQueueLength: "10", annotations.MaxReplicas: "5"}},
-			Spec: appsv1.DeploymentSpec{Replicas: &replicas}, Status: appsv1.DeploymentStatus{ReadyReplicas: replicas}}
-	}
-	cluster := &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/a": {consumer("a", "h1:1")}}}
+	cluster := &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/a": {nsqConsumer("a", "h1:1")}}}
 	queues := &readsQueues{}
 	writer := &fakeWriter{}
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
@@ -271,7 +274,7 @@ func TestControllerReadsNewQueuesOnTheirFirstTick(t *testing.T) {
 		{name: "a new nsqd is read and decided on the same tick", add: "h2:1", reads: "h1:1 h1:1+h2:1", write: "b=5"},
 		{name: "then one read again", reads: "h1:1+h2:1"},
 		{name: "a queue renamed is read on the same tick", change: func() {
-			d := consumer("b", "h3:1")
+			d := nsqConsumer("b", "h3:1")
 			d.ResourceVersion = "2"
 			cluster.groups["ns/b"] = []*appsv1.Deployment{d}
 		}, reads: "h1:1+h2:1 h1:1+h3:1", write: "b=5"},
@@ -281,7 +284,7 @@ func TestControllerReadsNewQueuesOnTheirFirstTick(t *testing.T) {
 		}, reads: "h1:1+h3:1"},
 		{name: "then no more", reads: "h1:1"},
 		{name: "a spec made invalid keeps its last good queues", change: func() {
-			d := consumer("a", "h1:1")
+			d := nsqConsumer("a", "h1:1")
 			d.ResourceVersion, d.Annotations[annotations.Queue] = "3", "nsq://"
 			cluster.groups["ns/a"] = []*appsv1.Deployment{d}
 		}, reads: "h1:1", write: "a=5"},
@@ -291,7 +294,7 @@ func TestControllerReadsNewQueuesOnTheirFirstTick(t *testing.T) {
 			st.change()
 		}
 		if st.add != "" {
-			cluster.groups["ns/b"] = []*appsv1.Deployment{consumer("b", st.add)}
+			cluster.groups["ns/b"] = []*appsv1.Deployment{nsqConsumer("b", st.add)}
 		}
 		clk.Step(time.Second)
 		c.runTick(ctx, clk.Now())
@@ -679,18 +682,12 @@ func (g *gatedQueues) Reading(q annotations.QueueRef) (policy.QueueReading, erro
 // A group whose queue answered is decided while twenty groups whose hosts
 // hang wait for theirs, even with one worker.
 func TestGroupsWithAnswersAreDecidedFirst(t *testing.T) {
-	consumer := func(name, host string) *appsv1.Deployment {
-		replicas := int32(1)
-		return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", ResourceVersion: "1",
-			Annotations: map[string]string{annotations.Queue: "nsq://" + host + "/t/c", annotations.TargetQueueLength: "10", annotations.MaxReplicas: "5"}},
-			Spec: appsv1.DeploymentSpec{Replicas: &replicas}, Status: appsv1.DeploymentStatus{ReadyReplicas: replicas}}
-	}
-	cluster := &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/fast": {consumer("fast", "fast:1")}}}
+	cluster := &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/fast": {nsqConsumer("fast", "fast:1")}}}
 	queues := &gatedQueues{hung: map[string]bool{}, gate: make(chan struct{})}
 	for i := range 20 {
 		host := fmt.Sprintf("hung-%d:1", i)
 		queues.hung[host] = true
-		cluster.groups[fmt.Sprintf("ns/hung-%d", i)] = []*appsv1.Deployment{consumer(fmt.Sprintf("hung-%d", i), host)}
+		cluster.groups[fmt.Sprintf("ns/hung-%d", i)] = []*appsv1.Deployment{nsqConsumer(fmt.Sprintf("hung-%d", i), host)}
 	}
 	writer := &fakeWriter{}
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))

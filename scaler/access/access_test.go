@@ -113,13 +113,11 @@ func TestDecisionCacheKeepsExtraApart(t *testing.T) {
 	}
 }
 
-// A flood of random tokens from one address costs a handful of
-// TokenReviews, answered 429 past them; a known token from elsewhere keeps
-// working, and the same rejected token is not reviewed again.
-func TestRandomTokensAreLimited(t *testing.T) {
-	rv, calls := reviewer(t)
+// metricsFrom is a GET of /metrics behind rv from a client address with a
+// token; it returns the status.
+func metricsFrom(rv *Reviewer) func(addr, token string) int {
 	h := rv.Require(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
-	from := func(addr, token string) int {
+	return func(addr, token string) int {
 		r := httptest.NewRequest(http.MethodGet, "/metrics", nil)
 		r.RemoteAddr = addr
 		r.Header.Set("Authorization", "Bearer "+token)
@@ -127,6 +125,14 @@ func TestRandomTokensAreLimited(t *testing.T) {
 		h.ServeHTTP(w, r)
 		return w.Code
 	}
+}
+
+// A flood of random tokens from one address costs a handful of
+// TokenReviews, answered 429 past them; a known token from elsewhere keeps
+// working, and the same rejected token is not reviewed again.
+func TestRandomTokensAreLimited(t *testing.T) {
+	rv, calls := reviewer(t)
+	from := metricsFrom(rv)
 	if code := from("10.0.0.9:1234", "alice-token"); code != http.StatusOK {
 		t.Fatalf("alice before the flood: %d", code)
 	}
@@ -190,15 +196,7 @@ func TestAudiences(t *testing.T) {
 // outside that budget.
 func TestKnownTokensOutliveAFlood(t *testing.T) {
 	rv, calls := reviewer(t)
-	h := rv.Require(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
-	from := func(addr, token string) int {
-		r := httptest.NewRequest(http.MethodGet, "/metrics", nil)
-		r.RemoteAddr = addr
-		r.Header.Set("Authorization", "Bearer "+token)
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, r)
-		return w.Code
-	}
+	from := metricsFrom(rv)
 	if code := from("10.0.0.9:1234", "alice-token"); code != http.StatusOK {
 		t.Fatalf("alice before the flood: %d", code)
 	}

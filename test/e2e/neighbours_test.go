@@ -102,6 +102,23 @@ func TestNoisyNeighbours(t *testing.T) {
 	}
 }
 
+// every calls f(0), f(1), ... once a period until ctx ends or f returns
+// false.
+func every(ctx context.Context, period time.Duration, f func(n int) bool) {
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	for n := 0; ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if !f(n) {
+			return
+		}
+	}
+}
+
 // hungHost is a 127.0.0.1 address that accepts connections and never
 // answers, until the test ends.
 func hungHost(t *testing.T) string {
@@ -194,21 +211,15 @@ func TestAnnotationFlood(t *testing.T) {
 	var patches atomic.Int64
 	for i := range 5 {
 		wg.Go(func() {
-			tick := time.NewTicker(200 * time.Millisecond)
-			defer tick.Stop()
-			for n := 0; ; n++ {
-				select {
-				case <-ctx.Done():
-					return
-				case <-tick.C:
-				}
+			every(ctx, 200*time.Millisecond, func(n int) bool {
 				_, err := flood.AppsV1().Deployments("flood").Patch(ctx, fmt.Sprintf("noisy-%d", i), types.MergePatchType, bodies[n%2], metav1.PatchOptions{})
 				if err != nil && ctx.Err() == nil {
 					t.Errorf("re-annotating noisy-%d: %v", i, err)
-					return
+					return false
 				}
 				patches.Add(1)
-			}
+				return true
+			})
 		})
 	}
 	// /healthz every 100 ms, and a burst for the victim half way.

@@ -448,29 +448,23 @@ func TestTokenFlood(t *testing.T) {
 			// not hold a port a later test's server binds.
 			local := &net.TCPAddr{IP: net.IPv4(127, 0, 66, byte(1+i))}
 			client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: local}).DialContext}}
-			tick := time.NewTicker(50 * time.Millisecond)
-			defer tick.Stop()
-			for n := 0; ; n++ {
-				select {
-				case <-ctx.Done():
-					return
-				case <-tick.C:
-				}
+			every(ctx, 50*time.Millisecond, func(n int) bool {
 				req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.metrics+"/api/state", nil)
 				if err != nil {
 					t.Error(err)
-					return
+					return false
 				}
 				req.Header.Set("Authorization", fmt.Sprintf("Bearer random-%d-%d", i, n))
 				resp, err := client.Do(req)
 				if err != nil {
-					continue // the flood ending
+					return true // the flood ending
 				}
 				resp.Body.Close()
 				mu.Lock()
 				flood[resp.StatusCode]++
 				mu.Unlock()
-			}
+				return true
+			})
 		})
 	}
 	var served, failed []string

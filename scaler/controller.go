@@ -422,7 +422,7 @@ func (c *Controller) queueSet(members map[string][]memberRef) *queueSet {
 				// hosts past the bound are not read, unless a namespace
 				// within it names them.
 				if a := s.allowed[m.d.Namespace]; a == nil || a[readTarget(q)] {
-					s.refs.add(q, m.d.Namespace)
+					s.refs.add(q, m.d.Namespace, m.st.spec.ScaleDownDelay)
 				}
 			}
 		}
@@ -432,20 +432,29 @@ func (c *Controller) queueSet(members map[string][]memberRef) *queueSet {
 }
 
 // tickRefs are the queues a tick reads, each with the namespaces that
-// name it (its reads are charged to their shares).
-type tickRefs map[annotations.QueueRef]map[string]bool
+// name it (its reads are charged to their shares) and the shortest
+// scale-down delay of the members naming it.
+type tickRefs map[annotations.QueueRef]*tickRef
 
-func (r tickRefs) add(q annotations.QueueRef, namespace string) {
-	if r[q] == nil {
-		r[q] = map[string]bool{}
+type tickRef struct {
+	namespaces map[string]bool
+	hold       time.Duration
+}
+
+func (r tickRefs) add(q annotations.QueueRef, namespace string, hold time.Duration) {
+	t := r[q]
+	if t == nil {
+		t = &tickRef{namespaces: map[string]bool{}, hold: hold}
+		r[q] = t
 	}
-	r[q][namespace] = true
+	t.namespaces[namespace] = true
+	t.hold = min(t.hold, hold)
 }
 
 func (r tickRefs) list() []queue.Ref {
 	out := make([]queue.Ref, 0, len(r))
-	for q, ns := range r {
-		out = append(out, queue.Ref{QueueRef: q, Namespaces: slices.Sorted(maps.Keys(ns))})
+	for q, t := range r {
+		out = append(out, queue.Ref{QueueRef: q, Namespaces: slices.Sorted(maps.Keys(t.namespaces)), Hold: t.hold})
 	}
 	return out
 }

@@ -33,5 +33,5 @@ func (p *Plan[P]) For(refs []Ref, build func([]Ref) P) P {
 }
 
 func sameRef(a, b Ref) bool {
-	return a.QueueRef == b.QueueRef && slices.Equal(a.Namespaces, b.Namespaces)
+	return a.QueueRef == b.QueueRef && a.Hold == b.Hold && slices.Equal(a.Namespaces, b.Namespaces)
 }

@@ -9,6 +9,7 @@
 package queue
 
 import (
+	"time"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,6 +28,10 @@ import (
 type Ref struct {
 	annotations.QueueRef
 	Namespaces []string
+	// Hold is the shortest scale-down delay of the members naming the
+	// queue: what a source stopped seeing (an nsqd a lookupd no longer
+	// announces) holds them no longer than that.
+	Hold time.Duration
 }
 
 // Source reads the queues of its schemes.

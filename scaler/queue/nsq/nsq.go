@@ -66,9 +66,6 @@ type nsqChannel struct {
 type NSQReader struct {
 	// Fetcher runs every request under the shared bounds.
 	Fetcher *queue.Fetcher
-	// VanishedHold bounds how long an nsqd a lookupd stopped announcing is
-	// still read for a topic (DefaultVanishedHold when 0).
-	VanishedHold time.Duration
 	// HostsPerNamespace, when above 0, is the queue hosts one namespace
 	// may make the controller contact: the nsqds and lookups it names and
 	// the nsqds its lookups announced last time (see admit).
@@ -77,7 +74,7 @@ type NSQReader struct {
 	mu sync.Mutex // guards vanished and announced
 	// vanished are nsqds an nsqlookupd stopped announcing for a topic
 	// while they may still hold its messages, with when each was first
-	// missed: read until they hold none, for at most VanishedHold.
+	// missed: read until they hold none, for at most the lookup's hold.
 	vanished map[lookupKey]map[string]time.Time
 	// announced are the nsqds each lookup named last time.
 	announced map[lookupKey]announcement
@@ -89,11 +86,6 @@ type announcement struct {
 	hosts map[string]bool
 	at    time.Time
 }
-
-// DefaultVanishedHold is the default scale-down delay: a member is never
-// held by an nsqd that left its lookupd for longer than it waits before a
-// shrink.
-const DefaultVanishedHold = annotations.DefaultScaleDownDelay
 
 // Snapshot is one tick's reading of every nsqd that some queue names. Its
 // reads run in the background: Reading waits only for the hosts its queue
@@ -132,15 +124,21 @@ type plan struct {
 	lookedUp map[string]bool            // every topic looked up: any nsqd may carry them
 	hosts    map[string][]string        // nsqd host named -> the namespaces naming it
 	lookups  map[lookupKey][]string     // lookup -> the namespaces naming it
+	// holds bound how long each lookup's vanished nsqds are read: the
+	// shortest scale-down delay of its members (Ref.Hold).
+	holds map[lookupKey]time.Duration
 }
 
 func newPlan(refs []queue.Ref) plan {
-	p := plan{direct: map[string]map[string]bool{}, lookedUp: map[string]bool{}, hosts: map[string][]string{}, lookups: map[lookupKey][]string{}}
+	p := plan{direct: map[string]map[string]bool{}, lookedUp: map[string]bool{}, hosts: map[string][]string{}, lookups: map[lookupKey][]string{}, holds: map[lookupKey]time.Duration{}}
 	named := map[string][]queue.Ref{}
 	looked := map[lookupKey][]queue.Ref{}
 	for _, q := range refs {
 		if q.Scheme == annotations.SchemeNSQLookupd {
 			k := lookupKey{q.Host, q.Name}
+			if h, ok := p.holds[k]; !ok || q.Hold < h {
+				p.holds[k] = q.Hold
+			}
 			looked[k] = append(looked[k], q)
 			p.lookedUp[q.Name] = true
 			continue
@@ -204,7 +202,7 @@ func (r *NSQReader) Read(ctx context.Context, refs []queue.Ref) policy.Readings 
 				lf.err = queue.Classify("nsqlookupd", k.lookupd, err)
 				return
 			}
-			ps, vanished := r.keepVanished(k, ps)
+			ps, vanished := r.keepVanished(k, ps, p.holds[k])
 			if refused[k] {
 				// Looked up (it counts as one host) so that the next tick
 				// charges what it announces now; its nsqds are not read.
@@ -312,10 +310,10 @@ func (r *NSQReader) expireLookups(keys map[lookupKey][]string) {
 // not now (one that left, or a topic the lookupd forgot): their messages
 // still wait, so they are read until they hold none of the topic; one that
 // cannot be read holds the member rather than counting zero, but only for
-// VanishedHold: an nsqd that registered for a topic on a shared lookupd and
+// hold, the shortest scale-down delay of the lookup's members: an nsqd that registered for a topic on a shared lookupd and
 // went away (a phantom) cannot hold the topic's readers for longer. It
 // returns the producers to read and the vanished ones among them.
-func (r *NSQReader) keepVanished(k lookupKey, ps []string) ([]string, map[string]bool) {
+func (r *NSQReader) keepVanished(k lookupKey, ps []string, hold time.Duration) ([]string, map[string]bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.now()
@@ -331,10 +329,6 @@ func (r *NSQReader) keepVanished(k lookupKey, ps []string) ([]string, map[string
 			}
 			gone[p] = now
 		}
-	}
-	hold := r.VanishedHold
-	if hold <= 0 {
-		hold = DefaultVanishedHold
 	}
 	reading := map[string]bool{}
 	for p, since := range gone {

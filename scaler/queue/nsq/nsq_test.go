@@ -234,9 +234,10 @@ func TestVanishedProducerStillCounts(t *testing.T) {
 	defer lookupd.Close()
 	q := annotations.QueueRef{Scheme: "nsqlookupd", Host: strings.TrimPrefix(lookupd.URL, "http://"), Name: "jobs", Sub: "work"}
 	clk := clocktesting.NewFakePassiveClock(time.Now())
-	r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: time.Second, Clock: clk}, VanishedHold: 30 * time.Second}
+	r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: time.Second, Clock: clk}}
+	refs := []queue.Ref{{QueueRef: q, Namespaces: []string{"tenant"}, Hold: 30 * time.Second}}
 	read := func() (policy.QueueReading, error) {
-		return r.Read(context.Background(), asRefs(q)).Reading(q)
+		return r.Read(context.Background(), refs).Reading(q)
 	}
 	step := func(name string, change func(), wantBacklog int64, wantErr bool) {
 		t.Helper()
@@ -257,11 +258,19 @@ func TestVanishedProducerStillCounts(t *testing.T) {
 	step("announced again", func() { announce = producer(a.URL) + "," + producer(b.URL) }, 40, false)
 	b.Close()
 	step("b gone while holding messages", func() { announce = producer(a.URL) }, 0, true)
-	// A phantom: b never comes back. It holds the member for VanishedHold,
-	// then is forgotten and the topic is read from what the lookupd names.
+	// A phantom: b never comes back. It holds the member for its scale-down
+	// delay (Hold), then is forgotten and the topic is read from what the
+	// lookupd names.
 	step("b still gone within the hold", func() { clk.SetTime(clk.Now().Add(29 * time.Second)) }, 0, true)
 	step("b gone past the hold: forgotten", func() { clk.SetTime(clk.Now().Add(2 * time.Second)) }, 0, false)
 	step("and stays forgotten", func() {}, 0, false)
+	// A second namespace names the topic with a 5 s scale-down delay: the
+	// shortest delay of the members bounds the hold.
+	refs = append(refs, queue.Ref{QueueRef: q, Namespaces: []string{"quick"}, Hold: 5 * time.Second})
+	step("announced again, two members", func() { announce = producer(a.URL) + "," + producer(b.URL) }, 0, true)
+	step("b gone again", func() { announce = producer(a.URL) }, 0, true)
+	step("b still gone within the shorter hold", func() { clk.SetTime(clk.Now().Add(4 * time.Second)) }, 0, true)
+	step("b gone past the shorter hold: forgotten", func() { clk.SetTime(clk.Now().Add(2 * time.Second)) }, 0, false)
 }
 
 // asRefs is qs as one namespace's Deployments name them.

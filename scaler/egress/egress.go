@@ -21,12 +21,17 @@ import (
 var ErrNotAllowed = errors.New("address not allowed")
 
 // metadataNets are the instance metadata services of the major clouds
-// outside link-local (which is refused as a whole): AWS's IPv6 endpoints
-// (IMDS fd00:ec2::254, and its DNS and time services beside it), Alibaba
+// outside link-local (which is refused as a whole, and holds the IPv4
+// endpoint of AWS, Google Cloud, Azure, Oracle, OpenStack, DigitalOcean,
+// Hetzner and Tencent): AWS's IPv6 endpoints (IMDS fd00:ec2::254, and its
+// DNS, time and pod-identity services beside it), Google Cloud's IPv6
+// metadata server fd20:ce::254, Azure's WireServer 168.63.129.16, Alibaba
 // Cloud's 100.100.100.200 (inside the CGNAT range), and Oracle Cloud's
 // legacy 192.0.0.192.
 var metadataNets = []netip.Prefix{
 	netip.MustParsePrefix("fd00:ec2::/64"),
+	netip.MustParsePrefix("fd20:ce::254/128"),
+	netip.MustParsePrefix("168.63.129.16/32"),
 	netip.MustParsePrefix("100.100.100.200/32"),
 	netip.MustParsePrefix("192.0.0.192/32"),
 }

@@ -67,8 +67,12 @@ func TestAllowedQueueAddr(t *testing.T) {
 		"[::]:4151":              false,
 		"[2001:db8::1]:4151":     true,
 		"[::ffff:169.254.1.1]:1": false,
-		// Cloud metadata outside link-local: AWS IPv6, Alibaba, Oracle legacy.
+		// Cloud metadata outside link-local: AWS IPv6, Google Cloud IPv6,
+		// Azure WireServer, Alibaba, Oracle legacy.
 		"[fd00:ec2::254]:80":          false,
+		"[fd20:ce::254]:80":           false,
+		"[fd20:ce::253]:4151":         true,
+		"168.63.129.16:80":            false,
 		"[fd00:ec2::253]:53":          false,
 		"100.100.100.200:80":          false,
 		"[::ffff:100.100.100.200]:80": false,
@@ -98,6 +102,7 @@ func TestAllowedQueueAddr(t *testing.T) {
 		"[2001:4860::1]:4151": false,
 		"100.100.100.200:80":  false,
 		"[fd00:ec2::254]:80":  false,
+		"[fd20:ce::254]:80":   false,
 		"10.0.0.1:443":        false,
 		"169.254.169.254:80":  false,
 	} {

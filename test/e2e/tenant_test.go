@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -93,6 +94,62 @@ func TestHostileQueueEndpoints(t *testing.T) {
 	}
 	if n := internalHits.Load(); n != 0 {
 		t.Errorf("the address outside --queue-allow got %d requests, want none", n)
+	}
+}
+
+// TestCloudMetadataRefused: with every network allowed and "localhost"
+// allowed as a DNS suffix, the instance metadata address of every major
+// cloud (IPv4 and IPv6) and the API server itself, named through a suffix
+// the operator allows (as an ExternalName Service would resolve), are never
+// dialed: each member is told its address is not allowed, while a queue
+// named by an allowed name on an allowed address is read.
+func TestCloudMetadataRefused(t *testing.T) {
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	if _, err := s.Kubectl(t.Context(), "create", "namespace", "attacker"); err != nil {
+		t.Fatal(err)
+	}
+	api, err := url.Parse(s.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets := map[string]string{
+		"link-local":     "169.254.169.254:80", // AWS, Google Cloud, Azure, Oracle, OpenStack, DigitalOcean...
+		"ecs":            "169.254.170.2:80",
+		"tencent":        "169.254.0.23:80",
+		"aws-v6":         "[fd00:ec2::254]:80",
+		"gcp-v6":         "[fd20:ce::254]:80",
+		"azure-wire":     "168.63.129.16:80",
+		"alibaba":        "100.100.100.200:80",
+		"oracle":         "192.0.0.192:80",
+		"apiserver-name": "localhost:" + api.Port(), // the API server, by a name the suffix allows
+	}
+	for name, hostPort := range targets {
+		create(t, s, deployment("attacker", name, 1, map[string]string{
+			"microscaling.com/queue": "nsq://" + hostPort + "/jobs/work", "microscaling.com/target-queue-length": "10", "microscaling.com/max-replicas": "5"}))
+	}
+	_, nsqdPort, err := net.SplitHostPort(s.NSQ.HTTPAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ensureChannel(t, s, "jobs", "work")
+	create(t, s, deployment("default", "consumer", 1, map[string]string{
+		"microscaling.com/queue": "nsq://localhost:" + nsqdPort + "/jobs/work", "microscaling.com/target-queue-length": "10", "microscaling.com/max-replicas": "5"}))
+	startController(t, s.Kubeconfig, "--queue-allow=0.0.0.0/0,::/0,localhost")
+
+	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 200); err != nil {
+		t.Fatal(err)
+	}
+	waitReplicas(t, s, "default", "consumer", 10*time.Second, "> 1", func(n int32) bool { return n > 1 })
+	for name, hostPort := range targets {
+		waitEvent(t, s, "attacker", name, "Warning QueueUnreadable", 10*time.Second)
+		for _, e := range mustEvents(t, s, "attacker", name) {
+			if strings.HasPrefix(e, "Warning QueueUnreadable") && !strings.Contains(e, "address not allowed by the queue endpoint policy") {
+				t.Errorf("%s (%s): %q does not say the address is not allowed", name, hostPort, e)
+			}
+		}
+		if n := mustReplicas(t, s, "attacker", name); n != 1 {
+			t.Errorf("attacker/%s has %d replicas, want 1 (held)", name, n)
+		}
 	}
 }
 

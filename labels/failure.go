@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
@@ -22,6 +23,11 @@ var registryCodes = []transport.ErrorCode{
 	transport.UnavailableErrorCode,
 }
 
+// realmRefused is how the registry library says it refused a token realm
+// itself (one written as a private or link-local address, or a scheme
+// downgrade) before our dialer saw it; it has no error value to match.
+const realmRefused = "invalid realm in www-authenticate"
+
 // failure says why reading image failed, for the tenant's Event: the image
 // (their own reference) and a class of error, never the registry's words
 // (its messages, details and bodies are its to choose, and go only to the
@@ -33,7 +39,7 @@ func failure(image string, err error) string {
 	switch {
 	case errors.Is(err, errConfigTooLarge):
 		cls = fmt.Sprintf("image config over %d bytes", MaxConfigBytes)
-	case errors.Is(err, egress.ErrNotAllowed):
+	case errors.Is(err, egress.ErrNotAllowed), strings.Contains(err.Error(), realmRefused):
 		cls = "registry or token realm address not allowed"
 	case errors.Is(err, errAnswerTooLarge):
 		cls = fmt.Sprintf("registry answer (manifest or index) over %d bytes", MaxAnswerBytes)

@@ -116,17 +116,25 @@ func TestFailureEchoesNothing(t *testing.T) {
 		_, _ = io.WriteString(w, "<html>password=hunter2</html>")
 	}))
 	defer garbage.Close()
+	// A realm the library refuses itself (a link-local address written as
+	// such) is told as the address class, without the realm.
+	metaRealm := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="http://169.254.169.254/latest/meta-data/",service="registry"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	defer metaRealm.Close()
 	r := NewResolver(v1.Platform{OS: "linux", Architecture: "amd64"}, 5*time.Second, time.Minute)
 	for _, tc := range []struct{ image, want string }{
 		{strings.TrimPrefix(srv.URL, "http://") + "/app:1", "registry answered HTTP 404 MANIFEST_UNKNOWN"},
 		{strings.TrimPrefix(garbage.URL, "http://") + "/app:1", "registry answered HTTP 500"},
+		{strings.TrimPrefix(metaRealm.URL, "http://") + "/app:1", "registry or token realm address not allowed"},
 	} {
 		_, _, err := r.Labels(context.Background(), tc.image, nil)
 		if err == nil {
 			t.Fatalf("%s: no error", tc.image)
 		}
 		got := failure(tc.image, err)
-		if !strings.HasSuffix(got, tc.want) || strings.Contains(got, "hunter2") || strings.Contains(got, "secret") || strings.Contains(got, "EVIL") {
+		if !strings.HasSuffix(got, tc.want) || strings.Contains(got, "hunter2") || strings.Contains(got, "secret") || strings.Contains(got, "EVIL") || strings.Contains(got, "meta-data") {
 			t.Errorf("%s: Event text %q, want it to end with %q and quote nothing of the registry", tc.image, got, tc.want)
 		}
 	}

@@ -7,14 +7,17 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -424,5 +427,106 @@ func TestPullSecretFlood(t *testing.T) {
 	}
 	if n, err := c.metric(t.Context(), "microscaling_api_requests_total", `resource="secrets"`); err != nil || n != 0 {
 		t.Errorf("Secret requests: %v (%v), want none", n, err)
+	}
+}
+
+// TestHostileRegistries: through the controller's own label sync
+// (--sync-labels), one tenant's registries answer 401 with a token realm
+// on the API server's address (named through localhost) and on the cloud
+// metadata address, and another serves a 100 MiB image index on every
+// manifest read. Neither realm is dialed, the index is refused after the
+// 4 MiB bound with the controller's heap growing by less than 32 MiB, each
+// member is told why in a class of its own, and another Deployment's
+// labels, in a real registry process, are synced beside them.
+func TestHostileRegistries(t *testing.T) {
+	s := harness.StartT(t, harness.Options{Nodes: bigNodes})
+	api, err := url.Parse(s.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	realm := func(realm string) string {
+		return serve(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm+`",service="registry"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		}))
+	}
+	apiRealm := realm("https://localhost:" + api.Port() + "/api/v1/namespaces/kube-system/secrets")
+	metaRealm := realm("http://169.254.169.254/latest/meta-data/iam/security-credentials/")
+	const size = 100 << 20
+	var indexReads atomic.Int64
+	entry := `{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":1,"digest":"sha256:` + strings.Repeat("a", 64) + `"},`
+	chunk := []byte(strings.Repeat(entry, 1<<16/len(entry)))
+	huge := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.Contains(r.URL.Path, "/manifests/") {
+			w.WriteHeader(http.StatusOK) // /v2/
+			return
+		}
+		indexReads.Add(1)
+		w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+		if r.Method == http.MethodHead {
+			w.Header().Set("Docker-Content-Digest", "sha256:"+strings.Repeat("b", 64))
+			w.Header().Set("Content-Length", fmt.Sprint(size))
+			return
+		}
+		if _, err := io.WriteString(w, `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[`); err != nil {
+			return
+		}
+		for sent := 0; sent < size; sent += len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return // the reader gave up, as it should
+			}
+		}
+	}))
+	good := push(t, startCrane(t, s), "team/app:v1", map[string]string{"com.microscaling.priority": "2"})
+	create(t, s, syncedDeployment("app", good, map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"}))
+
+	c := startController(t, s.Kubeconfig, "--sync-labels", "--label-sync-interval=1s")
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		if p := annotationsOf(t, s, "app")["microscaling.com/priority"]; p != "2" {
+			return fmt.Errorf("app's priority %q, want 2 from its image", p)
+		}
+		return nil
+	})
+	heap := func() float64 {
+		t.Helper()
+		v, err := c.metric(t.Context(), "go_memstats_heap_inuse_bytes")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	base := heap()
+	for name, host := range map[string]string{"api-realm": apiRealm, "meta-realm": metaRealm, "huge-index": huge} {
+		create(t, s, syncedDeployment(name, host+"/team/app:v1", map[string]string{"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "3"}))
+	}
+	waitEvent(t, s, "default", "api-realm", "Warning LabelSyncFailed", 30*time.Second)
+	waitEvent(t, s, "default", "meta-realm", "Warning LabelSyncFailed", 10*time.Second)
+	waitEvent(t, s, "default", "huge-index", "Warning LabelSyncFailed", 10*time.Second)
+	// Five more passes reading the index.
+	peak := base
+	for reads := indexReads.Load(); indexReads.Load() < reads+5; {
+		peak = math.Max(peak, heap())
+		<-time.After(200 * time.Millisecond)
+	}
+	t.Logf("HOSTILE REGISTRIES: heap in use %.1f MiB before, at most %.1f MiB while a 100 MiB index was read %d times", base/(1<<20), peak/(1<<20), indexReads.Load())
+	if grew := peak - base; grew > 32<<20 {
+		t.Errorf("heap in use grew by %.1f MiB reading a 100 MiB index, want under 32 MiB", grew/(1<<20))
+	}
+	for name, class := range map[string]string{
+		"api-realm":  "registry or token realm address not allowed",
+		"meta-realm": "registry or token realm address not allowed",
+		"huge-index": fmt.Sprintf("registry answer (manifest or index) over %d bytes", 4<<20),
+	} {
+		for _, e := range mustEvents(t, s, "default", name) {
+			if strings.HasPrefix(e, "Warning LabelSyncFailed") && !strings.Contains(e, class) {
+				t.Errorf("%s: %q does not say %q", name, e, class)
+			}
+			if strings.Contains(e, "kube-system") || strings.Contains(e, "meta-data") || strings.Contains(e, "localhost") {
+				t.Errorf("%s: an Event quotes the realm: %s", name, e)
+			}
+		}
+		if _, ok := annotationsOf(t, s, name)["microscaling.com/priority"]; ok {
+			t.Errorf("%s got a priority from a hostile registry", name)
+		}
 	}
 }

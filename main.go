@@ -649,14 +649,18 @@ func run(ctx context.Context, o options) error {
 	reg.MustRegister(scalermetrics.Collector(ctrl)) // the per-Deployment gauges
 
 	if o.syncLabels {
-		// Label sync reads Secrets and ServiceAccounts and patches Deployments
-		// on a client of its own: however many pull secrets tenants list, it
-		// cannot spend the rate limit the /scale writes need.
+		// Label sync reads Secrets and ServiceAccounts, patches Deployments
+		// and records its Events on a client of its own: however many pull
+		// secrets tenants list or images change, it cannot spend the rate
+		// limit the /scale writes and their Events need.
 		labelClient, err := newClient(o.kubeconfig, 10, 20, metrics.CountRequests)
 		if err != nil {
 			return err
 		}
-		syncer, err := newSyncer(labelClient, recorder, o.labels, 10*time.Second, o.labelInterval/2, denied)
+		labelEvents := newBroadcaster(ctx, labelClient)
+		defer labelEvents.Shutdown()
+		labelRecorder := labelEvents.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "microscaling", Host: identity})
+		syncer, err := newSyncer(labelClient, labelRecorder, o.labels, 10*time.Second, o.labelInterval/2, denied)
 		if err != nil {
 			return err
 		}

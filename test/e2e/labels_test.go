@@ -35,6 +35,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/microscaling/microscaling/test/harness"
+	"github.com/microscaling/microscaling/test/workload"
 )
 
 // testRegistry is go-containerregistry's in-process registry behind a
@@ -528,5 +529,97 @@ func TestHostileRegistries(t *testing.T) {
 		if _, ok := annotationsOf(t, s, name)["microscaling.com/priority"]; ok {
 			t.Errorf("%s got a priority from a hostile registry", name)
 		}
+	}
+}
+
+// TestLabelSyncBesideScaleWrites: label sync runs flat out in the
+// controller (150 Deployments appear, each listing 16 imagePullSecrets, so
+// every sync reads 17 objects before it patches: far more than its
+// client's rate limit lets through) while 40 groups get a burst at once.
+// They are scaled up as fast as 40 others were with label sync idle
+// (within 1 s): label sync spends a rate limit of its own, never the one
+// the /scale writes need.
+func TestLabelSyncBesideScaleWrites(t *testing.T) {
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	const groups, synced = 40, 150
+	for _, ns := range []string{"quiet", "busy"} {
+		if _, err := s.Kubectl(t.Context(), "create", "namespace", ns); err != nil {
+			t.Fatal(err)
+		}
+		for i := range groups {
+			topic := fmt.Sprintf("%s%d", ns, i)
+			ensureChannel(t, s, topic, "work")
+			create(t, s, deployment(ns, topic, 1, map[string]string{"microscaling.com/queue": "nsq://" + s.NSQ.HTTPAddr + "/" + topic + "/work",
+				"microscaling.com/target-queue-length": "10", "microscaling.com/max-replicas": "2"}))
+		}
+	}
+	c := startController(t, s.Kubeconfig, "--sync-labels", "--label-sync-interval=1s")
+	react := func(ns string) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for i := range groups {
+			if err := workload.Publish(s.NSQ.TCPAddr, fmt.Sprintf("%s%d", ns, i), 100); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, 60*time.Second, func(ctx context.Context) error {
+			ds, err := s.Client.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return err
+			}
+			grown := 0
+			for _, d := range ds.Items {
+				if d.Spec.Replicas != nil && *d.Spec.Replicas > 1 {
+					grown++
+				}
+			}
+			if grown < groups {
+				return fmt.Errorf("%d of %d groups in %s scaled up", grown, groups, ns)
+			}
+			return nil
+		})
+		return time.Since(start)
+	}
+	quiet := react("quiet")
+
+	// Label sync flat out.
+	reg := newRegistry(t)
+	image := push(t, reg.host, "fleet/app:v1", map[string]string{"com.microscaling.priority": "1"})
+	for i := range synced {
+		d := syncedDeployment(fmt.Sprintf("s%d", i), image, nil)
+		for j := range 16 {
+			d.Spec.Template.Spec.ImagePullSecrets = append(d.Spec.Template.Spec.ImagePullSecrets, corev1.LocalObjectReference{Name: fmt.Sprintf("pull-%d", j)})
+		}
+		create(t, s, d)
+	}
+	// Only label sync reads Secrets and ServiceAccounts, or patches
+	// Deployments.
+	labelRequests := func() float64 {
+		t.Helper()
+		n := 0.0
+		for _, match := range [][]string{{`verb="GET"`, `resource="secrets"`}, {`verb="GET"`, `resource="serviceaccounts"`}, {`verb="PATCH"`, `resource="deployments"`}} {
+			v, err := c.metric(t.Context(), "microscaling_api_requests_total", match...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += v
+		}
+		return n
+	}
+	eventually(t, 30*time.Second, func(context.Context) error {
+		if n := labelRequests(); n < 50 {
+			return fmt.Errorf("label sync made %v requests, want 50 before the burst", n)
+		}
+		return nil
+	})
+	from, at := labelRequests(), time.Now()
+	busy := react("busy")
+	rate := (labelRequests() - from) / time.Since(at).Seconds()
+	t.Logf("LABEL SYNC BESIDE WRITES: 40 groups scaled up in %.2f s with label sync idle, %.2f s while it made %.1f requests/s", quiet.Seconds(), busy.Seconds(), rate)
+	if rate < 7 {
+		t.Errorf("label sync made %.1f requests/s during the burst, want it flat out (its client allows 10/s)", rate)
+	}
+	if busy > quiet+time.Second {
+		t.Errorf("40 groups took %.2f s to scale up beside label sync, %.2f s without: want within 1 s", busy.Seconds(), quiet.Seconds())
 	}
 }

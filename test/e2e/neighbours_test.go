@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/test/harness"
 	"github.com/microscaling/microscaling/test/workload"
 )
@@ -403,5 +404,114 @@ func TestNestedAnswer(t *testing.T) {
 	}
 	if heapMax > 64<<20 {
 		t.Errorf("heap in use reached %.1f MiB reading a nested answer, want at most 64", heapMax/(1<<20))
+	}
+}
+
+// TestRiseAndFallBesideNeighbours: beside the same neighbours as
+// TestNoisyNeighbours (32 hung hosts, a hung lookupd with 256 topics), a
+// victim consumed by real go-nsq consumers follows a slow rise, a hold and
+// a fall within the bounds a quiet cluster meets (TestLinearRiseKeepsUp's):
+// the replicas the top rate needs by shortly after the rise, the backlog
+// within 5 s of the top rate over its target, no scale-down taken back
+// while the rate only rises, and back down within its scale-down delay
+// and a few ticks once the rate falls; its queue never unreadable.
+func TestRiseAndFallBesideNeighbours(t *testing.T) {
+	const target, per = 30, 125 * time.Millisecond
+	s, _, _ := consumerStack(t, target, per, 4)
+	for _, ns := range []string{"hung-hosts", "hung-lookupd"} {
+		if _, err := s.Kubectl(t.Context(), "create", "namespace", ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 32 {
+		create(t, s, deployment("hung-hosts", fmt.Sprintf("hung-%d", i), 0, map[string]string{
+			"microscaling.com/queue": "nsq://" + hungHost(t) + "/t/c", "microscaling.com/target-queue-length": "10",
+			"microscaling.com/min-replicas": "0", "microscaling.com/max-replicas": "3"}))
+	}
+	lookupd := hungHost(t)
+	for i := range 256 {
+		create(t, s, deployment("hung-lookupd", fmt.Sprintf("topic-%d", i), 0, map[string]string{
+			"microscaling.com/queue": fmt.Sprintf("nsqlookupd://%s/topic-%d/c", lookupd, i), "microscaling.com/target-queue-length": "10",
+			"microscaling.com/min-replicas": "0", "microscaling.com/max-replicas": "3"}))
+	}
+	waitEvent(t, s, "hung-hosts", "hung-31", "Warning QueueUnreadable", 30*time.Second)
+	waitEvent(t, s, "hung-lookupd", "topic-255", "Warning QueueUnreadable", 30*time.Second)
+
+	const (
+		rise, top, low = 60 * time.Second, 40.0, 4.0
+		fallAt, end    = 80 * time.Second, 140 * time.Second
+	)
+	up := workload.Ramp{From: 2, To: top, Rise: rise}
+	rate := func(at time.Duration) float64 {
+		if at >= fallAt {
+			return low
+		}
+		return up.Rate(at)
+	}
+	needed := int32(math.Ceil(top * per.Seconds()))
+	var rec loadRecord
+	ctx, cancel := context.WithCancel(t.Context())
+	start := time.Now()
+	var wg sync.WaitGroup
+	wg.Go(func() { rec.record(ctx, t, s, "consumer", "jobs", "work", start) })
+	defer func() { cancel(); wg.Wait() }()
+	pctx, pcancel := context.WithTimeout(t.Context(), end)
+	defer pcancel()
+	if err := workload.ProduceRate(pctx, s.NSQ.TCPAddr, "jobs", rate); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	wg.Wait()
+
+	bound := int64(target + 5*top)
+	var (
+		peak      loadSample
+		reached   = time.Duration(-1)
+		down      = time.Duration(-1)
+		lastDown  bool
+		reversals int
+		history   []int32
+	)
+	for i, sm := range rec.samples {
+		if sm.at < fallAt && sm.backlog > peak.backlog {
+			peak = sm
+		}
+		if reached < 0 && sm.replicas >= needed {
+			reached = sm.at
+		}
+		if down < 0 && sm.at > fallAt && sm.replicas <= 2 {
+			down = sm.at - fallAt
+		}
+		if i == 0 || sm.replicas != rec.samples[i-1].replicas {
+			history = append(history, sm.replicas)
+		}
+		if i > 0 && sm.at < rise {
+			switch prev := rec.samples[i-1].replicas; {
+			case sm.replicas < prev:
+				lastDown = true
+			case sm.replicas > prev && lastDown:
+				reversals++
+				lastDown = false
+			}
+		}
+	}
+	t.Logf("RISE AND FALL BESIDE NEIGHBOURS: needed %d reached at %.1f s (rise ends at %.0f s), peak backlog %d at %.1f s (bound %d), down to 2 or fewer %.1f s after the fall, replicas %v",
+		needed, reached.Seconds(), rise.Seconds(), peak.backlog, peak.at.Seconds(), bound, down.Seconds(), history)
+	if reached < 0 || reached > rise+20*time.Second {
+		t.Errorf("the victim did not reach the %d replicas %.0f msg/s needs within 20 s of the rise's end: replicas went %v", needed, top, history)
+	}
+	if peak.backlog > bound {
+		t.Errorf("backlog reached %d at %.1f s, over %d (target %d + 5 s of the top rate)", peak.backlog, peak.at.Seconds(), bound, target)
+	}
+	if reversals > 0 {
+		t.Errorf("%d scale-downs taken back while the rate only rose: replicas went %v", reversals, history)
+	}
+	if delay := annotations.DefaultScaleDownDelay; down < 0 || down > delay+15*time.Second {
+		t.Errorf("the victim was not back to 2 or fewer replicas within its scale-down delay (%s) and 15 s of the fall: replicas went %v", delay, history)
+	}
+	for _, e := range mustEvents(t, s, "default", "consumer") {
+		if strings.Contains(e, "QueueUnreadable") {
+			t.Errorf("victim: %s", e)
+		}
 	}
 }

@@ -367,25 +367,6 @@ func (c *Controller) capHosts(hosts map[string]map[string]bool) map[string]map[s
 	return allowed
 }
 
-// readTarget is what a queue costs a tick in requests, as the per-namespace
-// cap counts it: an nsqd, a NATS server's monitoring port or a Redis
-// server is one request however many queues it serves; an nsqlookupd is
-// one lookup per topic, RabbitMQ one request per queue and Prometheus one
-// per query, each its own.
-func readTarget(q annotations.QueueRef) string {
-	switch q.Scheme {
-	case annotations.SchemeNSQLookupd:
-		return q.Host + "/" + q.Name
-	case annotations.SchemeRabbitMQ:
-		// One request per virtual host.
-		return q.Scheme + "://" + q.Host + "/" + q.Sub
-	case annotations.SchemePrometheus:
-		// A namespace's queries go to a server together.
-		return q.Scheme + "://" + q.Host
-	}
-	return q.Host
-}
-
 // queueSet is what a tick reads, built from the members' specs.
 type queueSet struct {
 	specs   uint64   // Controller.specs it was built at
@@ -407,7 +388,7 @@ func (c *Controller) queueSet(members map[string][]memberRef) *queueSet {
 				if hosts[m.d.Namespace] == nil {
 					hosts[m.d.Namespace] = map[string]bool{}
 				}
-				hosts[m.d.Namespace][readTarget(q)] = true
+				hosts[m.d.Namespace][queue.Target(q)] = true
 			}
 		}
 	}
@@ -421,7 +402,7 @@ func (c *Controller) queueSet(members map[string][]memberRef) *queueSet {
 				// Rare: some namespace names too many hosts. Its queues on
 				// hosts past the bound are not read, unless a namespace
 				// within it names them.
-				if a := s.allowed[m.d.Namespace]; a == nil || a[readTarget(q)] {
+				if a := s.allowed[m.d.Namespace]; a == nil || a[queue.Target(q)] {
 					s.refs.add(q, m.d.Namespace, m.st.spec.ScaleDownDelay)
 				}
 			}
@@ -809,7 +790,7 @@ func (c *Controller) readQueues(m member, t *tick) (policy.QueueReading, bool) {
 	var sum policy.QueueReading
 	var err error
 	for _, q := range m.spec.Queues {
-		if a := t.allowedHosts[m.d.Namespace]; a != nil && !a[readTarget(q)] {
+		if a := t.allowedHosts[m.d.Namespace]; a != nil && !a[queue.Target(q)] {
 			err = fmt.Errorf("queue host %s not read: namespace %s names more than %d queue hosts (each nsqlookupd topic counts as one)", q.Host, m.d.Namespace, c.cfg.QueueHostsPerNamespace)
 			break
 		}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"syscall"
 	"time"
 
@@ -43,26 +44,113 @@ type Source interface {
 }
 
 // Sources is a Source that hands each queue to the Source of its scheme.
+// Schemes one Source reads (nsq:// and nsqlookupd://) go to it in one Read,
+// so that it reads each server once however the queues reach it.
 type Sources struct {
 	by   map[string]Source
-	plan Plan[map[string][]Ref]
+	plan Plan[[]sourceRefs]
+}
+
+// sourceRefs are the refs one Source reads, and the schemes they are of.
+type sourceRefs struct {
+	src     Source
+	schemes []string
+	refs    []Ref
+	// elsewhere, for a Charger, is how many queue hosts (Target) each
+	// namespace takes through the queues the other sources read.
+	elsewhere map[string]int
+}
+
+// Charger is a Source whose reads contact hosts no ref names (the nsqds an
+// nsqlookupd announces) and charges them to each namespace's host cap: on
+// top of elsewhere, the hosts the namespace's queues of other sources take.
+type Charger interface {
+	ReadCharged(ctx context.Context, refs []Ref, elsewhere map[string]int) policy.Readings
 }
 
 // NewSources hands the queues of each scheme to its Source.
 func NewSources(by map[string]Source) *Sources { return &Sources{by: by} }
 
-// Read splits refs by scheme and starts every source's read.
+// Read splits refs by Source and starts every source's read.
 func (s *Sources) Read(ctx context.Context, refs []Ref) policy.Readings {
-	by := s.plan.For(refs, func(refs []Ref) map[string][]Ref {
-		return GroupBy(refs, func(r Ref) string { return r.Scheme })
-	})
 	out := readings{}
-	for scheme, rs := range by {
-		if src, ok := s.by[scheme]; ok {
-			out[scheme] = src.Read(ctx, rs)
+	for _, g := range s.plan.For(refs, s.split) {
+		var rs policy.Readings
+		if c, ok := g.src.(Charger); ok {
+			rs = c.ReadCharged(ctx, g.refs, g.elsewhere)
+		} else {
+			rs = g.src.Read(ctx, g.refs)
+		}
+		for _, scheme := range g.schemes {
+			out[scheme] = rs
 		}
 	}
 	return out
+}
+
+// split groups refs by the Source that reads them (a scheme without one is
+// left out: its queues read as "no source reads this scheme").
+func (s *Sources) split(refs []Ref) []sourceRefs {
+	index := map[Source]int{}
+	var out []sourceRefs
+	for _, r := range refs {
+		src, ok := s.by[r.Scheme]
+		if !ok {
+			continue
+		}
+		i, seen := index[src]
+		if !seen {
+			i = len(out)
+			index[src] = i
+			out = append(out, sourceRefs{src: src})
+		}
+		g := &out[i]
+		if !slices.Contains(g.schemes, r.Scheme) {
+			g.schemes = append(g.schemes, r.Scheme)
+		}
+		g.refs = append(g.refs, r)
+	}
+	for i := range out {
+		if _, ok := out[i].src.(Charger); !ok {
+			continue
+		}
+		targets := map[string]map[string]bool{} // namespace -> its targets
+		for j := range out {
+			if j == i {
+				continue
+			}
+			for _, r := range out[j].refs {
+				for _, ns := range r.Namespaces {
+					if targets[ns] == nil {
+						targets[ns] = map[string]bool{}
+					}
+					targets[ns][Target(r.QueueRef)] = true
+				}
+			}
+		}
+		out[i].elsewhere = make(map[string]int, len(targets))
+		for ns, ts := range targets {
+			out[i].elsewhere[ns] = len(ts)
+		}
+	}
+	return out
+}
+
+// Target is what a queue costs a tick in requests, as the per-namespace
+// host cap counts it: an nsqd, a NATS server's monitoring port or a Redis
+// server is one request however many queues it serves; an nsqlookupd is
+// one lookup per topic, RabbitMQ one request per virtual host and
+// Prometheus one per server, each its own.
+func Target(q annotations.QueueRef) string {
+	switch q.Scheme {
+	case annotations.SchemeNSQLookupd:
+		return q.Host + "/" + q.Name
+	case annotations.SchemeRabbitMQ:
+		return q.Scheme + "://" + q.Host + "/" + q.Sub
+	case annotations.SchemePrometheus:
+		return q.Scheme + "://" + q.Host
+	}
+	return q.Host
 }
 
 // Readiness is what Readings whose reads run in the background also tell:

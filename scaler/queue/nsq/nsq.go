@@ -67,8 +67,9 @@ type NSQReader struct {
 	// Fetcher runs every request under the shared bounds.
 	Fetcher *queue.Fetcher
 	// HostsPerNamespace, when above 0, is the queue hosts one namespace
-	// may make the controller contact: the nsqds and lookups it names and
-	// the nsqds its lookups announced last time (see admit).
+	// may make the controller contact: the nsqds and lookups it names, the
+	// hosts its queues of other schemes take (ReadCharged), and the nsqds
+	// its lookups announced last time (see admit).
 	HostsPerNamespace int
 
 	mu sync.Mutex // guards vanished and announced
@@ -162,6 +163,13 @@ func newPlan(refs []queue.Ref) plan {
 // waits for its own hosts. An nsqd's read is charged to the namespaces
 // that name it, and an nsqd a lookup announces to those of the lookup.
 func (r *NSQReader) Read(ctx context.Context, refs []queue.Ref) policy.Readings {
+	return r.ReadCharged(ctx, refs, nil)
+}
+
+// ReadCharged is Read, with the queue hosts each namespace takes through
+// other sources (queue.Charger): the nsqds its lookups announce count on
+// top of them toward HostsPerNamespace.
+func (r *NSQReader) ReadCharged(ctx context.Context, refs []queue.Ref, elsewhere map[string]int) policy.Readings {
 	s := &Snapshot{stats: map[string]*fetch{}, lookups: map[lookupKey]*lookupFetch{}}
 	p := r.plan.For(refs, newPlan)
 	direct, lookedUp := p.direct, p.lookedUp
@@ -191,7 +199,7 @@ func (r *NSQReader) Read(ctx context.Context, refs []queue.Ref) policy.Readings 
 	for host, namespaces := range p.hosts {
 		start(host, namespaces)
 	}
-	charged, refused := r.admit(p)
+	charged, refused := r.admit(p, elsewhere)
 	for k, namespaces := range charged {
 		lf := &lookupFetch{done: make(chan struct{})}
 		s.lookups[k] = lf
@@ -225,13 +233,14 @@ func (r *NSQReader) Read(ctx context.Context, refs []queue.Ref) policy.Readings 
 }
 
 // admit charges each lookup's announced nsqds (as the last lookup named
-// them) to the namespaces naming it, lookups in sorted order, and returns
+// them) to the namespaces naming it, on top of the hosts they name and
+// those they take elsewhere, lookups in sorted order, and returns
 // the namespaces each lookup is charged to. A namespace past
 // HostsPerNamespace with them is not charged; a lookup that no namespace
 // naming it can afford is refused. A namespace over its cap thus cannot
 // make another lose a lookup they share: the read is charged to those with
 // room.
-func (r *NSQReader) admit(p plan) (charged map[lookupKey][]string, refused map[lookupKey]bool) {
+func (r *NSQReader) admit(p plan, elsewhere map[string]int) (charged map[lookupKey][]string, refused map[lookupKey]bool) {
 	if r.HostsPerNamespace <= 0 {
 		return p.lookups, nil
 	}
@@ -268,7 +277,7 @@ func (r *NSQReader) admit(p plan) (charged map[lookupKey][]string, refused map[l
 		}
 		var payers []string
 		for _, ns := range p.lookups[k] {
-			n := len(hosts[ns])
+			n := elsewhere[ns] + len(hosts[ns])
 			for h := range announced {
 				if !hosts[ns][h] {
 					n++

@@ -337,4 +337,24 @@ func TestAnnouncedNSQDsCountTowardTheCap(t *testing.T) {
 	if got, n, err := read(shared, direct(0), direct(1)); err != nil || got.Backlog != 15 || n != 3 {
 		t.Errorf("shared with a namespace that has room: backlog %d, %v, %d nsqds read; want 15 from 3", got.Backlog, err, n)
 	}
+	// Hosts the namespace's queues of other schemes take count too, as
+	// queue.Sources tells them: two RabbitMQ virtual hosts and the lookup
+	// with its 3 nsqds make 6.
+	r = &NSQReader{Fetcher: &queue.Fetcher{Timeout: time.Second}, HostsPerNamespace: 4}
+	srcs := queue.NewSources(map[string]queue.Source{"nsq": r, "nsqlookupd": r, "rabbitmq": unread{}})
+	vhost := func(i int) queue.Ref {
+		return queue.Ref{QueueRef: annotations.QueueRef{Scheme: "rabbitmq", Host: "127.0.0.1:1", Name: "q", Sub: fmt.Sprint("v", i)}, Namespaces: []string{"crowded"}}
+	}
+	for i, want := range []int64{3, 0} {
+		before := hits.Load()
+		_, err := srcs.Read(context.Background(), []queue.Ref{crowded, vhost(0), vhost(1)}).Reading(q)
+		if n := hits.Load() - before; n != want || (i == 1) != (err != nil) {
+			t.Errorf("beside two RabbitMQ virtual hosts, read %d: %v, %d nsqds read; want %d read, an error from the second on", i, err, n, want)
+		}
+	}
 }
+
+// unread is a Source that reads nothing.
+type unread struct{}
+
+func (unread) Read(context.Context, []queue.Ref) policy.Readings { return nil }

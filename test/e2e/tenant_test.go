@@ -153,6 +153,46 @@ func TestCloudMetadataRefused(t *testing.T) {
 	}
 }
 
+// TestQueuesKeptInTheirNamespace: with --queue-same-namespace, a tenant
+// naming another namespace's in-cluster nsqd, or a bare Service name (which
+// would resolve in the controller's namespace), is told so and left alone;
+// its own namespace's Service name passes the rule and is read (here it
+// cannot resolve: no cluster DNS); a queue named by address scales.
+func TestQueuesKeptInTheirNamespace(t *testing.T) {
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	if _, err := s.Kubectl(t.Context(), "create", "namespace", "attacker"); err != nil {
+		t.Fatal(err)
+	}
+	queue := func(host string) map[string]string {
+		return map[string]string{"microscaling.com/queue": "nsq://" + host + "/jobs/work", "microscaling.com/target-queue-length": "10", "microscaling.com/max-replicas": "5"}
+	}
+	create(t, s, deployment("attacker", "cross", 1, queue("nsqd.victim.svc.cluster.local:4151")))
+	create(t, s, deployment("attacker", "bare", 1, queue("nsqd:4151")))
+	create(t, s, deployment("attacker", "own", 1, queue("nsqd.attacker.svc.cluster.local:4151")))
+	ensureChannel(t, s, "jobs", "work")
+	create(t, s, deployment("default", "consumer", 1, queue(s.NSQ.HTTPAddr)))
+	startController(t, s.Kubeconfig, "--queue-same-namespace", "--queue-allow=127.0.0.1/32,svc.cluster.local")
+
+	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 200); err != nil {
+		t.Fatal(err)
+	}
+	waitReplicas(t, s, "default", "consumer", 10*time.Second, "> 1", func(n int32) bool { return n > 1 })
+	waitEvent(t, s, "attacker", "cross", "Warning InvalidAnnotation: microscaling.com/queue", 10*time.Second)
+	waitEvent(t, s, "attacker", "cross", "queues in other namespaces are not read", time.Second)
+	waitEvent(t, s, "attacker", "bare", "a bare name resolves in the controller's namespace", 10*time.Second)
+	waitEvent(t, s, "attacker", "own", "Warning QueueUnreadable", 10*time.Second)
+	for _, e := range mustEvents(t, s, "attacker", "own") {
+		if strings.Contains(e, "InvalidAnnotation") {
+			t.Errorf("own: its own namespace's Service was refused: %s", e)
+		}
+	}
+	for _, name := range []string{"cross", "bare", "own"} {
+		if n := mustReplicas(t, s, "attacker", name); n != 1 {
+			t.Errorf("attacker/%s has %d replicas, want 1 (left alone)", name, n)
+		}
+	}
+}
+
 // TestAPIServerEndpointsFollowed: the EndpointSlices of default/kubernetes,
 // where a cluster lists the API server's real endpoints behind its Service
 // address, are followed into the addresses refused to tenants as they are

@@ -125,6 +125,21 @@ apiVersion: v1
 kind: ConfigMap
 metadata: {name: x, annotations: {microscaling.com/rule: remainder}}
 `
+	unread := `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: pods, namespace: t}
+spec:
+  template:
+    metadata:
+      annotations: {microscaling.com/queue: "nsq://h:4151/t/c", microscaling.com/max-replicas: "3"}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: unmanaged
+  namespace: t
+  annotations: {microscaling.com/max-replicas: "3", microscaling.com/target-queue-length: "10"}
+`
 	tests := []struct {
 		name    string
 		args    []string
@@ -140,6 +155,10 @@ metadata: {name: x, annotations: {microscaling.com/rule: remainder}}
 			`-: Deployment t/c: microscaling.com/max-replicas="": required`,
 			"-: ConfigMap x: microscaling.com/* annotations act only on apps/v1 Deployments",
 			"2 objects with microscaling.com/ annotations checked, 4 problems"}},
+		{name: "annotations on the pod template, and a Deployment neither queue nor rule", args: []string{"-f", "-"}, stdin: unread, bad: true, outputs: []string{
+			"-: Deployment t/pods: microscaling.com/* annotations on the pod template (spec.template.metadata.annotations) are not read",
+			"-: Deployment t/unmanaged: microscaling.com/* annotations without microscaling.com/queue or microscaling.com/rule: the Deployment is not managed",
+			"2 objects with microscaling.com/ annotations checked, 2 problems"}},
 		{name: "no input", err: "no input"},
 		{name: "broken YAML", args: []string{"-f", "-"}, stdin: "kind: [", err: "reading manifests"},
 	}

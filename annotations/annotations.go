@@ -39,6 +39,8 @@ const (
 	MaxReplicas       = Prefix + "max-replicas"
 	MaxDelta          = Prefix + "max-delta"
 	ScaleDownDelay    = Prefix + "scale-down-delay"
+	FallbackReplicas  = Prefix + "fallback-replicas"
+	FallbackAfter     = Prefix + "fallback-after"
 	GroupMaxReplicas  = Prefix + "group-max-replicas"
 	Paused            = Prefix + "paused"
 	SyncLabels        = Prefix + "sync-labels"
@@ -47,7 +49,7 @@ const (
 // Keys lists every key of the contract, in the order the docs give them.
 var Keys = []string{
 	Group, Priority, Rule, Queue, QueueSecret, TargetQueueLength, TargetWait, MinReplicas, MaxReplicas,
-	MaxDelta, ScaleDownDelay, GroupMaxReplicas, Paused, SyncLabels,
+	MaxDelta, ScaleDownDelay, FallbackReplicas, FallbackAfter, GroupMaxReplicas, Paused, SyncLabels,
 }
 
 // Limits on values, so that no input can overflow the arithmetic downstream.
@@ -56,6 +58,7 @@ const (
 	MaxReplicaCount   = 100000
 	MaxTarget         = 1 << 40
 	MaxScaleDownDelay = 24 * time.Hour
+	MinFallbackAfter  = time.Second
 	MinTargetWait     = 100 * time.Millisecond
 	MaxTargetWait     = 24 * time.Hour
 	MaxValueLength    = 2048
@@ -64,6 +67,10 @@ const (
 
 // DefaultScaleDownDelay applies when scale-down-delay is not set.
 const DefaultScaleDownDelay = 30 * time.Second
+
+// DefaultFallbackAfter applies when fallback-replicas is set and
+// fallback-after is not.
+const DefaultFallbackAfter = 30 * time.Second
 
 // RuleKind says how a member's replicas are decided.
 type RuleKind string
@@ -87,9 +94,14 @@ type Spec struct {
 	MaxReplicas       int32
 	MaxDelta          int32 // 0: no limit
 	ScaleDownDelay    time.Duration
-	GroupMaxReplicas  int32 // 0: no group budget
-	Paused            bool
-	SyncLabels        bool
+	// FallbackReplicas are the replicas asked for once the queues have
+	// been unreadable for FallbackAfter; FallbackAfter 0: no fallback (the
+	// replicas are held).
+	FallbackReplicas int32
+	FallbackAfter    time.Duration
+	GroupMaxReplicas int32 // 0: no group budget
+	Paused           bool
+	SyncLabels       bool
 	// QueueSecret names a Secret of the Deployment's namespace holding the
 	// credentials its queues are read with; empty: none.
 	QueueSecret string
@@ -219,6 +231,7 @@ func Parse(name string, ann map[string]string) (Spec, error) {
 			p.fail(MinReplicas, ann[MinReplicas], fmt.Sprintf("at most max-replicas (%d)", s.MaxReplicas))
 		}
 	}
+	p.fallback(&s)
 	s.MaxDelta = int32(p.integer(MaxDelta, 0, 1, MaxReplicaCount))
 	s.GroupMaxReplicas = int32(p.integer(GroupMaxReplicas, 0, 1, MaxReplicaCount))
 	if _, ok := p.get(ScaleDownDelay); ok {
@@ -239,6 +252,39 @@ func Parse(name string, ann map[string]string) (Spec, error) {
 		}
 	}
 	return s, utilerrors.NewAggregate(p.errs)
+}
+
+// fallback reads fallback-replicas and fallback-after: a queue member's
+// replicas once its queues have been unreadable that long, within its
+// min-replicas and max-replicas.
+func (p *parser) fallback(s *Spec) {
+	v, hasReplicas := p.get(FallbackReplicas)
+	after, hasAfter := p.get(FallbackAfter)
+	switch {
+	case hasReplicas && s.Rule == RuleRemainder:
+		p.fail(FallbackReplicas, v, "used only with rule queue: a remainder reads no queue")
+		return
+	case hasAfter && !hasReplicas:
+		p.fail(FallbackAfter, after, "used only with fallback-replicas")
+		return
+	case !hasReplicas:
+		return
+	}
+	n := p.integer(FallbackReplicas, -1, 0, MaxReplicaCount)
+	if n < 0 {
+		return
+	}
+	if s.MaxReplicas > 0 && (int32(n) < s.MinReplicas || int32(n) > s.MaxReplicas) {
+		p.fail(FallbackReplicas, v, fmt.Sprintf("from min-replicas (%d) to max-replicas (%d)", s.MinReplicas, s.MaxReplicas))
+		return
+	}
+	d := DefaultFallbackAfter
+	if hasAfter {
+		if d = p.duration(FallbackAfter, MinFallbackAfter, MaxScaleDownDelay, "a Go duration from 1s to 24h, for example 30s or 2m"); d == 0 {
+			return
+		}
+	}
+	s.FallbackReplicas, s.FallbackAfter = int32(n), d
 }
 
 type parser struct {
@@ -301,12 +347,12 @@ func (p *parser) boolean(key string) bool {
 // MaxAnnotations and MaxAnnotationBytes bound the microscaling.com/*
 // annotations of one Deployment (keys and values, in bytes). Past either,
 // Parse reads none of them and reports one problem. Every known key at its
-// longest valid value fits (13 keys of at most MaxValueLength bytes), so a
+// longest valid value fits (16 keys of at most MaxValueLength bytes), so a
 // Deployment the bounds refuse holds unknown keys, which the admission
 // policy refuses too.
 const (
 	MaxAnnotations     = 32
-	MaxAnnotationBytes = 32 << 10
+	MaxAnnotationBytes = 40 << 10
 )
 
 // maxSuggestions bounds the unknown keys a "did you mean" is computed for

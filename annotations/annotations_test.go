@@ -55,6 +55,20 @@ func TestParseValid(t *testing.T) {
 				Queues:         []QueueRef{{Scheme: "nsq", Host: "nsq:4151", Name: "jobs", Sub: "work"}}},
 		},
 		{
+			name: "fallback, its delay by default and given",
+			ann:  map[string]string{Queue: "nsq://nsq:4151/jobs/work", TargetQueueLength: "50", MaxReplicas: "10", FallbackReplicas: "3"},
+			want: Spec{Group: "consumer", Priority: 1, Rule: RuleQueue, TargetQueueLength: 50, MaxReplicas: 10,
+				ScaleDownDelay: DefaultScaleDownDelay, FallbackReplicas: 3, FallbackAfter: DefaultFallbackAfter,
+				Queues: []QueueRef{{Scheme: "nsq", Host: "nsq:4151", Name: "jobs", Sub: "work"}}},
+		},
+		{
+			name: "fallback to zero after 20s",
+			ann:  map[string]string{Queue: "nsq://nsq:4151/jobs/work", TargetQueueLength: "50", MaxReplicas: "10", FallbackReplicas: "0", FallbackAfter: "20s"},
+			want: Spec{Group: "consumer", Priority: 1, Rule: RuleQueue, TargetQueueLength: 50, MaxReplicas: 10,
+				ScaleDownDelay: DefaultScaleDownDelay, FallbackReplicas: 0, FallbackAfter: 20 * time.Second,
+				Queues: []QueueRef{{Scheme: "nsq", Host: "nsq:4151", Name: "jobs", Sub: "work"}}},
+		},
+		{
 			name: "other annotations are ignored",
 			ann:  map[string]string{Rule: "remainder", MaxReplicas: "2", "deployment.kubernetes.io/revision": "3", "example.com/microscaling.com/x": "y"},
 			want: Spec{Group: "consumer", Priority: 1, Rule: RuleRemainder, MaxReplicas: 2, ScaleDownDelay: DefaultScaleDownDelay},
@@ -106,6 +120,12 @@ func TestParseInvalid(t *testing.T) {
 		{name: "queue bad topic", ann: map[string]string{Queue: "nsq://h:4151/t!/c", TargetQueueLength: "1", MaxReplicas: "1"}, wantKeys: []string{Queue}},
 		{name: "queue twice", ann: map[string]string{Queue: "nsq://h:4151/t/c,nsq://h:4151/t/c", TargetQueueLength: "1", MaxReplicas: "1"}, wantKeys: []string{Queue}, wantText: "once"},
 		{name: "very long value", ann: map[string]string{Rule: "remainder", MaxReplicas: "1", Group: strings.Repeat("a", MaxValueLength+1)}, wantKeys: []string{Group}, wantText: "at most 2048 bytes"},
+		{name: "fallback above max", ann: map[string]string{Queue: "nsq://h:1/t/c", TargetQueueLength: "1", MaxReplicas: "5", FallbackReplicas: "6"}, wantKeys: []string{FallbackReplicas}, wantText: "from min-replicas (0) to max-replicas (5)"},
+		{name: "fallback below min", ann: map[string]string{Queue: "nsq://h:1/t/c", TargetQueueLength: "1", MinReplicas: "2", MaxReplicas: "5", FallbackReplicas: "1"}, wantKeys: []string{FallbackReplicas}, wantText: "from min-replicas (2)"},
+		{name: "fallback on a remainder", ann: map[string]string{Rule: "remainder", MaxReplicas: "5", FallbackReplicas: "1"}, wantKeys: []string{FallbackReplicas}, wantText: "only with rule queue"},
+		{name: "fallback-after alone", ann: map[string]string{Queue: "nsq://h:1/t/c", TargetQueueLength: "1", MaxReplicas: "5", FallbackAfter: "20s"}, wantKeys: []string{FallbackAfter}, wantText: "only with fallback-replicas"},
+		{name: "fallback-after too short", ann: map[string]string{Queue: "nsq://h:1/t/c", TargetQueueLength: "1", MaxReplicas: "5", FallbackReplicas: "2", FallbackAfter: "500ms"}, wantKeys: []string{FallbackAfter}, wantText: "from 1s to 24h"},
+		{name: "fallback not a number", ann: map[string]string{Queue: "nsq://h:1/t/c", TargetQueueLength: "1", MaxReplicas: "5", FallbackReplicas: "three"}, wantKeys: []string{FallbackReplicas}, wantText: "whole number"},
 		{name: "every problem at once", ann: map[string]string{Rule: "remainder", MaxReplicas: "x", Priority: "-3", Paused: "1", MaxDelta: "0"},
 			wantKeys: []string{Priority, MaxReplicas, MaxDelta, Paused}},
 	}
@@ -221,6 +241,9 @@ func render(s Spec) map[string]string {
 	}
 	if s.GroupMaxReplicas > 0 {
 		a[GroupMaxReplicas] = strconv.Itoa(int(s.GroupMaxReplicas))
+	}
+	if s.FallbackAfter > 0 {
+		a[FallbackReplicas], a[FallbackAfter] = strconv.Itoa(int(s.FallbackReplicas)), s.FallbackAfter.String()
 	}
 	return a
 }

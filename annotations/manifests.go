@@ -37,13 +37,29 @@ func CheckManifests(r io.Reader, source string) (checked int, problems []Problem
 			continue // an empty document
 		}
 		for _, u := range flatten(&unstructured.Unstructured{Object: obj}) {
-			if !carries(u.GetAnnotations()) {
+			template, _, _ := unstructured.NestedStringMap(u.Object, "spec", "template", "metadata", "annotations")
+			onObject, onTemplate := carries(u.GetAnnotations()), carries(template)
+			if !onObject && !onTemplate {
 				continue
 			}
 			checked++
 			what := u.GetKind() + " " + strings.TrimPrefix(u.GetNamespace()+"/"+u.GetName(), "/")
+			if onTemplate {
+				// A chart's podAnnotations land here: on the pods, where
+				// the controller never looks.
+				problems = append(problems, Problem{source, what, errors.New(
+					"microscaling.com/* annotations on the pod template (spec.template.metadata.annotations) are not read: put them on the object's own metadata.annotations")})
+			}
+			if !onObject {
+				continue
+			}
 			if u.GetKind() != "Deployment" || !strings.HasPrefix(u.GetAPIVersion(), "apps/") {
 				problems = append(problems, Problem{source, what, errors.New("microscaling.com/* annotations act only on apps/v1 Deployments")})
+				continue
+			}
+			if !Managed(u.GetAnnotations()) {
+				problems = append(problems, Problem{source, what, fmt.Errorf(
+					"microscaling.com/* annotations without %s or %s: the Deployment is not managed and they are not read", Queue, Rule)})
 				continue
 			}
 			if _, err := Parse(u.GetName(), u.GetAnnotations()); err != nil {

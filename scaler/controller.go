@@ -41,6 +41,8 @@ const (
 	ReasonReleased            = "Released"
 	ReasonRemainderPriority   = "RemainderPriority"
 	ReasonEstimateCorrected   = "EstimateCorrected"
+	ReasonFallbackActive      = "FallbackActive"
+	ReasonFallbackEnded       = "FallbackEnded"
 )
 
 // HeldConflict is the Held word of a member another autoscaler scales.
@@ -124,6 +126,7 @@ type memberState struct {
 	mu         sync.Mutex
 	policy     policy.MemberState
 	unreadable bool
+	fallback   bool // at fallback-replicas, its queues unreadable
 	// written is the replica count this controller last wrote; a different
 	// spec.replicas later means someone else scaled the Deployment.
 	written    int32
@@ -670,10 +673,27 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 	}
 	for i, m := range ms {
 		c.condition(m, corev1.EventTypeWarning, ReasonEstimateCorrected, correctedMessage(out.Decisions[i].Corrected))
+		c.fallback(m, out.Decisions[i].Fallback)
 		c.record(key, m, out.Decisions[i], t)
 	}
 	for _, i := range out.Writes {
 		c.act(ctx, key, ms[i], out.Decisions[i])
+	}
+}
+
+// fallback tells when a member starts and stops being at its
+// fallback-replicas.
+func (c *Controller) fallback(m member, on bool) {
+	m.st.mu.Lock()
+	was := m.st.fallback
+	m.st.fallback = on
+	m.st.mu.Unlock()
+	switch {
+	case on && !was:
+		c.recorder.Eventf(m.d, corev1.EventTypeWarning, ReasonFallbackActive, "queues unreadable for %s: at fallback-replicas %d until they are read again",
+			m.spec.FallbackAfter, m.spec.FallbackReplicas)
+	case was && !on:
+		c.recorder.Event(m.d, corev1.EventTypeNormal, ReasonFallbackEnded, "queues read again: the queue rule decides from here")
 	}
 }
 

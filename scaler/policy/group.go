@@ -162,7 +162,8 @@ func (s *MemberState) Step(p QueuePolicy, now time.Time, cur, ready int32, r Que
 
 // PolicyOf is the queue rule's settings from a member's annotations.
 func PolicyOf(s *annotations.Spec) QueuePolicy {
-	return QueuePolicy{Target: s.TargetQueueLength, Wait: s.TargetWait, Min: s.MinReplicas, Max: s.MaxReplicas, MaxDelta: s.MaxDelta, ScaleDownDelay: s.ScaleDownDelay}
+	return QueuePolicy{Target: s.TargetQueueLength, Wait: s.TargetWait, Min: s.MinReplicas, Max: s.MaxReplicas, MaxDelta: s.MaxDelta, ScaleDownDelay: s.ScaleDownDelay,
+		FallbackReplicas: s.FallbackReplicas, FallbackAfter: s.FallbackAfter}
 }
 
 // MemberInput is one managed Deployment with a valid spec, as a group
@@ -212,6 +213,7 @@ type Scratch struct {
 type said struct {
 	why, held string
 	fix       Correction
+	fallback  bool
 }
 
 // lend is a slice of n zero values, reusing buf's array when it is large
@@ -237,6 +239,8 @@ type MemberDecision struct {
 	Held string
 	// Corrected is the queue rule's Decision.Corrected.
 	Corrected Correction
+	// Fallback is the queue rule's Decision.Fallback.
+	Fallback bool
 }
 
 // GroupOutput is a group decision.
@@ -315,7 +319,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 			rule[i].held = HeldPriority
 		case s.Rule == annotations.RuleQueue:
 			d := m.State.Step(PolicyOf(s), in.Now, m.Current, m.Ready, m.Queue, m.QueueKnown)
-			a.Want, rule[i] = d.Replicas, said{d.Reason, d.Held, d.Corrected}
+			a.Want, rule[i] = d.Replicas, said{d.Reason, d.Held, d.Corrected, d.Fallback}
 		}
 		if b := s.GroupMaxReplicas; b > 0 {
 			if out.Budget > 0 && out.Budget != b {
@@ -338,7 +342,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 	}
 	if !(needed && in.Room == nil) && gs.unchanged(ms, g.Members, roomVersion) {
 		for i, m := range ms {
-			out.Decisions[i] = MemberDecision{Replicas: m.Current, Held: heldBy(rule[i].held, gs.inputs[i].held), Corrected: rule[i].fix}
+			out.Decisions[i] = MemberDecision{Replicas: m.Current, Held: heldBy(rule[i].held, gs.inputs[i].held), Corrected: rule[i].fix, Fallback: rule[i].fallback}
 		}
 		out.Unchanged = true
 		return out
@@ -370,7 +374,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 		if g.Members[i].Remainder && why == "" {
 			why = "spare room in the group"
 		}
-		out.Decisions[i] = MemberDecision{Replicas: d.Replicas, Reason: why, Held: heldBy(rule[i].held, d.Held), Corrected: rule[i].fix}
+		out.Decisions[i] = MemberDecision{Replicas: d.Replicas, Reason: why, Held: heldBy(rule[i].held, d.Held), Corrected: rule[i].fix, Fallback: rule[i].fallback}
 		if d.Replicas != ms[i].Current && !ms[i].Spec.Paused {
 			out.Writes = append(out.Writes, i)
 		}

@@ -14,6 +14,10 @@ type QueuePolicy struct {
 	Min, Max       int32
 	MaxDelta       int32 // 0: no limit
 	ScaleDownDelay time.Duration
+	// FallbackReplicas are asked for once the queue has been unreadable
+	// for FallbackAfter; FallbackAfter 0: none (an unreadable queue holds).
+	FallbackReplicas int32
+	FallbackAfter    time.Duration
 }
 
 // Horizon is how long the rule gives a backlog above target-queue-length to
@@ -54,6 +58,9 @@ type QueueInput struct {
 // QueueState is what the rule remembers between ticks of one member.
 type QueueState struct {
 	window demandWindow
+	// unreadableSince is the first decision of the run of decisions the
+	// queue could not be read for; zero while it is read.
+	unreadableSince time.Time
 	// util is the busiest the replicas may be (maxUtilization when 0),
 	// lowered each time a shrink had to be taken back at the same load.
 	util float64
@@ -76,6 +83,9 @@ type Decision struct {
 	// Corrected is non-zero while the guard holds the service rate at what
 	// the replicas delivered, the estimate having let the backlog run away.
 	Corrected Correction
+	// Fallback: the queue has been unreadable for the policy's
+	// FallbackAfter, and Replicas are its FallbackReplicas.
+	Fallback bool
 }
 
 // What holds a member, in Decision.Held and MemberDecision.Held.
@@ -85,6 +95,7 @@ const (
 	HeldMaxDelta   = "max-delta"  // the step allowed per decision
 	HeldDelay      = "delay"      // the scale-down delay (or a rising load) keeps replicas up
 	HeldUnreadable = "unreadable" // the queue cannot be read
+	HeldFallback   = "fallback"   // unreadable for fallback-after: at fallback-replicas
 	HeldPaused     = "paused"     // annotated paused
 	HeldBudget     = "budget"     // group-max-replicas, taken by higher priorities
 	HeldRoom       = "room"       // node room, taken by higher priorities or unverified
@@ -114,12 +125,22 @@ const (
 // before more are added.
 //
 // At most MaxDelta per decision; within Min and Max. A queue that cannot be
-// read holds the member.
+// read holds the member; once it has been unreadable for FallbackAfter
+// (when set), the member goes to FallbackReplicas at once, whatever
+// MaxDelta and the scale-down delay say, until it is read again.
 func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	cur := in.Current
 	if !in.BacklogKnown {
+		if st.unreadableSince.IsZero() {
+			st.unreadableSince = in.Now
+		}
+		if p.FallbackAfter > 0 && in.Now.Sub(st.unreadableSince) >= p.FallbackAfter {
+			return Decision{Replicas: p.FallbackReplicas, Reason: fmt.Sprintf("queue unreadable for %s: fallback-replicas", p.FallbackAfter),
+				Held: HeldFallback, Fallback: true}
+		}
 		return Decision{Replicas: cur, Reason: "queue unreadable: holding", Held: HeldUnreadable}
 	}
+	st.unreadableSince = time.Time{}
 	r := in.Rates
 	arrival := 0.0
 	if r.ArrivalKnown {

@@ -539,3 +539,51 @@ func TestArrivalsThroughAliasedIntervals(t *testing.T) {
 		}
 	}
 }
+
+// An unreadable queue holds the member; with a fallback, once it has been
+// unreadable for FallbackAfter the member goes to FallbackReplicas at once
+// (past MaxDelta), until the queue is read again; a new run of failures
+// waits FallbackAfter again.
+func TestFallback(t *testing.T) {
+	p := QueuePolicy{Target: 50, Max: 20, MaxDelta: 1, ScaleDownDelay: 30 * time.Second, FallbackReplicas: 8, FallbackAfter: 20 * time.Second}
+	var st QueueState
+	unreadable := func(at time.Duration, cur int32) Decision {
+		return DecideQueue(p, QueueInput{Now: t0.Add(at), Current: cur}, &st)
+	}
+	steps := []struct {
+		at       time.Duration
+		read     bool
+		want     int32
+		fallback bool
+	}{
+		{0, false, 2, false},
+		{19 * time.Second, false, 2, false},
+		{20 * time.Second, false, 8, true},
+		{40 * time.Second, false, 8, true},
+		{41 * time.Second, true, 8, false}, // read again: the rule decides from 8 (backlog at target: no change)
+		{42 * time.Second, false, 8, false},
+		{61 * time.Second, false, 8, false},
+		{62 * time.Second, false, 8, true},
+	}
+	cur := int32(2)
+	for _, s := range steps {
+		var d Decision
+		if s.read {
+			d = DecideQueue(p, QueueInput{Now: t0.Add(s.at), Current: cur, BacklogKnown: true, Backlog: 50, Rates: known(8, 1)}, &st)
+		} else {
+			d = unreadable(s.at, cur)
+		}
+		if d.Replicas != s.want || d.Fallback != s.fallback {
+			t.Fatalf("at %s (read %v): %d replicas, fallback %v (%s); want %d, %v", s.at, s.read, d.Replicas, d.Fallback, d.Reason, s.want, s.fallback)
+		}
+		if s.fallback && d.Held != HeldFallback {
+			t.Errorf("at %s: held %q, want %q", s.at, d.Held, HeldFallback)
+		}
+		cur = d.Replicas
+	}
+	// Without a fallback an unreadable queue holds however long.
+	p.FallbackAfter, st = 0, QueueState{}
+	if d := unreadable(time.Hour, 3); d.Replicas != 3 || d.Held != HeldUnreadable {
+		t.Errorf("without a fallback, an hour unreadable: %d replicas, held %q; want 3, %q", d.Replicas, d.Held, HeldUnreadable)
+	}
+}

@@ -82,6 +82,22 @@ func TestAdmissionPolicyAgreesWithParse(t *testing.T) {
 		{"the same queue twice", map[string]string{annotations.Queue: q + "," + q, annotations.TargetQueueLength: "5", annotations.MaxReplicas: "5"}},
 		{"queue on a remainder", map[string]string{annotations.Queue: q, annotations.Rule: "remainder", annotations.MaxReplicas: "5"}},
 	}
+	for i, f := range []struct{ replicas, after, min, rule string }{
+		{"3", "20s", "", ""}, {"0", "", "", ""}, {"5", "24h", "5", ""}, {"6", "", "", ""}, {"1", "", "2", ""},
+		{"2", "", "", "remainder"}, {"", "20s", "", ""}, {"2", "500ms", "", ""}, {"2", "25h", "", ""}, {"+2", "1m", "", ""},
+	} {
+		ann := base()
+		for k, v := range map[string]string{annotations.FallbackReplicas: f.replicas, annotations.FallbackAfter: f.after, annotations.MinReplicas: f.min, annotations.Rule: f.rule} {
+			if v != "" {
+				ann[k] = v
+			}
+		}
+		if f.rule == "remainder" {
+			delete(ann, annotations.Queue)
+			delete(ann, annotations.TargetQueueLength)
+		}
+		cases = append(cases, tc{fmt.Sprintf("fallback %d %s after %s", i, f.replicas, f.after), ann})
+	}
 	for i, v := range []string{
 		"rabbitmq://rabbit.ns:15672/%2F/orders", "rabbitmq://10.0.0.1:15672/prod/orders%20eu", "rabbitmq://rabbit:15672/orders",
 		"redis://redis:6379/jobs", "redis://[::1]:6379/app%2Fjobs?group=workers", "redis://redis:6379/a/b", "redis://redis:6379/k?group=g&x=1",

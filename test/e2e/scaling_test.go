@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -277,6 +278,42 @@ func TestQueueUnreadable(t *testing.T) {
 	waitEvent(t, s, "default", "consumer", "QueueReadable", 10*time.Second)
 	consumers(t, s, "default", "consumer", "jobs", "work", time.Millisecond)
 	waitReplicas(t, s, "default", "consumer", 30*time.Second, "0", func(n int32) bool { return n == 0 })
+}
+
+// TestFallback: with fallback-replicas 3 and fallback-after 20s, nsqd
+// killed brings the consumer to 3 replicas within 22 s, with a
+// FallbackActive Warning; nsqd back, a FallbackEnded Event and the queue
+// rule decides again (an empty queue: down to min-replicas).
+func TestFallback(t *testing.T) {
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	ensureChannel(t, s, "jobs", "work")
+	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "target-queue-length", "10", "min-replicas", "1",
+		"max-replicas", "10", "scale-down-delay", "0s", "fallback-replicas", "3", "fallback-after", "20s")))
+	c := startController(t, s.Kubeconfig, "--queue-timeout=300ms")
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		st, err := memberStatus(ctx, c, "consumer")
+		if err == nil && !st.BacklogKnown {
+			err = errors.New("the consumer's queue is not read yet")
+		}
+		return err
+	})
+	s.NSQ.Kill()
+	killed := time.Now()
+	waitReplicas(t, s, "default", "consumer", 40*time.Second, "3", func(n int32) bool { return n == 3 })
+	took := time.Since(killed)
+	t.Logf("FALLBACK: at fallback-replicas 3 %.1f s after nsqd was killed (fallback-after 20s)", took.Seconds())
+	if took > 22*time.Second {
+		t.Errorf("fallback-replicas reached %.1f s after nsqd was killed, want within 22 s", took.Seconds())
+	}
+	if took < 20*time.Second {
+		t.Errorf("fallback-replicas reached %.1f s after nsqd was killed, before fallback-after (20s)", took.Seconds())
+	}
+	waitEvent(t, s, "default", "consumer", "Warning FallbackActive: queues unreadable for 20s: at fallback-replicas 3", 5*time.Second)
+	if err := s.NSQ.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, s, "default", "consumer", "Normal FallbackEnded", 15*time.Second)
+	waitReplicas(t, s, "default", "consumer", 15*time.Second, "1 (min-replicas: the queue is empty)", func(n int32) bool { return n == 1 })
 }
 
 // Scenario 8: a multi-container remainder is packed by the sum of its

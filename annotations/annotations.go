@@ -38,6 +38,8 @@ const (
 	MinReplicas       = Prefix + "min-replicas"
 	MaxReplicas       = Prefix + "max-replicas"
 	MaxDelta          = Prefix + "max-delta"
+	ScaleUpLimit      = Prefix + "scale-up-limit"
+	ScaleDownLimit    = Prefix + "scale-down-limit"
 	ScaleDownDelay    = Prefix + "scale-down-delay"
 	FallbackReplicas  = Prefix + "fallback-replicas"
 	FallbackAfter     = Prefix + "fallback-after"
@@ -49,7 +51,7 @@ const (
 // Keys lists every key of the contract, in the order the docs give them.
 var Keys = []string{
 	Group, Priority, Rule, Queue, QueueSecret, TargetQueueLength, TargetWait, MinReplicas, MaxReplicas,
-	MaxDelta, ScaleDownDelay, FallbackReplicas, FallbackAfter, GroupMaxReplicas, Paused, SyncLabels,
+	MaxDelta, ScaleUpLimit, ScaleDownLimit, ScaleDownDelay, FallbackReplicas, FallbackAfter, GroupMaxReplicas, Paused, SyncLabels,
 }
 
 // Limits on values, so that no input can overflow the arithmetic downstream.
@@ -93,7 +95,10 @@ type Spec struct {
 	MinReplicas       int32
 	MaxReplicas       int32
 	MaxDelta          int32 // 0: no limit
-	ScaleDownDelay    time.Duration
+	// ScaleUpLimit and ScaleDownLimit bound the change in any window of
+	// their period; zero: none.
+	ScaleUpLimit, ScaleDownLimit RateLimit
+	ScaleDownDelay               time.Duration
 	// FallbackReplicas are the replicas asked for once the queues have
 	// been unreadable for FallbackAfter; FallbackAfter 0: no fallback (the
 	// replicas are held).
@@ -106,6 +111,36 @@ type Spec struct {
 	// credentials its queues are read with; empty: none.
 	QueueSecret string
 }
+
+// RateLimit is at most N replicas (or N percent of them, when Percent)
+// of change within any Period. The zero value is no limit.
+type RateLimit struct {
+	N       int32
+	Percent bool
+	Period  time.Duration
+}
+
+// Set reports whether l limits anything.
+func (l RateLimit) Set() bool { return l.Period > 0 }
+
+func (l RateLimit) String() string {
+	if !l.Set() {
+		return ""
+	}
+	pct := ""
+	if l.Percent {
+		pct = "%"
+	}
+	return fmt.Sprintf("%d%s/%s", l.N, pct, l.Period)
+}
+
+// Limits of rate limits: HPA's behavior policies allow periods up to 30
+// minutes.
+const (
+	MinLimitPeriod = time.Second
+	MaxLimitPeriod = time.Hour
+	MaxLimitPct    = 10000
+)
 
 // FieldError is one problem with one annotation.
 type FieldError struct {
@@ -233,6 +268,13 @@ func Parse(name string, ann map[string]string) (Spec, error) {
 	}
 	p.fallback(&s)
 	s.MaxDelta = int32(p.integer(MaxDelta, 0, 1, MaxReplicaCount))
+	s.ScaleUpLimit, s.ScaleDownLimit = p.rateLimit(ScaleUpLimit), p.rateLimit(ScaleDownLimit)
+	for key, l := range map[string]*RateLimit{ScaleUpLimit: &s.ScaleUpLimit, ScaleDownLimit: &s.ScaleDownLimit} {
+		if l.Set() && s.Rule == RuleRemainder {
+			p.fail(key, ann[key], "used only with rule queue: a remainder follows the room at once")
+			*l = RateLimit{}
+		}
+	}
 	s.GroupMaxReplicas = int32(p.integer(GroupMaxReplicas, 0, 1, MaxReplicaCount))
 	if _, ok := p.get(ScaleDownDelay); ok {
 		s.ScaleDownDelay = p.duration(ScaleDownDelay, 0, MaxScaleDownDelay, "a Go duration from 0s to 24h, for example 30s or 2m")
@@ -285,6 +327,32 @@ func (p *parser) fallback(s *Spec) {
 		}
 	}
 	s.FallbackReplicas, s.FallbackAfter = int32(n), d
+}
+
+// rateLimit reads N/PERIOD or N%/PERIOD: at most N replicas (or N percent
+// of them) of change within any window of PERIOD.
+func (p *parser) rateLimit(key string) RateLimit {
+	v, ok := p.get(key)
+	if !ok {
+		return RateLimit{}
+	}
+	want := fmt.Sprintf("N/PERIOD or N%%/PERIOD: at most N replicas (1 to %d) or N percent (1 to %d) of change in any window of PERIOD, a Go duration from 1s to 1h; for example 4/60s or 100%%/15s",
+		MaxReplicaCount, MaxLimitPct)
+	n, period, ok := strings.Cut(v, "/")
+	l := RateLimit{}
+	n, l.Percent = strings.CutSuffix(n, "%")
+	count, err := strconv.ParseInt(n, 10, 32)
+	d, derr := time.ParseDuration(period)
+	hi := int64(MaxReplicaCount)
+	if l.Percent {
+		hi = MaxLimitPct
+	}
+	if !ok || err != nil || derr != nil || count < 1 || count > hi || d < MinLimitPeriod || d > MaxLimitPeriod {
+		p.fail(key, v, want)
+		return RateLimit{}
+	}
+	l.N, l.Period = int32(count), d
+	return l
 }
 
 type parser struct {
@@ -347,7 +415,7 @@ func (p *parser) boolean(key string) bool {
 // MaxAnnotations and MaxAnnotationBytes bound the microscaling.com/*
 // annotations of one Deployment (keys and values, in bytes). Past either,
 // Parse reads none of them and reports one problem. Every known key at its
-// longest valid value fits (16 keys of at most MaxValueLength bytes), so a
+// longest valid value fits (18 keys of at most MaxValueLength bytes), so a
 // Deployment the bounds refuse holds unknown keys, which the admission
 // policy refuses too.
 const (

@@ -163,7 +163,7 @@ func (s *MemberState) Step(p QueuePolicy, now time.Time, cur, ready int32, r Que
 // PolicyOf is the queue rule's settings from a member's annotations.
 func PolicyOf(s *annotations.Spec) QueuePolicy {
 	return QueuePolicy{Target: s.TargetQueueLength, Wait: s.TargetWait, Min: s.MinReplicas, Max: s.MaxReplicas, MaxDelta: s.MaxDelta, ScaleDownDelay: s.ScaleDownDelay,
-		FallbackReplicas: s.FallbackReplicas, FallbackAfter: s.FallbackAfter}
+		FallbackReplicas: s.FallbackReplicas, FallbackAfter: s.FallbackAfter, ScaleUpLimit: s.ScaleUpLimit, ScaleDownLimit: s.ScaleDownLimit}
 }
 
 // MemberInput is one managed Deployment with a valid spec, as a group

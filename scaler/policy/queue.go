@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/microscaling/microscaling/annotations"
 )
 
 // QueuePolicy is the queue rule of one member, from its annotations. At
@@ -18,6 +20,9 @@ type QueuePolicy struct {
 	// for FallbackAfter; FallbackAfter 0: none (an unreadable queue holds).
 	FallbackReplicas int32
 	FallbackAfter    time.Duration
+	// ScaleUpLimit and ScaleDownLimit bound the change in any window of
+	// their period (unset: none).
+	ScaleUpLimit, ScaleDownLimit annotations.RateLimit
 }
 
 // Horizon is how long the rule gives a backlog above target-queue-length to
@@ -61,6 +66,8 @@ type QueueState struct {
 	// unreadableSince is the first decision of the run of decisions the
 	// queue could not be read for; zero while it is read.
 	unreadableSince time.Time
+	// trail is the replicas over the longest rate-limit period.
+	trail trail
 	// util is the busiest the replicas may be (maxUtilization when 0),
 	// lowered each time a shrink had to be taken back at the same load.
 	util float64
@@ -93,6 +100,7 @@ const (
 	HeldMax        = "max"        // max-replicas
 	HeldMin        = "min"        // min-replicas
 	HeldMaxDelta   = "max-delta"  // the step allowed per decision
+	HeldRateLimit  = "rate-limit" // scale-up-limit or scale-down-limit
 	HeldDelay      = "delay"      // the scale-down delay (or a rising load) keeps replicas up
 	HeldUnreadable = "unreadable" // the queue cannot be read
 	HeldFallback   = "fallback"   // unreadable for fallback-after: at fallback-replicas
@@ -130,6 +138,9 @@ const (
 // MaxDelta and the scale-down delay say, until it is read again.
 func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	cur := in.Current
+	if p.ScaleUpLimit.Set() || p.ScaleDownLimit.Set() {
+		st.trail.observe(in.Now, cur, max(p.ScaleUpLimit.Period, p.ScaleDownLimit.Period))
+	}
 	if !in.BacklogKnown {
 		if st.unreadableSince.IsZero() {
 			st.unreadableSince = in.Now
@@ -231,6 +242,9 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 		if w := min(max(want, cur-p.MaxDelta), cur+p.MaxDelta); w != want {
 			want, held = w, HeldMaxDelta
 		}
+	}
+	if w := st.trail.limit(in.Now, cur, want, p.ScaleUpLimit, p.ScaleDownLimit); w != want {
+		want, held = w, HeldRateLimit
 	}
 	switch {
 	case want > p.Max:
@@ -469,4 +483,66 @@ func (w *demandWindow) max(now time.Time, span time.Duration) int32 {
 		}
 	}
 	return m
+}
+
+// trail is a member's replicas over the last period: a sample each time
+// they changed, the oldest one the count in force when the period began.
+type trail []replicaSample
+
+type replicaSample struct {
+	at       time.Time
+	replicas int32
+}
+
+// maxTrail bounds a trail: a member changed every second for an hour.
+const maxTrail = 3600
+
+// observe records replicas at now and forgets what is older than keep
+// (but the count in force keep ago).
+func (t *trail) observe(now time.Time, replicas int32, keep time.Duration) {
+	s := *t
+	if len(s) == 0 || s[len(s)-1].replicas != replicas {
+		s = append(s, replicaSample{now, replicas})
+	}
+	drop := 0
+	for drop+1 < len(s) && !s[drop+1].at.After(now.Add(-keep)) {
+		drop++
+	}
+	drop = max(drop, len(s)-maxTrail)
+	*t = append(s[:0], s[drop:]...)
+}
+
+// extremes are the fewest and most replicas in the window of period
+// ending at now (the count in force when it began among them).
+func (t trail) extremes(now time.Time, period time.Duration) (lo, hi int32) {
+	lo, hi = math.MaxInt32, 0
+	for i, s := range t {
+		if i+1 < len(t) && !t[i+1].at.After(now.Add(-period)) {
+			continue // replaced before the window began
+		}
+		lo, hi = min(lo, s.replicas), max(hi, s.replicas)
+	}
+	return lo, hi
+}
+
+// limit bounds want so that in no window of a limit's period the replicas
+// grow (up) or fall (down) by more than it allows: N replicas, or N
+// percent of the fewest (for a fall, the most) in the window, at least one.
+// A limit never moves want past cur the other way.
+func (t trail) limit(now time.Time, cur, want int32, up, down annotations.RateLimit) int32 {
+	step := func(l annotations.RateLimit, of int32) int32 {
+		if !l.Percent {
+			return l.N
+		}
+		return max(1, int32(math.Ceil(float64(of)*float64(l.N)/100)))
+	}
+	if want > cur && up.Set() {
+		lo, _ := t.extremes(now, up.Period)
+		want = max(cur, min(want, lo+step(up, lo)))
+	}
+	if want < cur && down.Set() {
+		_, hi := t.extremes(now, down.Period)
+		want = min(cur, max(want, hi-step(down, hi)))
+	}
+	return want
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/microscaling/microscaling/annotations"
 )
 
 var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -585,5 +587,69 @@ func TestFallback(t *testing.T) {
 	p.FallbackAfter, st = 0, QueueState{}
 	if d := unreadable(time.Hour, 3); d.Replicas != 3 || d.Held != HeldUnreadable {
 		t.Errorf("without a fallback, an hour unreadable: %d replicas, held %q; want 3, %q", d.Replicas, d.Held, HeldUnreadable)
+	}
+}
+
+// Rate limits hold in every window of their period: 4/60s never grows
+// more than 4 from the fewest replicas of the last minute, percent
+// limits count from the window's fewest (most, for a fall) with at least
+// one, and a limit never turns a change around.
+func TestRateLimits(t *testing.T) {
+	up := annotations.RateLimit{N: 4, Period: time.Minute}
+	var tr trail
+	steps := []struct {
+		at        time.Duration
+		cur, want int32
+		got       int32
+	}{
+		{0, 1, 20, 5},
+		{time.Second, 5, 20, 5},
+		{59 * time.Second, 5, 20, 5},
+		{61 * time.Second, 5, 20, 9},
+		{62 * time.Second, 9, 3, 3},     // a fall: not this limit's
+		{63 * time.Second, 3, 20, 7},    // fewest in the window is 3
+		{64 * time.Second, 7, 20, 7},    // written: 7 from 64 s
+		{123 * time.Second, 7, 20, 7},   // 3 still in force at the window's start
+		{124 * time.Second, 7, 20, 11},  // 3 left the window
+		{126 * time.Second, 11, 11, 11}, // no change asked: none made
+	}
+	for _, s := range steps {
+		now := t0.Add(s.at)
+		tr.observe(now, s.cur, time.Minute)
+		if got := tr.limit(now, s.cur, s.want, up, annotations.RateLimit{}); got != s.got {
+			t.Errorf("up 4/60s at %s from %d wanting %d: %d, want %d (trail %v)", s.at, s.cur, s.want, got, s.got, tr)
+		}
+	}
+	pct := annotations.RateLimit{N: 100, Percent: true, Period: 15 * time.Second}
+	down := annotations.RateLimit{N: 50, Percent: true, Period: 30 * time.Second}
+	for _, c := range []struct {
+		cur, want, got int32
+		up, down       annotations.RateLimit
+	}{
+		{2, 20, 4, pct, down},
+		{0, 20, 1, pct, down}, // at least one
+		{3, 20, 6, pct, down},
+		{10, 0, 5, pct, down},
+		{1, 0, 0, pct, down}, // half of one, rounded up: one
+		{10, 0, 7, up, annotations.RateLimit{N: 3, Period: time.Minute}},
+	} {
+		var tr trail
+		tr.observe(t0, c.cur, time.Minute)
+		if got := tr.limit(t0, c.cur, c.want, c.up, c.down); got != c.got {
+			t.Errorf("from %d wanting %d under %v up, %v down: %d, want %d", c.cur, c.want, c.up, c.down, got, c.got)
+		}
+	}
+	// In the rule: held by the limit, and the trail stays bounded.
+	p := QueuePolicy{Target: 10, Max: 40, ScaleDownDelay: time.Second, ScaleUpLimit: up}
+	var st QueueState
+	d := DecideQueue(p, QueueInput{Now: t0, Current: 1, BacklogKnown: true, Backlog: 1000, Rates: known(100, 1)}, &st)
+	if d.Replicas != 5 || d.Held != HeldRateLimit {
+		t.Errorf("a burst under 4/60s: %d replicas, held %q; want 5, %q", d.Replicas, d.Held, HeldRateLimit)
+	}
+	for i := range 2 * maxTrail {
+		st.trail.observe(t0.Add(time.Duration(i)*time.Millisecond), int32(i%7), time.Hour)
+	}
+	if len(st.trail) > maxTrail {
+		t.Errorf("trail of %d samples, want at most %d", len(st.trail), maxTrail)
 	}
 }

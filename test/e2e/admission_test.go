@@ -98,6 +98,16 @@ func TestAdmissionPolicyAgreesWithParse(t *testing.T) {
 		}
 		cases = append(cases, tc{fmt.Sprintf("fallback %d %s after %s", i, f.replicas, f.after), ann})
 	}
+	for i, v := range []string{"4/60s", "100%/15s", "+4/1m30s", "0004/1s", "10000%/1h", "100000/60s", "0/60s", "4/0.5s", "4/2h", "10001%/60s",
+		"100001/60s", "-4/60s", "4", "4/", "/60s", "%/60s", "4%%/60s", "4/60s/1", "4/60", " 4/60s", "1e3/60s"} {
+		for _, key := range []string{annotations.ScaleUpLimit, annotations.ScaleDownLimit} {
+			ann := base()
+			ann[key] = v
+			cases = append(cases, tc{fmt.Sprintf("rate limit %d %s=%s", i, key, v), ann})
+		}
+	}
+	remainderLimit := map[string]string{annotations.Rule: "remainder", annotations.MaxReplicas: "3", annotations.ScaleUpLimit: "4/60s"}
+	cases = append(cases, tc{"rate limit on a remainder", remainderLimit})
 	for i, v := range []string{
 		"rabbitmq://rabbit.ns:15672/%2F/orders", "rabbitmq://10.0.0.1:15672/prod/orders%20eu", "rabbitmq://rabbit:15672/orders",
 		"redis://redis:6379/jobs", "redis://[::1]:6379/app%2Fjobs?group=workers", "redis://redis:6379/a/b", "redis://redis:6379/k?group=g&x=1",

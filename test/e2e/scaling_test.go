@@ -316,6 +316,64 @@ func TestFallback(t *testing.T) {
 	waitReplicas(t, s, "default", "consumer", 15*time.Second, "1 (min-replicas: the queue is empty)", func(n int32) bool { return n == 1 })
 }
 
+// TestScaleUpLimit: with scale-up-limit 4/60s, a 1,000-message burst that
+// asks for 20 replicas at once grows the consumer by at most 4 in any 60 s
+// window, and it does grow: 5 at once, 9 a minute later.
+func TestScaleUpLimit(t *testing.T) {
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
+	ensureChannel(t, s, "jobs", "work")
+	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "target-queue-length", "10", "min-replicas", "1",
+		"max-replicas", "20", "scale-up-limit", "4/60s")))
+	startController(t, s.Kubeconfig)
+	type sample struct {
+		at time.Duration
+		n  int32
+	}
+	var samples []sample
+	if err := workload.Publish(s.NSQ.TCPAddr, "jobs", 1000); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(t.Context(), 130*time.Second)
+	defer cancel()
+	every(ctx, 200*time.Millisecond, func(int) bool {
+		n, err := replicas(ctx, s, "default", "consumer")
+		if err != nil {
+			if ctx.Err() == nil {
+				t.Errorf("reading replicas: %v", err)
+			}
+			return false
+		}
+		samples = append(samples, sample{time.Since(start), n})
+		return true
+	})
+	worst, reached5, reached9 := int32(0), time.Duration(-1), time.Duration(-1)
+	for i, a := range samples {
+		for _, b := range samples[i+1:] {
+			if b.at-a.at <= time.Minute {
+				worst = max(worst, b.n-a.n)
+			}
+		}
+		if reached5 < 0 && a.n >= 5 {
+			reached5 = a.at
+		}
+		if reached9 < 0 && a.n >= 9 {
+			reached9 = a.at
+		}
+	}
+	last := samples[len(samples)-1]
+	t.Logf("SCALE-UP LIMIT 4/60s: 5 replicas at %.1f s, 9 at %.1f s, %d at %.0f s; most growth in any 60 s window %d", reached5.Seconds(), reached9.Seconds(), last.n, last.at.Seconds(), worst)
+	if worst > 4 {
+		t.Errorf("grew by %d within 60 s, want at most 4", worst)
+	}
+	if reached5 < 0 || reached5 > 5*time.Second {
+		t.Errorf("5 replicas at %s, want within 5 s of the burst", reached5)
+	}
+	if reached9 < 0 || reached9 > 70*time.Second {
+		t.Errorf("9 replicas at %s, want within 70 s of the burst", reached9)
+	}
+}
+
 // Scenario 8: a multi-container remainder is packed by the sum of its
 // containers' requests: 300m + 200m on a 2-CPU node fits 4, none Pending.
 func TestMultiContainerCapacity(t *testing.T) {

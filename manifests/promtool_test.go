@@ -70,3 +70,49 @@ func TestRulesAndDashboardPassPromtool(t *testing.T) {
 	}
 	t.Logf("promtool check rules (%d alerting groups, %d dashboard queries):\n%s", len(rule.Spec.Groups), len(recording), got)
 }
+
+// Every alert of the chart fires on what it exists for and stays quiet
+// otherwise: promtool's unit tests (testdata/alerts.promtest.yaml) against
+// the rules the chart renders, and every alert has a test.
+func TestAlertsFire(t *testing.T) {
+	helm, promtool := tool(t, "helm-*"), tool(t, "promtool-*")
+	out := run(t, helm, "template", "microscaling", "helm/microscaling", "--namespace", "microscaling-system",
+		"--set", "prometheusRule.enabled=true", "--show-only", "templates/monitoring.yaml")
+	var rule struct {
+		Spec struct {
+			Groups []struct {
+				Rules []struct{ Alert string }
+			}
+		}
+	}
+	if err := yaml.Unmarshal(out, &rule); err != nil {
+		t.Fatal(err)
+	}
+	var spec any
+	if err := yaml.Unmarshal(out, &spec); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	groups, err := yaml.Marshal(map[string]any{"groups": spec.(map[string]any)["spec"].(map[string]any)["groups"]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests, err := os.ReadFile(filepath.Join("testdata", "alerts.promtest.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"rules.yaml": groups, "alerts.promtest.yaml": tests} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, g := range rule.Spec.Groups {
+		for _, r := range g.Rules {
+			if r.Alert != "" && !strings.Contains(string(tests), "alertname: "+r.Alert+"\n") {
+				t.Errorf("alert %s has no promtool test in testdata/alerts.promtest.yaml", r.Alert)
+			}
+		}
+	}
+	got := string(run(t, promtool, "test", "rules", filepath.Join(dir, "alerts.promtest.yaml")))
+	t.Logf("promtool test rules:\n%s", got)
+}

@@ -880,6 +880,7 @@ func (c *Controller) record(group string, m member, d policy.MemberDecision, t *
 	g.Desired, g.Current, g.Decided = d.Replicas, m.cur, true
 	g.Group, g.Rule, g.Priority, g.Paused = m.spec.Group, string(m.spec.Rule), m.spec.Priority, m.spec.Paused
 	g.Target, g.HasTarget = m.spec.TargetQueueLength, m.spec.TargetQueueLength > 0
+	g.Min, g.Max, g.Held, g.Fallback = m.spec.MinReplicas, m.spec.MaxReplicas, d.Held, d.Fallback
 	s := dashboard.Status{Replicas: m.cur, Desired: d.Replicas, Target: m.spec.TargetQueueLength, Held: d.Held}
 	if m.spec.TargetWait > 0 {
 		s.TargetWait = m.spec.TargetWait.String()
@@ -894,6 +895,7 @@ func (c *Controller) record(group string, m member, d policy.MemberDecision, t *
 		s.Service, s.ServiceKnown = fix.Delivered, true
 		s.Corrected = fmt.Sprintf("service rate corrected: estimated %.1f/s, delivered %.1f/s per replica", fix.Estimated, fix.Delivered)
 	}
+	g.Arrival, g.HasArrival, g.Service, g.HasService = s.Arrival, s.ArrivalKnown, s.Service, s.ServiceKnown
 	if d.Replicas != m.cur && d.Reason != "" {
 		s.Reason, s.ReasonAt = fmt.Sprintf("%d -> %d: %s", m.cur, d.Replicas, d.Reason), t.at.UnixMilli()
 	}

@@ -193,8 +193,25 @@ microscaling_queue_backlog{deployment="consumer",namespace="ns"} 0
 # HELP microscaling_queue_target The target-queue-length of the Deployment.
 # TYPE microscaling_queue_target gauge
 microscaling_queue_target{deployment="consumer",namespace="ns"} 10
+# HELP microscaling_queue_unreadable 1 while the Deployment's queue cannot be read: the member is held (or at its fallback-replicas); else 0.
+# TYPE microscaling_queue_unreadable gauge
+microscaling_queue_unreadable{deployment="consumer",namespace="ns"} 0
+# HELP microscaling_fallback_active 1 while the Deployment is at its fallback-replicas, its queues unreadable for fallback-after; else 0.
+# TYPE microscaling_fallback_active gauge
+microscaling_fallback_active{deployment="consumer",namespace="ns"} 0
+# HELP microscaling_min_replicas The min-replicas of the Deployment.
+# TYPE microscaling_min_replicas gauge
+microscaling_min_replicas{deployment="consumer",namespace="ns"} 1
+# HELP microscaling_max_replicas The max-replicas of the Deployment.
+# TYPE microscaling_max_replicas gauge
+microscaling_max_replicas{deployment="consumer",namespace="ns"} 5
+# HELP microscaling_member_held Always 1 for a decided member; reason says what keeps it from what its load asks for (max, min, max-delta, rate-limit, delay, unreadable, fallback, paused, budget, room, priority, conflict), none when nothing does.
+# TYPE microscaling_member_held gauge
+microscaling_member_held{deployment="consumer",namespace="ns",reason="min"} 1
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "microscaling_current_replicas", "microscaling_desired_replicas", "microscaling_member_info",
+		"microscaling_queue_backlog", "microscaling_queue_target", "microscaling_queue_unreadable", "microscaling_fallback_active",
+		"microscaling_min_replicas", "microscaling_max_replicas", "microscaling_member_held"); err != nil {
 		t.Error(err)
 	}
 	cluster.groups = nil
@@ -445,7 +462,7 @@ func TestControllerLeavesAnotherAutoscalersDeploymentAlone(t *testing.T) {
 				t.Errorf("HPA gone: writes %q, events %q; want consumer=5 and AutoscalerGone", writes, evs)
 			}
 			if g := conflicting(); g != 0 {
-				t.Errorf("microscaling_conflicting_autoscaler = %v after the HPA went, want no series", g)
+				t.Errorf("microscaling_conflicting_autoscaler = %v after the HPA went, want 0", g)
 			}
 		})
 	}

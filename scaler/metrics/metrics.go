@@ -5,7 +5,9 @@
 package metrics
 
 import (
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -105,23 +107,42 @@ var (
 	currentDesc    = prometheus.NewDesc("microscaling_current_replicas", "spec.replicas of the Deployment when the decision was made.", memberLabels, nil)
 	infoDesc       = prometheus.NewDesc("microscaling_member_info", "Always 1 for a decided member; its labels say its group, rule and priority (join on namespace, deployment).", append(memberLabels, "group", "rule", "priority"), nil)
 	pausedDesc     = prometheus.NewDesc("microscaling_member_paused", "1 while the Deployment is annotated paused: left as it is.", memberLabels, nil)
-	unreadableDesc = prometheus.NewDesc("microscaling_queue_unreadable", "1 while the Deployment's queue cannot be read: the member is held.", memberLabels, nil)
-	invalidDesc    = prometheus.NewDesc("microscaling_annotations_invalid", "1 while the Deployment's microscaling.com/* annotations do not parse (the last good ones, if any, stay in force).", memberLabels, nil)
-	conflictDesc   = prometheus.NewDesc("microscaling_conflicting_autoscaler", "1 while another autoscaler (an HPA, KEDA's too) targets the Deployment, which microscaling then leaves alone.", memberLabels, nil)
+	unreadableDesc = prometheus.NewDesc("microscaling_queue_unreadable", "1 while the Deployment's queue cannot be read: the member is held (or at its fallback-replicas); else 0.", memberLabels, nil)
+	invalidDesc    = prometheus.NewDesc("microscaling_annotations_invalid", "1 while the Deployment's microscaling.com/* annotations do not parse (the last good ones, if any, stay in force); else 0.", memberLabels, nil)
+	conflictDesc   = prometheus.NewDesc("microscaling_conflicting_autoscaler", "1 while another autoscaler (an HPA, KEDA's too) targets the Deployment, which microscaling then leaves alone; else 0.", memberLabels, nil)
+	fallbackDesc   = prometheus.NewDesc("microscaling_fallback_active", "1 while the Deployment is at its fallback-replicas, its queues unreadable for fallback-after; else 0.", memberLabels, nil)
+	minDesc        = prometheus.NewDesc("microscaling_min_replicas", "The min-replicas of the Deployment.", memberLabels, nil)
+	maxDesc        = prometheus.NewDesc("microscaling_max_replicas", "The max-replicas of the Deployment.", memberLabels, nil)
+	heldDesc       = prometheus.NewDesc("microscaling_member_held", "Always 1 for a decided member; reason says what keeps it from what its load asks for (max, min, max-delta, rate-limit, delay, unreadable, fallback, paused, budget, room, priority, conflict), none when nothing does.", append(memberLabels, "reason"), nil)
+	arrivalDesc    = prometheus.NewDesc("microscaling_arrival_rate", "Messages arriving on the Deployment's queues per second, as measured.", memberLabels, nil)
+	serviceDesc    = prometheus.NewDesc("microscaling_service_rate", "Messages one replica of the Deployment completes per second, as measured.", memberLabels, nil)
 )
+
+// heldReasons are the values microscaling_member_held's reason may take:
+// a bounded set, whatever a member's state.
+var heldReasons = []string{"none", "max", "min", "max-delta", "rate-limit", "delay", "unreadable", "fallback", "paused", "budget", "room", "priority", "conflict"}
 
 // Gauges are one member's gauge values as its last decision left them; the
 // Has* and Decided flags tell which are set.
 type Gauges struct {
 	Backlog, Target       int64
 	Desired, Current      int32
+	Min, Max              int32
 	HasBacklog, HasTarget bool
 	Decided               bool
 	// Conflicting: another autoscaler targets the Deployment, which is left alone.
 	Conflicting bool
-	// Paused, Unreadable (its queue read failed) and Invalid (its
-	// annotations do not parse) are the member's state.
-	Paused, Unreadable, Invalid bool
+	// Paused, Unreadable (its queue read failed), Invalid (its
+	// annotations do not parse) and Fallback (at fallback-replicas) are
+	// the member's state.
+	Paused, Unreadable, Invalid, Fallback bool
+	// Held is what keeps the member from what its load asks for (a
+	// policy Held word); empty when nothing does.
+	Held string
+	// Arrival and Service are the measured rates, when HasArrival and
+	// HasService.
+	Arrival, Service       float64
+	HasArrival, HasService bool
 	// Group, Rule and Priority label microscaling_member_info once decided.
 	Group, Rule string
 	Priority    int32
@@ -140,12 +161,14 @@ type collector struct{ src Source }
 
 // Describe is part of prometheus.Collector.
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{backlogDesc, targetDesc, desiredDesc, currentDesc, conflictDesc, infoDesc, pausedDesc, unreadableDesc, invalidDesc} {
+	for _, d := range []*prometheus.Desc{backlogDesc, targetDesc, desiredDesc, currentDesc, conflictDesc, infoDesc, pausedDesc, unreadableDesc,
+		invalidDesc, fallbackDesc, minDesc, maxDesc, heldDesc, arrivalDesc, serviceDesc} {
 		ch <- d
 	}
 }
 
-// Collect is part of prometheus.Collector.
+// Collect is part of prometheus.Collector. The state gauges are there for
+// every member, 0 or 1, so that alerts and graphs see both.
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	c.src.EachMember(func(ns, name string, g Gauges) {
 		gauge := func(d *prometheus.Desc, v float64) {
@@ -157,17 +180,38 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		if g.HasTarget {
 			gauge(targetDesc, float64(g.Target))
 		}
-		if g.Decided {
-			gauge(desiredDesc, float64(g.Desired))
-			gauge(currentDesc, float64(g.Current))
+		state := map[*prometheus.Desc]bool{conflictDesc: g.Conflicting, pausedDesc: g.Paused, unreadableDesc: g.Unreadable, invalidDesc: g.Invalid, fallbackDesc: g.Fallback}
+		if !g.Decided && !slices.Contains(slices.Collect(maps.Values(state)), true) {
+			return // released, or not decided yet: no series
 		}
-		for d, on := range map[*prometheus.Desc]bool{conflictDesc: g.Conflicting, pausedDesc: g.Paused, unreadableDesc: g.Unreadable, invalidDesc: g.Invalid} {
-			if on {
-				gauge(d, 1)
-			}
+		for d, on := range state {
+			gauge(d, bit(on))
 		}
-		if g.Decided {
-			ch <- prometheus.MustNewConstMetric(infoDesc, prometheus.GaugeValue, 1, ns, name, g.Group, g.Rule, strconv.Itoa(int(g.Priority)))
+		if !g.Decided {
+			return
 		}
+		gauge(desiredDesc, float64(g.Desired))
+		gauge(currentDesc, float64(g.Current))
+		gauge(minDesc, float64(g.Min))
+		gauge(maxDesc, float64(g.Max))
+		if g.HasArrival {
+			gauge(arrivalDesc, g.Arrival)
+		}
+		if g.HasService {
+			gauge(serviceDesc, g.Service)
+		}
+		reason := "none"
+		if slices.Contains(heldReasons, g.Held) {
+			reason = g.Held
+		}
+		ch <- prometheus.MustNewConstMetric(heldDesc, prometheus.GaugeValue, 1, ns, name, reason)
+		ch <- prometheus.MustNewConstMetric(infoDesc, prometheus.GaugeValue, 1, ns, name, g.Group, g.Rule, strconv.Itoa(int(g.Priority)))
 	})
+}
+
+func bit(on bool) float64 {
+	if on {
+		return 1
+	}
+	return 0
 }

@@ -90,7 +90,7 @@ func TestHelmTemplate(t *testing.T) {
 	helm := tool(t, "helm-*")
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			args := []string{"template", "microscaling", "helm/microscaling", "--namespace", "microscaling-system"}
+			args := []string{"template", "microscaling", "helm/microscaling", "--namespace", "microscaling-system", "--kube-version", kubeVersion}
 			for _, s := range tc.set {
 				args = append(args, "--set", s)
 			}
@@ -162,7 +162,7 @@ func TestHelmRefusesBadValues(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.set, func(t *testing.T) {
-			cmd := exec.Command(helm, "template", "x", "helm/microscaling", "--set", tc.set)
+			cmd := exec.Command(helm, "template", "x", "helm/microscaling", "--kube-version", kubeVersion, "--set", tc.set)
 			cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
 			out, err := cmd.CombinedOutput()
 			if err == nil || !strings.Contains(string(out), tc.want) {
@@ -171,6 +171,11 @@ func TestHelmRefusesBadValues(t *testing.T) {
 		})
 	}
 }
+
+// kubeVersion is the Kubernetes version the chart is rendered for in
+// tests: helm template assumes v1.20 otherwise, below the chart's
+// kubeVersion (ValidatingAdmissionPolicy is GA from 1.30).
+const kubeVersion = "1.30.0"
 
 // The chart and kustomize install the same admission policy.
 func TestAdmissionPolicyOnce(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 // against the real binary's /metrics in test/e2e.
 func TestRulesAndDashboardPassPromtool(t *testing.T) {
 	helm, promtool := tool(t, "helm-*"), tool(t, "promtool-*")
-	out := run(t, helm, "template", "microscaling", "helm/microscaling", "--namespace", "microscaling-system",
+	out := run(t, helm, "template", "microscaling", "helm/microscaling", "--namespace", "microscaling-system", "--kube-version", kubeVersion,
 		"--set", "prometheusRule.enabled=true", "--show-only", "templates/monitoring.yaml")
 	var rule struct {
 		Kind string
@@ -76,7 +76,7 @@ func TestRulesAndDashboardPassPromtool(t *testing.T) {
 // the rules the chart renders, and every alert has a test.
 func TestAlertsFire(t *testing.T) {
 	helm, promtool := tool(t, "helm-*"), tool(t, "promtool-*")
-	out := run(t, helm, "template", "microscaling", "helm/microscaling", "--namespace", "microscaling-system",
+	out := run(t, helm, "template", "microscaling", "helm/microscaling", "--namespace", "microscaling-system", "--kube-version", kubeVersion,
 		"--set", "prometheusRule.enabled=true", "--show-only", "templates/monitoring.yaml")
 	var rule struct {
 		Spec struct {

@@ -79,7 +79,7 @@ func TestDashboardsAndAlertsQueryRealMetrics(t *testing.T) {
 	if err != nil || len(helmBins) == 0 {
 		t.Fatalf("no helm in %s", s.Bin)
 	}
-	cmd := exec.Command(helmBins[0], "template", "x", "manifests/helm/microscaling", "--set", "prometheusRule.enabled=true", "--show-only", "templates/monitoring.yaml")
+	cmd := exec.Command(helmBins[0], "template", "x", "manifests/helm/microscaling", "--kube-version", chartKubeVersion, "--set", "prometheusRule.enabled=true", "--show-only", "templates/monitoring.yaml")
 	cmd.Dir = repoRoot(t)
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
 	out, err := cmd.Output()

@@ -368,7 +368,7 @@ func TestHelmChartInstall(t *testing.T) {
 			"extraArgs[0]=--profiling", "env[0].name=TZ", "env[0].value=UTC", "networkPolicy.enabled=true",
 			"topologySpreadConstraints[0].maxSkew=1", "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname", "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway"},
 	} {
-		args := []string{"template", "microscaling", "manifests/helm/microscaling", "-n", "microscaling-system"}
+		args := []string{"template", "microscaling", "manifests/helm/microscaling", "-n", "microscaling-system", "--kube-version", chartKubeVersion}
 		for _, v := range set {
 			args = append(args, "--set", v)
 		}
@@ -446,3 +446,7 @@ func TestHelmChartInstall(t *testing.T) {
 		return nil
 	})
 }
+
+// chartKubeVersion is what helm template renders the chart for (it
+// assumes v1.20 otherwise, below the chart's kubeVersion).
+const chartKubeVersion = "1.30.0"

@@ -3,8 +3,8 @@ package manifests
 import (
 	"bytes"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"testing"

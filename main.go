@@ -173,11 +173,29 @@ func main() {
 		fmt.Fprintf(os.Stderr, "microscaling: unknown command %q\n%s\n", cmd, usage)
 		os.Exit(2)
 	}
-	if err != nil {
-		klog.ErrorS(err, "microscaling "+cmd+" failed")
-		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
-	}
 	klog.Flush()
+	if err != nil {
+		os.Exit(exitCode(os.Stderr, cmd, err))
+	}
+}
+
+// usageError is a mistake in how a command was called: exit code 2, as
+// opposed to 1 for problems found or a failure.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// exitCode tells err as one plain line on w and returns the exit code:
+// 0 after -h (the help is printed), 2 for a usage mistake, 1 otherwise.
+func exitCode(w io.Writer, cmd string, err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	fmt.Fprintf(w, "microscaling %s failed: %v\n", cmd, err)
+	if errors.As(err, new(usageError)) {
+		return 2
+	}
+	return 1
 }
 
 func controllerMain(ctx context.Context, args []string) error {
@@ -341,10 +359,16 @@ func validateMain(args []string, stdin io.Reader, out io.Writer) (bool, error) {
 	var paths files
 	flags.Var(&paths, "f", "a manifest file, a directory of them (.yaml, .yml, .json, recursively) or - for standard input; repeatable")
 	if err := flags.Parse(args); err != nil {
-		return false, err
+		if errors.Is(err, flag.ErrHelp) {
+			return false, err
+		}
+		return false, usageError{err}
 	}
 	if len(paths) == 0 {
-		return false, errors.New("validate: no input: give -f FILE, -f DIR or -f -")
+		return false, usageError{errors.New("no input: give -f FILE, -f DIR or -f -")}
+	}
+	if flags.NArg() > 0 {
+		return false, usageError{fmt.Errorf("unexpected argument %q: files are given with -f", flags.Arg(0))}
 	}
 	checked, bad := 0, 0
 	check := func(r io.Reader, source string) error {

@@ -146,6 +146,7 @@ metadata:
 		stdin   string
 		bad     bool
 		err     string
+		code    int // the exit code for err
 		outputs []string
 	}{
 		{name: "the repo's own manifests pass", args: []string{"-f", "manifests/install", "-f", "manifests/demo", "-f", "manifests/testdata/helm-everything.yaml"},
@@ -159,8 +160,11 @@ metadata:
 			"-: Deployment t/pods: microscaling.com/* annotations on the pod template (spec.template.metadata.annotations) are not read",
 			"-: Deployment t/unmanaged: microscaling.com/* annotations without microscaling.com/queue or microscaling.com/rule: the Deployment is not managed",
 			"2 objects with microscaling.com/ annotations checked, 2 problems"}},
-		{name: "no input", err: "no input"},
-		{name: "broken YAML", args: []string{"-f", "-"}, stdin: "kind: [", err: "reading manifests"},
+		{name: "no input", err: "no input", code: 2},
+		{name: "an unknown flag", args: []string{"-x"}, err: "flag provided but not defined", code: 2},
+		{name: "a stray argument", args: []string{"-f", "-", "deploy.yaml"}, err: "unexpected argument", code: 2},
+		{name: "help", args: []string{"-h"}, err: "help requested", code: 0},
+		{name: "broken YAML", args: []string{"-f", "-"}, stdin: "kind: [", err: "reading manifests", code: 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -169,6 +173,13 @@ metadata:
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("err = %v, want one saying %q", err, tc.err)
+				}
+				var line strings.Builder
+				if code := exitCode(&line, "validate", err); code != tc.code {
+					t.Errorf("exit code %d, want %d", code, tc.code)
+				}
+				if tc.code != 0 && (strings.Count(line.String(), "\n") != 1 || !strings.HasPrefix(line.String(), "microscaling validate failed: ")) {
+					t.Errorf("the error as printed: %q, want one plain line", line.String())
 				}
 				return
 			}

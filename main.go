@@ -122,6 +122,7 @@ type options struct {
 	queueReadsPerNS int
 	queueSecrets    bool
 	leaderElect     bool
+	force           bool
 	leaseName       string
 	leaseNamespace  string
 	identity        string
@@ -132,23 +133,43 @@ type options struct {
 	dryRun          bool
 }
 
-const usage = `usage: microscaling [controller] [flags]   run the controller (the default)
+const usage = `usage: microscaling controller [flags]    run the controller
        microscaling sync-labels [flags]    fill annotations from image labels once, then exit
        microscaling validate -f FILE|DIR|- check manifests' microscaling.com/* annotations (exit 1 on a problem)
        microscaling status [-n NS] [--group G]  each managed Deployment's state, read from the controller
                                            with your own credentials (as kubectl-microscaling: kubectl microscaling status)
        microscaling dashboard [--listen ADDR]  the controller's dashboard on a local address, as you
        microscaling version                print the version, revision, Go version and platform
-       microscaling COMMAND -h             the flags of a command`
+       microscaling COMMAND -h             the flags of a command
+Flags may come before or after the command. Exit codes: 0 ok, 1 problems found or a failure, 2 a usage mistake.`
+
+// commands are the first words microscaling takes.
+var commands = []string{"controller", "sync-labels", "validate", "status", "dashboard", "version", "help"}
+
+// splitCommand finds the command among args, flags before it or after:
+// the first argument that names one. "" when none does.
+func splitCommand(args []string) (string, []string) {
+	for i, a := range args {
+		if slices.Contains(commands, a) {
+			return a, append(slices.Clone(args[:i]), args[i+1:]...)
+		}
+	}
+	return "", args
+}
 
 func main() {
-	cmd, args := "controller", os.Args[1:]
-	if len(args) > 0 && slices.Contains([]string{"-h", "-help", "--help", "help"}, args[0]) {
+	cmd, args := splitCommand(os.Args[1:])
+	switch {
+	case cmd == "help" || len(os.Args) == 1 || (cmd == "" && slices.ContainsFunc(args, func(a string) bool {
+		return slices.Contains([]string{"-h", "-help", "--help"}, a)
+	})):
 		fmt.Println(usage)
 		return
-	}
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		cmd, args = args[0], args[1:]
+	case cmd == "":
+		// Never the controller by default: a mistyped command or a
+		// kubectl plugin call must not start a second writer.
+		fmt.Fprintf(os.Stderr, "microscaling: no command in %q\n%s\n", args, usage)
+		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -169,9 +190,6 @@ func main() {
 		if bad, err = validateMain(args, os.Stdin, os.Stdout); err == nil && bad {
 			os.Exit(1)
 		}
-	default:
-		fmt.Fprintf(os.Stderr, "microscaling: unknown command %q\n%s\n", cmd, usage)
-		os.Exit(2)
 	}
 	klog.Flush()
 	if err != nil {
@@ -236,6 +254,7 @@ func controllerFlags(fs *flag.FlagSet) *options {
 	fs.BoolVar(&o.queueSecrets, "queue-secrets", false, "read queue credentials from the Secret a Deployment names in microscaling.com/queue-secret (its own namespace, by name, never listed); needs the RBAC the chart's queueSecrets.enabled or manifests/queue-secrets grants")
 	fs.IntVar(&o.queueReadsPerNS, "queue-namespace-concurrency", queue.DefaultPerNamespace, "queue requests in flight at once for one namespace's Deployments: its share of --queue-concurrency")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "hold a Lease so that only one replica writes")
+	fs.BoolVar(&o.force, "force-without-election", false, "with --leader-elect=false, run even while another controller holds the Lease (two writers: only to take over from one you know is gone)")
 	fs.StringVar(&o.leaseName, "leader-elect-lease-name", "microscaling", "name of the Lease")
 	fs.StringVar(&o.leaseNamespace, "leader-elect-lease-namespace", "microscaling-system", "namespace of the Lease")
 	fs.StringVar(&o.identity, "leader-elect-identity", "", "identity in the Lease; hostname_pid when empty")
@@ -291,6 +310,12 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		// A word the flags did not take (a second command, or a flag's
+		// value given apart from a flag that takes none) is a mistake,
+		// never ignored.
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	if err := logsapi.ValidateAndApply(logging, nil); err != nil {
 		return fmt.Errorf("logging flags: %w", err)
@@ -631,11 +656,17 @@ func run(ctx context.Context, o options) error {
 	metrics := scalermetrics.NewMetrics(reg)
 	b := buildInfo()
 	scalermetrics.RegisterBuildInfo(reg, b.version, b.revision, b.goVersion, b.platform)
-	logger.Info("starting", "version", b.version, "revision", b.revision)
 	client, err := newClient(o.kubeconfig, 50, 100, metrics.CountRequests)
 	if err != nil {
 		return err
 	}
+	if !o.leaderElect {
+		// Before anything starts: never a second writer by mistake.
+		if err := noOtherLeader(ctx, client, o); err != nil {
+			return err
+		}
+	}
+	logger.Info("starting", "version", b.version, "revision", b.revision)
 	identity := o.identity
 	if identity == "" {
 		host, _ := os.Hostname() // an empty hostname still leaves the pid
@@ -743,6 +774,27 @@ func run(ctx context.Context, o options) error {
 		LockConfig: resourcelock.ResourceLockConfig{Identity: identity, EventRecorder: recorder},
 	}
 	return lead(ctx, lock, o.leaseName, identity, work, hc.newLeader)
+}
+
+// noOtherLeader refuses to run a controller without leader election while
+// another holds the Lease (renewed within its duration): two writers would
+// fight over every Deployment. --force-without-election overrides; a
+// Lease that cannot be read (absent, or not ours to read) does not stop it.
+func noOtherLeader(ctx context.Context, client kubernetes.Interface, o options) error {
+	l, err := client.CoordinationV1().Leases(o.leaseNamespace).Get(ctx, o.leaseName, metav1.GetOptions{})
+	if err != nil || l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" || l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
+		return nil
+	}
+	expires := l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second)
+	if time.Now().After(expires) {
+		return nil
+	}
+	if o.force {
+		klog.FromContext(ctx).Info("running without leader election beside a holder of the Lease, as forced", "lease", klog.KObj(l), "holder", *l.Spec.HolderIdentity)
+		return nil
+	}
+	return fmt.Errorf("the Lease %s/%s is held by %s (until %s): another controller is running; run with --leader-elect, or --force-without-election to write beside it",
+		l.Namespace, l.Name, *l.Spec.HolderIdentity, expires.UTC().Format(time.RFC3339))
 }
 
 // lead runs work while holding the Lease, until ctx ends or the Lease is

@@ -101,7 +101,7 @@ func run(duration time.Duration, nodes int, nodeCPU, dashboard string, maxRate f
 	if _, err := s.Kubectl(ctx, "-n", "demo", "annotate", "deployment", "consumer", "--overwrite", "microscaling.com/queue="+q.annotation); err != nil {
 		return err
 	}
-	ctrlArgs := []string{"--kubeconfig=" + s.Kubeconfig, "--metrics-addr=", "--metrics-auth=none", "--namespace=demo"}
+	ctrlArgs := []string{"controller", "--kubeconfig=" + s.Kubeconfig, "--metrics-addr=", "--metrics-auth=none", "--namespace=demo"}
 	if q.secret != nil {
 		args := []string{"-n", "demo", "create", "secret", "generic", "queue-reader"}
 		for k, v := range q.secret {
@@ -133,7 +133,7 @@ func run(duration time.Duration, nodes int, nodeCPU, dashboard string, maxRate f
 	}
 	dashboard = l.Addr().String()
 	l.Close()
-	ctrlArgs[1] += dashboard
+	ctrlArgs[2] += dashboard
 	ctrl := exec.Command(bin, ctrlArgs...)
 	logFile, err := os.Create(filepath.Join(s.Dir, "controller.log"))
 	if err != nil {

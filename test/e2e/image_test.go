@@ -246,7 +246,7 @@ func runImage(t *testing.T, kubeconfig string, args ...string) *controller {
 		argv := append(slices.Clone(podmanRun), "run", "--rm", "--name", name, "--network", "host", "--read-only")
 		argv = append(argv, podmanLimits...)
 		argv = append(argv, "-v", dir+":/kube:ro", "microscaling/microscaling:"+version(t),
-			"--kubeconfig=/kube/config", "--metrics-addr="+addr, "--v=2")
+			"controller", "--kubeconfig=/kube/config", "--metrics-addr="+addr, "--v=2")
 		return exec.Command("podman", append(argv, args...)...)
 	})
 }

@@ -2,10 +2,15 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/microscaling/microscaling/test/harness"
 	"github.com/microscaling/microscaling/test/workload"
@@ -78,5 +83,50 @@ func TestLeaderElectionHandover(t *testing.T) {
 	waitReplicas(t, s, "default", "consumer", 10*time.Second, "0", func(n int32) bool { return n == 0 })
 	if ops := mustMetric(t, b, "microscaling_scale_operations_total", `result="ok"`); ops == 0 {
 		t.Errorf("new leader b made no writes")
+	}
+}
+
+// TestNoSecondController: while an elected controller holds the Lease, the
+// command line never starts another: no command prints help, flags with no
+// command are a usage mistake (exit 2), a flag before the command runs that
+// command, and a controller without election refuses to run (exit 1)
+// naming the holder. None of them says "starting".
+func TestNoSecondController(t *testing.T) {
+	s := harness.StartT(t, harness.Options{})
+	startController(t, s.Kubeconfig, "--leader-elect", "--leader-elect-lease-namespace=default", "--leader-elect-identity=installed")
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		l, err := s.Client.CoordinationV1().Leases("default").Get(ctx, "microscaling", metav1.GetOptions{})
+		if err == nil && (l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != "installed") {
+			err = errors.New("the Lease is not held yet")
+		}
+		return err
+	})
+	for _, c := range []struct {
+		name string
+		args []string
+		code int
+		says string
+	}{
+		{"no command", nil, 0, "usage: microscaling controller"},
+		{"flags and no command", []string{"--kubeconfig", s.Kubeconfig}, 2, "no command"},
+		{"a flag before the command", []string{"--kubeconfig", s.Kubeconfig, "version"}, 0, "microscaling"},
+		{"a stray word after the flags", []string{"controller", "--kubeconfig", s.Kubeconfig, "status"}, 2, ""},
+		{"a controller without election", []string{"controller", "--kubeconfig", s.Kubeconfig, "--leader-elect-lease-namespace=default", "--metrics-addr="}, 1,
+			"the Lease default/microscaling is held by installed"},
+	} {
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		cmd := exec.CommandContext(ctx, controllerBin, c.args...)
+		out, err := cmd.CombinedOutput()
+		cancel()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if code != c.code || !strings.Contains(string(out), c.says) || strings.Contains(string(out), `"starting"`) {
+			t.Errorf("%s: exit %d, output %q; want exit %d saying %q and no controller starting", c.name, code, tail(string(out), 600), c.code, c.says)
+		}
 	}
 }

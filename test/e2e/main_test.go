@@ -100,7 +100,7 @@ func startController(t *testing.T, kubeconfig string, args ...string) *controlle
 func startControllerAt(t *testing.T, addr, kubeconfig string, args ...string) *controller {
 	t.Helper()
 	return launchAt(t, addr, func(addr string) *exec.Cmd {
-		cmd := exec.Command(controllerBin, append([]string{"--kubeconfig=" + kubeconfig, "--metrics-addr=" + addr, "--metrics-auth=none", "--v=2"}, args...)...)
+		cmd := exec.Command(controllerBin, append([]string{"controller", "--kubeconfig=" + kubeconfig, "--metrics-addr=" + addr, "--metrics-auth=none", "--v=2"}, args...)...)
 		if v := os.Getenv("MICROSCALING_CONTROLLER_GOMEMLIMIT"); v != "" {
 			cmd.Env = append(os.Environ(), "GOMEMLIMIT="+v) // as manifests/install sets it
 		}

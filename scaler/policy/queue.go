@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"time"
@@ -63,9 +64,10 @@ type QueueInput struct {
 // QueueState is what the rule remembers between ticks of one member.
 type QueueState struct {
 	window demandWindow
-	// unreadableSince is the first decision of the run of decisions the
-	// queue could not be read for; zero while it is read.
-	unreadableSince time.Time
+	// unreadableSince is when the queue was last read before the run of
+	// decisions it could not be read for (the first of them when it never
+	// was); zero while it is read. lastRead is the last decision it was.
+	unreadableSince, lastRead time.Time
 	// trail is the replicas over the longest rate-limit period.
 	trail trail
 	// util is the busiest the replicas may be (maxUtilization when 0),
@@ -143,7 +145,9 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	}
 	if !in.BacklogKnown {
 		if st.unreadableSince.IsZero() {
-			st.unreadableSince = in.Now
+			// Unknown since the last good read; the first failed one when
+			// there was none.
+			st.unreadableSince = cmp.Or(st.lastRead, in.Now)
 		}
 		if p.FallbackAfter > 0 && in.Now.Sub(st.unreadableSince) >= p.FallbackAfter {
 			return Decision{Replicas: p.FallbackReplicas, Reason: fmt.Sprintf("queue unreadable for %s: fallback-replicas", p.FallbackAfter),
@@ -151,7 +155,7 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 		}
 		return Decision{Replicas: cur, Reason: "queue unreadable: holding", Held: HeldUnreadable}
 	}
-	st.unreadableSince = time.Time{}
+	st.unreadableSince, st.lastRead = time.Time{}, in.Now
 	r := in.Rates
 	arrival := 0.0
 	if r.ArrivalKnown {

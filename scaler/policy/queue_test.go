@@ -543,9 +543,9 @@ func TestArrivalsThroughAliasedIntervals(t *testing.T) {
 }
 
 // An unreadable queue holds the member; with a fallback, once it has been
-// unreadable for FallbackAfter the member goes to FallbackReplicas at once
-// (past MaxDelta), until the queue is read again; a new run of failures
-// waits FallbackAfter again.
+// unreadable for FallbackAfter (counted from the last good read) the
+// member goes to FallbackReplicas at once (past MaxDelta), until the queue
+// is read again; a new run of failures waits FallbackAfter again.
 func TestFallback(t *testing.T) {
 	p := QueuePolicy{Target: 50, Max: 20, MaxDelta: 1, ScaleDownDelay: 30 * time.Second, FallbackReplicas: 8, FallbackAfter: 20 * time.Second}
 	var st QueueState
@@ -562,10 +562,10 @@ func TestFallback(t *testing.T) {
 		{19 * time.Second, false, 2, false},
 		{20 * time.Second, false, 8, true},
 		{40 * time.Second, false, 8, true},
-		{41 * time.Second, true, 8, false}, // read again: the rule decides from 8 (backlog at target: no change)
-		{42 * time.Second, false, 8, false},
-		{61 * time.Second, false, 8, false},
-		{62 * time.Second, false, 8, true},
+		{41 * time.Second, true, 8, false},  // read again: the rule decides from 8 (backlog at target: no change)
+		{42 * time.Second, false, 8, false}, // unknown since the read at 41 s
+		{60 * time.Second, false, 8, false},
+		{61 * time.Second, false, 8, true},
 	}
 	cur := int32(2)
 	for _, s := range steps {

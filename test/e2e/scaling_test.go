@@ -305,8 +305,9 @@ func TestFallback(t *testing.T) {
 	if took > 22*time.Second {
 		t.Errorf("fallback-replicas reached %.1f s after nsqd was killed, want within 22 s", took.Seconds())
 	}
-	if took < 20*time.Second {
-		t.Errorf("fallback-replicas reached %.1f s after nsqd was killed, before fallback-after (20s)", took.Seconds())
+	if took < 19*time.Second {
+		// Counted from the last good read, at most a tick before the kill.
+		t.Errorf("fallback-replicas reached %.1f s after nsqd was killed, before fallback-after (20s) less a tick", took.Seconds())
 	}
 	waitEvent(t, s, "default", "consumer", "Warning FallbackActive: queues unreadable for 20s: at fallback-replicas 3", 5*time.Second)
 	if err := s.NSQ.Start(t.Context()); err != nil {

@@ -614,10 +614,13 @@ func TestLabelSyncBesideScaleWrites(t *testing.T) {
 	})
 	from, at := labelRequests(), time.Now()
 	busy := react("busy")
+	// Its rate over 5 s from the burst: the burst's own second or so is
+	// too short a window to tell a rate.
+	<-time.After(time.Until(at.Add(5 * time.Second)))
 	rate := (labelRequests() - from) / time.Since(at).Seconds()
 	t.Logf("LABEL SYNC BESIDE WRITES: 40 groups scaled up in %.2f s with label sync idle, %.2f s while it made %.1f requests/s", quiet.Seconds(), busy.Seconds(), rate)
-	if rate < 7 {
-		t.Errorf("label sync made %.1f requests/s during the burst, want it flat out (its client allows 10/s)", rate)
+	if rate < 5 {
+		t.Errorf("label sync made %.1f requests/s around the burst, want it near its client's limit of 10/s", rate)
 	}
 	if busy > quiet+time.Second {
 		t.Errorf("40 groups took %.2f s to scale up beside label sync, %.2f s without: want within 1 s", busy.Seconds(), quiet.Seconds())

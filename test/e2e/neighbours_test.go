@@ -69,21 +69,7 @@ func TestNoisyNeighbours(t *testing.T) {
 	}
 	quiet := measure("quiet")
 
-	// The neighbours: hosts that hang, and a hanging lookupd with 256 topics.
-	for i := range 32 {
-		create(t, s, deployment("hung-hosts", fmt.Sprintf("hung-%d", i), 0, map[string]string{
-			"microscaling.com/queue": "nsq://" + hungHost(t) + "/t/c", "microscaling.com/target-queue-length": "10",
-			"microscaling.com/min-replicas": "0", "microscaling.com/max-replicas": "3"}))
-	}
-	lookupd := hungHost(t)
-	for i := range 256 {
-		create(t, s, deployment("hung-lookupd", fmt.Sprintf("topic-%d", i), 0, map[string]string{
-			"microscaling.com/queue": fmt.Sprintf("nsqlookupd://%s/topic-%d/c", lookupd, i), "microscaling.com/target-queue-length": "10",
-			"microscaling.com/min-replicas": "0", "microscaling.com/max-replicas": "3"}))
-	}
-	// The controller reaches them: their reads time out.
-	waitEvent(t, s, "hung-hosts", "hung-31", "Warning QueueUnreadable", 30*time.Second)
-	waitEvent(t, s, "hung-lookupd", "topic-0", "Warning QueueUnreadable", 30*time.Second)
+	hungNeighbours(t, s)
 	noisy := measure("noisy")
 
 	for name := range quiet {
@@ -117,6 +103,27 @@ func every(ctx context.Context, period time.Duration, f func(n int) bool) {
 			return
 		}
 	}
+}
+
+// hungNeighbours fills namespaces hung-hosts (32 Deployments on hosts
+// that accept and never answer) and hung-lookupd (256 topics on an
+// nsqlookupd that never answers), and waits until the controller reads
+// them and their reads time out.
+func hungNeighbours(t *testing.T, s *harness.Stack) {
+	t.Helper()
+	for i := range 32 {
+		create(t, s, deployment("hung-hosts", fmt.Sprintf("hung-%d", i), 0, map[string]string{
+			"microscaling.com/queue": "nsq://" + hungHost(t) + "/t/c", "microscaling.com/target-queue-length": "10",
+			"microscaling.com/min-replicas": "0", "microscaling.com/max-replicas": "3"}))
+	}
+	lookupd := hungHost(t)
+	for i := range 256 {
+		create(t, s, deployment("hung-lookupd", fmt.Sprintf("topic-%d", i), 0, map[string]string{
+			"microscaling.com/queue": fmt.Sprintf("nsqlookupd://%s/topic-%d/c", lookupd, i), "microscaling.com/target-queue-length": "10",
+			"microscaling.com/min-replicas": "0", "microscaling.com/max-replicas": "3"}))
+	}
+	waitEvent(t, s, "hung-hosts", "hung-31", "Warning QueueUnreadable", 30*time.Second)
+	waitEvent(t, s, "hung-lookupd", "topic-0", "Warning QueueUnreadable", 30*time.Second)
 }
 
 // hungHost is a 127.0.0.1 address that accepts connections and never
@@ -423,18 +430,7 @@ func TestRiseAndFallBesideNeighbours(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for i := range 32 {
-		create(t, s, deployment("hung-hosts", fmt.Sprintf("hung-%d", i), 0, map[string]string{
-			"microscaling.com/queue": "nsq://" + hungHost(t) + "/t/c", "microscaling.com/target-queue-length": "10",
-			"microscaling.com/min-replicas": "0", "microscaling.com/max-replicas": "3"}))
-	}
-	lookupd := hungHost(t)
-	for i := range 256 {
-		create(t, s, deployment("hung-lookupd", fmt.Sprintf("topic-%d", i), 0, map[string]string{
-			"microscaling.com/queue": fmt.Sprintf("nsqlookupd://%s/topic-%d/c", lookupd, i), "microscaling.com/target-queue-length": "10",
-			"microscaling.com/min-replicas": "0", "microscaling.com/max-replicas": "3"}))
-	}
-	waitEvent(t, s, "hung-hosts", "hung-31", "Warning QueueUnreadable", 30*time.Second)
+	hungNeighbours(t, s)
 	waitEvent(t, s, "hung-lookupd", "topic-255", "Warning QueueUnreadable", 30*time.Second)
 
 	const (

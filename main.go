@@ -56,6 +56,7 @@ import (
 	"github.com/microscaling/microscaling/labels"
 	"github.com/microscaling/microscaling/scaler"
 	"github.com/microscaling/microscaling/scaler/access"
+	"github.com/microscaling/microscaling/scaler/condition"
 	"github.com/microscaling/microscaling/scaler/dashboard"
 	"github.com/microscaling/microscaling/scaler/egress"
 	scalermetrics "github.com/microscaling/microscaling/scaler/metrics"
@@ -698,7 +699,20 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("--queue-allow: %w", err)
 	}
 	history := dashboard.NewHistory(600, 100)
-	ctrl := scaler.New(scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun, History: history, QueueHostsPerNamespace: o.hostsPerNS, QueueSameNamespace: o.sameNamespace, RemainderMaxPriority: int32(o.remainderPrio)},
+	cfg := scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun, History: history, QueueHostsPerNamespace: o.hostsPerNS, QueueSameNamespace: o.sameNamespace, RemainderMaxPriority: int32(o.remainderPrio)}
+	var conditions *condition.Writer
+	if !o.dryRun {
+		// Each member's condition on its Deployment, on a client of its
+		// own: at most 5 writes a second whatever the members do, never
+		// taking the /scale writes' rate.
+		condClient, err := newClient(o.kubeconfig, 5, 10, metrics.CountRequests)
+		if err != nil {
+			return err
+		}
+		conditions = condition.NewWriter(condClient, clock.RealClock{}, 10*time.Second)
+		cfg.Conditions = conditions
+	}
+	ctrl := scaler.New(cfg,
 		inf, sources(queuePolicy, &o, metrics, client),
 		scaler.ScaleWriter{Client: client}, recorder, metrics, clock.RealClock{})
 	reg.MustRegister(scalermetrics.Collector(ctrl)) // the per-Deployment gauges
@@ -760,6 +774,9 @@ func run(ctx context.Context, o options) error {
 		var wg sync.WaitGroup
 		if labelRun != nil {
 			wg.Go(func() { labelRun(ctx) })
+		}
+		if conditions != nil {
+			wg.Go(func() { conditions.Run(ctx, 2) })
 		}
 		ctrl.Run(ctx)
 		wg.Wait()

@@ -20,6 +20,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/scaler/condition"
 	"github.com/microscaling/microscaling/scaler/dashboard"
 	"github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/policy"
@@ -83,6 +84,8 @@ type Config struct {
 	// one namespace may name (0: no bound); the queues of hosts past it (in
 	// sorted order) are not read, and their members are held.
 	QueueHostsPerNamespace int
+	// Conditions, when set, keeps each member's condition on its Deployment.
+	Conditions Conditions
 }
 
 // Controller runs one decision per group per tick: it gathers the inputs,
@@ -142,6 +145,8 @@ type memberState struct {
 	said   map[string]string
 	hist   *dashboard.MemberHistory
 	gauges metrics.Gauges
+	// lastScale tells this controller's last write: from, to, when, why.
+	lastScale string
 }
 
 // groupState is what the controller remembers of one group.
@@ -500,6 +505,9 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 		kept := "the Deployment is left alone"
 		if st.spec != nil {
 			kept = "the last good settings stay in force"
+		} else {
+			c.setCondition(d, condition.Condition{Status: corev1.ConditionFalse, Reason: ReasonInvalidAnnotation,
+				Message: "microscaling.com/ annotations invalid (this Deployment's Events say which): the Deployment is left alone"})
 		}
 		for _, fe := range annotations.FieldErrors(err) {
 			key := fe.Key // a label value: only the contract's keys, never a tenant's typo
@@ -563,8 +571,9 @@ func sameManaged(a, b map[string]string) bool {
 // released.
 func (c *Controller) forgetUnseen() {
 	type gone struct {
-		key memberKey
-		ann map[string]string
+		key     memberKey
+		ann     map[string]string
+		managed bool // had a good spec: told it is released
 	}
 	var released []gone
 	c.mu.Lock()
@@ -573,16 +582,24 @@ func (c *Controller) forgetUnseen() {
 			delete(c.members, k)
 			c.metrics.Forget(k.namespace, k.name)
 			c.cfg.History.Forget(k.namespace, k.name)
+			if c.cfg.Conditions != nil {
+				c.cfg.Conditions.Forget(k.namespace, k.name)
+			}
+			released = append(released, gone{k, st.ann, st.spec != nil})
 			if st.spec != nil {
-				released = append(released, gone{k, st.ann})
 				c.specs++
 			}
 		}
 	}
 	c.mu.Unlock()
 	for _, g := range released {
-		if d, ok := c.cluster.Deployment(g.key.namespace, g.key.name); ok && !annotations.Managed(d.Annotations) {
+		d, ok := c.cluster.Deployment(g.key.namespace, g.key.name)
+		switch {
+		case !ok || annotations.Managed(d.Annotations):
+		case g.managed:
 			c.release(d, removedDefining(g.ann, d.Annotations))
+		case c.cfg.Conditions != nil:
+			c.cfg.Conditions.Clear(d) // it never had good settings: nothing to tell
 		}
 	}
 }
@@ -590,6 +607,9 @@ func (c *Controller) forgetUnseen() {
 // release tells that d is no longer scaled because the keys that made it
 // managed were removed; its replicas stay as they are.
 func (c *Controller) release(d *appsv1.Deployment, removed []string) {
+	if c.cfg.Conditions != nil {
+		c.cfg.Conditions.Clear(d)
+	}
 	c.recorder.Eventf(d, corev1.EventTypeNormal, ReasonReleased, "%s removed: microscaling no longer scales this Deployment; its replicas stay as they are", strings.Join(removed, ", "))
 }
 
@@ -677,7 +697,22 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		c.record(key, m, out.Decisions[i], t)
 	}
 	for _, i := range out.Writes {
-		c.act(ctx, key, ms[i], out.Decisions[i])
+		if c.act(ctx, key, ms[i], out.Decisions[i]) {
+			ms[i].cur = out.Decisions[i].Replicas
+		}
+	}
+	for i, m := range ms {
+		m.st.mu.Lock()
+		last := m.st.lastScale
+		m.st.mu.Unlock()
+		c.setCondition(m.d, conditionFor(out.Decisions[i].Held, m.spec, m.cur, out.Decisions[i].Replicas, last))
+	}
+}
+
+// setCondition keeps cond on d, when conditions are kept.
+func (c *Controller) setCondition(d *appsv1.Deployment, cond condition.Condition) {
+	if c.cfg.Conditions != nil {
+		c.cfg.Conditions.Set(d, cond)
 	}
 }
 
@@ -750,7 +785,9 @@ func (c *Controller) gather(key string, t *tick, ms []member) []member {
 			// Another autoscaler scales it: left alone, shown as held by it.
 			st.mu.Lock()
 			c.recordLocked(key, member{d: d, st: st, spec: spec, cur: cur}, t, dashboard.Status{Replicas: cur, Desired: cur, Held: HeldConflict})
+			last := st.lastScale
 			st.mu.Unlock()
+			c.setCondition(d, conditionFor(HeldConflict, spec, cur, cur, last))
 			continue
 		}
 		st.mu.Lock()
@@ -928,8 +965,9 @@ func (c *Controller) noticeExternalScale(d *appsv1.Deployment, spec *annotations
 // act writes one member's decision (or, in a dry run, tells it) and is the
 // one place its outcome goes: a counter, an Event, the history and a log
 // line. A failed write is told once while it fails the same way; the next
-// tick decides afresh, never retrying a stale decision.
-func (c *Controller) act(ctx context.Context, group string, m member, d policy.MemberDecision) {
+// tick decides afresh, never retrying a stale decision. It reports whether
+// the replicas were written.
+func (c *Controller) act(ctx context.Context, group string, m member, d policy.MemberDecision) bool {
 	logger := klog.FromContext(ctx).WithValues("group", group, "deployment", klog.KObj(m.d))
 	dir := "up"
 	if d.Replicas < m.cur {
@@ -941,27 +979,29 @@ func (c *Controller) act(ctx context.Context, group string, m member, d policy.M
 		c.condition(m, corev1.EventTypeNormal, ReasonScaledDryRun, "dry run, not written: "+msg)
 		c.cfg.History.Event(group, "dry run: "+msg, c.clock.Now())
 		logger.V(2).Info("would scale", "from", m.cur, "to", d.Replicas, "reason", d.Reason)
-		return
+		return false
 	}
 	err := c.writer.Scale(ctx, m.d, d.Replicas)
 	if apierrors.IsNotFound(err) {
 		logger.V(2).Info("deployment deleted while deciding")
-		return
+		return false
 	}
 	if err != nil {
 		c.metrics.ScaleOps.WithLabelValues(m.d.Namespace, m.d.Name, dir, "error").Inc()
 		c.condition(m, corev1.EventTypeWarning, ReasonScaleFailed, fmt.Sprintf("%s: %v", msg, err))
 		logger.V(2).Info("scale failed", "err", err)
-		return
+		return false
 	}
 	m.st.mu.Lock()
 	m.st.written, m.st.hasWritten, m.st.staleRV = d.Replicas, true, m.d.ResourceVersion
+	m.st.lastScale = fmt.Sprintf("%d -> %d at %s: %s", m.cur, d.Replicas, c.clock.Now().UTC().Format(time.RFC3339), d.Reason)
 	m.st.mu.Unlock()
 	c.condition(m, corev1.EventTypeWarning, ReasonScaleFailed, "")
 	c.metrics.ScaleOps.WithLabelValues(m.d.Namespace, m.d.Name, dir, "ok").Inc()
 	c.recorder.Event(m.d, corev1.EventTypeNormal, ReasonScaled, msg)
 	c.cfg.History.Event(group, msg, c.clock.Now())
 	logger.Info("scaled", "from", m.cur, "to", d.Replicas, "reason", d.Reason)
+	return true
 }
 
 // EachMember gives every member's gauges as its last decision left them;

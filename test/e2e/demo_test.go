@@ -66,6 +66,15 @@ func TestInstallManifests(t *testing.T) {
 	})
 	// A backlog makes the consumer grow.
 	demoConsumerGrows(t, s, 500, 15*time.Second)
+	// The installed identity writes each member's condition, which kubectl
+	// describe shows.
+	eventually(t, 20*time.Second, func(ctx context.Context) error {
+		out, err := s.Kubectl(ctx, "describe", "deployment", "consumer", "-n", "demo")
+		if err != nil || !strings.Contains(out, "microscaling.com/Scaling") {
+			return fmt.Errorf("kubectl describe shows no microscaling.com/Scaling condition (%v):\n%s", err, out)
+		}
+		return nil
+	})
 	as := "--as=system:serviceaccount:microscaling-system:microscaling"
 	for _, tc := range []struct{ verb, want string }{
 		{"get secrets -A", "no"},
@@ -73,6 +82,8 @@ func TestInstallManifests(t *testing.T) {
 		{"patch deployments -n demo", "no"},
 		{"create pods -n demo", "no"},
 		{"update deployments -n demo --subresource=scale", "yes"},
+		{"patch deployments -n demo --subresource=status", "yes"},
+		{"update deployments -n demo --subresource=status", "no"},
 		{"watch pods -A", "yes"},
 		{"watch endpointslices.discovery.k8s.io -n default", "yes"},
 		{"list endpointslices.discovery.k8s.io -n demo", "no"},

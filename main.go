@@ -10,7 +10,6 @@ import (
 	_ "embed"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -33,6 +32,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
@@ -108,8 +109,7 @@ type options struct {
 	labelInterval time.Duration
 	labels        labelOptions
 
-	kubeconfig      string
-	namespace       string
+	kube            *kubeFlags // --kubeconfig, --context, -n (the namespace watched; all when empty), ...
 	interval        time.Duration
 	workers         int
 	queueTimeout    time.Duration
@@ -134,68 +134,78 @@ type options struct {
 	dryRun          bool
 }
 
-const usage = `usage: microscaling controller [flags]    run the controller
-       microscaling sync-labels [flags]    fill annotations from image labels once, then exit
-       microscaling validate -f FILE|DIR|- check manifests' microscaling.com/* annotations (exit 1 on a problem)
-       microscaling status [-n NS] [--group G]  each managed Deployment's state, read from the controller
-                                           with your own credentials (as kubectl-microscaling: kubectl microscaling status)
-       microscaling dashboard [--listen ADDR]  the controller's dashboard on a local address, as you
-       microscaling version                print the version, revision, Go version and platform
-       microscaling COMMAND -h             the flags of a command
-Flags may come before or after the command. Exit codes: 0 ok, 1 problems found or a failure, 2 a usage mistake.`
-
-// commands are the first words microscaling takes.
-var commands = []string{"controller", "sync-labels", "validate", "status", "dashboard", "version", "help"}
-
-// splitCommand finds the command among args, flags before it or after:
-// the first argument that names one. "" when none does.
-func splitCommand(args []string) (string, []string) {
-	for i, a := range args {
-		if slices.Contains(commands, a) {
-			return a, append(slices.Clone(args[:i]), args[i+1:]...)
-		}
-	}
-	return "", args
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := execute(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
-func main() {
-	cmd, args := splitCommand(os.Args[1:])
-	switch {
-	case cmd == "help" || len(os.Args) == 1 || (cmd == "" && slices.ContainsFunc(args, func(a string) bool {
-		return slices.Contains([]string{"-h", "-help", "--help"}, a)
-	})):
-		fmt.Println(usage)
-		return
-	case cmd == "":
-		// Never the controller by default: a mistyped command or a
-		// kubectl plugin call must not start a second writer.
-		fmt.Fprintf(os.Stderr, "microscaling: no command in %q\n%s\n", args, usage)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	var err error
-	switch cmd {
-	case "controller":
-		err = controllerMain(ctx, args)
-	case "sync-labels":
-		err = syncLabelsMain(ctx, args)
-	case "version":
-		fmt.Println(buildInfo())
-	case "status":
-		err = statusMain(ctx, args, os.Stdout)
-	case "dashboard":
-		err = dashboardMain(ctx, args, os.Stdout)
-	case "validate":
-		var bad bool
-		if bad, err = validateMain(args, os.Stdin, os.Stdout); err == nil && bad {
-			os.Exit(1)
-		}
-	}
+// execute runs the command args name and returns its exit code: 0 ok, 1
+// problems found or a failure, 2 a usage mistake.
+func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	root := newCommand(stdin)
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	cmd, err := root.ExecuteContextC(ctx)
 	klog.Flush()
-	if err != nil {
-		os.Exit(exitCode(os.Stderr, cmd, err))
+	if err == nil {
+		return 0
 	}
+	return exitCode(stderr, cmd.CommandPath(), err)
+}
+
+// newCommand is microscaling's command line, kubectl's habits throughout:
+// flags before or after the command, the kubeconfig flags and
+// $KUBECONFIG of k8s.io/cli-runtime (so every kubeconfig auth method
+// works), no arguments print help, and the controller runs only when
+// asked for by name.
+func newCommand(stdin io.Reader) *cobra.Command {
+	kube := newKubeFlags()
+	logging := logsapi.NewLoggingConfiguration()
+	root := &cobra.Command{
+		Use:   "microscaling",
+		Short: "Scale Deployments to hold their queues' backlog near a target",
+		Long: `microscaling scales Deployments annotated microscaling.com/* to hold their
+queues' backlog near its target, and lets a group of Deployments share
+capacity by priority.
+
+Exit codes: 0 ok, 1 problems found or a failure, 2 a usage mistake.`,
+		Args:          noArgs,
+		RunE:          func(c *cobra.Command, _ []string) error { return c.Help() },
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(*cobra.Command, []string) error {
+			if err := logsapi.ValidateAndApply(logging, nil); err != nil {
+				return usageError{fmt.Errorf("logging flags: %w", err)}
+			}
+			return nil
+		},
+	}
+	if strings.HasPrefix(filepath.Base(os.Args[0]), "kubectl-") {
+		root.Annotations = map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl microscaling"}
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	kube.addFlags(root.PersistentFlags())
+	logsapi.AddFlags(logging, root.PersistentFlags())
+	root.AddCommand(controllerCommand(kube), syncLabelsCommand(kube), validateCommand(stdin), statusCommand(kube), dashboardCommand(kube),
+		&cobra.Command{Use: "version", Short: "Print the version, revision, Go version and platform", Args: noArgs,
+			Run: func(c *cobra.Command, _ []string) { fmt.Fprintln(c.OutOrStdout(), buildInfo()) }})
+	return root
+}
+
+// noArgs refuses any word the flags did not take (a second command, or a
+// flag's value given apart from a flag that takes none): a mistake, never
+// ignored.
+func noArgs(c *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	if c.HasSubCommands() {
+		return usageError{fmt.Errorf("unknown command %q (%s --help lists them)", args[0], c.CommandPath())}
+	}
+	return usageError{fmt.Errorf("unexpected argument %q", args[0])}
 }
 
 // usageError is a mistake in how a command was called: exit code 2, as
@@ -204,44 +214,49 @@ type usageError struct{ error }
 
 func (e usageError) Unwrap() error { return e.error }
 
-// exitCode tells err as one plain line on w and returns the exit code:
-// 0 after -h (the help is printed), 2 for a usage mistake, 1 otherwise.
+// errProblems: validate found problems and listed them; exit code 1 with
+// nothing more to say.
+var errProblems = errors.New("problems found")
+
+// exitCode tells err of the command cmd ("microscaling validate") as one
+// plain line on w and returns the exit code: 2 for a usage mistake, 1
+// otherwise.
 func exitCode(w io.Writer, cmd string, err error) int {
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+	if errors.Is(err, errProblems) {
+		return 1
 	}
-	fmt.Fprintf(w, "microscaling %s failed: %v\n", cmd, err)
+	fmt.Fprintf(w, "%s failed: %v\n", cmd, err)
 	if errors.As(err, new(usageError)) {
 		return 2
 	}
 	return 1
 }
 
-func controllerMain(ctx context.Context, args []string) error {
-	o, err := controllerOptions(args, flag.ExitOnError)
-	if err != nil {
-		return err
+func controllerCommand(kube *kubeFlags) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "controller",
+		Short: "Run the controller (in a cluster, with --leader-elect)",
+		Long: `Run the controller: decide every group each --interval and scale its
+members through /scale. Without --leader-elect it refuses to start while
+another controller holds the Lease (--force-without-election overrides).
+With no kubeconfig (flag, $KUBECONFIG or ~/.kube/config) it uses the pod's
+in-cluster config; -n limits it to one namespace.`,
+		Args: noArgs,
 	}
-	return run(ctx, o)
-}
-
-// controllerOptions parses and checks the controller's flags (and the
-// logging flags): a bad value is an error naming its flag, before anything
-// starts.
-func controllerOptions(args []string, onError flag.ErrorHandling) (options, error) {
-	fs := flag.NewFlagSet("controller", onError)
-	o := controllerFlags(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return *o, err
+	o := controllerFlags(c.Flags())
+	o.kube = kube
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		if err := o.check(); err != nil {
+			return usageError{err}
+		}
+		return run(c.Context(), *o)
 	}
-	return *o, o.check()
+	return c
 }
 
 // controllerFlags defines the controller's own flags on fs.
-func controllerFlags(fs *flag.FlagSet) *options {
+func controllerFlags(fs *pflag.FlagSet) *options {
 	o := &options{}
-	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "path to a kubeconfig; in-cluster config when empty")
-	fs.StringVar(&o.namespace, "namespace", "", "namespace to watch; all when empty")
 	fs.DurationVar(&o.interval, "interval", time.Second, "how often every group is decided")
 	fs.IntVar(&o.workers, "workers", 4, "groups decided in parallel")
 	fs.DurationVar(&o.queueTimeout, "queue-timeout", 500*time.Millisecond, "timeout of one queue request, from when it is sent")
@@ -293,63 +308,13 @@ func (o *options) check() error {
 	return nil
 }
 
-// parseFlags adds the logging flags of k8s.io/component-base (--v,
-// --vmodule, --logging-format=text|json, ...) after a command's own, parses
-// args and applies the logging configuration.
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	own := map[string]bool{}
-	fs.VisitAll(func(f *flag.Flag) { own[f.Name] = true })
-	logging := logsapi.NewLoggingConfiguration()
-	logsapi.AddGoFlags(logging, fs)
-	// -h: the command's own flags first, then the logging flags.
-	fs.Usage = func() {
-		out := fs.Output()
-		fmt.Fprintf(out, "usage: microscaling %s [flags]\n\nflags:\n", fs.Name())
-		printFlags(fs, func(name string) bool { return own[name] })
-		fmt.Fprintf(out, "\nlogging flags:\n")
-		printFlags(fs, func(name string) bool { return !own[name] })
-	}
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		// A word the flags did not take (a second command, or a flag's
-		// value given apart from a flag that takes none) is a mistake,
-		// never ignored.
-		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	}
-	if err := logsapi.ValidateAndApply(logging, nil); err != nil {
-		return fmt.Errorf("logging flags: %w", err)
-	}
-	return nil
-}
-
-// printFlags prints the flags of fs that keep says to, with their help and
-// defaults.
-func printFlags(fs *flag.FlagSet, keep func(name string) bool) {
-	fs.VisitAll(func(f *flag.Flag) {
-		if !keep(f.Name) {
-			return
-		}
-		def := ""
-		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
-			def = fmt.Sprintf(" (default %s)", f.DefValue)
-		}
-		dash := "--"
-		if len(f.Name) == 1 {
-			dash = "-"
-		}
-		fmt.Fprintf(fs.Output(), "  %s%s\t%s%s\n", dash, f.Name, f.Usage, def)
-	})
-}
-
 // labelOptions are the flags of label sync.
 type labelOptions struct {
 	platform, prefixes, keys string
 	proxyFromEnv             bool
 }
 
-func labelFlags(fs *flag.FlagSet, l *labelOptions) {
+func labelFlags(fs *pflag.FlagSet, l *labelOptions) {
 	fs.StringVar(&l.keys, "image-label-keys", strings.Join(labels.DefaultKeys, ","), "the microscaling.com/ keys image labels may set (queue, group and min-replicas are left out by default: an image publisher would pick the address read, the Deployments that share room, or force replicas)")
 	fs.StringVar(&l.platform, "platform", "linux/amd64", "platform picked from a multi-arch image index")
 	fs.StringVar(&l.prefixes, "image-label-prefixes", strings.Join(labels.DefaultPrefixes, ","), "label prefixes exposed as image-labels.microscaling.com/<container>")
@@ -372,29 +337,32 @@ func newSyncer(client kubernetes.Interface, recorder record.EventRecorder, l lab
 	return s, nil
 }
 
-// files is a repeatable -f flag.
-type files []string
-
-func (f *files) String() string     { return strings.Join(*f, ",") }
-func (f *files) Set(v string) error { *f = append(*f, v); return nil }
-
-// validateMain checks the microscaling.com/* annotations of manifests with
-// the controller's own parser, for CI: it reports whether any was wrong.
-func validateMain(args []string, stdin io.Reader, out io.Writer) (bool, error) {
-	flags := flag.NewFlagSet("validate", flag.ContinueOnError)
-	var paths files
-	flags.Var(&paths, "f", "a manifest file, a directory of them (.yaml, .yml, .json, recursively) or - for standard input; repeatable")
-	if err := flags.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return false, err
-		}
-		return false, usageError{err}
+func validateCommand(stdin io.Reader) *cobra.Command {
+	var paths []string
+	c := &cobra.Command{
+		Use:   "validate -f FILE|DIR|-",
+		Short: "Check manifests' microscaling.com/* annotations (exit 1 on a problem)",
+		Long: `Check the microscaling.com/* annotations of manifests with the controller's
+own parser, for CI: every problem is listed, and the exit code is 1 when
+there is one.`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			bad, err := validate(paths, stdin, c.OutOrStdout())
+			if err == nil && bad {
+				return errProblems
+			}
+			return err
+		},
 	}
+	c.Flags().StringArrayVarP(&paths, "filename", "f", nil, "a manifest file, a directory of them (.yaml, .yml, .json, recursively) or - for standard input; repeatable")
+	return c
+}
+
+// validate checks the microscaling.com/* annotations of the manifests at
+// paths: it reports whether any was wrong.
+func validate(paths []string, stdin io.Reader, out io.Writer) (bool, error) {
 	if len(paths) == 0 {
 		return false, usageError{errors.New("no input: give -f FILE, -f DIR or -f -")}
-	}
-	if flags.NArg() > 0 {
-		return false, usageError{fmt.Errorf("unexpected argument %q: files are given with -f", flags.Arg(0))}
 	}
 	checked, bad := 0, 0
 	check := func(r io.Reader, source string) error {
@@ -435,20 +403,15 @@ func validateMain(args []string, stdin io.Reader, out io.Writer) (bool, error) {
 	return bad > 0, nil
 }
 
-// reachFlags are the flags of the commands that reach the controller as
-// the user of a kubeconfig.
+// reachFlags are the flags that reach the controller itself, as the user
+// of the kubeconfig: status --live and dashboard.
 type reachFlags struct {
-	rules     *clientcmd.ClientConfigLoadingRules
-	overrides *clientcmd.ConfigOverrides
-	token     string
-	target    status.Target
+	kube   *kubeFlags
+	target status.Target
 }
 
-func addReachFlags(fs *flag.FlagSet) *reachFlags {
-	r := &reachFlags{rules: clientcmd.NewDefaultClientConfigLoadingRules(), overrides: &clientcmd.ConfigOverrides{}}
-	fs.StringVar(&r.rules.ExplicitPath, "kubeconfig", "", "path to a kubeconfig; $KUBECONFIG or ~/.kube/config when empty")
-	fs.StringVar(&r.overrides.CurrentContext, "context", "", "the kubeconfig context to use")
-	fs.StringVar(&r.token, "token", "", "a bearer token to present instead of the kubeconfig's credentials")
+func addReachFlags(fs *pflag.FlagSet, kube *kubeFlags) *reachFlags {
+	r := &reachFlags{kube: kube}
 	fs.StringVar(&r.target.Token, "controller-token", "", "a bearer token presented to the controller only (one issued for its --metrics-audiences: kubectl create token NAME --audience=microscaling); the kubeconfig's credentials still open the port-forward")
 	fs.StringVar(&r.target.Namespace, "controller-namespace", "microscaling-system", "namespace of the controller's pods")
 	fs.StringVar(&r.target.Lease, "lease", "microscaling", "the controller's leader-election Lease: the port-forward goes to the pod that holds it")
@@ -458,34 +421,108 @@ func addReachFlags(fs *flag.FlagSet) *reachFlags {
 	return r
 }
 
-func (r *reachFlags) config() (*rest.Config, error) {
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(r.rules, r.overrides).ClientConfig()
+// kubeFlags are kubectl's kubeconfig flags: --kubeconfig, --context,
+// -n/--namespace, --token, --as, --server, client certificates...
+// client-go's clientcmd binds them, as k8s.io/cli-runtime's ConfigFlags
+// does on top of it (that package also brings text/template and the
+// printers, which turn off the linker's dead-code removal: a 53 MB binary
+// became 135 MB).
+type kubeFlags struct {
+	rules     *clientcmd.ClientConfigLoadingRules
+	overrides clientcmd.ConfigOverrides
+}
+
+func newKubeFlags() *kubeFlags {
+	return &kubeFlags{rules: clientcmd.NewDefaultClientConfigLoadingRules()}
+}
+
+func (k *kubeFlags) addFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&k.rules.ExplicitPath, clientcmd.RecommendedConfigPathFlag, "", "path to the kubeconfig; $KUBECONFIG or ~/.kube/config when empty, and in a pod without either its in-cluster config")
+	clientcmd.BindOverrideFlags(&k.overrides, fs, clientcmd.RecommendedConfigOverrideFlags(""))
+}
+
+// loader merges the kubeconfig files with the flags; in a pod with no
+// kubeconfig, the in-cluster config.
+func (k *kubeFlags) loader() clientcmd.ClientConfig {
+	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(k.rules, &k.overrides)
+}
+
+// restConfig is the client config the kubeconfig flags give.
+func restConfig(kube *kubeFlags) (*rest.Config, error) {
+	cfg, err := kube.loader().ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("loading the kubeconfig: %w", err)
-	}
-	if r.token != "" {
-		cfg = rest.AnonymousClientConfig(cfg)
-		cfg.BearerToken = r.token
 	}
 	return cfg, nil
 }
 
-// statusMain prints what the controller shows the user of the kubeconfig.
-func statusMain(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ExitOnError)
-	var namespace, group, format string
-	fs.StringVar(&namespace, "n", "", "only this namespace; every namespace you may read when empty")
-	fs.StringVar(&namespace, "namespace", "", "the same as -n")
-	fs.StringVar(&group, "group", "", "only this group (its name, without the namespace)")
-	fs.StringVar(&format, "o", "table", "output: table or json")
-	reach := addReachFlags(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func statusCommand(kube *kubeFlags) *cobra.Command {
+	var all, live bool
+	var group, format string
+	c := &cobra.Command{
+		Use:   "status",
+		Short: "Each managed Deployment's state, read with your own credentials",
+		Long: `Each managed Deployment of the namespace (-n, else the kubeconfig
+context's) or of every namespace (-A): its group, rule, replicas and the
+microscaling.com/Scaling condition the controller keeps on it (whether it
+follows the load, what holds it and since when, its last scale). Read from
+the API server as you, so RBAC decides what you see and every kubeconfig
+auth method works.
+
+With --live, the controller's own view instead (backlog, rates), through a
+port-forward to the pod that holds its Lease.`,
+		Example: `  kubectl microscaling status -n shop
+  kubectl microscaling status -A -o json
+  kubectl get deploy -o custom-columns='NAME:.metadata.name,SCALING:.status.conditions[?(@.type=="microscaling.com/Scaling")].reason'`,
+		Args: noArgs,
 	}
-	if format != "table" && format != "json" {
-		return errors.New("-o: must be table or json")
+	c.Flags().BoolVarP(&all, "all-namespaces", "A", false, "every namespace you may list Deployments in")
+	c.Flags().StringVar(&group, "group", "", "only this group (its name, without the namespace)")
+	c.Flags().StringVarP(&format, "output", "o", "table", "output: table or json")
+	c.Flags().BoolVar(&live, "live", false, "ask the controller (through a port-forward) for its live view: backlog and rates")
+	reach := addReachFlags(c.Flags(), kube)
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		if format != "table" && format != "json" {
+			return usageError{errors.New("--output: must be table or json")}
+		}
+		if live {
+			return liveStatus(c.Context(), reach, all, group, format, c.OutOrStdout())
+		}
+		namespace := ""
+		if !all {
+			ns, _, err := kube.loader().Namespace()
+			if err != nil {
+				return fmt.Errorf("the namespace: %w", err)
+			}
+			namespace = ns
+		}
+		cfg, err := restConfig(kube)
+		if err != nil {
+			return err
+		}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		ms, err := status.Members(c.Context(), client, namespace)
+		if err != nil {
+			return err
+		}
+		if format == "json" {
+			return json.NewEncoder(c.OutOrStdout()).Encode(ms)
+		}
+		return status.PrintMembers(c.OutOrStdout(), ms, all, group, time.Now())
 	}
-	cfg, err := reach.config()
+	return c
+}
+
+// liveStatus prints what the controller shows the user of the kubeconfig.
+func liveStatus(ctx context.Context, reach *reachFlags, all bool, group, format string, out io.Writer) error {
+	namespace := ""
+	if !all {
+		namespace = reach.kube.overrides.Context.Namespace
+	}
+	cfg, err := restConfig(reach.kube)
 	if err != nil {
 		return err
 	}
@@ -500,93 +537,103 @@ func statusMain(ctx context.Context, args []string, out io.Writer) error {
 	return status.Print(out, st, namespace, group)
 }
 
-// dashboardMain serves the controller's dashboard on a local address, as
-// the user of the kubeconfig, until interrupted.
-func dashboardMain(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("dashboard", flag.ExitOnError)
+func dashboardCommand(kube *kubeFlags) *cobra.Command {
 	var listen string
-	fs.StringVar(&listen, "listen", "127.0.0.1:8081", "local address of the dashboard (keep it on loopback: it acts as you)")
-	reach := addReachFlags(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
+	c := &cobra.Command{
+		Use:   "dashboard",
+		Short: "The controller's dashboard on a local address, as you",
+		Args:  noArgs,
 	}
-	cfg, err := reach.config()
-	if err != nil {
-		return err
+	c.Flags().StringVar(&listen, "listen", "127.0.0.1:8081", "local address of the dashboard (keep it on loopback: it acts as you)")
+	reach := addReachFlags(c.Flags(), kube)
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		cfg, err := restConfig(kube)
+		if err != nil {
+			return err
+		}
+		ctx := c.Context()
+		cl, err := status.Open(ctx, cfg, reach.target)
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		l, err := net.Listen("tcp", listen)
+		if err != nil {
+			return fmt.Errorf("--listen %s: %w", listen, err)
+		}
+		srv := &http.Server{Handler: cl.Proxy(l.Addr().String()), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
+		context.AfterFunc(ctx, func() { _ = srv.Close() })
+		fmt.Fprintf(c.OutOrStdout(), "the dashboard, as you: http://%s/ (Ctrl-C stops)\n", l.Addr())
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
 	}
-	c, err := status.Open(ctx, cfg, reach.target)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	l, err := net.Listen("tcp", listen)
-	if err != nil {
-		return fmt.Errorf("--listen %s: %w", listen, err)
-	}
-	srv := &http.Server{Handler: c.Proxy(l.Addr().String()), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
-	context.AfterFunc(ctx, func() { _ = srv.Close() })
-	fmt.Fprintf(out, "the dashboard, as you: http://%s/ (Ctrl-C stops)\n", l.Addr())
-	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return c
 }
 
-// syncLabelsMain is the one-shot label sync, for a Job or CronJob.
-func syncLabelsMain(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("sync-labels", flag.ExitOnError)
-	var kubeconfig, namespace string
+// syncLabelsCommand is the one-shot label sync, for a Job or CronJob.
+func syncLabelsCommand(kube *kubeFlags) *cobra.Command {
 	var dryRun, apiEndpoints bool
 	var workers, burst int
 	var qps float64
 	var timeout time.Duration
-	fs.StringVar(&kubeconfig, "kubeconfig", "", "path to a kubeconfig; in-cluster config when empty")
-	fs.StringVar(&namespace, "namespace", "", "namespace to sync; all when empty")
+	var lo labelOptions
+	c := &cobra.Command{
+		Use:   "sync-labels",
+		Short: "Fill annotations from image labels once, then exit",
+		Long: `Fill the microscaling.com/* annotations of Deployments annotated
+microscaling.com/sync-labels: "true" from their images' labels, once (for a
+Job or CronJob); -n limits it to one namespace, all when empty.`,
+		Args: noArgs,
+	}
+	fs := c.Flags()
 	fs.BoolVar(&dryRun, "dry-run", false, "print each patch instead of applying it")
 	apiEndpointsFlag(fs, &apiEndpoints)
 	fs.IntVar(&workers, "workers", 8, "Deployments synced in parallel")
 	fs.Float64Var(&qps, "kube-api-qps", 500, "requests per second to the API server")
 	fs.IntVar(&burst, "kube-api-burst", 1000, "burst of requests to the API server")
 	fs.DurationVar(&timeout, "registry-timeout", 10*time.Second, "timeout of one registry request")
-	var lo labelOptions
 	labelFlags(fs, &lo)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	client, err := newClient(kubeconfig, float32(qps), burst)
-	if err != nil {
-		return err
-	}
-	recorder := labels.NewSyncRecorder(ctx, client, "microscaling-sync-labels")
-	// One pass: each tag is resolved once however many Deployments use it.
-	deny, err := apiServerAddrs(ctx, kubeconfig)
-	if err != nil {
-		return err
-	}
-	denied := egress.NewDenied(deny...)
-	if apiEndpoints {
-		live, err := informer.ListAPIServer(ctx, client)
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		ctx := c.Context()
+		cfg, err := restConfig(kube)
 		if err != nil {
 			return err
 		}
-		denied.SetLive(live)
-	}
-	s, err := newSyncer(client, recorder, lo, timeout, time.Hour, denied)
-	if err != nil {
+		client, err := newClient(cfg, float32(qps), burst)
+		if err != nil {
+			return err
+		}
+		recorder := labels.NewSyncRecorder(ctx, client, "microscaling-sync-labels")
+		// One pass: each tag is resolved once however many Deployments use it.
+		deny, err := apiServerAddrs(ctx, cfg.Host)
+		if err != nil {
+			return err
+		}
+		denied := egress.NewDenied(deny...)
+		if apiEndpoints {
+			live, err := informer.ListAPIServer(ctx, client)
+			if err != nil {
+				return err
+			}
+			denied.SetLive(live)
+		}
+		s, err := newSyncer(client, recorder, lo, timeout, time.Hour, denied)
+		if err != nil {
+			return usageError{err}
+		}
+		s.DryRun, s.Out = dryRun, c.OutOrStdout()
+		t0 := time.Now()
+		st, err := s.SyncAll(ctx, kube.overrides.Context.Namespace, workers)
+		fmt.Fprintf(c.ErrOrStderr(), "sync-labels: %d Deployments, %d patched, %d failed in %s\n", st.Deployments, st.Patched, st.Failed, time.Since(t0).Round(time.Millisecond))
 		return err
 	}
-	s.DryRun, s.Out = dryRun, os.Stdout
-	t0 := time.Now()
-	st, err := s.SyncAll(ctx, namespace, workers)
-	fmt.Fprintf(os.Stderr, "sync-labels: %d Deployments, %d patched, %d failed in %s\n", st.Deployments, st.Patched, st.Failed, time.Since(t0).Round(time.Millisecond))
-	return err
+	return c
 }
 
-func newClient(kubeconfig string, qps float32, burst int, wrap ...func(http.RoundTripper) http.RoundTripper) (kubernetes.Interface, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("loading client config: %w", err)
-	}
+// newClient is a client of its own rate limit on cfg.
+func newClient(cfg *rest.Config, qps float32, burst int, wrap ...func(http.RoundTripper) http.RoundTripper) (kubernetes.Interface, error) {
 	cfg = rest.CopyConfig(cfg)
 	cfg.UserAgent = "microscaling"
 	cfg.QPS, cfg.Burst = qps, burst
@@ -620,22 +667,18 @@ func newBroadcaster(ctx context.Context, client kubernetes.Interface) record.Eve
 }
 
 // apiEndpointsFlag defines --apiserver-endpoints on fs.
-func apiEndpointsFlag(fs *flag.FlagSet, v *bool) {
+func apiEndpointsFlag(fs *pflag.FlagSet, v *bool) {
 	fs.BoolVar(v, "apiserver-endpoints", true, "refuse, as addresses tenants name, the API server's own endpoints as the EndpointSlices of default/kubernetes list them, besides the address the client config names (needs list and watch on endpointslices in namespace default; off: the client config's address only)")
 }
 
 // apiServerAddrs are the API server's addresses, which no queue address
 // may name.
-func apiServerAddrs(ctx context.Context, kubeconfig string) ([]netip.AddrPort, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("loading client config: %w", err)
-	}
-	u, err := url.Parse(cfg.Host)
+func apiServerAddrs(ctx context.Context, host string) ([]netip.AddrPort, error) {
+	u, err := url.Parse(host)
 	if err != nil || u.Host == "" {
-		u, err = url.Parse("https://" + cfg.Host)
+		u, err = url.Parse("https://" + host)
 		if err != nil {
-			return nil, fmt.Errorf("API server address %q: %w", cfg.Host, err)
+			return nil, fmt.Errorf("API server address %q: %w", host, err)
 		}
 	}
 	port := u.Port()
@@ -657,7 +700,11 @@ func run(ctx context.Context, o options) error {
 	metrics := scalermetrics.NewMetrics(reg)
 	b := buildInfo()
 	scalermetrics.RegisterBuildInfo(reg, b.version, b.revision, b.goVersion, b.platform)
-	client, err := newClient(o.kubeconfig, 50, 100, metrics.CountRequests)
+	kubeCfg, err := restConfig(o.kube)
+	if err != nil {
+		return err
+	}
+	client, err := newClient(kubeCfg, 50, 100, metrics.CountRequests)
 	if err != nil {
 		return err
 	}
@@ -680,11 +727,11 @@ func run(ctx context.Context, o options) error {
 
 	hc := &health{interval: o.interval}
 	var labelRun func(context.Context) // label sync, when on: only the leader runs it
-	inf, err := informer.New(client, o.namespace)
+	inf, err := informer.New(client, o.kube.overrides.Context.Namespace)
 	if err != nil {
 		return err
 	}
-	deny, err := apiServerAddrs(ctx, o.kubeconfig)
+	deny, err := apiServerAddrs(ctx, kubeCfg.Host)
 	if err != nil {
 		return err
 	}
@@ -703,9 +750,9 @@ func run(ctx context.Context, o options) error {
 	var conditions *condition.Writer
 	if !o.dryRun {
 		// Each member's condition on its Deployment, on a client of its
-		// own: at most 5 writes a second whatever the members do, never
+		// own: at most 20 writes a second whatever the members do, never
 		// taking the /scale writes' rate.
-		condClient, err := newClient(o.kubeconfig, 5, 10, metrics.CountRequests)
+		condClient, err := newClient(kubeCfg, 20, 40, metrics.CountRequests)
 		if err != nil {
 			return err
 		}
@@ -722,7 +769,7 @@ func run(ctx context.Context, o options) error {
 		// and records its Events on a client of its own: however many pull
 		// secrets tenants list or images change, it cannot spend the rate
 		// limit the /scale writes and their Events need.
-		labelClient, err := newClient(o.kubeconfig, 10, 20, metrics.CountRequests)
+		labelClient, err := newClient(kubeCfg, 10, 20, metrics.CountRequests)
 		if err != nil {
 			return err
 		}
@@ -745,7 +792,7 @@ func run(ctx context.Context, o options) error {
 		if o.metricsAuth == "kubernetes" {
 			// Reviews use a client of their own: whoever calls /api/state
 			// cannot use up the rate limit the scale writes need.
-			reviews, err := newClient(o.kubeconfig, 20, 40)
+			reviews, err := newClient(kubeCfg, 20, 40)
 			if err != nil {
 				return err
 			}

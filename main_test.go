@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
+	"github.com/spf13/pflag"
+	logsapi "k8s.io/component-base/logs/api/v1"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +24,13 @@ import (
 
 // The Lease is released only after the work has returned: a decision still
 // in flight when the process is told to stop never overlaps another
+// TestMain lets every execute apply the logging flags again, as one
+// process applies them once.
+func TestMain(m *testing.M) {
+	logsapi.ReapplyHandling = logsapi.ReapplyHandlingIgnoreUnchanged
+	os.Exit(m.Run())
+}
+
 // replica's.
 func TestLeaseReleasedAfterWork(t *testing.T) {
 	client := fake.NewClientset()
@@ -161,30 +170,37 @@ metadata:
 			"-: Deployment t/unmanaged: microscaling.com/* annotations without microscaling.com/queue or microscaling.com/rule: the Deployment is not managed",
 			"2 objects with microscaling.com/ annotations checked, 2 problems"}},
 		{name: "no input", err: "no input", code: 2},
-		{name: "an unknown flag", args: []string{"-x"}, err: "flag provided but not defined", code: 2},
+		{name: "an unknown flag", args: []string{"-x"}, err: "unknown shorthand flag", code: 2},
 		{name: "a stray argument", args: []string{"-f", "-", "deploy.yaml"}, err: "unexpected argument", code: 2},
-		{name: "help", args: []string{"-h"}, err: "help requested", code: 0},
+		{name: "help", args: []string{"-h"}, err: "validate -f FILE|DIR|-", code: 0},
 		{name: "broken YAML", args: []string{"-f", "-"}, stdin: "kind: [", err: "reading manifests", code: 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			var out strings.Builder
-			bad, err := validateMain(tc.args, strings.NewReader(tc.stdin), &out)
+			var out, errOut strings.Builder
+			code := execute(t.Context(), append([]string{"validate"}, tc.args...), strings.NewReader(tc.stdin), &out, &errOut)
+			want := tc.code
+			if tc.err == "" && tc.bad {
+				want = 1
+			}
+			if code != want {
+				t.Fatalf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", code, want, out.String(), errOut.String())
+			}
 			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("err = %v, want one saying %q", err, tc.err)
+				if tc.code == 0 {
+					if !strings.Contains(out.String(), tc.err) {
+						t.Errorf("stdout lacks %q:\n%s", tc.err, out.String())
+					}
+					return
 				}
-				var line strings.Builder
-				if code := exitCode(&line, "validate", err); code != tc.code {
-					t.Errorf("exit code %d, want %d", code, tc.code)
-				}
-				if tc.code != 0 && (strings.Count(line.String(), "\n") != 1 || !strings.HasPrefix(line.String(), "microscaling validate failed: ")) {
-					t.Errorf("the error as printed: %q, want one plain line", line.String())
+				line := errOut.String()
+				if !strings.Contains(line, tc.err) || strings.Count(line, "\n") != 1 || !strings.HasPrefix(line, "microscaling validate failed: ") {
+					t.Errorf("the error as printed: %q, want one plain line saying %q", line, tc.err)
 				}
 				return
 			}
-			if err != nil || bad != tc.bad {
-				t.Fatalf("bad = %v, err = %v; want %v, nil\n%s", bad, err, tc.bad, out.String())
+			if errOut.Len() != 0 {
+				t.Errorf("stderr: %q, want nothing", errOut.String())
 			}
 			for _, want := range tc.outputs {
 				if !strings.Contains(out.String(), want) {
@@ -223,64 +239,70 @@ func TestEveryScaleKeepsItsEvent(t *testing.T) {
 	}
 }
 
-// A logging format that does not exist is refused by name.
-func TestLoggingFlags(t *testing.T) {
-	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
-	err := parseFlags(fs, []string{"--logging-format=xml"})
-	if err == nil || !strings.Contains(err.Error(), "xml") {
-		t.Errorf("--logging-format=xml: %v, want an error naming it", err)
-	}
-	if fs.Lookup("v") == nil || fs.Lookup("logging-format") == nil {
-		t.Error("the logging flags --v and --logging-format are missing")
-	}
-}
-
-// A command's -h lists its own flags before the logging flags.
-func TestCommandHelp(t *testing.T) {
-	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
-	fs.String("kubeconfig", "", "path to a kubeconfig")
-	var out strings.Builder
-	fs.SetOutput(&out)
-	if err := parseFlags(fs, []string{"-h"}); !errors.Is(err, flag.ErrHelp) {
-		t.Fatalf("-h: %v, want flag.ErrHelp", err)
-	}
-	help := out.String()
-	own, logging, v := strings.Index(help, "--kubeconfig"), strings.Index(help, "logging flags:"), strings.Index(help, " -v\t")
-	if own < 0 || logging < 0 || v < 0 || !(own < logging && logging < v) {
-		t.Errorf("help lists its own flags, then the logging flags? own %d, heading %d, -v %d:\n%s", own, logging, v, help)
-	}
-}
-
-// Every bad controller flag is an error naming the flag, before anything
-// starts.
-func TestControllerFlagsAreChecked(t *testing.T) {
-	for _, tc := range []struct{ arg, want string }{
-		{"--metrics-auth=maybe", "--metrics-auth"},
-		{"--queue-allow=10.0.0.0/33", "--queue-allow"},
-		{"--queue-allow=not a name!", "--queue-allow"},
-		{"--queue-max-bytes=10", "--queue-max-bytes"},
-		{"--queue-concurrency=0", "--queue-concurrency"},
-		{"--queue-hosts-per-namespace=-1", "--queue-hosts-per-namespace"},
-		{"--image-label-keys=paused", "--image-label-keys"},
+// The command line as a user meets it: what each call prints where, and
+// its exit code (0 ok, 1 problems or a failure, 2 a usage mistake). None
+// of these reaches a cluster: the controller's flags are checked first.
+func TestCommandLine(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		args         []string
+		code         int
+		stdout, line string // line: the one line on stderr
+	}{
+		{name: "no arguments: help, never the controller", code: 0, stdout: "Available Commands:"},
+		{name: "help", args: []string{"help"}, code: 0, stdout: "Available Commands:"},
+		{name: "a flag and no command: help", args: []string{"--kubeconfig", "kc"}, code: 0, stdout: "Available Commands:"},
+		{name: "an unknown command", args: []string{"--kubeconfig", "kc", "statu"}, code: 2, line: `microscaling failed: unknown command "statu"`},
+		{name: "a stray word after a command", args: []string{"status", "extra"}, code: 2, line: `microscaling status failed: unexpected argument "extra"`},
+		{name: "a second command", args: []string{"controller", "--kubeconfig", "kc", "status"}, code: 2, line: `microscaling controller failed: unexpected argument "status"`},
+		{name: "an unknown flag", args: []string{"status", "--colour"}, code: 2, line: "microscaling status failed: unknown flag: --colour"},
+		{name: "an output that does not exist", args: []string{"status", "-o", "yaml"}, code: 2, line: "--output: must be table or json"},
+		{name: "a logging format that does not exist", args: []string{"controller", "--logging-format=xml"}, code: 2, line: "xml"},
+		{name: "controller help", args: []string{"controller", "-h"}, code: 0, stdout: "--leader-elect"},
+		{name: "kubectl's flags", args: []string{"status", "-h"}, code: 0, stdout: "--context"},
+		{name: "version", args: []string{"version"}, code: 0, stdout: "microscaling "},
+		{name: "a kubeconfig that is not there", args: []string{"status", "--kubeconfig", "/nonexistent/kc"}, code: 1, line: "microscaling status failed: "},
+		// Every bad controller flag names the flag, before anything starts.
+		{name: "--metrics-auth", args: []string{"controller", "--metrics-auth=maybe"}, code: 2, line: "--metrics-auth"},
+		{name: "--queue-allow CIDR", args: []string{"controller", "--queue-allow=10.0.0.0/33"}, code: 2, line: "--queue-allow"},
+		{name: "--queue-allow name", args: []string{"controller", "--queue-allow=not a name!"}, code: 2, line: "--queue-allow"},
+		{name: "--queue-max-bytes", args: []string{"controller", "--queue-max-bytes=10"}, code: 2, line: "--queue-max-bytes"},
+		{name: "--queue-concurrency", args: []string{"controller", "--queue-concurrency=0"}, code: 2, line: "--queue-concurrency"},
+		{name: "--queue-hosts-per-namespace", args: []string{"controller", "--queue-hosts-per-namespace=-1"}, code: 2, line: "--queue-hosts-per-namespace"},
+		{name: "--image-label-keys", args: []string{"controller", "--image-label-keys=paused"}, code: 2, line: "--image-label-keys"},
 	} {
-		if err := checkFlags(tc.arg); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: err = %v, want one naming %s", tc.arg, err, tc.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut strings.Builder
+			code := execute(t.Context(), tc.args, strings.NewReader(""), &out, &errOut)
+			if code != tc.code {
+				t.Errorf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tc.code, out.String(), errOut.String())
+			}
+			if !strings.Contains(out.String(), tc.stdout) {
+				t.Errorf("stdout lacks %q:\n%s", tc.stdout, out.String())
+			}
+			if tc.line == "" {
+				if errOut.Len() != 0 {
+					t.Errorf("stderr: %q, want nothing", errOut.String())
+				}
+				return
+			}
+			if e := errOut.String(); !strings.Contains(e, tc.line) || strings.Count(e, "\n") != 1 {
+				t.Errorf("stderr: %q, want one line saying %q", e, tc.line)
+			}
+		})
 	}
-	if err := checkFlags("--queue-allow=10.0.0.0/8,.svc.cluster.local", "--image-label-keys=queue,group"); err != nil {
+}
+
+// Good controller flags pass the checks.
+func TestControllerFlagsAreChecked(t *testing.T) {
+	fs := pflag.NewFlagSet("controller", pflag.ContinueOnError)
+	o := controllerFlags(fs)
+	if err := fs.Parse([]string{"--queue-allow=10.0.0.0/8,.svc.cluster.local", "--image-label-keys=queue,group"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.check(); err != nil {
 		t.Errorf("good flags: %v", err)
 	}
-}
-
-// checkFlags parses the controller's own flags (not the logging flags,
-// which apply once per process) and checks them.
-func checkFlags(args ...string) error {
-	fs := flag.NewFlagSet("controller", flag.ContinueOnError)
-	o := controllerFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	return o.check()
 }
 
 // A standby shows no state of its own and relays nothing: /api/state says

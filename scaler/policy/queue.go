@@ -218,8 +218,8 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	delay := p.ScaleDownDelay
 	st.window.add(in.Now, max(floor, 0), cur, in.Arrived, delay)
 	held := ""
+	free := want // what the load asks before the delay and the limits
 	if want < cur {
-		free := want
 		surplusFloor := st.window.max(in.Now, 2*delay)
 		switch trend := st.window.trend(in.Now, in.Arrived, delay); {
 		case trend > 0:
@@ -255,6 +255,8 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 		want, held = p.Max, HeldMax
 	case want < p.Min:
 		want, held = p.Min, HeldMin
+	case want == p.Min && free < p.Min:
+		held = HeldMin // the delay or a limit may hold it too, but min-replicas is the floor either way
 	}
 	if known {
 		st.learn(cur, want, arrival, r.Service)

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -87,12 +89,16 @@ func TestLeaderElectionHandover(t *testing.T) {
 }
 
 // TestNoSecondController: while an elected controller holds the Lease, the
-// command line never starts another: no command prints help, flags with no
-// command are a usage mistake (exit 2), a flag before the command runs that
-// command, and a controller without election refuses to run (exit 1)
-// naming the holder. None of them says "starting".
+// command line never starts another. Run as kubectl runs a plugin
+// (kubectl microscaling ..., $KUBECONFIG): no arguments, or flags with no
+// command, print help; an unknown command and a stray word are usage
+// mistakes (exit 2); a flag before the command runs that command; a
+// controller without election refuses to run (exit 1) naming the holder.
+// None of them says "starting", and the API server's audit log shows that
+// none of them asked it anything a controller asks: the help asks nothing
+// at all, status lists Deployments in its namespace and nothing else.
 func TestNoSecondController(t *testing.T) {
-	s := harness.StartT(t, harness.Options{})
+	s := harness.StartT(t, harness.Options{Audit: true})
 	startController(t, s.Kubeconfig, "--leader-elect", "--leader-elect-lease-namespace=default", "--leader-elect-identity=installed")
 	eventually(t, 30*time.Second, func(ctx context.Context) error {
 		l, err := s.Client.CoordinationV1().Leases("default").Get(ctx, "microscaling", metav1.GetOptions{})
@@ -101,21 +107,33 @@ func TestNoSecondController(t *testing.T) {
 		}
 		return err
 	})
+	// A person who may read Deployments in default, with a client
+	// certificate: every request of theirs in the audit log is this test's.
+	kc, err := s.CertKubeconfig("dana")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := s.Kubectl(t.Context(), "create", "rolebinding", "dana-view", "-n", "default", "--clusterrole=view", "--user=dana"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
 	for _, c := range []struct {
 		name string
+		kc   string // $KUBECONFIG
 		args []string
 		code int
 		says string
 	}{
-		{"no command", nil, 0, "usage: microscaling controller"},
-		{"flags and no command", []string{"--kubeconfig", s.Kubeconfig}, 2, "no command"},
-		{"a flag before the command", []string{"--kubeconfig", s.Kubeconfig, "version"}, 0, "microscaling"},
-		{"a stray word after the flags", []string{"controller", "--kubeconfig", s.Kubeconfig, "status"}, 2, ""},
-		{"a controller without election", []string{"controller", "--kubeconfig", s.Kubeconfig, "--leader-elect-lease-namespace=default", "--metrics-addr="}, 1,
+		{"no arguments", kc, nil, 0, "Available Commands"},
+		{"flags and no command", kc, []string{"--kubeconfig", kc, "-n", "default"}, 0, "Available Commands"},
+		{"an unknown command", kc, []string{"--kubeconfig", kc, "stauts"}, 2, `unknown command "stauts"`},
+		{"a flag before the command", kc, []string{"--kubeconfig", kc, "status"}, 0, "no managed Deployments here"},
+		{"a stray word after the flags", kc, []string{"controller", "--kubeconfig", kc, "status"}, 2, `unexpected argument "status"`},
+		{"a controller without election", s.Kubeconfig, []string{"controller", "--leader-elect-lease-namespace=default", "--metrics-addr="}, 1,
 			"the Lease default/microscaling is held by installed"},
 	} {
 		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-		cmd := exec.CommandContext(ctx, controllerBin, c.args...)
+		cmd := exec.CommandContext(ctx, filepath.Join(s.Bin, "kubectl"), append([]string{"microscaling"}, c.args...)...)
+		cmd.Env = append(os.Environ(), "PATH="+pluginPath(t)+string(os.PathListSeparator)+os.Getenv("PATH"), "KUBECONFIG="+c.kc)
 		out, err := cmd.CombinedOutput()
 		cancel()
 		code := 0
@@ -129,4 +147,30 @@ func TestNoSecondController(t *testing.T) {
 			t.Errorf("%s: exit %d, output %q; want exit %d saying %q and no controller starting", c.name, code, tail(string(out), 600), c.code, c.says)
 		}
 	}
+	events, err := s.Audit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dana []string
+	for _, e := range events {
+		if e.User.Username == "dana" {
+			dana = append(dana, e.Verb+" "+e.RequestURI)
+		}
+	}
+	// status, once: one list of default's Deployments, and nothing else
+	// (no watch, no Lease, no /scale, no Events).
+	if len(dana) != 1 || !strings.HasPrefix(dana[0], "list /apis/apps/v1/namespaces/default/deployments") {
+		t.Errorf("dana's requests in the audit log: %q; want only status's one list of default's Deployments", dana)
+	}
+}
+
+// pluginPath is a directory holding kubectl-microscaling, the binary under
+// test, as a person installs the plugin.
+func pluginPath(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Symlink(controllerBin, filepath.Join(dir, "kubectl-microscaling")); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

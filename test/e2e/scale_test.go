@@ -149,20 +149,20 @@ func scaleRun(t *testing.T, n int) {
 	// Let the first ticks settle, then measure 30 s of steady state.
 	time.Sleep(5 * time.Second) // warm-up before the measured window
 	// Events the first ticks raised (a server that failed the first read
-	// makes each of its members hold with a Warning) are sent at the
-	// events client's pace: the window starts once they are, or it would
-	// measure a start, not a steady state.
+	// makes each of its members hold with a Warning) and each member's
+	// first condition are sent at their clients' pace: the window starts
+	// once they are, or it would measure a start, not a steady state.
 	settled := time.Now()
 	eventually(t, 10*time.Minute, func(ctx context.Context) error {
 		before := eventsSent(scrape(t, c))
 		time.Sleep(3 * time.Second) // the sending pace is what is measured
 		if after := eventsSent(scrape(t, c)); after != before {
-			return fmt.Errorf("%.0f Events sent in 3 s", after-before)
+			return fmt.Errorf("%.0f Events and conditions sent in 3 s", after-before)
 		}
 		return nil
 	})
 	if wait := time.Since(settled); wait > 4*time.Second {
-		t.Logf("Events of the first ticks sent in %s: %.0f in all", wait.Round(time.Second), eventsSent(scrape(t, c)))
+		t.Logf("Events and conditions of the first ticks sent in %s: %.0f in all", wait.Round(time.Second), eventsSent(scrape(t, c)))
 	}
 	if path := os.Getenv("MICROSCALING_PROFILE"); path != "" {
 		// A heap profile before and after the CPU profile: pprof
@@ -254,11 +254,12 @@ func scaleRun(t *testing.T, n int) {
 	fmt.Println("EVENTS", eventReasons(t, s, "bench-a", "bench-b"))
 }
 
-// eventsSent is the Events the controller has sent, from its metrics.
+// eventsSent is the Events and conditions the controller has sent, from
+// its metrics.
 func eventsSent(m map[string]float64) float64 {
 	n := 0.0
 	for k, v := range m {
-		if strings.HasPrefix(k, "microscaling_api_requests_total") && strings.Contains(k, `resource="events"`) {
+		if strings.HasPrefix(k, "microscaling_api_requests_total") && (strings.Contains(k, `resource="events"`) || strings.Contains(k, `resource="deployments/status"`)) {
 			n += v
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,7 +30,7 @@ import (
 	"github.com/microscaling/microscaling/test/harness"
 )
 
-// TestStatusAsTenant: `kubectl microscaling status`, as a person without
+// TestStatusAsTenant: `kubectl microscaling status --live`, as a person without
 // admin rights, through a real port-forward (API server, kwok's kubelet API)
 // to the controller pod that holds the Lease: the person sees only the
 // namespace where they may get Deployments, and each line agrees with the
@@ -119,7 +120,7 @@ func TestStatusAsTenant(t *testing.T) {
 		t.Fatal(err)
 	}
 	statusWith := func(ctx context.Context, kc string, args ...string) (string, error) {
-		cmd := exec.CommandContext(ctx, filepath.Join(s.Bin, "kubectl"), append([]string{"microscaling", "status"}, args...)...)
+		cmd := exec.CommandContext(ctx, filepath.Join(s.Bin, "kubectl"), append([]string{"microscaling", "status", "--live"}, args...)...)
 		cmd.Env = append(os.Environ(), "PATH="+plugins+string(os.PathListSeparator)+os.Getenv("PATH"), "KUBECONFIG="+kc)
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) } // a hang shows its goroutines
 		out, err := cmd.CombinedOutput()
@@ -414,7 +415,7 @@ func TestStateTokenAudiences(t *testing.T) {
 	}
 	// status with the kubeconfig for the API server and the token for the
 	// controller.
-	out, err := exec.CommandContext(t.Context(), controllerBin, "status", "--kubeconfig="+s.Kubeconfig, "--address="+c.metrics, "--controller-token="+forUs).CombinedOutput()
+	out, err := exec.CommandContext(t.Context(), controllerBin, "status", "--live", "--kubeconfig="+s.Kubeconfig, "--address="+c.metrics, "--controller-token="+forUs).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "no managed Deployments that you may read") {
 		t.Errorf("status --controller-token: %v\n%s", err, out)
 	}
@@ -499,4 +500,129 @@ func TestTokenFlood(t *testing.T) {
 	if flood[http.StatusTooManyRequests] == 0 {
 		t.Error("no flood request was answered 429: the limits did not act")
 	}
+}
+
+// TestStatusOnTheDeployment: the controller keeps each member's condition
+// on its Deployment, where users look. With the API server's
+// --event-ttl=2m and nsqd killed, `kubectl describe` still shows the queue
+// unreadable after 3 minutes, when the Event that told it has expired.
+// `kubectl microscaling status` reads the same from the API server with
+// the user's own credentials: a client certificate (kind's admin, most
+// local clusters) and a token both work; a person who may read one
+// namespace sees only it, and -A is refused to them.
+func TestStatusOnTheDeployment(t *testing.T) {
+	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes, EventTTL: 2 * time.Minute})
+	if _, err := s.Kubectl(t.Context(), "create", "namespace", "team-b"); err != nil {
+		t.Fatal(err)
+	}
+	ensureChannel(t, s, "jobs", "work")
+	ensureChannel(t, s, "other", "work")
+	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "target-queue-length", "10", "max-replicas", "5")))
+	create(t, s, deployment("team-b", "worker", 1, queueAnn(s, "other", "work", "target-queue-length", "10", "max-replicas", "3")))
+	alice := s.Users[0]
+	for _, args := range [][]string{
+		{"create", "rolebinding", "alice-view", "-n", "default", "--clusterrole=view", "--user=" + alice.Name},
+		{"create", "rolebinding", "erin-view", "-n", "team-b", "--clusterrole=view", "--user=erin"},
+	} {
+		if out, err := s.Kubectl(t.Context(), args...); err != nil {
+			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+		}
+	}
+	aliceKC, err := s.UserKubeconfig(alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	erinKC, err := s.CertKubeconfig("erin") // a client certificate
+	if err != nil {
+		t.Fatal(err)
+	}
+	plugins := pluginPath(t)
+	status := func(kc string, args ...string) (string, error) {
+		cmd := exec.CommandContext(t.Context(), filepath.Join(s.Bin, "kubectl"), append([]string{"microscaling", "status"}, args...)...)
+		cmd.Env = append(os.Environ(), "PATH="+plugins+string(os.PathListSeparator)+os.Getenv("PATH"), "KUBECONFIG="+kc)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return string(out), fmt.Errorf("kubectl microscaling status %v: %v\n%s", args, err, out)
+		}
+		return string(out), nil
+	}
+	startController(t, s.Kubeconfig, "--queue-timeout=300ms")
+	// Read and decided: each carries the condition.
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		out, err := s.Kubectl(ctx, "get", "deploy", "-A", "-o", `custom-columns=NAME:.metadata.name,SCALING:.status.conditions[?(@.type=="microscaling.com/Scaling")].reason`)
+		if err != nil || strings.Count(out, "AtMinReplicas") != 2 {
+			return fmt.Errorf("both at min-replicas? (%v)\n%s", err, out)
+		}
+		return nil
+	})
+
+	s.NSQ.Kill()
+	killed := time.Now()
+	eventually(t, 20*time.Second, func(ctx context.Context) error {
+		out, err := status(aliceKC)
+		if err != nil {
+			return err
+		}
+		rows := statusRows(out)
+		if len(rows) != 1 || rows[0]["DEPLOYMENT"] != "consumer" || rows[0]["SCALING"] != "False" || rows[0]["REASON"] != "QueueUnreadable" {
+			return fmt.Errorf("alice's status, want the consumer held by its unreadable queue:\n%s", out)
+		}
+		return nil
+	})
+	waitEvent(t, s, "default", "consumer", "Warning QueueUnreadable", 10*time.Second)
+
+	// Alice (a token) sees default only; erin (a client certificate) sees
+	// team-b only, and may not list every namespace.
+	out, err := status(aliceKC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kubectl microscaling status, as alice (a token):\n%s", out)
+	if strings.Contains(out, "worker") || strings.Contains(out, "NAMESPACE") {
+		t.Errorf("alice's status shows team-b, or a namespace column without -A:\n%s", out)
+	}
+	out, err = status(erinKC, "-n", "team-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kubectl microscaling status -n team-b, as erin (a client certificate):\n%s", out)
+	if rows := statusRows(out); len(rows) != 1 || rows[0]["DEPLOYMENT"] != "worker" || rows[0]["REASON"] != "QueueUnreadable" || !strings.Contains(rows[0]["MESSAGE"], "queue unreadable") {
+		t.Errorf("erin's status of team-b:\n%s", out)
+	}
+	if out, err := status(erinKC, "-A"); err == nil || !strings.Contains(out, "forbidden") || strings.Contains(out, "consumer") {
+		t.Errorf("erin's status -A: %v; want it refused by RBAC, showing nothing\n%s", err, out)
+	}
+	out, err = status(s.Kubeconfig, "-A", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []struct{ Namespace, Name, Reason string }
+	if err := json.Unmarshal([]byte(out), &all); err != nil {
+		t.Fatalf("status -A -o json: %v\n%s", err, out)
+	}
+	if len(all) != 2 || all[0].Name != "consumer" || all[1].Name != "worker" || all[1].Reason != "QueueUnreadable" {
+		t.Errorf("admin's status -A -o json: %+v", all)
+	}
+
+	// Three minutes on, the Event has expired; describe still tells.
+	select {
+	case <-time.After(time.Until(killed.Add(3 * time.Minute))):
+	case <-t.Context().Done():
+		t.Fatal(t.Context().Err())
+	}
+	evs, err := events(t.Context(), s, "default", "consumer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(evs, func(e string) bool { return strings.Contains(e, "QueueUnreadable") }) {
+		t.Errorf("the QueueUnreadable Event is still there after 3 minutes with --event-ttl=2m: %q", evs)
+	}
+	describe, err := s.Kubectl(t.Context(), "describe", "deployment", "consumer", "-n", "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`microscaling.com/Scaling\s+False\s+QueueUnreadable`).MatchString(describe) {
+		t.Errorf("kubectl describe, 3 minutes after nsqd was killed, does not show the queue unreadable:\n%s", describe)
+	}
+	t.Logf("kubectl describe, 3 minutes after nsqd was killed:\n%s", tail(describe, 1200))
 }

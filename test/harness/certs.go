@@ -19,6 +19,9 @@ import (
 // pki holds the paths of the keys and certificates one stack uses.
 type pki struct {
 	caPEM      []byte
+	caFile     string
+	caCert     *x509.Certificate
+	caKey      *ecdsa.PrivateKey
 	serverCert string
 	serverKey  string
 	saPub      string
@@ -74,6 +77,9 @@ func newPKI(dir string) (*pki, error) {
 	}
 	p := &pki{
 		caPEM:      pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		caFile:     filepath.Join(dir, "ca.crt"),
+		caCert:     caCert,
+		caKey:      caKey,
 		serverCert: filepath.Join(dir, "apiserver.crt"),
 		serverKey:  filepath.Join(dir, "apiserver.key"),
 		saPub:      filepath.Join(dir, "sa.pub"),
@@ -88,6 +94,7 @@ func newPKI(dir string) (*pki, error) {
 		return nil, fmt.Errorf("encoding service-account public key: %w", err)
 	}
 	files := map[string]*pem.Block{
+		p.caFile:     {Type: "CERTIFICATE", Bytes: caDER},
 		p.serverCert: {Type: "CERTIFICATE", Bytes: srvDER},
 		p.serverKey:  {Type: "EC PRIVATE KEY", Bytes: srvKeyDER},
 		p.saPub:      {Type: "PUBLIC KEY", Bytes: saPubDER},
@@ -99,4 +106,35 @@ func newPKI(dir string) (*pki, error) {
 		}
 	}
 	return p, nil
+}
+
+// clientCert signs a client certificate for user in groups (the API
+// server's --client-ca-file is the CA): PEM certificate and key.
+func (p *pki) clientCert(user string, groups []string) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generating client key: %w", err)
+	}
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		return nil, nil, fmt.Errorf("client certificate serial: %w", err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: user, Organization: groups},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, &key.PublicKey, p.caKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("signing client certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encoding client key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
 }

@@ -48,6 +48,10 @@ type Options struct {
 	NSQ bool
 	// Log receives progress lines; nil discards them.
 	Log func(format string, args ...any)
+	// EventTTL is the API server's --event-ttl; its default (1h) when 0.
+	EventTTL time.Duration
+	// Audit writes every request's metadata to an audit log (Stack.Audit).
+	Audit bool
 }
 
 // User is a non-admin identity known to the API server by a bearer token.
@@ -82,6 +86,7 @@ type Stack struct {
 	etcd      *process
 	apiserver *process
 	others    []*process // controller-manager, scheduler, kwok
+	opts      Options
 	log       func(string, ...any)
 
 	stopOnce sync.Once
@@ -119,7 +124,7 @@ func Start(ctx context.Context, opts Options) (s *Stack, err error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	s = &Stack{Dir: dir, Bin: bin, log: logf}
+	s = &Stack{Dir: dir, Bin: bin, log: logf, opts: opts}
 	defer func() {
 		if err != nil {
 			s.Stop()
@@ -209,7 +214,18 @@ func (s *Stack) startAPIServer(ctx context.Context) error {
 			"--service-cluster-ip-range=10.0.0.0/24", "--endpoint-reconciler-type=none",
 			"--enable-priority-and-fairness=false", "--v=0",
 			"--kubelet-preferred-address-types=InternalIP", // kwok's kubelet API, for port-forward
+			"--client-ca-file=" + s.pki.caFile,
 		},
+	}
+	if s.opts.EventTTL > 0 {
+		s.apiserver.args = append(s.apiserver.args, "--event-ttl="+s.opts.EventTTL.String())
+	}
+	if s.opts.Audit {
+		policy := filepath.Join(s.Dir, "audit-policy.yaml")
+		if err := os.WriteFile(policy, []byte("apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n"), 0o600); err != nil {
+			return fmt.Errorf("writing audit policy: %w", err)
+		}
+		s.apiserver.args = append(s.apiserver.args, "--audit-policy-file="+policy, "--audit-log-path="+s.auditLog(), "--audit-log-format=json", "--audit-log-mode=blocking")
 	}
 	s.Config = &rest.Config{
 		Host: s.apiURL, BearerToken: admin, QPS: 200, Burst: 400,
@@ -380,6 +396,26 @@ func (s *Stack) UserConfig(u User) *rest.Config {
 func (s *Stack) UserKubeconfig(u User) (string, error) {
 	path := filepath.Join(s.Dir, "kubeconfig-user-"+u.Name)
 	return path, s.writeKubeconfig(path, u.Name, u.Token)
+}
+
+// CertKubeconfig writes a kubeconfig that authenticates as user, in
+// groups, with a client certificate signed by the API server's client CA,
+// as kind's and most local clusters' admin kubeconfig does.
+func (s *Stack) CertKubeconfig(user string, groups ...string) (string, error) {
+	cert, key, err := s.pki.clientCert(user, groups)
+	if err != nil {
+		return "", err
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["harness"] = &clientcmdapi.Cluster{Server: s.apiURL, CertificateAuthorityData: s.pki.caPEM}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: cert, ClientKeyData: key}
+	cfg.Contexts["harness"] = &clientcmdapi.Context{Cluster: "harness", AuthInfo: user}
+	cfg.CurrentContext = "harness"
+	path := filepath.Join(s.Dir, "kubeconfig-cert-"+user)
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		return "", fmt.Errorf("writing kubeconfig: %w", err)
+	}
+	return path, nil
 }
 
 // ServiceAccountKubeconfig writes a kubeconfig that acts as the service

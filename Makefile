@@ -2,7 +2,7 @@
 GO ?= go
 
 
-.PHONY: test deps demo binaries image image-binaries cluster simulate fuzz bench-reaction bench-labels bench-scale bench-burst bench-sources
+.PHONY: test deps demo binaries image image-binaries release cluster simulate fuzz bench-reaction bench-labels bench-scale bench-burst bench-sources
 
 # Builds the real parts once (cached outside the clone), then runs every test
 # with the race detector against them.
@@ -20,6 +20,13 @@ image:
 # Only the binaries and CA roots in .image/, for docker buildx.
 image-binaries:
 	test/tools/image.sh binaries
+
+# A release to REGISTRY=host/prefix: signed multi-arch images with an SPDX
+# SBOM attestation, the chart as an OCI artifact, kubectl plugin archives
+# and a krew manifest in dist/ (COSIGN_KEY=cosign.key, COSIGN_PASSWORD;
+# TLS_VERIFY=false for a plain-HTTP registry). See docs/install.md.
+release:
+	test/tools/release.sh
 
 # Debian's Chromium, for the dashboard's browser test, and the queue
 # servers the sources are tested against (installed, never started here).

@@ -83,6 +83,7 @@ func TestHelmTemplate(t *testing.T) {
 			"extraArgs[0]=--profiling", "env[0].name=TZ", "env[0].value=UTC", "resources.limits.memory=512Mi",
 			"topologySpreadConstraints[0].maxSkew=1", "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname", "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
 			"topologySpreadConstraints[0].labelSelector.matchLabels.app\\.kubernetes\\.io/name=microscaling",
+			"image.repository=registry.example/team/microscaling", "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 			"podSecurityContext.runAsUser=1000", "serviceMonitor.enabled=true", "prometheusRule.enabled=true",
 			"networkPolicy.enabled=true", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
 			"metrics.readers[0].kind=ServiceAccount", "metrics.readers[0].name=prometheus-k8s", "metrics.readers[0].namespace=monitoring"}},
@@ -157,6 +158,7 @@ func TestHelmRefusesBadValues(t *testing.T) {
 		{"controller.workers=0", "/controller/workers"},
 		{"bogus=1", "'bogus' not allowed"},
 		{"image.pullPolicy=Sometimes", "/image/pullPolicy"},
+		{"image.digest=latest", "/image/digest"},
 		{"metrics.port=70000", "/metrics/port"},
 		{"replicaCount=2,controller.leaderElect=false", "replicaCount > 1 needs controller.leaderElect=true"},
 	}

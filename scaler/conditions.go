@@ -55,7 +55,7 @@ func conditionFor(h string, spec *annotations.Spec, cur, desired int32, lastScal
 			msg = append(msg, r.says)
 		}
 	}
-	msg = append(msg, fmt.Sprintf("wants %d replicas, has %d (min %d, max %d)", desired, cur, spec.MinReplicas, spec.MaxReplicas))
+	msg = append(msg, fmt.Sprintf("replicas: wants %d, has %d (min %d, max %d)", desired, cur, spec.MinReplicas, spec.MaxReplicas))
 	if lastScale != "" {
 		msg = append(msg, "last scaled "+lastScale)
 	}

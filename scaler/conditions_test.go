@@ -32,7 +32,7 @@ func TestConditionFor(t *testing.T) {
 		}
 	}
 	c := conditionFor("", spec, 2, 4, "1 -> 2 at 2026-12-07T03:40:00Z: backlog 120 > target 10")
-	want := "wants 4 replicas, has 2 (min 1, max 10); last scaled 1 -> 2 at 2026-12-07T03:40:00Z: backlog 120 > target 10"
+	want := "replicas: wants 4, has 2 (min 1, max 10); last scaled 1 -> 2 at 2026-12-07T03:40:00Z: backlog 120 > target 10"
 	if c.Status != corev1.ConditionTrue || c.Reason != ReasonFollowingLoad || c.Message != want {
 		t.Errorf("following: %+v, want True %s %q", c, ReasonFollowingLoad, want)
 	}

@@ -53,6 +53,7 @@ func TestDecideQueue(t *testing.T) {
 		{name: "from zero with a large backlog", in: QueueInput{Current: 0, Backlog: 500, Waiting: 500, BacklogKnown: true, Rates: arrivalsOnly(0)}, want: 4},
 		{name: "never zero while messages wait", in: QueueInput{Current: 1, Consuming: 1, Backlog: 2, BacklogKnown: true, Rates: known(0, 10)}, want: 1},
 		{name: "empty queue goes to min", policy: QueuePolicy{Target: 50, Min: 1, Max: 20}, in: QueueInput{Current: 4, Consuming: 4, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, want: 1, held: HeldMin},
+		{name: "at min with an empty queue: held by min, not by the delay", policy: QueuePolicy{Target: 50, Min: 1, Max: 20, ScaleDownDelay: 5 * time.Minute}, in: QueueInput{Current: 1, Consuming: 1, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, want: 1, held: HeldMin},
 		{name: "empty queue goes to zero", policy: QueuePolicy{Target: 50, Max: 20}, in: QueueInput{Current: 4, Consuming: 4, Backlog: 0, BacklogKnown: true, Rates: known(0, 10)}, want: 0},
 		{name: "no shrink above 0.7 target", policy: QueuePolicy{Target: 50, Max: 20}, in: QueueInput{Current: 4, Consuming: 4, Backlog: 36, BacklogKnown: true, Rates: known(0, 10)}, want: 4},
 		{name: "max delta caps growth", policy: QueuePolicy{Target: 50, Max: 20, MaxDelta: 2}, in: QueueInput{Current: 2, Consuming: 2, Backlog: 1000, Waiting: 1000, BacklogKnown: true, Rates: known(100, 10)}, want: 4, held: HeldMaxDelta},

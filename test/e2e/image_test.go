@@ -222,6 +222,13 @@ func checkIndex(t *testing.T, where string, idx v1.ImageIndex, title, ver string
 func runImage(t *testing.T, kubeconfig string, args ...string) *controller {
 	t.Helper()
 	ensureImages(t)
+	return runImageRef(t, "microscaling/microscaling:"+version(t), kubeconfig, args...)
+}
+
+// runImageRef runs the controller from image (in podman's storage) with
+// kubeconfig mounted.
+func runImageRef(t *testing.T, image, kubeconfig string, args ...string) *controller {
+	t.Helper()
 	dir := t.TempDir()
 	b, err := os.ReadFile(kubeconfig)
 	if err != nil {
@@ -245,7 +252,7 @@ func runImage(t *testing.T, kubeconfig string, args ...string) *controller {
 	return launch(t, func(addr string) *exec.Cmd {
 		argv := append(slices.Clone(podmanRun), "run", "--rm", "--name", name, "--network", "host", "--read-only")
 		argv = append(argv, podmanLimits...)
-		argv = append(argv, "-v", dir+":/kube:ro", "microscaling/microscaling:"+version(t),
+		argv = append(argv, "-v", dir+":/kube:ro", image,
 			"controller", "--kubeconfig=/kube/config", "--metrics-addr="+addr, "--v=2")
 		return exec.Command("podman", append(argv, args...)...)
 	})
@@ -383,48 +390,7 @@ func TestHelmChartInstall(t *testing.T) {
 
 	ensureImages(t)
 	helm("install", "microscaling", "manifests/helm/microscaling", "-n", "microscaling-system", "--set", "image.repository=microscaling/microscaling")
-	out := kubectl("apply", "-k", filepath.Join(repoRoot(t), "manifests", "demo"))
-	t.Logf("kubectl apply -k manifests/demo:\n%s", out)
-	kubectl("-n", "demo", "annotate", "deployment", "consumer", "--overwrite", fmt.Sprintf("microscaling.com/queue=nsq://%s/jobs/work", s.NSQ.HTTPAddr))
-
-	// The chart's own arguments, as its pods would run them.
-	d := mustDeployment(t, s, "microscaling-system", "microscaling")
-	var args []string
-	for _, a := range d.Spec.Template.Spec.Containers[0].Args {
-		switch {
-		case a == "controller", strings.HasPrefix(a, "--metrics-addr="): // runImage sets its own address
-		default:
-			args = append(args, strings.ReplaceAll(a, "$(POD_NAME)", "microscaling-from-image"))
-		}
-	}
-	if img := d.Spec.Template.Spec.Containers[0].Image; img != "microscaling/microscaling:"+version(t) {
-		t.Errorf("the chart's image is %q, want microscaling/microscaling:%s", img, version(t))
-	}
-	kc, err := s.ServiceAccountKubeconfig("microscaling-system", "microscaling")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := runImage(t, kc, args...)
-	// The chart's --metrics-auth=kubernetes: its ServiceAccount reviews the
-	// caller's token.
-	if code := statusCode(t, c.metrics, "/metrics", ""); code != http.StatusUnauthorized {
-		t.Errorf("/metrics without a token: %d, want 401", code)
-	}
-	c.token = s.Config.BearerToken
-	if v := mustMetric(t, c, "microscaling_build_info"); v != 1 {
-		t.Errorf("microscaling_build_info with the admin's token: %v, want 1", v)
-	}
-	eventually(t, 30*time.Second, func(ctx context.Context) error {
-		n, err := demoReplicas(ctx, s, "remainder")
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return fmt.Errorf("remainder replicas 0, want the spare room")
-		}
-		return nil
-	})
-	demoConsumerGrows(t, s, 500, 20*time.Second)
+	c := chartScalesDemo(t, s, "microscaling/microscaling:"+version(t))
 	c.stop()
 
 	helm("uninstall", "microscaling", "-n", "microscaling-system", "--wait")
@@ -450,3 +416,65 @@ func TestHelmChartInstall(t *testing.T) {
 // chartKubeVersion is what helm template renders the chart for (it
 // assumes v1.20 otherwise, below the chart's kubeVersion).
 const chartKubeVersion = "1.30.0"
+
+// chartScalesDemo runs the chart's controller, installed in
+// microscaling-system, as its pods would: from image (which the chart's
+// Deployment must name) in podman, as the chart's ServiceAccount, with the
+// chart's own arguments. It applies the demo and checks that the
+// controller scales it: the remainder fills the spare room, the consumer
+// grows with a backlog.
+func chartScalesDemo(t *testing.T, s *harness.Stack, image string) *controller {
+	t.Helper()
+	out := mustKubectl(t, s, "apply", "-k", filepath.Join(repoRoot(t), "manifests", "demo"))
+	t.Logf("kubectl apply -k manifests/demo:\n%s", out)
+	mustKubectl(t, s, "-n", "demo", "annotate", "deployment", "consumer", "--overwrite", fmt.Sprintf("microscaling.com/queue=nsq://%s/jobs/work", s.NSQ.HTTPAddr))
+
+	// The chart's own arguments, as its pods would run them.
+	d := mustDeployment(t, s, "microscaling-system", "microscaling")
+	var args []string
+	for _, a := range d.Spec.Template.Spec.Containers[0].Args {
+		switch {
+		case a == "controller", strings.HasPrefix(a, "--metrics-addr="): // runImage sets its own address
+		default:
+			args = append(args, strings.ReplaceAll(a, "$(POD_NAME)", "microscaling-from-image"))
+		}
+	}
+	if img := d.Spec.Template.Spec.Containers[0].Image; img != image {
+		t.Fatalf("the chart's image is %q, want %s", img, image)
+	}
+	kc, err := s.ServiceAccountKubeconfig("microscaling-system", "microscaling")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := runImageRef(t, image, kc, args...)
+	// The chart's --metrics-auth=kubernetes: its ServiceAccount reviews the
+	// caller's token.
+	if code := statusCode(t, c.metrics, "/metrics", ""); code != http.StatusUnauthorized {
+		t.Errorf("/metrics without a token: %d, want 401", code)
+	}
+	c.token = s.Config.BearerToken
+	if v := mustMetric(t, c, "microscaling_build_info"); v != 1 {
+		t.Errorf("microscaling_build_info with the admin's token: %v, want 1", v)
+	}
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
+		n, err := demoReplicas(ctx, s, "remainder")
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("remainder replicas 0, want the spare room")
+		}
+		return nil
+	})
+	demoConsumerGrows(t, s, 500, 20*time.Second)
+	return c
+}
+
+func mustKubectl(t *testing.T, s *harness.Stack, args ...string) string {
+	t.Helper()
+	out, err := s.Kubectl(t.Context(), args...)
+	if err != nil {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}

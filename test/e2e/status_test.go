@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/microscaling/microscaling/scaler/condition"
 	"github.com/microscaling/microscaling/scaler/dashboard"
 	"github.com/microscaling/microscaling/test/harness"
 )
@@ -517,8 +518,8 @@ func TestStatusOnTheDeployment(t *testing.T) {
 	}
 	ensureChannel(t, s, "jobs", "work")
 	ensureChannel(t, s, "other", "work")
-	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "target-queue-length", "10", "max-replicas", "5")))
-	create(t, s, deployment("team-b", "worker", 1, queueAnn(s, "other", "work", "target-queue-length", "10", "max-replicas", "3")))
+	create(t, s, deployment("default", "consumer", 1, queueAnn(s, "jobs", "work", "target-queue-length", "10", "min-replicas", "1", "max-replicas", "5")))
+	create(t, s, deployment("team-b", "worker", 1, queueAnn(s, "other", "work", "target-queue-length", "10", "min-replicas", "1", "max-replicas", "3")))
 	alice := s.Users[0]
 	for _, args := range [][]string{
 		{"create", "rolebinding", "alice-view", "-n", "default", "--clusterrole=view", "--user=" + alice.Name},
@@ -549,12 +550,26 @@ func TestStatusOnTheDeployment(t *testing.T) {
 	startController(t, s.Kubeconfig, "--queue-timeout=300ms")
 	// Read and decided: each carries the condition.
 	eventually(t, 30*time.Second, func(ctx context.Context) error {
-		out, err := s.Kubectl(ctx, "get", "deploy", "-A", "-o", `custom-columns=NAME:.metadata.name,SCALING:.status.conditions[?(@.type=="microscaling.com/Scaling")].reason`)
-		if err != nil || strings.Count(out, "AtMinReplicas") != 2 {
-			return fmt.Errorf("both at min-replicas? (%v)\n%s", err, out)
+		list, err := s.Client.AppsV1().Deployments("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		var reasons []string
+		for _, d := range list.Items {
+			if c := condition.Find(&d); c != nil {
+				reasons = append(reasons, d.Name+"="+c.Reason)
+			}
+		}
+		if slices.Sort(reasons); !slices.Equal(reasons, []string{"consumer=AtMinReplicas", "worker=AtMinReplicas"}) {
+			return fmt.Errorf("conditions %q, want both at min-replicas", reasons)
 		}
 		return nil
 	})
+	// The column a user adds to kubectl get.
+	out, err := s.Kubectl(t.Context(), "get", "deploy", "-A", "-o", `custom-columns=NAME:.metadata.name,SCALING:.status.conditions[?(@.type=="microscaling.com/Scaling")].reason`)
+	if err != nil || strings.Count(out, "AtMinReplicas") != 2 {
+		t.Errorf("kubectl get -o custom-columns: %v\n%s", err, out)
+	}
 
 	s.NSQ.Kill()
 	killed := time.Now()
@@ -573,7 +588,7 @@ func TestStatusOnTheDeployment(t *testing.T) {
 
 	// Alice (a token) sees default only; erin (a client certificate) sees
 	// team-b only, and may not list every namespace.
-	out, err := status(aliceKC)
+	out, err = status(aliceKC)
 	if err != nil {
 		t.Fatal(err)
 	}

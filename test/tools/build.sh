@@ -7,6 +7,7 @@
 # when the pinned versions below change.
 #
 # Usage: test/tools/build.sh        prints the bin directory on the last line.
+#        test/tools/build.sh tools  only the release's tools (crane, helm, cosign)
 set -euo pipefail
 
 K8S_VERSION=v1.37.2
@@ -17,6 +18,8 @@ NSQ_VERSION=v1.3.0
 # crane's version is in its file name, so changing it rebuilds crane alone.
 GGCR_VERSION=v0.22.1
 HELM_VERSION=v3.22.0
+# cosign signs and attests the release's image (key-based; make release).
+COSIGN_VERSION=v2.6.5
 # promtool checks the chart's alerting rules and the dashboard's queries.
 PROMETHEUS_VERSION=v0.316.0
 GO_SVC_FORK=github.com/mreiferson/go-svc@v1.2.2-0.20210815184239-7a96e00010f6
@@ -144,12 +147,15 @@ install_versioned() {
 }
 
 t0=$SECONDS
-build_nsq
-build_etcd
-build_kwok
-build_k8s
+if [ "${1:-}" != tools ]; then
+  build_nsq
+  build_etcd
+  build_kwok
+  build_k8s
+fi
 install_versioned crane "$GGCR_VERSION" github.com/google/go-containerregistry/cmd/crane "a third-party registry for tests: about 30 s cold"
 install_versioned helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "lint and template of the chart: about 1 minute cold"
-install_versioned promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool "Prometheus's rule checker: about 10 minutes cold"
+install_versioned cosign "$COSIGN_VERSION" github.com/sigstore/cosign/v2/cmd/cosign "signs the release: about 3 minutes cold"
+[ "${1:-}" = tools ] || install_versioned promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool "Prometheus's rule checker: about 10 minutes cold"
 log "all binaries ready in $BIN ($((SECONDS - t0)) s)"
 echo "$BIN"

@@ -48,15 +48,20 @@ func waitFor(t *testing.T, client *fake.Clientset, what string, ok func(*appsv1.
 	return d
 }
 
+// run runs w with workers until the test ends.
+func run(t *testing.T, w *Writer, workers int) {
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { w.Run(ctx, workers); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
 func TestConditionWrittenOnChangeOnly(t *testing.T) {
 	available := appsv1.DeploymentCondition{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable"}
 	client := fake.NewClientset(deployment(available))
 	clk := clocktesting.NewFakeClock(time.Date(2026, 12, 7, 4, 0, 0, 0, time.UTC))
 	w := NewWriter(client, clk, 10*time.Second)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { w.Run(ctx, 2); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	run(t, w, 2)
 
 	held := Condition{Status: corev1.ConditionFalse, Reason: "QueueUnreadable", Message: "queue unreadable"}
 	w.Set(deployment(available), held)
@@ -129,10 +134,7 @@ func TestConditionAlreadyThere(t *testing.T) {
 		LastUpdateTime: metav1.NewTime(clk.Now().Add(-time.Hour)), LastTransitionTime: metav1.NewTime(clk.Now().Add(-time.Hour))}
 	client := fake.NewClientset(deployment(there))
 	w := NewWriter(client, clk, 10*time.Second)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { w.Run(ctx, 1); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	run(t, w, 1)
 	c := Condition{Status: corev1.ConditionTrue, Reason: "FollowingLoad", Message: "wants 2"}
 	w.Set(deployment(there), c)
 	w.Set(deployment(there), c)
@@ -162,10 +164,7 @@ func TestConditionRetried(t *testing.T) {
 	})
 	clk := clocktesting.NewFakeClock(time.Now())
 	w := NewWriter(client, clk, time.Second)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { w.Run(ctx, 1); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	run(t, w, 1)
 	w.Set(deployment(), Condition{Status: corev1.ConditionFalse, Reason: "Paused", Message: strings.Repeat("é", 600)})
 	d := waitFor(t, client, "written after two failures", func(d *appsv1.Deployment) bool {
 		clk.Step(time.Second) // the retries' back-off

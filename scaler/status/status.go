@@ -1,9 +1,12 @@
 // Package status owns `microscaling status` (also `kubectl microscaling
-// status`): reaching a controller's /api/state, through a port-forward to
-// the pod that holds the leader-election Lease (or a named pod) or at an
-// address, with the user's own credentials from the
-// kubeconfig (so the controller shows only the namespaces the user may read),
-// and the table it prints.
+// status`) and the dashboard's reach: the managed Deployments and the
+// condition the controller keeps on each, listed from the API server as
+// the user (RBAC decides what each person sees); with --live, and for the
+// dashboard, the controller's own /api/state, reached through a
+// port-forward to the pod that holds the leader-election Lease (or a named
+// pod) or at an address, with the user's credentials from the kubeconfig
+// (so the controller shows only the namespaces the user may read); and the
+// tables they print.
 package status
 
 import (

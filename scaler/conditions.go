@@ -37,6 +37,7 @@ var held = map[string]struct{ reason, says string }{
 	policy.HeldBudget:     {"GroupBudget", "group-max-replicas taken by higher priorities"},
 	policy.HeldRoom:       {"NoRoom", "no node room left to it"},
 	policy.HeldPriority:   {ReasonRemainderPriority, "its pods' priority is above --remainder-max-priority: not grown"},
+	policy.HeldSaturated:  {ReasonSaturated, "more replicas stopped adding throughput: held at the knee (or probing a step above it)"},
 	HeldConflict:          {ReasonConflictingScaler, "another autoscaler targets it: left alone"},
 }
 

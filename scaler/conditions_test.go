@@ -26,7 +26,7 @@ func TestConditionFor(t *testing.T) {
 		reasons[c.Reason] = true
 	}
 	for _, h := range []string{policy.HeldMax, policy.HeldMin, policy.HeldMaxDelta, policy.HeldRateLimit, policy.HeldDelay, policy.HeldUnreadable,
-		policy.HeldFallback, policy.HeldPaused, policy.HeldBudget, policy.HeldRoom, policy.HeldPriority, HeldConflict} {
+		policy.HeldFallback, policy.HeldPaused, policy.HeldBudget, policy.HeldRoom, policy.HeldPriority, policy.HeldSaturated, HeldConflict} {
 		if _, ok := held[h]; !ok {
 			t.Errorf("Held word %q has no reason", h)
 		}

@@ -44,6 +44,8 @@ const (
 	ReasonEstimateCorrected   = "EstimateCorrected"
 	ReasonFallbackActive      = "FallbackActive"
 	ReasonFallbackEnded       = "FallbackEnded"
+	ReasonSaturated           = "ThroughputSaturated"
+	ReasonSaturationEnded     = "ThroughputRecovered"
 )
 
 // HeldConflict is the Held word of a member another autoscaler scales.
@@ -130,6 +132,7 @@ type memberState struct {
 	policy     policy.MemberState
 	unreadable bool
 	fallback   bool // at fallback-replicas, its queues unreadable
+	saturated  bool // more replicas stopped adding throughput: told
 	// written is the replica count this controller last wrote; a different
 	// spec.replicas later means someone else scaled the Deployment.
 	written    int32
@@ -694,6 +697,7 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 	for i, m := range ms {
 		c.condition(m, corev1.EventTypeWarning, ReasonEstimateCorrected, correctedMessage(out.Decisions[i].Corrected))
 		c.fallback(m, out.Decisions[i].Fallback)
+		c.saturation(m, out.Decisions[i].Saturated)
 		c.record(key, m, out.Decisions[i], t)
 	}
 	for _, i := range out.Writes {
@@ -729,6 +733,25 @@ func (c *Controller) fallback(m member, on bool) {
 			m.spec.FallbackAfter, m.spec.FallbackReplicas)
 	case was && !on:
 		c.recorder.Event(m.d, corev1.EventTypeNormal, ReasonFallbackEnded, "queues read again: the queue rule decides from here")
+	}
+}
+
+// saturation tells when a member's replicas start and stop being
+// saturated (more stopped adding throughput); a probe above the knee is
+// part of it.
+func (c *Controller) saturation(m member, s policy.Saturation) {
+	on := s.Cap > 0
+	m.st.mu.Lock()
+	was := m.st.saturated
+	m.st.saturated = on
+	m.st.mu.Unlock()
+	switch {
+	case on && !was:
+		c.recorder.Eventf(m.d, corev1.EventTypeWarning, ReasonSaturated,
+			"more replicas stopped adding throughput: %d replicas deliver %.1f messages/s together, more delivered no more (a shared downstream's limit?); held at %d, the rest of the group's room left to others, and a step above probed every %s",
+			s.Knee, s.Ceiling, s.Knee, policy.SaturationHold)
+	case was && !on:
+		c.recorder.Event(m.d, corev1.EventTypeNormal, ReasonSaturationEnded, "more replicas deliver more again: the queue rule sizes from the load")
 	}
 }
 

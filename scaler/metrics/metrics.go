@@ -113,14 +113,14 @@ var (
 	fallbackDesc   = prometheus.NewDesc("microscaling_fallback_active", "1 while the Deployment is at its fallback-replicas, its queues unreadable for fallback-after; else 0.", memberLabels, nil)
 	minDesc        = prometheus.NewDesc("microscaling_min_replicas", "The min-replicas of the Deployment.", memberLabels, nil)
 	maxDesc        = prometheus.NewDesc("microscaling_max_replicas", "The max-replicas of the Deployment.", memberLabels, nil)
-	heldDesc       = prometheus.NewDesc("microscaling_member_held", "Always 1 for a decided member; reason says what keeps it from what its load asks for (max, min, max-delta, rate-limit, delay, unreadable, fallback, paused, budget, room, priority, conflict), none when nothing does.", append(memberLabels, "reason"), nil)
+	heldDesc       = prometheus.NewDesc("microscaling_member_held", "Always 1 for a decided member; reason says what keeps it from what its load asks for (max, min, max-delta, rate-limit, delay, unreadable, fallback, paused, budget, room, priority, saturated, conflict), none when nothing does.", append(memberLabels, "reason"), nil)
 	arrivalDesc    = prometheus.NewDesc("microscaling_arrival_rate", "Messages arriving on the Deployment's queues per second, as measured.", memberLabels, nil)
 	serviceDesc    = prometheus.NewDesc("microscaling_service_rate", "Messages one replica of the Deployment completes per second, as measured.", memberLabels, nil)
 )
 
 // heldReasons are the values microscaling_member_held's reason may take:
 // a bounded set, whatever a member's state.
-var heldReasons = []string{"none", "max", "min", "max-delta", "rate-limit", "delay", "unreadable", "fallback", "paused", "budget", "room", "priority", "conflict"}
+var heldReasons = []string{"none", "max", "min", "max-delta", "rate-limit", "delay", "unreadable", "fallback", "paused", "budget", "room", "priority", "saturated", "conflict"}
 
 // Gauges are one member's gauge values as its last decision left them; the
 // Has* and Decided flags tell which are set.

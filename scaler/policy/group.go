@@ -100,6 +100,7 @@ type MemberState struct {
 	Rates Rates
 	Queue QueueState
 	guard behindGuard
+	tput  throughputs
 }
 
 // Step observes one read of the member's queues (known false: the read
@@ -137,7 +138,11 @@ func (s *MemberState) Step(p QueuePolicy, now time.Time, cur, ready int32, r Que
 		}
 		sample := QueueSample{Time: at, Earliest: earliest, Backlog: r.Backlog, Waiting: r.Waiting, Arrived: r.Arrived,
 			Completed: r.Completed, CompletedKnown: r.CompletedKnown, Consuming: consuming}
+		if s.Rates.started {
+			s.tput.observe(s.Rates.last, sample, s.Rates.Service, s.Rates.ServiceKnown)
+		}
 		s.Rates.Observe(sample)
+		in.Saturation = s.tput.verdict(now)
 		in.BacklogKnown, in.Backlog, in.Waiting, in.Arrived, in.Consuming, in.Rates = true, r.Backlog, r.Waiting, r.Arrived, consuming, s.Rates
 		// The guard does not trust the estimator: a backlog that runs away
 		// from its target while the replicas stay put corrects the rate to
@@ -214,6 +219,7 @@ type said struct {
 	why, held string
 	fix       Correction
 	fallback  bool
+	sat       Saturation
 }
 
 // lend is a slice of n zero values, reusing buf's array when it is large
@@ -241,6 +247,10 @@ type MemberDecision struct {
 	Corrected Correction
 	// Fallback is the queue rule's Decision.Fallback.
 	Fallback bool
+	// Saturated is the queue rule's Decision.Saturated: more replicas
+	// stopped adding throughput, Knee replicas deliver Ceiling messages
+	// per second.
+	Saturated Saturation
 }
 
 // GroupOutput is a group decision.
@@ -319,7 +329,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 			rule[i].held = HeldPriority
 		case s.Rule == annotations.RuleQueue:
 			d := m.State.Step(PolicyOf(s), in.Now, m.Current, m.Ready, m.Queue, m.QueueKnown)
-			a.Want, rule[i] = d.Replicas, said{d.Reason, d.Held, d.Corrected, d.Fallback}
+			a.Want, rule[i] = d.Replicas, said{d.Reason, d.Held, d.Corrected, d.Fallback, d.Saturated}
 		}
 		if b := s.GroupMaxReplicas; b > 0 {
 			if out.Budget > 0 && out.Budget != b {
@@ -342,7 +352,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 	}
 	if !(needed && in.Room == nil) && gs.unchanged(ms, g.Members, roomVersion) {
 		for i, m := range ms {
-			out.Decisions[i] = MemberDecision{Replicas: m.Current, Held: heldBy(rule[i].held, gs.inputs[i].held), Corrected: rule[i].fix, Fallback: rule[i].fallback}
+			out.Decisions[i] = MemberDecision{Replicas: m.Current, Held: heldBy(rule[i].held, gs.inputs[i].held), Corrected: rule[i].fix, Fallback: rule[i].fallback, Saturated: rule[i].sat}
 		}
 		out.Unchanged = true
 		return out
@@ -374,7 +384,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 		if g.Members[i].Remainder && why == "" {
 			why = "spare room in the group"
 		}
-		out.Decisions[i] = MemberDecision{Replicas: d.Replicas, Reason: why, Held: heldBy(rule[i].held, d.Held), Corrected: rule[i].fix, Fallback: rule[i].fallback}
+		out.Decisions[i] = MemberDecision{Replicas: d.Replicas, Reason: why, Held: heldBy(rule[i].held, d.Held), Corrected: rule[i].fix, Fallback: rule[i].fallback, Saturated: rule[i].sat}
 		if d.Replicas != ms[i].Current && !ms[i].Spec.Paused {
 			out.Writes = append(out.Writes, i)
 		}

@@ -55,6 +55,9 @@ type QueueInput struct {
 	Waiting      int64 // not yet delivered to any consumer
 	Arrived      int64 // cumulative arrivals, as in QueueSample
 	Rates        Rates
+	// Saturation bounds the replicas while more stopped adding
+	// throughput (saturation.go).
+	Saturation Saturation
 	// BacklogOnly: the queue counts no arrivals, so no rate is ever known;
 	// the rule grows while the backlog is above its target and gives back
 	// one replica at a time (after the scale-down delay) while it is below.
@@ -95,6 +98,9 @@ type Decision struct {
 	// Fallback: the queue has been unreadable for the policy's
 	// FallbackAfter, and Replicas are its FallbackReplicas.
 	Fallback bool
+	// Saturated is set while more replicas stopped adding throughput (its
+	// Saturated field) or a step above the knee is probed.
+	Saturated Saturation
 }
 
 // What holds a member, in Decision.Held and MemberDecision.Held.
@@ -110,6 +116,7 @@ const (
 	HeldBudget     = "budget"     // group-max-replicas, taken by higher priorities
 	HeldRoom       = "room"       // node room, taken by higher priorities or unverified
 	HeldPriority   = "priority"   // a remainder whose pods' priority is not low enough to grow
+	HeldSaturated  = "saturated"  // more replicas stopped adding throughput: at the knee, or probing a step above it
 )
 
 // DecideQueue applies the queue rule to one member.
@@ -242,6 +249,9 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 			held = HeldDelay
 		}
 	}
+	if c := in.Saturation.Cap; c > 0 && want > c {
+		want, held = max(c, p.Min), HeldSaturated
+	}
 	if p.MaxDelta > 0 {
 		if w := min(max(want, cur-p.MaxDelta), cur+p.MaxDelta); w != want {
 			want, held = w, HeldMaxDelta
@@ -262,9 +272,13 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 		st.learn(cur, want, arrival, r.Service)
 	}
 	if want == cur {
-		return Decision{Replicas: want, Held: held} // steady: no reason needed, none built
+		return Decision{Replicas: want, Held: held, Saturated: in.Saturation} // steady: no reason needed, none built
 	}
-	return Decision{Replicas: want, Reason: p.reason(in, want, known, arrival), Held: held}
+	why := p.reason(in, want, known, arrival)
+	if held == HeldSaturated {
+		why = fmt.Sprintf("backlog %d", in.Backlog) + saturatedReason(in.Saturation)
+	}
+	return Decision{Replicas: want, Reason: why, Held: held, Saturated: in.Saturation}
 }
 
 func (st *QueueState) utilization() float64 {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nsqio/go-nsq"
+	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -36,6 +37,10 @@ type Consumers struct {
 	// Waits, when set, records each stamped message's wait from publish to
 	// the start of its handling.
 	Waits *Waits
+	// Downstream, when set, is a limit every consumer's work shares (one
+	// database, one rate-limited API): a message waits for its turn before
+	// its work starts.
+	Downstream *rate.Limiter
 	// Connect, when set, starts one pod's consumer on another queue: it
 	// calls handle for each message it takes, one at a time, and
 	// acknowledges it when handle returns; stop ends it and waits. When
@@ -118,6 +123,11 @@ func (c *Consumers) sync(ctx context.Context) error {
 // handle is one message's simulated work.
 func (c *Consumers) handle(body []byte) {
 	c.Waits.observe(body)
+	if c.Downstream != nil {
+		if err := c.Downstream.Wait(context.Background()); err != nil {
+			klog.Background().Error(err, "waiting for the downstream") // a limiter with no burst: the work goes ahead
+		}
+	}
 	work := c.PerMessage
 	if d := c.slower.Load(); d > 0 {
 		work = time.Duration(d)

@@ -145,6 +145,16 @@ func (t *throughputs) each(now time.Time, f func(busyInterval) bool) {
 // knee), probing a step above it, or free.
 func (t *throughputs) verdict(now time.Time) Saturation {
 	top, topN, ok := t.settled(now)
+	if t.knee > 0 && t.size == 0 && now.After(t.until) {
+		// Not busy for a whole window since: nothing stands against more
+		// replicas any longer; found again if it is still there.
+		t.knee, t.ceiling, t.above = 0, 0, 0
+	}
+	if t.above > 0 && !now.Before(t.until) {
+		// The fewer tried were never measured (the load asked for fewer
+		// still): the knee is the last count known to reach the ceiling.
+		t.knee, t.above = t.above, 0
+	}
 	if t.above > 0 && ok && topN == t.knee {
 		// The knee from rates alone is rough: fewer are tried while they
 		// still reach the ceiling (within tputGainShare of what it lost).
@@ -155,7 +165,7 @@ func (t *throughputs) verdict(now time.Time) Saturation {
 			t.knee, t.above, t.until = t.above, 0, now.Add(tputHold)
 		}
 	}
-	if t.knee > 0 && (t.above > 0 || now.Before(t.until)) {
+	if t.knee > 0 && now.Before(t.until) {
 		return Saturation{Cap: t.knee, Saturated: true, Knee: t.knee, Ceiling: t.ceiling}
 	}
 	if !ok {
@@ -165,7 +175,7 @@ func (t *throughputs) verdict(now time.Time) Saturation {
 		return Saturation{}
 	}
 	if knee, ok := t.saturated(now, top, topN); ok {
-		t.knee, t.ceiling, t.until = knee, top, now.Add(tputHold)
+		t.knee, t.ceiling = knee, top
 		t.down(now)
 		return Saturation{Cap: t.knee, Saturated: true, Knee: t.knee, Ceiling: top}
 	}
@@ -182,9 +192,10 @@ func (t *throughputs) verdict(now time.Time) Saturation {
 // down tries a quarter fewer than the knee next, or holds the knee when
 // that is no fewer.
 func (t *throughputs) down(now time.Time) {
+	t.until = now.Add(tputHold)
 	next := int32(float64(t.knee) / tputSpan)
 	if next < 1 || next >= t.knee {
-		t.above, t.until = 0, now.Add(tputHold)
+		t.above = 0
 		return
 	}
 	t.above, t.knee = t.knee, next

@@ -137,3 +137,22 @@ func TestSaturationWithNoise(t *testing.T) {
 		}
 	}
 }
+
+// A saturation is forgotten once nothing waited for a whole window after
+// its hold: a later load that more replicas serve grows freely.
+func TestSaturationForgottenWhenIdle(t *testing.T) {
+	p := QueuePolicy{Target: 50, Min: 1, Max: 40, ScaleDownDelay: 30 * time.Second}
+	w := &world{arrival: 80, perReplica: 10, limit: 40, consuming: 1}
+	var s MemberState
+	at, cur := time.Unix(0, 0), int32(1)
+	if d, _ := w.run(&s, p, &at, &cur, time.Minute); d.Held != HeldSaturated {
+		t.Fatalf("behind the limit: held %q, want saturated", d.Held)
+	}
+	w.arrival, w.limit, w.backlog = 5, 0, 0
+	w.run(&s, p, &at, &cur, 5*time.Minute)
+	w.arrival = 120
+	d, peak := w.run(&s, p, &at, &cur, time.Minute)
+	if peak < 12 || d.Saturated.Cap != 0 {
+		t.Errorf("120/s at 10/s a replica after a quiet spell: up to %d replicas, %+v; want 12 or more, no cap", peak, d.Saturated)
+	}
+}

@@ -748,8 +748,8 @@ func (c *Controller) saturation(m member, s policy.Saturation) {
 	switch {
 	case on && !was:
 		c.recorder.Eventf(m.d, corev1.EventTypeWarning, ReasonSaturated,
-			"more replicas stopped adding throughput: %d replicas deliver %.1f messages/s together, more delivered no more (a shared downstream's limit?); held at %d, the rest of the group's room left to others, and a step above probed every %s",
-			s.Knee, s.Ceiling, s.Knee, policy.SaturationHold)
+			"more replicas stopped adding throughput: %d replicas deliver %.1f messages/s together, more delivered no more (a shared downstream's limit?); held at most there (fewer while they deliver as much), the rest of the group's room left to others, and a step above probed every %s",
+			s.Knee, s.Ceiling, policy.SaturationHold)
 	case was && !on:
 		c.recorder.Event(m.d, corev1.EventTypeNormal, ReasonSaturationEnded, "more replicas deliver more again: the queue rule sizes from the load")
 	}

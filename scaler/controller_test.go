@@ -205,7 +205,7 @@ microscaling_min_replicas{deployment="consumer",namespace="ns"} 1
 # HELP microscaling_max_replicas The max-replicas of the Deployment.
 # TYPE microscaling_max_replicas gauge
 microscaling_max_replicas{deployment="consumer",namespace="ns"} 5
-# HELP microscaling_member_held Always 1 for a decided member; reason says what keeps it from what its load asks for (max, min, max-delta, rate-limit, delay, unreadable, fallback, paused, budget, room, priority, conflict), none when nothing does.
+# HELP microscaling_member_held Always 1 for a decided member; reason says what keeps it from what its load asks for (max, min, max-delta, rate-limit, delay, unreadable, fallback, paused, budget, room, priority, saturated, conflict), none when nothing does.
 # TYPE microscaling_member_held gauge
 microscaling_member_held{deployment="consumer",namespace="ns",reason="min"} 1
 `

@@ -47,7 +47,8 @@ type Saturation struct {
 	// step above it while probing.
 	Cap int32
 	// Saturated: more replicas stopped adding throughput; Knee replicas
-	// deliver Ceiling messages per second together.
+	// deliver Ceiling messages per second together (Cap may be fewer,
+	// tried while they may reach it too).
 	Saturated bool
 	Knee      int32
 	Ceiling   float64
@@ -166,7 +167,7 @@ func (t *throughputs) verdict(now time.Time) Saturation {
 		}
 	}
 	if t.knee > 0 && now.Before(t.until) {
-		return Saturation{Cap: t.knee, Saturated: true, Knee: t.knee, Ceiling: t.ceiling}
+		return t.held()
 	}
 	if !ok {
 		if t.knee > 0 {
@@ -177,7 +178,7 @@ func (t *throughputs) verdict(now time.Time) Saturation {
 	if knee, ok := t.saturated(now, top, topN); ok {
 		t.knee, t.ceiling = knee, top
 		t.down(now)
-		return Saturation{Cap: t.knee, Saturated: true, Knee: t.knee, Ceiling: top}
+		return t.held()
 	}
 	if t.knee > 0 && topN > t.knee && top >= t.ceiling*(1+tputGainShare*(float64(topN)/float64(t.knee)-1)) {
 		// The probe delivered more: the limit moved.
@@ -187,6 +188,12 @@ func (t *throughputs) verdict(now time.Time) Saturation {
 		return t.probe()
 	}
 	return Saturation{}
+}
+
+// held bounds the replicas at the knee, or at the fewer being tried below
+// it; Knee is the fewest known to reach the ceiling.
+func (t *throughputs) held() Saturation {
+	return Saturation{Cap: t.knee, Saturated: true, Knee: max(t.knee, t.above), Ceiling: t.ceiling}
 }
 
 // down tries a quarter fewer than the knee next, or holds the knee when

@@ -531,3 +531,32 @@ func FieldErrors(err error) []*FieldError {
 	}
 	return out
 }
+
+// Replicas is a Deployment's spec.replicas as Kubernetes reads it: unset
+// means 1.
+func Replicas(spec *int32) int32 {
+	if spec == nil {
+		return 1
+	}
+	return *spec
+}
+
+// SameManaged reports whether a and b hold the same microscaling.com/*
+// annotations (any others may differ).
+func SameManaged(a, b map[string]string) bool {
+	n := 0
+	for k, v := range a {
+		if strings.HasPrefix(k, Prefix) {
+			if w, ok := b[k]; !ok || w != v {
+				return false
+			}
+			n++
+		}
+	}
+	for k := range b {
+		if strings.HasPrefix(k, Prefix) {
+			n--
+		}
+	}
+	return n == 0
+}

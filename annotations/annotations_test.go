@@ -322,3 +322,24 @@ func TestQueuesInNamespace(t *testing.T) {
 		}
 	}
 }
+
+func TestReplicasAndSameManaged(t *testing.T) {
+	three := int32(3)
+	if Replicas(nil) != 1 || Replicas(&three) != 3 {
+		t.Errorf("Replicas: nil -> %d, 3 -> %d; want 1, 3", Replicas(nil), Replicas(&three))
+	}
+	a := map[string]string{MaxReplicas: "3", Queue: "nsq://h:4151/t/c", "team": "a"}
+	for _, tc := range []struct {
+		b    map[string]string
+		same bool
+	}{
+		{map[string]string{MaxReplicas: "3", Queue: "nsq://h:4151/t/c", "team": "b", "other": "x"}, true},
+		{map[string]string{MaxReplicas: "4", Queue: "nsq://h:4151/t/c", "team": "a"}, false},
+		{map[string]string{MaxReplicas: "3", "team": "a"}, false},
+		{map[string]string{MaxReplicas: "3", Queue: "nsq://h:4151/t/c", Paused: "true"}, false},
+	} {
+		if got := SameManaged(a, tc.b); got != tc.same {
+			t.Errorf("SameManaged(%v, %v) = %v, want %v", a, tc.b, got, tc.same)
+		}
+	}
+}

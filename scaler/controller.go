@@ -477,7 +477,7 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 		c.mu.Unlock()
 		return st
 	}
-	changed := !ok || !sameManaged(st.ann, d.Annotations)
+	changed := !ok || !annotations.SameManaged(st.ann, d.Annotations)
 	before := st.ann
 	st.rv, st.ann = d.ResourceVersion, d.Annotations
 	c.mu.Unlock()
@@ -548,25 +548,6 @@ func removedDefining(before, now map[string]string) []string {
 		}
 	}
 	return out
-}
-
-// sameManaged reports whether a and b hold the same microscaling.com/* annotations.
-func sameManaged(a, b map[string]string) bool {
-	n := 0
-	for k, v := range a {
-		if strings.HasPrefix(k, annotations.Prefix) {
-			if w, ok := b[k]; !ok || w != v {
-				return false
-			}
-			n++
-		}
-	}
-	for k := range b {
-		if strings.HasPrefix(k, annotations.Prefix) {
-			n--
-		}
-	}
-	return n == 0
 }
 
 // forgetUnseen drops the state of members the current tick did not list.
@@ -800,10 +781,7 @@ func (c *Controller) gather(key string, t *tick, ms []member) []member {
 		if spec == nil {
 			continue // never had valid annotations: left alone
 		}
-		cur := int32(1)
-		if d.Spec.Replicas != nil {
-			cur = *d.Spec.Replicas
-		}
+		cur := annotations.Replicas(d.Spec.Replicas)
 		if c.conflicting(d, st) {
 			// Another autoscaler scales it: left alone, shown as held by it.
 			st.mu.Lock()

@@ -9,6 +9,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/microscaling/microscaling/annotations"
 )
 
 // Writer sets a Deployment's replicas.
@@ -58,19 +60,13 @@ func (w ScaleWriter) Scale(ctx context.Context, d *appsv1.Deployment, replicas i
 // changed says what of a Deployment's intent moved from decided to cur;
 // empty when only its status did.
 func changed(decided, cur *appsv1.Deployment) string {
-	from, now := int32(1), int32(1)
-	if decided.Spec.Replicas != nil {
-		from = *decided.Spec.Replicas
-	}
-	if cur.Spec.Replicas != nil {
-		now = *cur.Spec.Replicas
-	}
+	from, now := annotations.Replicas(decided.Spec.Replicas), annotations.Replicas(cur.Spec.Replicas)
 	switch {
 	case now != from:
 		return fmt.Sprintf("replicas changed to %d", now)
 	case cur.Generation != decided.Generation:
 		return "its spec changed"
-	case !sameManaged(decided.Annotations, cur.Annotations):
+	case !annotations.SameManaged(decided.Annotations, cur.Annotations):
 		return "its microscaling.com/ annotations changed"
 	}
 	return ""

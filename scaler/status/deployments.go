@@ -72,10 +72,7 @@ func Members(ctx context.Context, client kubernetes.Interface, namespace string)
 }
 
 func member(d *appsv1.Deployment) Member {
-	m := Member{Namespace: d.Namespace, Name: d.Name, Replicas: 1, Ready: d.Status.ReadyReplicas}
-	if d.Spec.Replicas != nil {
-		m.Replicas = *d.Spec.Replicas
-	}
+	m := Member{Namespace: d.Namespace, Name: d.Name, Replicas: annotations.Replicas(d.Spec.Replicas), Ready: d.Status.ReadyReplicas}
 	spec, err := annotations.Parse(d.Name, d.Annotations)
 	if err != nil {
 		m.Problem = "invalid microscaling.com/ annotations (kubectl microscaling validate tells which)"

@@ -60,7 +60,7 @@ func TestRelease(t *testing.T) {
 		}
 	}
 	dist := t.TempDir()
-	cmd := exec.Command("make", "release")
+	cmd := exec.Command("make", "--no-print-directory", "release")
 	cmd.Dir = repoRoot(t)
 	cmd.Env = append(os.Environ(), "REGISTRY="+host+"/team", "TLS_VERIFY=false", "COSIGN_KEY="+filepath.Join(keys, "cosign.key"),
 		"COSIGN_PASSWORD=release-test", "DIST="+dist, "RELEASE_URL=https://example.invalid/v"+version(t))
@@ -70,10 +70,16 @@ func TestRelease(t *testing.T) {
 	if err != nil {
 		t.Fatalf("make release: %v\n%s", err, tail(stderr.String(), 4000))
 	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	ref := lines[len(lines)-1]
-	if !strings.HasPrefix(ref, host+"/team/microscaling@sha256:") {
-		t.Fatalf("make release printed %q last, want the image by digest", ref)
+	// The last line on stdout is the released image by digest (make may
+	// print more around it when run under another make).
+	var ref string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, host+"/team/microscaling@sha256:") {
+			ref = l
+		}
+	}
+	if ref == "" {
+		t.Fatalf("make release printed no image by digest on stdout:\n%s", out)
 	}
 	digest := strings.TrimPrefix(ref, host+"/team/microscaling@")
 	t.Logf("released %s", ref)

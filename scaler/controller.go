@@ -718,10 +718,10 @@ func (c *Controller) fallback(m member, on bool) {
 }
 
 // saturation tells when a member's replicas start and stop being
-// saturated (more stopped adding throughput); a probe above the knee is
-// part of it.
+// saturated (more stopped adding throughput, confirmed by the knee's own
+// measure); a probe above the knee is part of it.
 func (c *Controller) saturation(m member, s policy.Saturation) {
-	on := s.Cap > 0
+	on := s.Saturated
 	m.st.mu.Lock()
 	was := m.st.saturated
 	m.st.saturated = on

@@ -44,7 +44,8 @@ const SaturationHold = 2 * time.Minute
 // Saturation is the saturation verdict a decision takes.
 type Saturation struct {
 	// Cap bounds the replicas (0: no bound): the knee while saturated, a
-	// step above it while probing.
+	// step above it while probing, fewer while they are tried (the first
+	// trial, before Saturated, tells whether it is a saturation at all).
 	Cap int32
 	// Saturated: more replicas stopped adding throughput; Knee replicas
 	// deliver Ceiling messages per second together (Cap may be fewer,
@@ -56,10 +57,13 @@ type Saturation struct {
 
 // saturatedReason tells a decision bounded by s.
 func saturatedReason(s Saturation) string {
-	if s.Saturated {
-		return fmt.Sprintf(", saturated: %d replicas deliver %.1f/s together, more delivered no more", s.Knee, s.Ceiling)
+	switch {
+	case !s.Saturated:
+		return fmt.Sprintf(", trying %d replicas: more added little throughput", s.Cap)
+	case s.Cap > s.Knee:
+		return fmt.Sprintf(", probing %d replicas, a step above a saturation", s.Cap)
 	}
-	return fmt.Sprintf(", probing %d replicas, a step above a saturation", s.Cap)
+	return fmt.Sprintf(", saturated: %d replicas deliver %.1f/s together, more delivered no more", s.Knee, s.Ceiling)
 }
 
 // busyInterval is one interval over which all the consuming replicas were
@@ -83,14 +87,18 @@ type throughputs struct {
 	w *[tputIntervals]busyInterval
 	// head is the next slot; size counts the intervals kept.
 	head, size int
-	// knee and ceiling of the saturation in force (0: none); held until
-	// probing may start.
+	// knee bounds the replicas (0: nothing does): the knee held until
+	// probing may start, or while trying, the fewer being tried until
+	// then. ceiling is what the replicas were measured to deliver.
 	knee    int32
 	ceiling float64
 	until   time.Time
-	// above, while the knee is being refined downwards: the last count
-	// known to reach the ceiling (knee is then the fewer being tried).
-	above int32
+	// trying: knee is being measured; good is the fewest known to reach
+	// the ceiling; since is when the first trial began. confirmed: a
+	// trial reached the ceiling (the saturation is told).
+	trying, confirmed bool
+	good              int32
+	since             time.Time
 }
 
 // observe folds the interval from prev to s in, when all the replicas
@@ -146,27 +154,43 @@ func (t *throughputs) each(now time.Time, f func(busyInterval) bool) {
 // knee), probing a step above it, or free.
 func (t *throughputs) verdict(now time.Time) Saturation {
 	top, topN, ok := t.settled(now)
-	if t.knee > 0 && t.size == 0 && now.After(t.until) {
+	if t.knee > 0 && !t.trying && t.size == 0 && now.After(t.until) {
 		// Not busy for a whole window since: nothing stands against more
 		// replicas any longer; found again if it is still there.
-		t.knee, t.ceiling, t.above = 0, 0, 0
+		*t = throughputs{}
 	}
-	if t.above > 0 && !now.Before(t.until) {
+	if t.trying && !now.Before(t.until) {
 		// The fewer tried were never measured (the load asked for fewer
-		// still): the knee is the last count known to reach the ceiling.
-		t.knee, t.above = t.above, 0
-	}
-	if t.above > 0 && ok && topN == t.knee {
-		// The knee from rates alone is rough: fewer are tried while they
-		// still reach the ceiling (within tputGainShare of what it lost).
-		if top >= t.ceiling*(1-tputGainShare*(1-float64(t.knee)/float64(t.above))) {
-			t.ceiling = max(t.ceiling, top)
-			t.down(now)
+		// still).
+		if t.confirmed {
+			t.knee, t.trying, t.until = t.good, false, now.Add(tputHold)
 		} else {
-			t.knee, t.above, t.until = t.above, 0, now.Add(tputHold)
+			t.knee, t.trying = 0, false
 		}
 	}
-	if t.knee > 0 && now.Before(t.until) {
+	if t.trying && ok && topN == t.knee {
+		switch {
+		case top >= t.ceiling*(1-tputGainShare*(1-float64(t.knee)/float64(t.good))):
+			// Fewer deliver as much: saturated, and fewer still are tried.
+			t.ceiling, t.good, t.confirmed = max(t.ceiling, top), t.knee, true
+			if next := int32(float64(t.knee) / tputSpan); next >= 1 && next < t.knee {
+				t.knee = next
+			} else {
+				t.trying = false
+			}
+			t.until = now.Add(tputHold)
+		case t.confirmed:
+			t.knee, t.trying, t.until = t.good, false, now.Add(tputHold)
+		default:
+			// The knee delivers less than more did: more replicas do help
+			// (consumers that slowed down, not a limit). What was measured
+			// before the trial misled: it is forgotten.
+			t.forget(t.since)
+			t.knee, t.trying = 0, false
+			return Saturation{}
+		}
+	}
+	if t.trying || (t.knee > 0 && now.Before(t.until)) {
 		return t.held()
 	}
 	if !ok {
@@ -176,13 +200,15 @@ func (t *throughputs) verdict(now time.Time) Saturation {
 		return Saturation{}
 	}
 	if knee, ok := t.saturated(now, top, topN); ok {
-		t.knee, t.ceiling = knee, top
-		t.down(now)
+		// Confirmed only once the knee itself is measured to reach the
+		// ceiling: until then the replicas are bounded, nothing is told.
+		t.knee, t.ceiling, t.good, t.trying, t.confirmed = knee, top, topN, true, t.confirmed && t.knee > 0
+		t.since, t.until = now, now.Add(tputHold)
 		return t.held()
 	}
 	if t.knee > 0 && topN > t.knee && top >= t.ceiling*(1+tputGainShare*(float64(topN)/float64(t.knee)-1)) {
 		// The probe delivered more: the limit moved.
-		t.knee, t.ceiling = 0, 0
+		*t = throughputs{w: t.w, head: t.head, size: t.size}
 	}
 	if t.knee > 0 {
 		return t.probe()
@@ -190,26 +216,35 @@ func (t *throughputs) verdict(now time.Time) Saturation {
 	return Saturation{}
 }
 
-// held bounds the replicas at the knee, or at the fewer being tried below
-// it; Knee is the fewest known to reach the ceiling.
+// held bounds the replicas at the knee, or at the fewer being tried; Knee
+// is the fewest known to reach the ceiling. Saturated once confirmed.
 func (t *throughputs) held() Saturation {
-	return Saturation{Cap: t.knee, Saturated: true, Knee: max(t.knee, t.above), Ceiling: t.ceiling}
-}
-
-// down tries a quarter fewer than the knee next, or holds the knee when
-// that is no fewer.
-func (t *throughputs) down(now time.Time) {
-	t.until = now.Add(tputHold)
-	next := int32(float64(t.knee) / tputSpan)
-	if next < 1 || next >= t.knee {
-		t.above = 0
-		return
+	knee := t.knee
+	if t.trying {
+		knee = t.good
 	}
-	t.above, t.knee = t.knee, next
+	return Saturation{Cap: t.knee, Saturated: t.confirmed, Knee: knee, Ceiling: t.ceiling}
 }
 
+// probe bounds the replicas a step above a confirmed knee.
 func (t *throughputs) probe() Saturation {
-	return Saturation{Cap: t.knee + max(1, t.knee/4)}
+	return Saturation{Cap: t.knee + max(1, t.knee/4), Saturated: true, Knee: t.knee, Ceiling: t.ceiling}
+}
+
+// forget drops the intervals measured before since.
+func (t *throughputs) forget(since time.Time) {
+	kept := 0
+	t.each(since, func(b busyInterval) bool {
+		if b.at.Before(since) {
+			return false
+		}
+		kept++
+		return true
+	})
+	t.size = kept
+	if t.size == 0 {
+		t.w, t.head = nil, 0
+	}
 }
 
 // settled is the throughput of the replicas consuming now, measured over

@@ -156,3 +156,27 @@ func TestSaturationForgottenWhenIdle(t *testing.T) {
 		t.Errorf("120/s at 10/s a replica after a quiet spell: up to %d replicas, %+v; want 12 or more, no cap", peak, d.Saturated)
 	}
 }
+
+// Consumers busy at their max for a minute (a backlog they could not
+// drain), then allowed more just as each slows to half its rate: the
+// minute at the old rate makes more replicas look like they add little,
+// but the knee tried delivers less than more did, so it is no saturation:
+// the rule grows to what the slower work needs, and nothing is told.
+func TestSlowdownAfterABusySpellIsNotSaturation(t *testing.T) {
+	p := QueuePolicy{Target: 50, Min: 1, Max: 4, ScaleDownDelay: 30 * time.Second}
+	w := &world{arrival: 45, perReplica: 10, consuming: 1}
+	var s MemberState
+	at, cur := time.Unix(0, 0), int32(1)
+	w.run(&s, p, &at, &cur, time.Minute)
+	p.Max, w.perReplica = 40, 5
+	told := false
+	for range 180 {
+		at = at.Add(time.Second)
+		d := s.Step(p, at, cur, cur, w.tick(1, cur), true)
+		told = told || d.Saturated.Saturated
+		cur = d.Replicas
+	}
+	if cur < 9 || told {
+		t.Errorf("3 minutes after the slowdown: %d replicas, saturation told %v; want at least 9 (45/s at 5/s), none told", cur, told)
+	}
+}

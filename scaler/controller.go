@@ -704,11 +704,7 @@ func (c *Controller) setCondition(d *appsv1.Deployment, cond condition.Condition
 // fallback tells when a member starts and stops being at its
 // fallback-replicas.
 func (c *Controller) fallback(m member, on bool) {
-	m.st.mu.Lock()
-	was := m.st.fallback
-	m.st.fallback = on
-	m.st.mu.Unlock()
-	switch {
+	switch was := m.st.swap(&m.st.fallback, on); {
 	case on && !was:
 		c.recorder.Eventf(m.d, corev1.EventTypeWarning, ReasonFallbackActive, "queues unreadable for %s: at fallback-replicas %d until they are read again",
 			m.spec.FallbackAfter, m.spec.FallbackReplicas)
@@ -717,16 +713,22 @@ func (c *Controller) fallback(m member, on bool) {
 	}
 }
 
+// swap sets the member's flag f (one of its fields) to on and returns
+// what it was, under the member's lock.
+func (st *memberState) swap(f *bool, on bool) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	was := *f
+	*f = on
+	return was
+}
+
 // saturation tells when a member's replicas start and stop being
 // saturated (more stopped adding throughput, confirmed by the knee's own
 // measure); a probe above the knee is part of it.
 func (c *Controller) saturation(m member, s policy.Saturation) {
 	on := s.Saturated
-	m.st.mu.Lock()
-	was := m.st.saturated
-	m.st.saturated = on
-	m.st.mu.Unlock()
-	switch {
+	switch was := m.st.swap(&m.st.saturated, on); {
 	case on && !was:
 		c.recorder.Eventf(m.d, corev1.EventTypeWarning, ReasonSaturated,
 			"more replicas stopped adding throughput: %d replicas deliver %.1f messages/s together, more delivered no more (a shared downstream's limit?); held at most there (fewer while they deliver as much), the rest of the group's room left to others, and a step above probed every %s",

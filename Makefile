@@ -72,4 +72,4 @@ bench-sources: binaries
 
 # Burst of 1,000 then 100 msg/s for 60 s on the real stack (5 runs); see BENCHMARKS.md.
 bench-burst: binaries
-	MICROSCALING_BENCH=1 MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -count=1 -v -timeout 20m -run TestBurstBenchmark ./test/e2e | grep -E 'BURST|^(ok|FAIL|---|\s+---)'
+	MICROSCALING_BENCH=1 MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -count=1 -v -timeout 40m -run TestBurstBenchmark ./test/e2e | grep -E 'BURST|^(ok|FAIL|---|\s+---)'

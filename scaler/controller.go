@@ -936,6 +936,9 @@ func (c *Controller) record(group string, m member, d policy.MemberDecision, t *
 		s.Corrected = fmt.Sprintf("service rate corrected: estimated %.1f/s, delivered %.1f/s per replica", fix.Estimated, fix.Delivered)
 	}
 	g.Arrival, g.HasArrival, g.Service, g.HasService = s.Arrival, s.ArrivalKnown, s.Service, s.ServiceKnown
+	if su := m.st.policy.Startup(); su > 0 {
+		s.Startup = su.Round(100 * time.Millisecond).String()
+	}
 	if d.Replicas != m.cur && d.Reason != "" {
 		s.Reason, s.ReasonAt = fmt.Sprintf("%d -> %d: %s", m.cur, d.Replicas, d.Reason), t.at.UnixMilli()
 	}

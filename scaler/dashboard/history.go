@@ -64,6 +64,9 @@ type Status struct {
 	ArrivalKnown bool    `json:"arrivalKnown"`
 	Service      float64 `json:"service"`
 	ServiceKnown bool    `json:"serviceKnown"`
+	// Startup is how long new replicas took to start consuming (the
+	// median of the last few scale-ups; empty before one was measured).
+	Startup string `json:"startup,omitempty"`
 	// Held names what keeps the member from what its load asks for: max,
 	// min, max-delta, delay, unreadable, paused, budget, room, priority,
 	// conflict.

@@ -101,7 +101,12 @@ type MemberState struct {
 	Queue QueueState
 	guard behindGuard
 	tput  throughputs
+	start startup
 }
+
+// Startup is how long the member's new replicas took to start consuming
+// (the median of the last few scale-ups); 0 before any was measured.
+func (s *MemberState) Startup() time.Duration { return s.start.learned() }
 
 // Step observes one read of the member's queues (known false: the read
 // failed) and applies the queue rule. ready is how many replicas are Ready.
@@ -142,6 +147,8 @@ func (s *MemberState) Step(p QueuePolicy, now time.Time, cur, ready int32, r Que
 			s.tput.observe(s.Rates.last, sample, s.Rates.Service, s.Rates.ServiceKnown)
 		}
 		s.Rates.Observe(sample)
+		s.start.observe(now, cur, consuming)
+		in.Startup, in.OnWay = s.start.expected(now), s.start.onWay(now)
 		in.Saturation = s.tput.verdict(now)
 		in.BacklogKnown, in.Backlog, in.Waiting, in.Arrived, in.Consuming, in.Rates = true, r.Backlog, r.Waiting, r.Arrived, consuming, s.Rates
 		// The guard does not trust the estimator: a backlog that runs away

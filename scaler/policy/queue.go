@@ -58,6 +58,11 @@ type QueueInput struct {
 	// Saturation bounds the replicas while more stopped adding
 	// throughput (saturation.go).
 	Saturation Saturation
+	// Startup is how long new replicas take to consume (learned; 0 while
+	// unknown); OnWay, when those on the way (Current less Consuming) are
+	// expected to.
+	Startup time.Duration
+	OnWay   OnWay
 	// BacklogOnly: the queue counts no arrivals, so no rate is ever known;
 	// the rule grows while the backlog is above its target and gives back
 	// one replica at a time (after the scale-down delay) while it is below.
@@ -73,6 +78,8 @@ type QueueState struct {
 	unreadableSince, lastRead time.Time
 	// trail is the replicas over the longest rate-limit period.
 	trail trail
+	// wait is what a wait goal remembers (wait.go).
+	wait waitState
 	// util is the busiest the replicas may be (maxUtilization when 0),
 	// lowered each time a shrink had to be taken back at the same load.
 	util float64
@@ -163,6 +170,9 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 		return Decision{Replicas: cur, Reason: "queue unreadable: holding", Held: HeldUnreadable}
 	}
 	st.unreadableSince, st.lastRead = time.Time{}, in.Now
+	if p.Wait > 0 && !in.BacklogOnly {
+		st.wait.observe(in.Now, in.Arrived, in.Backlog, in.Waiting, in.Consuming, p.Wait)
+	}
 	r := in.Rates
 	arrival := 0.0
 	if r.ArrivalKnown {
@@ -174,22 +184,35 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	var want, floor int32
 	switch {
 	case known:
-		util := st.utilization()
+		util := st.utilization(maxUtilization)
 		// Growth believes the rate at the top of its uncertainty: a rate
 		// read from a few messages that happened to be slow would otherwise
 		// ask for replicas that idle once the next reads correct it.
 		grow := r.Service * (1 + r.Spread)
-		need := arrival / (grow * util)
-		if p.Target > 0 && in.Backlog > p.Target {
-			excess := min(in.Backlog-p.Target, in.Waiting)
-			need += float64(max(excess, 0)) / Horizon.Seconds() / grow
-		}
-		if p.Wait > 0 {
-			need = max(need, (arrival+float64(in.Backlog)/p.Wait.Seconds())/grow)
-		}
 		// The floor a shrink stops at leaves a little more room than growth
 		// asks for, so that noise in the rates does not take a shrink back.
-		want, floor = ceilReplicas(need), ceilReplicas(arrival/(r.Service*(util-shrinkSlack)))
+		var need float64
+		if p.Target > 0 {
+			need = arrival / (grow * util)
+			if in.Backlog > p.Target {
+				excess := min(in.Backlog-p.Target, in.Waiting)
+				need += float64(max(excess, 0)) / Horizon.Seconds() / grow
+			}
+			floor = ceilReplicas(arrival / (r.Service * (util - shrinkSlack)))
+		}
+		if p.Wait > 0 {
+			// Headroom from queueing (wait.go), at most the learned
+			// utilization busy once a shrink had to be taken back.
+			wu := min(maxWaitUtilization, st.utilization(maxWaitUtilization))
+			w := st.waitNeed(p, in, arrival, grow, wu)
+			// The wait goal is exceeded as soon as the model predicts a
+			// miss with the replicas there are: waiting until messages
+			// have waited the goal would be too late by a start-up.
+			above = above || ceilReplicas(w) > cur
+			need = max(need, w)
+			floor = max(floor, waitReplicas(arrival, r.Service, waitBudget(p.Wait, st.wait.held, r.Service), wu-shrinkSlack))
+		}
+		want = ceilReplicas(need)
 	case in.Backlog == 0 && r.ArrivalKnown && arrival == 0:
 		want, floor = 0, 0 // nothing to do, whatever the rate
 	case cur > in.Consuming:
@@ -228,7 +251,7 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	free := want // what the load asks before the delay and the limits
 	if want < cur {
 		surplusFloor := st.window.max(in.Now, 2*delay)
-		switch trend := st.window.trend(in.Now, in.Arrived, delay); {
+		switch trend, _ := st.window.trend(in.Now, in.Arrived, delay); {
 		case trend > 0:
 			want = cur // still rising: a shrink would be taken back
 		case trend < 0:
@@ -281,9 +304,11 @@ func DecideQueue(p QueuePolicy, in QueueInput, st *QueueState) Decision {
 	return Decision{Replicas: want, Reason: why, Held: held, Saturated: in.Saturation}
 }
 
-func (st *QueueState) utilization() float64 {
+// utilization is the busiest the replicas may be: def until a shrink had
+// to be taken back (learn).
+func (st *QueueState) utilization(def float64) float64 {
 	if st.util == 0 {
-		return maxUtilization
+		return def
 	}
 	return st.util
 }
@@ -300,7 +325,7 @@ func (st *QueueState) learn(cur, want int32, arrival, service float64) {
 		st.shrunk.valid = false
 		if arrival <= st.shrunk.arrival*(1+sameLoad) {
 			failed := st.shrunk.arrival / (float64(cur) * st.shrunk.service)
-			st.util = max(minUtilization, min(st.utilization(), failed*(1-learnMargin)))
+			st.util = max(minUtilization, min(st.utilization(maxUtilization), failed*(1-learnMargin)))
 		}
 	case want > cur:
 		st.shrunk.valid = false
@@ -457,8 +482,10 @@ func (w *demandWindow) add(now time.Time, floor, cur int32, arrived int64, delay
 // delay with the earlier half, at equal lengths: 1 when the later half had
 // more by over one standard deviation of Poisson noise (a load still
 // growing, which a shrink would have to take back), -1 when it had fewer by
-// over three (a fall, not noise), else 0.
-func (w *demandWindow) trend(now time.Time, arrived int64, delay time.Duration) int {
+// over three (a fall, not noise), else 0. slope is how fast the arrival
+// rate rose from the earlier half to the later (messages per second, each
+// second), when it rose (1); else 0.
+func (w *demandWindow) trend(now time.Time, arrived int64, delay time.Duration) (dir int, slope float64) {
 	first, mid, n := -1, -1, 0
 	for i := range w.size {
 		b := w.b[(w.head+i)%windowBuckets]
@@ -474,24 +501,25 @@ func (w *demandWindow) trend(now time.Time, arrived int64, delay time.Duration) 
 		}
 	}
 	if n < 3 || mid < 0 {
-		return 0
+		return 0, 0
 	}
 	f, m := w.b[first], w.b[mid]
 	h1, h2 := (m.at - f.at).Seconds(), w.age(now, m).Seconds()
 	n1, n2 := float64(m.arrived-f.arrived), float64(arrived-m.arrived)
 	if h1 <= 0 || h2 <= 0 || n1 < 0 || n2 < 0 {
-		return 0
+		return 0, 0
 	}
+	r1, r2 := n1/h1, n2/h2
 	// Scale the earlier half's count to the later half's length.
 	n1 *= h2 / h1
 	noise := math.Sqrt(n1 + n2)
 	switch {
 	case n2-n1 > noise:
-		return 1
+		return 1, (r2 - r1) / ((h1 + h2) / 2)
 	case n1-n2 > 3*noise:
-		return -1
+		return -1, 0
 	}
-	return 0
+	return 0, 0
 }
 
 // max is the highest floor of the buckets of the last span.

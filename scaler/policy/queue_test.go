@@ -83,14 +83,22 @@ func TestDecideQueue(t *testing.T) {
 			in:   QueueInput{Current: 9, Consuming: 9, Backlog: 0, BacklogKnown: true, Rates: known(10, 10)},
 			want: 9, fresh: true, held: HeldDelay,
 		},
-		// Wait target: 40/s at 10/s; 240 waiting take 6 s at 4 x 10/s, and must
-		// clear in 5 s while arrivals are served: (40 + 240/5) / 10 = 8.8.
+		// Wait target: 40/s at 10/s; 240 in the queue take 6 s at 4 x 10/s.
+		// Each consumer holds 5 (20 in flight over 4), so a message waits
+		// 0.4 s inside one: the 220 waiting must be delivered within 4.6 s,
+		// 47.8/s, and arrivals join behind them, so 5 replicas (50/s)
+		// deliver every message within the goal.
 		{name: "wait target sizes for arrivals and the drain", policy: QueuePolicy{Wait: 5 * time.Second, Max: 20},
-			in: QueueInput{Current: 4, Consuming: 4, Backlog: 240, Waiting: 220, BacklogKnown: true, Rates: known(40, 10)}, want: 9, reason: "wait 6.0s against 5s"},
+			in: QueueInput{Current: 4, Consuming: 4, Backlog: 240, Waiting: 220, BacklogKnown: true, Rates: known(40, 10)}, want: 5, reason: "wait 6.0s against 5s"},
 		{name: "wait target met: no growth", policy: QueuePolicy{Wait: 5 * time.Second, Max: 20},
 			in: QueueInput{Current: 5, Consuming: 5, Backlog: 200, Waiting: 180, BacklogKnown: true, Rates: known(40, 10)}, want: 5},
 		{name: "both targets: the stricter one wins", policy: QueuePolicy{Target: 1000, Wait: 5 * time.Second, Max: 20},
-			in: QueueInput{Current: 4, Consuming: 4, Backlog: 240, Waiting: 220, BacklogKnown: true, Rates: known(40, 10)}, want: 9},
+			in: QueueInput{Current: 4, Consuming: 4, Backlog: 240, Waiting: 220, BacklogKnown: true, Rates: known(40, 10)}, want: 5},
+		// 48/s at 10/s: the wait goal holds with 5 (the waiting delivered at
+		// 50/s within 4.6 s; queueing at 96% busy under 1.5 s), the backlog
+		// target asks for 48 / 9.5 + 190 / 45 / 10 = 5.5.
+		{name: "both targets: a backlog target stricter than the wait", policy: QueuePolicy{Target: 50, Wait: 5 * time.Second, Max: 20},
+			in: QueueInput{Current: 4, Consuming: 4, Backlog: 240, Waiting: 220, BacklogKnown: true, Rates: known(48, 10)}, want: 6},
 		{name: "wait target without a rate grows while messages wait", policy: QueuePolicy{Wait: 5 * time.Second, Max: 20},
 			in: QueueInput{Current: 1, Consuming: 1, Backlog: 3, Waiting: 2, BacklogKnown: true, Rates: arrivalsOnly(1)}, want: 3},
 	}

@@ -271,7 +271,7 @@ func leader(ctx context.Context, client kubernetes.Interface, namespace, name st
 // group's name without its namespace).
 func Print(w io.Writer, st *dashboard.State, namespace, group string) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAMESPACE\tGROUP\tMEMBER\tRULE\tPRIORITY\tREPLICAS\tDESIRED\tBACKLOG/TARGET\tIN/OUT\tHELD BY\tLAST REASON")
+	fmt.Fprintln(tw, "NAMESPACE\tGROUP\tMEMBER\tRULE\tPRIORITY\tREPLICAS\tDESIRED\tBACKLOG/TARGET\tIN/OUT\tSTART-UP\tHELD BY\tLAST REASON")
 	n := 0
 	for _, m := range st.Members {
 		_, g, _ := strings.Cut(m.Group, "/")
@@ -280,8 +280,8 @@ func Print(w io.Writer, st *dashboard.State, namespace, group string) error {
 		}
 		n++
 		s := m.Status
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", m.Namespace, or(g, "-"), m.Name, m.Rule, m.Priority,
-			s.Replicas, s.Desired, backlog(s), rates(s), or(s.Held, "-"), or(reason(s), "-"))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", m.Namespace, or(g, "-"), m.Name, m.Rule, m.Priority,
+			s.Replicas, s.Desired, backlog(s), rates(s), or(s.Startup, "-"), or(s.Held, "-"), or(reason(s), "-"))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -20,7 +20,7 @@ func TestPrint(t *testing.T) {
 	at := time.Date(2026, 11, 30, 15, 4, 5, 0, time.UTC).UnixMilli()
 	st := &dashboard.State{Members: []dashboard.MemberHistory{
 		{Namespace: "team-a", Group: "team-a/jobs", Name: "consumer", Rule: "queue", Priority: 1, Status: dashboard.Status{
-			Replicas: 5, Desired: 6, Backlog: 120, BacklogKnown: true, Target: 50, Arrival: 51, ArrivalKnown: true, Service: 9.8, ServiceKnown: true, Held: "max", Reason: "5 -> 6: backlog 120 > target 50", ReasonAt: at}},
+			Replicas: 5, Desired: 6, Backlog: 120, BacklogKnown: true, Target: 50, Arrival: 51, ArrivalKnown: true, Service: 9.8, ServiceKnown: true, Startup: "1.2s", Held: "max", Reason: "5 -> 6: backlog 120 > target 50", ReasonAt: at}},
 		{Namespace: "team-a", Group: "team-a/jobs", Name: "remainder", Rule: "remainder", Priority: 2, Status: dashboard.Status{Replicas: 9, Desired: 9, Held: "room"}},
 		{Namespace: "team-b", Group: "team-b/other", Name: "worker", Rule: "queue", Priority: 1, Status: dashboard.Status{Replicas: 1, Desired: 1, TargetWait: "5s", Held: "conflict"}},
 	}}
@@ -28,9 +28,9 @@ func TestPrint(t *testing.T) {
 	if err := Print(&b, st, "team-a", ""); err != nil {
 		t.Fatal(err)
 	}
-	want := `NAMESPACE  GROUP  MEMBER     RULE       PRIORITY  REPLICAS  DESIRED  BACKLOG/TARGET  IN/OUT          HELD BY  LAST REASON
-team-a     jobs   consumer   queue      1         5         6        120/50          51.0/s / 9.8/s  max      15:04:05 5 -> 6: backlog 120 > target 50
-team-a     jobs   remainder  remainder  2         9         9        -               -               room     -
+	want := `NAMESPACE  GROUP  MEMBER     RULE       PRIORITY  REPLICAS  DESIRED  BACKLOG/TARGET  IN/OUT          START-UP  HELD BY  LAST REASON
+team-a     jobs   consumer   queue      1         5         6        120/50          51.0/s / 9.8/s  1.2s      max      15:04:05 5 -> 6: backlog 120 > target 50
+team-a     jobs   remainder  remainder  2         9         9        -               -               -         room     -
 `
 	if b.String() != want {
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)

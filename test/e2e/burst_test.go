@@ -97,20 +97,38 @@ func (r *loadRecord) score(needed int32, load, steadyFrom time.Duration) burstRe
 // real go-nsq consumer per Running pod at 10 msg/s (max-in-flight 5), so 10
 // replicas are needed. It prints time to the needed replicas, peak replicas,
 // peak backlog, replica-seconds against the ideal (10 x 60 s) and reversals
-// while the load is steady; `make bench-burst` runs it (MICROSCALING_BENCH=1).
+// while the load is steady; `make bench-burst` runs it (MICROSCALING_BENCH=1),
+// once with target-queue-length 50 and once with only target-wait 5s.
 func TestBurstBenchmark(t *testing.T) {
 	if os.Getenv("MICROSCALING_BENCH") == "" {
 		t.Skip("a benchmark: MICROSCALING_BENCH=1 (make bench-burst)")
 	}
+	for _, goal := range [][]string{{"target-queue-length", "50"}, {"target-wait", "5s"}} {
+		name := goal[0] + "=" + goal[1]
+		t.Run(name, func(t *testing.T) { burstBench(t, name, goal) })
+	}
+}
+
+// burstBench runs the burst + steady load five times with the rule's goal
+// annotations and prints each run and the medians.
+func burstBench(t *testing.T, name string, goal []string) {
 	runs := 5
+	if v := os.Getenv("MICROSCALING_BENCH_RUNS"); v != "" {
+		if _, err := fmt.Sscan(v, &runs); err != nil || runs < 1 {
+			t.Fatalf("MICROSCALING_BENCH_RUNS=%q: want a count of runs", v)
+		}
+	}
 	var results []burstResult
 	for i := range runs {
 		t.Run(fmt.Sprint("run", i+1), func(t *testing.T) {
-			r := burstRun(t, nil)
+			r := burstRun(t, goal)
 			results = append(results, r)
-			t.Logf("BURST run %d: to needed %.1f s, peak replicas %d, peak backlog %d, replica-seconds %.0f (%.2fx ideal 600), reversals while steady %d, p95 wait %.1f s",
-				i+1, r.toNeeded.Seconds(), r.peakReplicas, r.peakBacklog, r.replicaSeconds, r.replicaSeconds/600, r.reversals, r.waitP95.Seconds())
+			t.Logf("BURST %s run %d: to needed %.1f s, peak replicas %d, peak backlog %d, replica-seconds %.0f (%.2fx ideal 600, %.2fx work content 700), reversals while steady %d, p95 wait %.1f s",
+				name, i+1, r.toNeeded.Seconds(), r.peakReplicas, r.peakBacklog, r.replicaSeconds, r.replicaSeconds/600, r.replicaSeconds/700, r.reversals, r.waitP95.Seconds())
 		})
+	}
+	if len(results) == 0 {
+		t.Fatal("no run finished")
 	}
 	med := func(f func(burstResult) float64) float64 {
 		v := make([]float64, len(results))
@@ -120,19 +138,20 @@ func TestBurstBenchmark(t *testing.T) {
 		slices.Sort(v)
 		return v[len(v)/2]
 	}
-	t.Logf("BURST median of %d: to needed %.1f s, peak replicas %.0f (%.2fx needed 10), peak backlog %.0f, replica-seconds %.0f (%.2fx ideal 600), reversals while steady %.0f, p95 wait %.1f s",
-		len(results), med(func(r burstResult) float64 { return r.toNeeded.Seconds() }), med(func(r burstResult) float64 { return float64(r.peakReplicas) }),
+	rs := med(func(r burstResult) float64 { return r.replicaSeconds })
+	t.Logf("BURST %s median of %d: to needed %.1f s, peak replicas %.0f (%.2fx needed 10), peak backlog %.0f, replica-seconds %.0f (%.2fx ideal 600, %.2fx work content 700), reversals while steady %.0f, p95 wait %.1f s",
+		name, len(results), med(func(r burstResult) float64 { return r.toNeeded.Seconds() }), med(func(r burstResult) float64 { return float64(r.peakReplicas) }),
 		med(func(r burstResult) float64 { return float64(r.peakReplicas) })/10, med(func(r burstResult) float64 { return float64(r.peakBacklog) }),
-		med(func(r burstResult) float64 { return r.replicaSeconds }), med(func(r burstResult) float64 { return r.replicaSeconds })/600,
-		med(func(r burstResult) float64 { return float64(r.reversals) }), med(func(r burstResult) float64 { return r.waitP95.Seconds() }))
+		rs, rs/600, rs/700, med(func(r burstResult) float64 { return float64(r.reversals) }), med(func(r burstResult) float64 { return r.waitP95.Seconds() }))
 }
 
-// burstRun runs the burst + steady load once on a fresh stack, with extra
-// microscaling.com/* annotations kv, and scores it.
-func burstRun(t *testing.T, kv []string) burstResult {
+// burstRun runs the burst + steady load once on a fresh stack, with the
+// rule's goal given by the microscaling.com/* annotations in goal, and
+// scores it.
+func burstRun(t *testing.T, goal []string) burstResult {
 	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	ensureChannel(t, s, "jobs", "work")
-	ann := queueAnn(s, "jobs", "work", append([]string{"target-queue-length", "50", "min-replicas", "0", "max-replicas", "100"}, kv...)...)
+	ann := queueAnn(s, "jobs", "work", append([]string{"min-replicas", "0", "max-replicas", "100"}, goal...)...)
 	create(t, s, deployment("default", "consumer", 0, ann, "10m"))
 	startController(t, s.Kubeconfig)
 	waits := &workload.Waits{}

@@ -385,3 +385,15 @@ func stretchOf(st []Stretch, t time.Duration) (Stretch, bool) {
 	}
 	return Stretch{}, false
 }
+
+// ReplicaSecondsBetween integrates the replicas asked for from from to to
+// (the points are a second apart).
+func (r Result) ReplicaSecondsBetween(from, to time.Duration) float64 {
+	rs := 0.0
+	for _, p := range r.Points {
+		if p.T >= from && p.T < to {
+			rs += float64(p.Replicas)
+		}
+	}
+	return rs
+}

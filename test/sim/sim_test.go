@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -111,5 +112,68 @@ func TestRiseWithPodsNotReadyKeepsUp(t *testing.T) {
 					oneReady, seed, r.FellBehind, FellBehindFactor, r.Behind, r.PeakReplicas, r.Needed)
 			}
 		}
+	}
+}
+
+// Consumers that take 15 s to start, a load that steps from 10 to 50 msg/s
+// (5 replicas needed): neither rule keeps adding replicas while those it
+// asked for start, and both learn the start-up. The 15 s pile up about
+// 600 messages: the backlog rule drains them over its 45 s horizon (at
+// most 8 replicas), the wait rule sooner (at most 12); a rule that did not
+// count the replicas on the way went to 19 here.
+func TestSlowStartDoesNotOvershoot(t *testing.T) {
+	w := RealStackWorld
+	w.StartMin, w.StartMax, w.StartSpread, w.Max = 15*time.Second, 15*time.Second, 0, 40
+	tr := Trace{Name: "slow-start", Duration: 150 * time.Second, Rate: func(d time.Duration) float64 {
+		switch {
+		case d < 5*time.Second:
+			return 10
+		case d < 120*time.Second:
+			return 50
+		}
+		return 0
+	}}
+	for _, c := range []struct {
+		new  func() *Microscaling
+		peak int32
+	}{
+		{func() *Microscaling { return NewMicroscaling(w) }, 8},
+		{func() *Microscaling { return NewMicroscalingWait(w, 5*time.Second) }, 12},
+	} {
+		for seed := uint64(1); seed <= 3; seed++ {
+			p := c.new()
+			r := Run(w, tr, p, seed)
+			if r.PeakReplicas > c.peak {
+				t.Errorf("%s, seed %d: peak %d replicas for 5 needed, want at most %d", p.Name(), seed, r.PeakReplicas, c.peak)
+			}
+			if got := p.state.Startup(); got < 15*time.Second || got > 17*time.Second {
+				t.Errorf("%s, seed %d: learned start-up %v, want about 15 s", p.Name(), seed, got)
+			}
+		}
+	}
+}
+
+// The wait goal on the burst + steady trace in the real stack's world, as
+// `make bench-burst` runs it (medians of 5 seeds): p95 within 5 s at no
+// more than 1.10x the work content (700 replica-seconds over the load),
+// where the backlog target waits twice as long.
+func TestWaitGoalOnTheBurst(t *testing.T) {
+	w := RealStackWorld
+	tr := Traces(time.Minute)[0]
+	var p95, rs, backlogP95 []float64
+	for seed := uint64(1); seed <= 5; seed++ {
+		r := Run(w, tr, NewMicroscalingWait(w, 5*time.Second), seed)
+		p95, rs = append(p95, r.WaitP95), append(rs, r.ReplicaSecondsBetween(5*time.Second, 65*time.Second))
+		backlogP95 = append(backlogP95, Run(w, tr, NewMicroscaling(w), seed).WaitP95)
+	}
+	med := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+	if m := med(p95); m > 5 {
+		t.Errorf("median p95 wait %.1f s, want within the 5 s goal (seeds: %v)", m, p95)
+	}
+	if m := med(rs); m > 1.10*700 {
+		t.Errorf("median %.0f replica-seconds over the load, over 1.10x the work content 700 (seeds: %v)", m, rs)
+	}
+	if m, b := med(p95), med(backlogP95); b < 2*m {
+		t.Errorf("median p95 %.1f s with the wait goal, not half the backlog target's %.1f s", m, b)
 	}
 }

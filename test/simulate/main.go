@@ -85,24 +85,27 @@ func run(d time.Duration, seeds int, svgDir, bench string) error {
 }
 
 // realStackCheck runs burst-steady in the world of `make bench-burst` (5
-// seeds) and prints what `make bench-burst` measures, to hold the
-// simulator's predictions against the real stack.
+// seeds) with each goal the bench runs, and prints what `make bench-burst`
+// measures, to hold the simulator's predictions against the real stack.
 func realStackCheck() string {
 	w := sim.RealStackWorld
 	tr := sim.Traces(time.Minute)[0]
 	var b strings.Builder
-	b.WriteString("Prediction for `make bench-burst` (burst-steady in the real stack's world: pods consuming about 1 s after the scale-up, 100 ms per message, 5 in flight; 5 seeds): ")
-	var parts []string
-	for seed := uint64(1); seed <= 5; seed++ {
-		r := sim.Run(w, tr, sim.NewMicroscaling(w), seed)
-		rs := 0.0
-		for _, p := range r.Points {
-			if p.T >= 5*time.Second && p.T < 65*time.Second {
-				rs += float64(p.Replicas)
-			}
+	b.WriteString("Prediction for `make bench-burst` (burst-steady in the real stack's world: pods consuming about 1 s after the scale-up, 100 ms per message, 5 in flight; 5 seeds):\n")
+	for _, goal := range []struct {
+		name string
+		new  func(sim.World) *sim.Microscaling
+	}{
+		{"target-queue-length 50", sim.NewMicroscaling},
+		{"target-wait 5s", func(w sim.World) *sim.Microscaling { return sim.NewMicroscalingWait(w, 5*time.Second) }},
+	} {
+		var parts []string
+		for seed := uint64(1); seed <= 5; seed++ {
+			r := sim.Run(w, tr, goal.new(w), seed)
+			parts = append(parts, fmt.Sprintf("to needed %.1f s, peak %d, replica-seconds %.0f over the load, p95 wait %.1f s",
+				r.ToNeeded.Seconds(), r.PeakReplicas, r.ReplicaSecondsBetween(5*time.Second, 65*time.Second), r.WaitP95))
 		}
-		parts = append(parts, fmt.Sprintf("to needed %.1f s, peak %d, replica-seconds %.0f over the load", r.ToNeeded.Seconds(), r.PeakReplicas, rs))
+		fmt.Fprintf(&b, "- %s: %s.\n", goal.name, strings.Join(parts, "; "))
 	}
-	b.WriteString(strings.Join(parts, "; ") + ".")
 	return b.String()
 }

@@ -37,6 +37,10 @@ type Consumers struct {
 	// Waits, when set, records each stamped message's wait from publish to
 	// the start of its handling.
 	Waits *Waits
+	// Warmup is how long a pod's consumer takes, once the pod is Running,
+	// before it connects and takes messages (an image pull, a cache to
+	// fill); 0: at once.
+	Warmup time.Duration
 	// Downstream, when set, is a limit every consumer's work shares (one
 	// database, one rate-limited API): a message waits for its turn before
 	// its work starts.
@@ -47,8 +51,10 @@ type Consumers struct {
 	// unset, the consumer is NSQ's (NSQDTCPAddr, Topic, Channel).
 	Connect func(pod string, handle func(body []byte)) (stop func(), err error)
 
-	mu      sync.Mutex // guards running
+	mu      sync.Mutex // guards running and seen
 	running map[string]func()
+	// seen is when each Running pod was first seen Running.
+	seen map[string]time.Time
 	// slower, when set, replaces PerMessage for every consumer from then on
 	// (a downstream dependency that slows down); in nanoseconds.
 	slower atomic.Int64
@@ -60,7 +66,7 @@ func (c *Consumers) SlowTo(per time.Duration) { c.slower.Store(int64(per)) }
 // Run keeps one consumer per Running pod until ctx ends, then stops them all.
 func (c *Consumers) Run(ctx context.Context) {
 	c.mu.Lock()
-	c.running = map[string]func(){}
+	c.running, c.seen = map[string]func(){}, map[string]time.Time{}
 	c.mu.Unlock()
 	defer c.stopAll()
 	t := time.NewTicker(200 * time.Millisecond)
@@ -103,8 +109,19 @@ func (c *Consumers) sync(ctx context.Context) error {
 			delete(c.running, name)
 		}
 	}
+	for name := range c.seen {
+		if !want[name] {
+			delete(c.seen, name)
+		}
+	}
 	for name := range want {
 		if _, ok := c.running[name]; ok {
+			continue
+		}
+		if _, ok := c.seen[name]; !ok {
+			c.seen[name] = time.Now()
+		}
+		if time.Since(c.seen[name]) < c.Warmup {
 			continue
 		}
 		connect := c.Connect

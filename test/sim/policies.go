@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"cmp"
 	"math"
 	"time"
 
@@ -46,14 +47,17 @@ func (m *Microscaling) Decide(o Observation) int32 {
 		policy.QueueReading{Backlog: o.Backlog, Waiting: o.Waiting, Arrived: o.Arrived, Consumers: int64(o.Consuming)}, true).Replicas
 }
 
-// KEDAHPA is the HPA as KEDA drives it with defaults: the scaler is polled
-// every 30 s, the HPA syncs every 15 s with desired = ceil(backlog /
-// threshold) (AverageValue), a 0.1 tolerance, scale-up of at most max(4 pods,
-// 100%) per 15 s, and a 300 s scale-down stabilization window.
+// KEDAHPA is the HPA as KEDA drives it: the scaler is polled every
+// Polling (KEDA's default 30 s), the HPA syncs every 15 s with desired =
+// ceil(backlog / threshold) (AverageValue), a 0.1 tolerance, scale-up of at
+// most max(4 pods, 100%) per 15 s, and a Stabilization scale-down window
+// (the HPA's default 300 s).
 type KEDAHPA struct {
 	// Threshold is the per-replica backlog (KEDA's depthThreshold).
 	Threshold float64
 	Max       int32
+	// Polling and Stabilization: 0 for KEDA's and the HPA's defaults.
+	Polling, Stabilization time.Duration
 
 	metric   int64
 	lastPoll time.Duration
@@ -70,7 +74,8 @@ func (k *KEDAHPA) Name() string            { return "keda-hpa" }
 func (k *KEDAHPA) Interval() time.Duration { return 15 * time.Second }
 
 func (k *KEDAHPA) Decide(o Observation) int32 {
-	if !k.polled || o.Now-k.lastPoll >= 30*time.Second {
+	polling, window := cmp.Or(k.Polling, 30*time.Second), cmp.Or(k.Stabilization, 300*time.Second)
+	if !k.polled || o.Now-k.lastPoll >= polling {
 		k.metric, k.lastPoll, k.polled = o.Backlog, o.Now, true
 	}
 	cur := o.Current
@@ -89,11 +94,11 @@ func (k *KEDAHPA) Decide(o Observation) int32 {
 			want = int32(math.Ceil(float64(k.metric) / k.Threshold))
 		}
 	}
-	// Scale-down stabilization: the highest recommendation of 300 s.
+	// Scale-down stabilization: the highest recommendation of the window.
 	k.recs = append(k.recs, rec{o.Now, want})
 	keep := k.recs[:0]
 	for _, r := range k.recs {
-		if o.Now-r.at <= 300*time.Second {
+		if o.Now-r.at <= window {
 			keep = append(keep, r)
 		}
 	}
@@ -112,11 +117,12 @@ func (k *KEDAHPA) Decide(o Observation) int32 {
 // Engine is the original Microscaling Engine's queue rule: a 500 ms tick,
 // delta = kP*(len - target) + kD*velocity (velocity in messages per tick),
 // grow only while len > target, shrink only while len <= 0.7*target,
-// at most MaxDelta per tick.
+// at most MaxDelta per tick. Gain scales both gains (1 when 0).
 type Engine struct {
 	Target   int64
 	Max      int32
 	MaxDelta int32
+	Gain     float64
 
 	prev    int64
 	started bool
@@ -126,7 +132,8 @@ func (e *Engine) Name() string            { return "engine-pd" }
 func (e *Engine) Interval() time.Duration { return 500 * time.Millisecond }
 
 func (e *Engine) Decide(o Observation) int32 {
-	const kP, kD = 0.04, 1.25
+	g := cmp.Or(e.Gain, 1)
+	kP, kD := 0.04*g, 1.25*g
 	vel := 0.0
 	if e.started {
 		vel = float64(o.Backlog - e.prev)
@@ -143,6 +150,15 @@ func (e *Engine) Decide(o Observation) int32 {
 	d = min(max(d, -e.MaxDelta), e.MaxDelta)
 	return min(max(o.Current+d, 0), e.Max)
 }
+
+// Oracle has its max replicas consuming from the start and keeps them: no
+// policy waits less, and what it spends is the price of that.
+type Oracle struct{ Max int32 }
+
+func (o *Oracle) Name() string                   { return "oracle" }
+func (o *Oracle) Interval() time.Duration        { return time.Second }
+func (o *Oracle) Decide(Observation) int32       { return o.Max }
+func (o *Oracle) Initial(w World, _ Trace) int32 { return o.Max }
 
 // Policies returns fresh instances of the compared policies for trace tr:
 // the project's rule, the HPA as KEDA drives it, the original engine, and

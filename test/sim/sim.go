@@ -74,6 +74,11 @@ type Policy interface {
 	Decide(o Observation) int32
 }
 
+// initial is a Policy that starts with its own count of replicas, ready.
+type initial interface {
+	Initial(w World, tr Trace) int32
+}
+
 // Point is one sample of a run, for plots.
 type Point struct {
 	T        time.Duration
@@ -150,11 +155,17 @@ func (q *fifo) pop() float64  { q.head++; return q.a[q.head-1] }
 // the replicas the trace's first rate needs (at least one), ready, and an
 // empty queue.
 func Run(w World, tr Trace, p Policy, seed uint64) Result {
-	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	// One stream each for arrivals, service times and pod starts, so that a
+	// policy that starts more pods or runs them longer sees the same
+	// arrivals and the same work as another on the same seed: results are
+	// paired per seed.
+	arrivals := rand.New(rand.NewPCG(seed, 0xa441))
+	service := rand.New(rand.NewPCG(seed, 0x5e41))
+	starts := rand.New(rand.NewPCG(seed, 0x57a7))
 	res := Result{Policy: p.Name(), Trace: tr.Name, Seed: seed, Needed: tr.needed(w), ToNeeded: -1}
 	loadStart, behindSince := time.Duration(-1), time.Duration(-1)
 	rate := tr.rateFunc(seed)
-	startDelay := w.StartMin.Seconds() + rng.Float64()*(w.StartMax-w.StartMin).Seconds()
+	startDelay := w.StartMin.Seconds() + starts.Float64()*(w.StartMax-w.StartMin).Seconds()
 	var (
 		q        fifo
 		pods     []*pod
@@ -165,6 +176,9 @@ func Run(w World, tr Trace, p Policy, seed uint64) Result {
 		ops      []op
 	)
 	current = max(1, int32(math.Ceil(rate(0)/w.ServiceRate)))
+	if in, ok := p.(initial); ok {
+		current = in.Initial(w, tr)
+	}
 	for range current {
 		pods = append(pods, &pod{})
 	}
@@ -174,7 +188,7 @@ func Run(w World, tr Trace, p Policy, seed uint64) Result {
 		r := rate(time.Duration(from * float64(time.Second)))
 		nextArrival = math.Inf(1)
 		if r > 0 {
-			nextArrival = from + rng.ExpFloat64()/r
+			nextArrival = from + arrivals.ExpFloat64()/r
 		}
 	}
 	schedule(0)
@@ -208,7 +222,7 @@ func Run(w World, tr Trace, p Policy, seed uint64) Result {
 			order = append(order[k:], order[:k]...)
 		}
 		for _, i := range order {
-			pods[i].step(&q, t0, t1, w, rng, &waits)
+			pods[i].step(&q, t0, t1, w, service, &waits)
 		}
 		pods = slices.DeleteFunc(pods, func(pd *pod) bool { return pd.leaving && len(pd.inflight) == 0 })
 
@@ -232,7 +246,7 @@ func Run(w World, tr Trace, p Policy, seed uint64) Result {
 			if want != current {
 				ops = append(ops, op{at: now, up: want > current})
 				for ; current < want; current++ {
-					start := t0 + startDelay*(1+w.StartSpread*(2*rng.Float64()-1))
+					start := t0 + startDelay*(1+w.StartSpread*(2*starts.Float64()-1))
 					pods = append(pods, &pod{readyAt: start, consumeAt: start + w.ConnectDelay.Seconds()})
 				}
 				for ; current > want; current-- {

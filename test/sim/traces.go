@@ -16,6 +16,9 @@ type Trace struct {
 	// Noise multiplies the rate by a seeded factor in [1-Noise, 1+Noise],
 	// drawn anew every second.
 	Noise float64
+	// Smooth: no burst and no step; a rule should spend little above the
+	// work content on it.
+	Smooth bool
 }
 
 // Burst is a one-off batch of messages.
@@ -97,7 +100,7 @@ func Traces(d time.Duration) []Trace {
 				}
 				return 0
 			}},
-		{Name: "ramp", Duration: d, Rate: func(t time.Duration) float64 {
+		{Name: "ramp", Duration: d, Smooth: true, Rate: func(t time.Duration) float64 {
 			return 5 + 195*(1-math.Abs(2*sec(t)-1))
 		}},
 		{Name: "step-up", Duration: d, Rate: func(t time.Duration) float64 {
@@ -112,10 +115,10 @@ func Traces(d time.Duration) []Trace {
 			}
 			return 20
 		}},
-		{Name: "sine", Duration: d, Rate: func(t time.Duration) float64 {
+		{Name: "sine", Duration: d, Smooth: true, Rate: func(t time.Duration) float64 {
 			return 80 + 60*math.Sin(2*math.Pi*t.Seconds()/300)
 		}},
-		{Name: "diurnal", Duration: d, Noise: 0.2, Rate: func(t time.Duration) float64 {
+		{Name: "diurnal", Duration: d, Smooth: true, Noise: 0.2, Rate: func(t time.Duration) float64 {
 			x := sec(t)
 			return 10 + 110*math.Exp(-math.Pow((x-0.55)/0.2, 2))
 		}},
@@ -125,10 +128,10 @@ func Traces(d time.Duration) []Trace {
 			}
 			return 30
 		}},
-		{Name: "constant", Duration: d, Rate: func(time.Duration) float64 { return 60 }},
+		{Name: "constant", Duration: d, Smooth: true, Rate: func(time.Duration) float64 { return 60 }},
 		// A slow linear rise, then a hold: the shape the rule once stalled
 		// on, taking a group's throughput for one replica's.
-		{Name: "rise-hold", Duration: d, Rate: func(t time.Duration) float64 {
+		{Name: "rise-hold", Duration: d, Smooth: true, Rate: func(t time.Duration) float64 {
 			return 2 + 118*min(sec(t)/0.7, 1)
 		}},
 	}

@@ -61,6 +61,7 @@ import (
 	"github.com/microscaling/microscaling/scaler/dashboard"
 	"github.com/microscaling/microscaling/scaler/egress"
 	scalermetrics "github.com/microscaling/microscaling/scaler/metrics"
+	"github.com/microscaling/microscaling/scaler/podcost"
 	"github.com/microscaling/microscaling/scaler/queue"
 	"github.com/microscaling/microscaling/scaler/queue/nats"
 	"github.com/microscaling/microscaling/scaler/queue/nsq"
@@ -122,6 +123,7 @@ type options struct {
 	queueReads      int
 	queueReadsPerNS int
 	queueSecrets    bool
+	idleFirst       bool
 	leaderElect     bool
 	force           bool
 	leaseName       string
@@ -268,6 +270,7 @@ func controllerFlags(fs *pflag.FlagSet) *options {
 	fs.Int64Var(&o.queueMaxBytes, "queue-max-bytes", queue.DefaultMaxBytes, "largest queue server answer read; a larger one makes its queues unreadable")
 	fs.IntVar(&o.queueReads, "queue-concurrency", queue.DefaultConcurrency, "queue requests in flight at once to servers that answered their last read, and as many to the others")
 	fs.BoolVar(&o.queueSecrets, "queue-secrets", false, "read queue credentials from the Secret a Deployment names in microscaling.com/queue-secret (its own namespace, by name, never listed); needs the RBAC the chart's queueSecrets.enabled or manifests/queue-secrets grants")
+	fs.BoolVar(&o.idleFirst, "idle-first", false, "before a scale-down, set controller.kubernetes.io/pod-deletion-cost on a queue member's pods to the messages their consumers hold (nsqd's per-client in-flight counts), so that the ReplicaSet controller deletes idle consumers first; needs the RBAC the chart's idleFirst.enabled or manifests/idle-first grants (pods patch)")
 	fs.IntVar(&o.queueReadsPerNS, "queue-namespace-concurrency", queue.DefaultPerNamespace, "queue requests in flight at once for one namespace's Deployments: its share of --queue-concurrency")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "hold a Lease so that only one replica writes")
 	fs.BoolVar(&o.force, "force-without-election", false, "with --leader-elect=false, run even while another controller holds the Lease (two writers: only to take over from one you know is gone)")
@@ -758,6 +761,16 @@ func run(ctx context.Context, o options) error {
 		}
 		conditions = condition.NewWriter(condClient, clock.RealClock{}, 10*time.Second)
 		cfg.Conditions = conditions
+		if o.idleFirst {
+			// The deletion costs on a client of their own: a scale-down of
+			// many replicas is as many pod writes, never taking the
+			// /scale writes' rate.
+			podClient, err := newClient(kubeCfg, 20, 40, metrics.CountRequests)
+			if err != nil {
+				return err
+			}
+			cfg.IdleFirst = &podcost.Marker{Client: podClient, Pods: inf.Pods}
+		}
 	}
 	ctrl := scaler.New(cfg,
 		inf, sources(queuePolicy, &o, metrics, client),

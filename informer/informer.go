@@ -318,7 +318,12 @@ func slim(obj any) (any, error) {
 			Labels: p.Labels, DeletionTimestamp: p.DeletionTimestamp,
 		},
 		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, Overhead: p.Spec.Overhead, Resources: p.Spec.Resources},
-		Status: corev1.PodStatus{Phase: p.Status.Phase},
+		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP},
+	}
+	// Idle-first reads and writes the deletion cost (and matches consumers
+	// by IP); no other annotation is kept.
+	if v, ok := p.Annotations[corev1.PodDeletionCost]; ok {
+		out.Annotations = map[string]string{corev1.PodDeletionCost: v}
 	}
 	out.Spec.InitContainers, out.Spec.Containers = requestsOnly(p.Spec.InitContainers), requestsOnly(p.Spec.Containers)
 	for _, c := range p.Status.Conditions {

@@ -2,6 +2,7 @@ package scaler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -46,6 +47,7 @@ const (
 	ReasonFallbackEnded       = "FallbackEnded"
 	ReasonSaturated           = "ThroughputSaturated"
 	ReasonSaturationEnded     = "ThroughputRecovered"
+	ReasonIdleFirstFailed     = "IdleFirstFailed"
 )
 
 // HeldConflict is the Held word of a member another autoscaler scales.
@@ -88,6 +90,16 @@ type Config struct {
 	QueueHostsPerNamespace int
 	// Conditions, when set, keeps each member's condition on its Deployment.
 	Conditions Conditions
+	// IdleFirst, when set, marks before each scale-down of a queue member
+	// which of its pods hold the fewest messages, for the ReplicaSet
+	// controller to delete first.
+	IdleFirst Marker
+}
+
+// Marker marks d's pods cheapest to delete where their consumers hold the
+// fewest messages of h (podcost.Marker); it reports the pods it wrote.
+type Marker interface {
+	Mark(ctx context.Context, d *appsv1.Deployment, h queue.Holdings) (int, error)
 }
 
 // Controller runs one decision per group per tick: it gathers the inputs,
@@ -987,6 +999,9 @@ func (c *Controller) act(ctx context.Context, group string, m member, d policy.M
 		logger.V(2).Info("would scale", "from", m.cur, "to", d.Replicas, "reason", d.Reason)
 		return false
 	}
+	if dir == "down" {
+		c.markIdle(ctx, m)
+	}
 	err := c.writer.Scale(ctx, m.d, d.Replicas)
 	if apierrors.IsNotFound(err) {
 		logger.V(2).Info("deployment deleted while deciding")
@@ -1008,6 +1023,45 @@ func (c *Controller) act(ctx context.Context, group string, m member, d policy.M
 	c.cfg.History.Event(group, msg, c.clock.Now())
 	logger.Info("scaled", "from", m.cur, "to", d.Replicas, "reason", d.Reason)
 	return true
+}
+
+// markIdle marks, with Config.IdleFirst, which of a queue member's pods
+// hold the fewest messages, just before its scale-down is written. It is
+// a preference, never a condition of the write: when a queue cannot say
+// what its consumers hold or a pod cannot be marked, that is told once
+// (IdleFirstFailed) and the scale-down goes ahead as it would without it.
+func (c *Controller) markIdle(ctx context.Context, m member) {
+	h, ok := c.queues.(queue.Holder)
+	if c.cfg.IdleFirst == nil || !ok || m.spec.Rule != annotations.RuleQueue {
+		return
+	}
+	var all queue.Holdings
+	var errs []string
+	for _, q := range m.spec.Queues {
+		got, err := h.Held(ctx, m.d.Namespace, q)
+		if errors.Is(err, queue.ErrNoHoldings) {
+			continue // documented: idle-first follows the queues that say
+		}
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s://%s: %v", q.Scheme, q.Host, err))
+			continue
+		}
+		all.Merge(got)
+	}
+	if all.ByHostname != nil {
+		n, err := c.cfg.IdleFirst.Mark(ctx, m.d, all)
+		if err != nil {
+			errs = append(errs, err.Error())
+		}
+		klog.FromContext(ctx).V(2).Info("marked idle consumers first", "deployment", klog.KObj(m.d), "pods", n, "consumers", len(all.ByHostname))
+	} else if len(errs) == 0 {
+		return // none of its queues tells what its consumers hold
+	}
+	msg := ""
+	if len(errs) > 0 {
+		msg = "scale-down not steered to idle consumers: " + strings.Join(errs, "; ")
+	}
+	c.condition(m, corev1.EventTypeWarning, ReasonIdleFirstFailed, msg)
 }
 
 // EachMember gives every member's gauges as its last decision left them;

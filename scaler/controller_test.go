@@ -728,3 +728,97 @@ func TestGroupsWithAnswersAreDecidedFirst(t *testing.T) {
 		t.Errorf("%d writes once the hung hosts answered, want 21 (every group scaled up): %v", len(w), w)
 	}
 }
+
+// holdingQueues is fakeQueues whose consumers hold messages (queue.Holder).
+type holdingQueues struct {
+	*fakeQueues
+	held queue.Holdings
+	err  error
+}
+
+func (h *holdingQueues) Held(context.Context, string, annotations.QueueRef) (queue.Holdings, error) {
+	return h.held, h.err
+}
+
+// marks records, in the writer's sequence, each Mark and what it was given.
+type marks struct {
+	w   *fakeWriter
+	err error
+}
+
+func (m *marks) Mark(_ context.Context, d *appsv1.Deployment, h queue.Holdings) (int, error) {
+	m.w.mu.Lock()
+	defer m.w.mu.Unlock()
+	m.w.writes = append(m.w.writes, fmt.Sprintf("mark %s %v", d.Name, h.ByHostname))
+	return len(h.ByHostname), m.err
+}
+
+func TestIdleFirstMarksBeforeEachScaleDown(t *testing.T) {
+	f := newConsumerFixture(t)
+	var held queue.Holdings
+	held.Add([]queue.Consumer{{Hostname: "consumer-a", Held: 3}, {Hostname: "consumer-b"}})
+	q := &holdingQueues{fakeQueues: f.queues, held: held}
+	m := &marks{w: f.writer}
+	c := New(Config{Interval: time.Second, Workers: 2, IdleFirst: m}, f.cluster, q, f.writer, f.rec, metrics.NewMetrics(prometheus.NewRegistry()), f.clk)
+	tick := func(backlog int64) string {
+		f.queues.mu.Lock()
+		f.queues.backlog = backlog
+		f.queues.mu.Unlock()
+		// A few ticks: a decision may wait for the cache or a rate.
+		for range 5 {
+			f.clk.Step(time.Second)
+			c.runTick(f.ctx, f.clk.Now())
+			if w := f.writer.take(); len(w) > 0 {
+				return strings.Join(w, ",")
+			}
+		}
+		return ""
+	}
+	if got := tick(40); got != "consumer=4" {
+		t.Fatalf("scale-up: %q, want the write alone (no mark)", got)
+	}
+	if got := tick(0); got != "mark consumer map[consumer-a:3 consumer-b:0],consumer=1" {
+		t.Fatalf("scale-down: %q, want the mark, then the write", got)
+	}
+	events := func(reason string) []string {
+		var out []string
+		for len(f.rec.Events) > 0 {
+			if e := <-f.rec.Events; strings.Contains(e, reason) {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	events("")
+
+	// A queue that cannot say, or a mark that fails: told once, and the
+	// scale-down is written all the same.
+	q.err = errors.New("nsqd: connection refused")
+	tick(40)
+	if got := tick(0); got != "consumer=1" {
+		t.Errorf("holdings unreadable: %q, want the write alone", got)
+	}
+	tick(40)
+	tick(0)
+	if evs := events(ReasonIdleFirstFailed); len(evs) != 1 || !strings.Contains(evs[0], "nsq://h:1: nsqd: connection refused") {
+		t.Errorf("IdleFirstFailed events %q, want one naming the queue and the error", evs)
+	}
+	q.err, m.err = nil, errors.New("pods is forbidden")
+	tick(40)
+	if got := tick(0); got != "mark consumer map[consumer-a:3 consumer-b:0],consumer=1" {
+		t.Errorf("mark failing: %q, want the mark tried, then the write", got)
+	}
+	if evs := events(ReasonIdleFirstFailed); len(evs) != 1 || !strings.Contains(evs[0], "pods is forbidden") {
+		t.Errorf("IdleFirstFailed events %q, want one with the mark's error", evs)
+	}
+
+	// A queue whose source cannot tell is not a failure: nothing marked.
+	q.err, m.err = queue.ErrNoHoldings, nil
+	tick(40)
+	if got := tick(0); got != "consumer=1" {
+		t.Errorf("no holdings: %q, want the write alone", got)
+	}
+	if evs := events(ReasonIdleFirstFailed); len(evs) != 0 {
+		t.Errorf("no holdings told as a failure: %q", evs)
+	}
+}

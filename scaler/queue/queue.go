@@ -15,9 +15,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"syscall"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/scaler/egress"
@@ -282,4 +285,108 @@ func GroupBy[K comparable](refs []Ref, key func(Ref) K) map[K][]Ref {
 		out[k] = append(out[k], r)
 	}
 	return out
+}
+
+// Holdings are how many messages each consumer of a queue holds (delivered
+// to it, not yet finished), by the host name the consumer reported and by
+// the host part of its connection's address (kept only when one consumer
+// alone connects from it).
+type Holdings struct {
+	ByHostname, ByAddress map[string]int64
+}
+
+// Consumer is one consumer's entry in a server's answer.
+type Consumer struct {
+	Hostname, Remote string // as the server reports them; Remote is host:port
+	Held             int64
+}
+
+// MaxHolders bounds the consumers one queue's Holdings count.
+const MaxHolders = 4096
+
+// Holder is a Source that can tell what each consumer of a queue holds.
+type Holder interface {
+	Held(ctx context.Context, namespace string, q annotations.QueueRef) (Holdings, error)
+}
+
+// ErrNoHoldings is the answer for a queue whose source cannot tell what
+// each consumer holds.
+const ErrNoHoldings = Class("the queue's server does not say what each consumer holds")
+
+// Held asks the Source of q's scheme what each of q's consumers holds.
+func (s *Sources) Held(ctx context.Context, namespace string, q annotations.QueueRef) (Holdings, error) {
+	h, ok := s.by[q.Scheme].(Holder)
+	if !ok {
+		return Holdings{}, ErrNoHoldings
+	}
+	return h.Held(ctx, namespace, q)
+}
+
+// Add counts the consumers cs in h, at most MaxHolders in all: a host name
+// that is not one (DNS-1123) or an address that is not an IP is never a
+// key, an address shared by several consumers is dropped (it tells none of
+// them apart), and a negative count is none.
+func (h *Holdings) Add(cs []Consumer) {
+	if h.ByHostname == nil {
+		h.ByHostname, h.ByAddress = map[string]int64{}, map[string]int64{}
+	}
+	for _, c := range cs {
+		if len(h.ByHostname)+len(h.ByAddress) >= MaxHolders {
+			return
+		}
+		held := max(c.Held, 0)
+		if len(validation.IsDNS1123Subdomain(c.Hostname)) == 0 {
+			h.ByHostname[c.Hostname] += held
+		}
+		host, _, err := net.SplitHostPort(c.Remote)
+		if err != nil {
+			continue
+		}
+		if _, err := netip.ParseAddr(host); err != nil {
+			continue
+		}
+		if v, seen := h.ByAddress[host]; seen {
+			if v >= 0 {
+				h.ByAddress[host] = -1 // shared: marked, never matched
+			}
+			continue
+		}
+		h.ByAddress[host] = held
+	}
+}
+
+// Merge adds o's counts to h's (a consumer of several queues holds their
+// sum), at most MaxHolders in all.
+func (h *Holdings) Merge(o Holdings) {
+	if h.ByHostname == nil {
+		h.ByHostname, h.ByAddress = map[string]int64{}, map[string]int64{}
+	}
+	for k, v := range o.ByHostname {
+		if _, ok := h.ByHostname[k]; ok || len(h.ByHostname)+len(h.ByAddress) < MaxHolders {
+			h.ByHostname[k] += v
+		}
+	}
+	for k, v := range o.ByAddress {
+		have, ok := h.ByAddress[k]
+		switch {
+		case !ok && len(h.ByHostname)+len(h.ByAddress) < MaxHolders:
+			h.ByAddress[k] = v
+		case ok && (have < 0 || v < 0):
+			h.ByAddress[k] = -1
+		case ok:
+			h.ByAddress[k] = have + v
+		}
+	}
+}
+
+// Of is what the consumer with hostname or address holds, and whether
+// one was seen.
+func (h Holdings) Of(hostname, address string) (int64, bool) {
+	if v, ok := h.ByHostname[hostname]; ok {
+		return v, true
+	}
+	if v, ok := h.ByAddress[address]; ok && v >= 0 && address != "" {
+		return v, true
+	}
+	return 0, false
 }

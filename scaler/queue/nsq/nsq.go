@@ -59,6 +59,14 @@ type nsqChannel struct {
 	Deferred     int64  `json:"deferred_count"`
 	MessageCount int64  `json:"message_count"`
 	ClientCount  int64  `json:"client_count"`
+	// Clients are read only for Held (include_clients=true).
+	Clients []nsqClient `json:"clients"`
+}
+
+type nsqClient struct {
+	Hostname string `json:"hostname"`
+	Remote   string `json:"remote_address"`
+	InFlight int64  `json:"in_flight_count"`
 }
 
 // NSQReader reads nsqd /stats, once per nsqd per Read however many queues
@@ -515,3 +523,49 @@ func producerAddr(host string, port int) (string, error) {
 // errBadProducer marks an nsqd address an nsqlookupd announced that is not
 // a plain host:port.
 const errBadProducer = queue.Class("invalid nsqd address from nsqlookupd")
+
+// Held reads what each consumer of q's channel holds in flight, from every
+// nsqd q names (an nsqlookupd's, up to maxProducers), by the host name the
+// consumer reported (go-nsq sends the machine's: a pod's name) and by its
+// address. The reads are charged to namespace like any other.
+func (r *NSQReader) Held(ctx context.Context, namespace string, q annotations.QueueRef) (queue.Holdings, error) {
+	hosts := []string{q.Host}
+	if q.Scheme == annotations.SchemeNSQLookupd {
+		ps, err := r.lookup(ctx, []string{namespace}, q.Host, q.Name)
+		if err != nil {
+			return queue.Holdings{}, err
+		}
+		if len(ps) > maxProducers {
+			return queue.Holdings{}, errTooManyProducers
+		}
+		hosts = ps
+	}
+	var h queue.Holdings
+	for _, host := range hosts {
+		u := "http://" + host + "/stats?format=json&include_mem=false&include_clients=true&topic=" + url.QueryEscape(q.Name) + "&channel=" + url.QueryEscape(q.Sub)
+		var st *nsqStats
+		err := r.Fetcher.GetJSON(ctx, []string{namespace}, host, u, nil, func(dec *json.Decoder) (err error) {
+			st, err = decodeStats(dec, func(topic string) bool { return topic == q.Name })
+			return err
+		})
+		if err != nil {
+			return queue.Holdings{}, fmt.Errorf("nsqd %s clients: %w", host, err)
+		}
+		for _, t := range st.Topics {
+			for _, c := range t.Channels {
+				if c.Name != q.Sub {
+					continue
+				}
+				cs := make([]queue.Consumer, 0, min(len(c.Clients), queue.MaxHolders))
+				for _, cl := range c.Clients[:min(len(c.Clients), queue.MaxHolders)] {
+					cs = append(cs, queue.Consumer{Hostname: cl.Hostname, Remote: cl.Remote, Held: cl.InFlight})
+				}
+				h.Add(cs)
+			}
+		}
+	}
+	if h.ByHostname == nil {
+		h.Add(nil)
+	}
+	return h, nil
+}

@@ -358,3 +358,47 @@ func TestAnnouncedNSQDsCountTowardTheCap(t *testing.T) {
 type unread struct{}
 
 func (unread) Read(context.Context, []queue.Ref) policy.Readings { return nil }
+
+// Held reads the channel's clients only (the request names the topic and
+// channel), by the host name each reported and by an address one client
+// alone connects from; names that are not host names are never keys.
+func TestNSQHeld(t *testing.T) {
+	const body = `{"topics":[{"topic_name":"jobs","channels":[{"channel_name":"work","clients":[
+	 {"hostname":"consumer-7d9f-abcde","remote_address":"10.0.0.5:40000","in_flight_count":3},
+	 {"hostname":"consumer-7d9f-fghij","remote_address":"10.0.0.6:40001","in_flight_count":0},
+	 {"hostname":"shared-a","remote_address":"10.0.0.9:1","in_flight_count":1},
+	 {"hostname":"shared-b","remote_address":"10.0.0.9:2","in_flight_count":2},
+	 {"hostname":"<script>","remote_address":"not-an-address","in_flight_count":9}]},
+	 {"channel_name":"other","clients":[{"hostname":"elsewhere","remote_address":"10.0.0.7:1","in_flight_count":5}]}]}]}`
+	var query string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		query = r.URL.RawQuery
+		w.Write([]byte(body))
+	}))
+	defer srv.Close()
+	r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: time.Second, Clock: clocktesting.NewFakePassiveClock(time.Now())}}
+	h, err := r.Held(context.Background(), "team-a", annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(srv.URL, "http://"), Name: "jobs", Sub: "work"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(query, "topic=jobs") || !strings.Contains(query, "channel=work") || !strings.Contains(query, "include_clients=true") {
+		t.Errorf("query %q: want the topic, the channel and their clients only", query)
+	}
+	for _, c := range []struct {
+		hostname, addr string
+		want           int64
+		seen           bool
+	}{
+		{"consumer-7d9f-abcde", "", 3, true},
+		{"consumer-7d9f-fghij", "", 0, true},
+		{"pod-by-address", "10.0.0.5", 3, true},
+		{"pod-on-a-shared-address", "10.0.0.9", 0, false},
+		{"elsewhere", "10.0.0.7", 0, false},
+		{"<script>", "", 0, false},
+	} {
+		got, seen := h.Of(c.hostname, c.addr)
+		if got != c.want || seen != c.seen {
+			t.Errorf("Of(%q, %q) = %d, %v; want %d, %v", c.hostname, c.addr, got, seen, c.want, c.seen)
+		}
+	}
+}

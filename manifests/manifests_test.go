@@ -75,6 +75,7 @@ func TestHelmTemplate(t *testing.T) {
 	}{
 		{name: "default"},
 		{name: "queue-secrets", set: []string{"queueSecrets.enabled=true"}},
+		{name: "idle-first", set: []string{"idleFirst.enabled=true"}},
 		{name: "label-sync", set: []string{"labelSync.enabled=true", "labelSync.platform=linux/arm64", "labelSync.keys=priority\\,rule\\,group"}},
 		{name: "single-dry-run", set: []string{"replicaCount=1", "controller.leaderElect=false", "controller.dryRun=true", "controller.watchNamespace=team-a", "controller.interval=500ms", "controller.queueAllow=10.0.0.0/8\\,.svc.cluster.local",
 			"metrics.auth=none", "statusAccess.groups=null"}},
@@ -102,7 +103,7 @@ func TestHelmTemplate(t *testing.T) {
 
 func TestKustomize(t *testing.T) {
 	kubectl := tool(t, "kubectl")
-	for _, dir := range []string{"install", "queue-secrets", "demo", "sync-labels"} {
+	for _, dir := range []string{"install", "queue-secrets", "idle-first", "demo", "sync-labels"} {
 		t.Run(dir, func(t *testing.T) {
 			golden(t, "kustomize-"+strings.ReplaceAll(dir, "/", "-")+".yaml", run(t, kubectl, "kustomize", dir))
 		})

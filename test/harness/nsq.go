@@ -136,38 +136,68 @@ func (n *NSQ) post(ctx context.Context, paths ...string) error {
 
 // Backlog is a channel's messages on nsqd: ready, in flight and deferred.
 func (n *NSQ) Backlog(ctx context.Context, topic, channel string) (int64, error) {
+	ch, err := n.channel(ctx, topic, channel)
+	return ch.Depth + ch.InFlight + ch.Deferred, err
+}
+
+// Redelivered is how many of a channel's messages nsqd has had to deliver
+// again: requeued by a consumer or timed out in flight.
+func (n *NSQ) Redelivered(ctx context.Context, topic, channel string) (int64, error) {
+	ch, err := n.channel(ctx, topic, channel)
+	return ch.Requeued + ch.TimedOut, err
+}
+
+// InFlight is how many of a channel's messages its consumers hold.
+func (n *NSQ) InFlight(ctx context.Context, topic, channel string) (int64, error) {
+	ch, err := n.channel(ctx, topic, channel)
+	return ch.InFlight, err
+}
+
+// Clients is how many consumers a channel has connected.
+func (n *NSQ) Clients(ctx context.Context, topic, channel string) (int, error) {
+	ch, err := n.channel(ctx, topic, channel)
+	return ch.Clients, err
+}
+
+type channelStats struct {
+	Name     string `json:"channel_name"`
+	Depth    int64  `json:"depth"`
+	InFlight int64  `json:"in_flight_count"`
+	Deferred int64  `json:"deferred_count"`
+	Requeued int64  `json:"requeue_count"`
+	TimedOut int64  `json:"timeout_count"`
+	Clients  int    `json:"client_count"`
+}
+
+// channel is one channel's entry in nsqd's /stats.
+func (n *NSQ) channel(ctx context.Context, topic, channel string) (channelStats, error) {
 	u := "http://" + n.HTTPAddr + "/stats?format=json&topic=" + url.QueryEscape(topic) + "&channel=" + url.QueryEscape(channel)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return 0, err
+		return channelStats{}, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, err
+		return channelStats{}, err
 	}
 	defer resp.Body.Close()
 	var st struct {
 		Topics []struct {
-			Name     string `json:"topic_name"`
-			Channels []struct {
-				Name     string `json:"channel_name"`
-				Depth    int64  `json:"depth"`
-				InFlight int64  `json:"in_flight_count"`
-				Deferred int64  `json:"deferred_count"`
-			} `json:"channels"`
+			Name     string         `json:"topic_name"`
+			Channels []channelStats `json:"channels"`
 		} `json:"topics"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return 0, fmt.Errorf("decoding nsqd stats: %w", err)
+		return channelStats{}, fmt.Errorf("decoding nsqd stats: %w", err)
 	}
 	for _, tp := range st.Topics {
 		for _, ch := range tp.Channels {
 			if tp.Name == topic && ch.Name == channel {
-				return ch.Depth + ch.InFlight + ch.Deferred, nil
+				return ch, nil
 			}
 		}
 	}
-	return 0, fmt.Errorf("no channel %s/%s on nsqd", topic, channel)
+	return channelStats{}, fmt.Errorf("no channel %s/%s on nsqd", topic, channel)
 }
 
 // Kill ends nsqd with SIGKILL, as a crash would, and waits for it.

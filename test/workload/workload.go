@@ -50,6 +50,13 @@ type Consumers struct {
 	// acknowledges it when handle returns; stop ends it and waits. When
 	// unset, the consumer is NSQ's (NSQDTCPAddr, Topic, Channel).
 	Connect func(pod string, handle func(body []byte)) (stop func(), err error)
+	// Kill, with NSQ, makes a removed pod's consumer die as a process
+	// killed before its work is done: every message it holds (the one it
+	// works on and those delivered to it, waiting) goes back to nsqd to
+	// be delivered again (a requeue at once, where a dead client's would
+	// come back after nsqd's message timeout). Unset, it stops gracefully,
+	// finishing what it holds.
+	Kill bool
 
 	mu      sync.Mutex // guards running and seen
 	running map[string]func()
@@ -152,22 +159,55 @@ func (c *Consumers) handle(body []byte) {
 	time.Sleep(work)
 }
 
-func (c *Consumers) connectNSQ(_ string, handle func([]byte)) (func(), error) {
+func (c *Consumers) connectNSQ(pod string, handle func([]byte)) (func(), error) {
 	cfg := nsq.NewConfig()
 	cfg.MaxInFlight = max(1, c.MaxInFlight)
+	cfg.Hostname = pod // as go-nsq in the pod would report it: its host name
 	cons, err := nsq.NewConsumer(c.Topic, c.Channel, cfg)
 	if err != nil {
 		return nil, err
 	}
 	cons.SetLoggerLevel(nsq.LogLevelError)
+	var (
+		killed  atomic.Bool
+		mu      sync.Mutex   // guards working
+		working *nsq.Message // the message being handled, if any
+	)
+	requeue := func(m *nsq.Message) bool {
+		if !c.Kill || !killed.Load() {
+			return false
+		}
+		m.DisableAutoResponse()
+		m.RequeueWithoutBackoff(0) // once: go-nsq ignores a second response
+		return true
+	}
 	cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
+		if requeue(m) {
+			return nil
+		}
+		mu.Lock()
+		working = m
+		mu.Unlock()
 		handle(m.Body)
+		mu.Lock()
+		working = nil
+		mu.Unlock()
+		requeue(m) // killed while working: the work died with the pod
 		return nil
 	}))
 	if err := cons.ConnectToNSQD(c.NSQDTCPAddr); err != nil {
 		return nil, fmt.Errorf("connecting: %w", err)
 	}
-	return func() { cons.Stop(); <-cons.StopChan }, nil
+	return func() {
+		killed.Store(true)
+		mu.Lock()
+		if working != nil {
+			requeue(working)
+		}
+		mu.Unlock()
+		cons.Stop()
+		<-cons.StopChan
+	}, nil
 }
 
 func (c *Consumers) stopAll() {

@@ -12,29 +12,33 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/microscaling/microscaling/test/harness"
 	"github.com/microscaling/microscaling/test/workload"
 )
 
 // TestIdleFirstScaleDown: the same work reaches two consumers of 10
-// replicas each, one scaled by a controller with --idle-first and one by
-// a controller without it (each watching its own namespace; the topic has
-// a channel for each). A batch of 4 long messages arrives, so that 4 of
-// each's 10 consumers are busy and 6 idle, and then each may go down to 4.
-// A consumer whose pod goes is killed: what it holds is delivered again
-// (nsqd's requeue count). Without idle-first the ReplicaSet controller
-// removes whichever pods it ranks first (the newest) and busy ones among
-// them; with it, the idle ones. Over several cycles, idle-first redelivers
-// at most a tenth of what the other does (here none), and the pods carry
-// the deletion cost the controller wrote.
+// replicas each, one scaled by a controller with --idle-first (run as the
+// identity manifests/idle-first installs) and one by a controller without
+// it, each watching its own namespace (the topic has a channel for each).
+// Each cycle, messages trickle in for a while (one every 1.5 s, each 6 s
+// of work: about 4 of the 10 consumers busy, which ones rotating), then
+// stop, and each may go down to 4. A consumer whose pod goes is killed:
+// what it holds is delivered again (nsqd's requeue count). Without
+// idle-first the ReplicaSet controller removes whichever pods it ranks
+// first, busy ones among them; with it, the idle ones. Over the cycles
+// idle-first redelivers at most a tenth of what the other does, the pods
+// carry the deletion costs it wrote, and the policy lets its identity
+// change nothing else on a pod.
 func TestIdleFirstScaleDown(t *testing.T) {
 	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: bigNodes})
 	const (
-		topic  = "batches"
+		topic  = "trickle"
 		high   = 10
 		low    = 4
-		batch  = 4
+		every  = 1500 * time.Millisecond
 		work   = 6 * time.Second
 		cycles = 5
 	)
@@ -49,8 +53,6 @@ func TestIdleFirstScaleDown(t *testing.T) {
 		runConsumers(t, &workload.Consumers{Client: s.Client, Namespace: ns, Selector: "app=consumer", NSQDTCPAddr: s.NSQ.TCPAddr,
 			Topic: topic, Channel: ns, PerMessage: work, MaxInFlight: 1, Kill: true})
 	}
-	// The idle-first side runs as the identity manifests/idle-first
-	// installs: its RBAC and policy let the marks through.
 	if out, err := s.Kubectl(t.Context(), "apply", "-k", filepath.Join("..", "..", "manifests", "idle-first")); err != nil {
 		t.Fatalf("kubectl apply -k manifests/idle-first: %v\n%s", err, out)
 	}
@@ -70,12 +72,17 @@ func TestIdleFirstScaleDown(t *testing.T) {
 			}
 		}
 	}
-	// channels waits until, on both sides, the channel holds want messages
-	// in flight and none waiting, and n pods run.
-	settled := func(what string, n int32, inFlight int64, timeout time.Duration) {
+	// settled waits until, on both sides, as many pods run as spec.replicas
+	// asks for (want, when not 0), each with its consumer connected, and
+	// no message is left.
+	settled := func(what string, want int32, timeout time.Duration) {
 		t.Helper()
 		eventually(t, timeout, func(ctx context.Context) error {
 			for _, ns := range sides {
+				r, err := replicas(ctx, s, ns, "consumer")
+				if err != nil {
+					return err
+				}
 				pods, err := s.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=consumer"})
 				if err != nil {
 					return err
@@ -90,8 +97,13 @@ func TestIdleFirstScaleDown(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				if running != n || backlog != inFlight {
-					return fmt.Errorf("%s: %s has %d pods running and %d messages, want %d and %d", what, ns, running, backlog, n, inFlight)
+				clients, err := s.NSQ.Clients(ctx, topic, ns)
+				if err != nil {
+					return err
+				}
+				if (want != 0 && r != want) || running != r || int32(clients) != r || backlog != 0 {
+					return fmt.Errorf("%s: %s wants %d replicas, has %d pods running, %d consumers and %d messages; want %d replicas, all running and connected, no message",
+						what, ns, r, running, clients, backlog, want)
 				}
 			}
 			return nil
@@ -99,37 +111,38 @@ func TestIdleFirstScaleDown(t *testing.T) {
 	}
 	redelivered := map[string]int64{}
 	for cycle := range cycles {
-		settled(fmt.Sprintf("cycle %d, before the batch", cycle), high, 0, 90*time.Second)
-		// Every consumer connected (a pod Running takes a moment to have one).
-		eventually(t, 30*time.Second, func(ctx context.Context) error {
-			return connected(ctx, s, topic, sides, high)
-		})
-		if err := workload.Publish(s.NSQ.TCPAddr, topic, batch); err != nil {
-			t.Fatal(err)
+		settled(fmt.Sprintf("cycle %d, before the trickle", cycle), high, 90*time.Second)
+		// 12 to 21 messages: which consumers hold the last ones turns
+		// with the count (nsqd hands a message to the consumer that has
+		// waited longest).
+		n := 12 + (cycle*7)%10
+		for i := range n {
+			if i > 0 {
+				time.Sleep(every) // the trickle's pace: the load itself
+			}
+			if err := workload.Publish(s.NSQ.TCPAddr, topic, 1); err != nil {
+				t.Fatal(err)
+			}
 		}
-		// Each side's 4 messages taken, by 4 consumers (one each at most).
-		eventually(t, 10*time.Second, func(ctx context.Context) error {
-			return inFlight(ctx, s, topic, sides, batch)
-		})
 		setMin(low)
 		for _, ns := range sides {
-			waitReplicas(t, s, ns, "consumer", 20*time.Second, strconv.Itoa(low), func(n int32) bool { return n == low })
+			waitReplicas(t, s, ns, "consumer", 20*time.Second, "fewer than "+strconv.Itoa(high), func(n int32) bool { return n < high })
 		}
-		// What the removed consumers held is redelivered and done; the
-		// batch is finished before the next one.
-		settled(fmt.Sprintf("cycle %d, after the scale-down", cycle), low, 0, 3*work+30*time.Second)
+		// What the removed consumers held is redelivered and done.
+		settled(fmt.Sprintf("cycle %d, after the scale-down", cycle), 0, 3*work+30*time.Second)
 		for _, ns := range sides {
-			n, err := s.NSQ.Redelivered(t.Context(), topic, ns)
+			got, err := s.NSQ.Redelivered(t.Context(), topic, ns)
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("cycle %d: %s has redelivered %d in all", cycle, ns, n)
-			redelivered[ns] = n
+			r := mustReplicas(t, s, ns, "consumer")
+			t.Logf("cycle %d (%d messages): %s down to %d, %d redelivered so far", cycle, n, ns, r, got)
+			redelivered[ns] = got
 		}
 		setMin(high)
 	}
-	t.Logf("redelivered over %d scale-downs of %d -> %d with %d of %d busy: without idle-first %d, with it %d",
-		cycles, high, low, batch, high, redelivered["plain"], redelivered["idle"])
+	t.Logf("IDLE-FIRST redelivered over %d scale-downs from %d, about 4 of %d busy: without idle-first %d, with it %d",
+		cycles, high, high, redelivered["plain"], redelivered["idle"])
 	if redelivered["plain"] < cycles {
 		t.Errorf("without idle-first only %d redelivered over %d cycles: the test did not remove busy consumers", redelivered["plain"], cycles)
 	}
@@ -154,24 +167,34 @@ func TestIdleFirstScaleDown(t *testing.T) {
 	}
 
 	// The policy lets that identity change only the deletion cost of a pod.
+	cfg, err := clientcmd.BuildConfigFromFlags("", kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	as, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	pods, err := s.Client.CoreV1().Pods("idle").List(t.Context(), metav1.ListOptions{LabelSelector: "app=consumer"})
 	if err != nil || len(pods.Items) == 0 {
 		t.Fatalf("pods of idle/consumer: %v (%d)", err, len(pods.Items))
 	}
 	pod := pods.Items[0].Name
-	as := "--as=system:serviceaccount:microscaling-system:microscaling"
-	for _, tc := range []struct{ patch, want string }{
-		{`{"metadata":{"labels":{"app":"elsewhere"}}}`, "may change only controller.kubernetes.io/pod-deletion-cost"},
-		{`{"metadata":{"annotations":{"team":"x"}}}`, "may change only controller.kubernetes.io/pod-deletion-cost"},
-		{`{"metadata":{"annotations":{"controller.kubernetes.io/pod-deletion-cost":"lots"}}}`, "may change only controller.kubernetes.io/pod-deletion-cost"},
-		{`{"metadata":{"annotations":{"controller.kubernetes.io/pod-deletion-cost":"7"}}}`, ""},
+	for _, tc := range []struct {
+		patch   string
+		allowed bool
+	}{
+		{`{"metadata":{"labels":{"app":"elsewhere"}}}`, false},
+		{`{"metadata":{"annotations":{"team":"x"}}}`, false},
+		{`{"metadata":{"annotations":{"controller.kubernetes.io/pod-deletion-cost":"7","team":"x"}}}`, false},
+		{`{"metadata":{"annotations":{"controller.kubernetes.io/pod-deletion-cost":"7"}}}`, true},
 	} {
-		out, err := s.Kubectl(t.Context(), as, "-n", "idle", "patch", "pod", pod, "--type=merge", "-p", tc.patch)
+		_, err := as.CoreV1().Pods("idle").Patch(t.Context(), pod, types.MergePatchType, []byte(tc.patch), metav1.PatchOptions{})
 		switch {
-		case tc.want == "" && err != nil:
-			t.Errorf("patch %s as the controller: %v\n%s", tc.patch, err, out)
-		case tc.want != "" && (err == nil || !strings.Contains(out+err.Error(), tc.want)):
-			t.Errorf("patch %s as the controller: %v\n%s\nwant refused: %s", tc.patch, err, out, tc.want)
+		case tc.allowed && err != nil:
+			t.Errorf("patch %s as the controller: %v", tc.patch, err)
+		case !tc.allowed && (err == nil || !strings.Contains(err.Error(), "may change only controller.kubernetes.io/pod-deletion-cost")):
+			t.Errorf("patch %s as the controller: %v, want refused by the policy", tc.patch, err)
 		}
 	}
 }

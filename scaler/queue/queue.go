@@ -331,7 +331,7 @@ func (h *Holdings) Add(cs []Consumer) {
 		h.ByHostname, h.ByAddress = map[string]int64{}, map[string]int64{}
 	}
 	for _, c := range cs {
-		if len(h.ByHostname)+len(h.ByAddress) >= MaxHolders {
+		if len(h.ByHostname)+len(h.ByAddress)+2 > MaxHolders { // room for both keys
 			return
 		}
 		held := max(c.Held, 0)

@@ -143,7 +143,9 @@ func TestIdleFirstScaleDown(t *testing.T) {
 	}
 	t.Logf("IDLE-FIRST redelivered over %d scale-downs from %d, about 4 of %d busy: without idle-first %d, with it %d",
 		cycles, high, high, redelivered["plain"], redelivered["idle"])
-	if redelivered["plain"] < cycles {
+	// About 2 of the 4 busy go on each cycle without it (6 of 10 removed):
+	// fewer than 3 in all would mean the cycles never removed busy ones.
+	if redelivered["plain"] < 3 {
 		t.Errorf("without idle-first only %d redelivered over %d cycles: the test did not remove busy consumers", redelivered["plain"], cycles)
 	}
 	if redelivered["idle"]*10 > redelivered["plain"] {

@@ -1025,6 +1025,9 @@ func (c *Controller) act(ctx context.Context, group string, m member, d policy.M
 	return true
 }
 
+// markTimeout bounds the pod writes of one scale-down's marks.
+const markTimeout = 2 * time.Second
+
 // markIdle marks, with Config.IdleFirst, which of a queue member's pods
 // hold the fewest messages, just before its scale-down is written. It is
 // a preference, never a condition of the write: when a queue cannot say
@@ -1049,7 +1052,11 @@ func (c *Controller) markIdle(ctx context.Context, m member) {
 		all.Merge(got)
 	}
 	if all.ByHostname != nil {
-		n, err := c.cfg.IdleFirst.Mark(ctx, m.d, all)
+		// Bounded: a member of many pods does not hold its group's worker
+		// (the marks written by then still steer).
+		mctx, cancel := context.WithTimeout(ctx, markTimeout)
+		n, err := c.cfg.IdleFirst.Mark(mctx, m.d, all)
+		cancel()
 		if err != nil {
 			errs = append(errs, err.Error())
 		}

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -56,8 +57,15 @@ func (m *Marker) Mark(ctx context.Context, d *appsv1.Deployment, h queue.Holding
 	if err != nil {
 		return 0, fmt.Errorf("listing pods of %s/%s: %w", d.Namespace, d.Name, err)
 	}
-	written := 0
-	var errs []error
+	// The writes that keep busy consumers go first (a pod without a cost
+	// is among the first deleted), then those that clear a cost no longer
+	// held: when ctx ends between them, the marks written still steer.
+	type write struct {
+		pod   *corev1.Pod
+		cost  string
+		raise bool
+	}
+	var writes []write
 	for i, p := range pods {
 		if i == MaxPods {
 			break
@@ -71,12 +79,30 @@ func (m *Marker) Mark(ctx context.Context, d *appsv1.Deployment, h queue.Holding
 		if have == want || (!ok && want == "0") {
 			continue
 		}
-		patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{Annotation: want}}})
+		old, _ := strconv.ParseInt(have, 10, 64)
+		writes = append(writes, write{pod: p, cost: want, raise: held > old})
+	}
+	slices.SortStableFunc(writes, func(a, b write) int {
+		switch {
+		case a.raise == b.raise:
+			return 0
+		case a.raise:
+			return -1
+		}
+		return 1
+	})
+	written := 0
+	var errs []error
+	for _, w := range writes {
+		patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{Annotation: w.cost}}})
 		if err != nil {
 			return written, err
 		}
-		if _, err := m.Client.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-			errs = append(errs, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err))
+		if _, err := m.Client.CoreV1().Pods(w.pod.Namespace).Patch(ctx, w.pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			errs = append(errs, fmt.Errorf("pod %s/%s: %w", w.pod.Namespace, w.pod.Name, err))
+			if ctx.Err() != nil {
+				break // the rest would fail the same way
+			}
 			continue
 		}
 		written++

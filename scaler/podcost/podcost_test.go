@@ -67,6 +67,12 @@ func TestMark(t *testing.T) {
 	if n != len(want) || len(client.Actions()) != len(want) {
 		t.Errorf("wrote %d pods in %d requests, want %d: %v", n, len(client.Actions()), len(want), client.Actions())
 	}
+	// Keeping the busy ones comes first, clearing a stale cost last.
+	if acts := client.Actions(); len(acts) > 0 {
+		if last, ok := acts[len(acts)-1].(interface{ GetName() string }); !ok || last.GetName() != "consumer-idle" {
+			t.Errorf("last write %v, want the stale cost of consumer-idle cleared last", acts[len(acts)-1])
+		}
+	}
 	for name, cost := range want {
 		p, err := client.CoreV1().Pods("team-a").Get(context.Background(), name, metav1.GetOptions{})
 		if err != nil {

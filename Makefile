@@ -7,7 +7,7 @@ GO ?= go
 # Builds the real parts once (cached outside the clone), then runs every test
 # with the race detector against them.
 test: binaries deps
-	MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -race -count=1 -timeout 75m ./...
+	MICROSCALING_BIN=$$(test/tools/build.sh) $(GO) test -race -count=1 -timeout 85m ./...
 
 binaries:
 	@test/tools/build.sh >/dev/null

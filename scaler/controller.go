@@ -1040,6 +1040,7 @@ func (c *Controller) markIdle(ctx context.Context, m member) {
 	}
 	var all queue.Holdings
 	var errs []string
+	answered := false
 	for _, q := range m.spec.Queues {
 		got, err := h.Held(ctx, m.d.Namespace, q)
 		if errors.Is(err, queue.ErrNoHoldings) {
@@ -1050,8 +1051,12 @@ func (c *Controller) markIdle(ctx context.Context, m member) {
 			continue
 		}
 		all.Merge(got)
+		answered = true
 	}
-	if all.ByHostname != nil {
+	if !answered && len(errs) == 0 {
+		return // none of its queues tells what its consumers hold
+	}
+	if answered {
 		// Bounded: a member of many pods does not hold its group's worker
 		// (the marks written by then still steer).
 		mctx, cancel := context.WithTimeout(ctx, markTimeout)
@@ -1061,8 +1066,6 @@ func (c *Controller) markIdle(ctx context.Context, m member) {
 			errs = append(errs, err.Error())
 		}
 		klog.FromContext(ctx).V(2).Info("marked idle consumers first", "deployment", klog.KObj(m.d), "pods", n, "consumers", len(all.ByHostname))
-	} else if len(errs) == 0 {
-		return // none of its queues tells what its consumers hold
 	}
 	msg := ""
 	if len(errs) > 0 {

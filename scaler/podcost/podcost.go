@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"slices"
 	"strconv"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -61,11 +60,10 @@ func (m *Marker) Mark(ctx context.Context, d *appsv1.Deployment, h queue.Holding
 	// is among the first deleted), then those that clear a cost no longer
 	// held: when ctx ends between them, the marks written still steer.
 	type write struct {
-		pod   *corev1.Pod
-		cost  string
-		raise bool
+		pod  *corev1.Pod
+		cost string
 	}
-	var writes []write
+	var keep, lower []write
 	for i, p := range pods {
 		if i == MaxPods {
 			break
@@ -79,18 +77,13 @@ func (m *Marker) Mark(ctx context.Context, d *appsv1.Deployment, h queue.Holding
 		if have == want || (!ok && want == "0") {
 			continue
 		}
-		old, _ := strconv.ParseInt(have, 10, 64)
-		writes = append(writes, write{pod: p, cost: want, raise: held > old})
-	}
-	slices.SortStableFunc(writes, func(a, b write) int {
-		switch {
-		case a.raise == b.raise:
-			return 0
-		case a.raise:
-			return -1
+		if old, _ := strconv.ParseInt(have, 10, 64); held > old {
+			keep = append(keep, write{p, want})
+		} else {
+			lower = append(lower, write{p, want})
 		}
-		return 1
-	})
+	}
+	writes := append(keep, lower...)
 	written := 0
 	var errs []error
 	for _, w := range writes {

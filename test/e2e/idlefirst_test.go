@@ -200,31 +200,3 @@ func TestIdleFirstScaleDown(t *testing.T) {
 		}
 	}
 }
-
-// connected reports whether each side's channel has n consumers.
-func connected(ctx context.Context, s *harness.Stack, topic string, channels []string, n int) error {
-	for _, ch := range channels {
-		got, err := s.NSQ.Clients(ctx, topic, ch)
-		if err != nil {
-			return err
-		}
-		if got != n {
-			return fmt.Errorf("%s has %d consumers connected, want %d", ch, got, n)
-		}
-	}
-	return nil
-}
-
-// inFlight reports whether each side's channel has n messages in flight.
-func inFlight(ctx context.Context, s *harness.Stack, topic string, channels []string, n int64) error {
-	for _, ch := range channels {
-		got, err := s.NSQ.InFlight(ctx, topic, ch)
-		if err != nil {
-			return err
-		}
-		if got != n {
-			return fmt.Errorf("%s has %d messages in flight, want %d", ch, got, n)
-		}
-	}
-	return nil
-}

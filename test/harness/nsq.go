@@ -147,12 +147,6 @@ func (n *NSQ) Redelivered(ctx context.Context, topic, channel string) (int64, er
 	return ch.Requeued + ch.TimedOut, err
 }
 
-// InFlight is how many of a channel's messages its consumers hold.
-func (n *NSQ) InFlight(ctx context.Context, topic, channel string) (int64, error) {
-	ch, err := n.channel(ctx, topic, channel)
-	return ch.InFlight, err
-}
-
 // Clients is how many consumers a channel has connected.
 func (n *NSQ) Clients(ctx context.Context, topic, channel string) (int, error) {
 	ch, err := n.channel(ctx, topic, channel)

@@ -564,8 +564,5 @@ func (r *NSQReader) Held(ctx context.Context, namespace string, q annotations.Qu
 			}
 		}
 	}
-	if h.ByHostname == nil {
-		h.Add(nil)
-	}
 	return h, nil
 }

@@ -60,6 +60,7 @@ import (
 	"github.com/microscaling/microscaling/scaler/condition"
 	"github.com/microscaling/microscaling/scaler/dashboard"
 	"github.com/microscaling/microscaling/scaler/egress"
+	"github.com/microscaling/microscaling/scaler/execute"
 	scalermetrics "github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/podcost"
 	"github.com/microscaling/microscaling/scaler/queue"
@@ -138,14 +139,14 @@ type options struct {
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := execute(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	code := runCommand(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
 
-// execute runs the command args name and returns its exit code: 0 ok, 1
+// runCommand runs the command args name and returns its exit code: 0 ok, 1
 // problems found or a failure, 2 a usage mistake.
-func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+func runCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root := newCommand(stdin)
 	root.SetArgs(args)
 	root.SetOut(stdout)
@@ -749,8 +750,9 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("--queue-allow: %w", err)
 	}
 	history := dashboard.NewHistory(600, 100)
-	cfg := scaler.Config{Interval: o.interval, Workers: o.workers, DryRun: o.dryRun, History: history, QueueHostsPerNamespace: o.hostsPerNS, QueueSameNamespace: o.sameNamespace, RemainderMaxPriority: int32(o.remainderPrio)}
+	cfg := scaler.Config{Interval: o.interval, Workers: o.workers, History: history, QueueHostsPerNamespace: o.hostsPerNS, QueueSameNamespace: o.sameNamespace, RemainderMaxPriority: int32(o.remainderPrio)}
 	var conditions *condition.Writer
+	var kept execute.Conditions // nil unless conditions are kept (an interface holding a nil pointer is not nil)
 	if !o.dryRun {
 		// Each member's condition on its Deployment, on a client of its
 		// own: at most 20 writes a second whatever the members do, never
@@ -760,7 +762,7 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 		conditions = condition.NewWriter(condClient, clock.RealClock{}, 10*time.Second)
-		cfg.Conditions = conditions
+		kept = conditions
 		if o.idleFirst {
 			// The deletion costs on a client of their own: a scale-down of
 			// many replicas is as many pod writes, never taking the
@@ -772,9 +774,9 @@ func run(ctx context.Context, o options) error {
 			cfg.IdleFirst = &podcost.Marker{Client: podClient, Pods: inf.Pods}
 		}
 	}
-	ctrl := scaler.New(cfg,
-		inf, sources(queuePolicy, &o, metrics, client),
-		scaler.ScaleWriter{Client: client}, recorder, metrics, clock.RealClock{})
+	exec := execute.New(execute.Config{Writer: execute.ScaleWriter{Client: client}, Recorder: recorder, Metrics: metrics,
+		Conditions: kept, History: history, DryRun: o.dryRun}, clock.RealClock{})
+	ctrl := scaler.New(cfg, inf, sources(queuePolicy, &o, metrics, client), exec, metrics, clock.RealClock{})
 	reg.MustRegister(scalermetrics.Collector(ctrl)) // the per-Deployment gauges
 
 	if o.syncLabels {

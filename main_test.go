@@ -178,7 +178,7 @@ metadata:
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errOut strings.Builder
-			code := execute(t.Context(), append([]string{"validate"}, tc.args...), strings.NewReader(tc.stdin), &out, &errOut)
+			code := runCommand(t.Context(), append([]string{"validate"}, tc.args...), strings.NewReader(tc.stdin), &out, &errOut)
 			want := tc.code
 			if tc.err == "" && tc.bad {
 				want = 1
@@ -273,7 +273,7 @@ func TestCommandLine(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errOut strings.Builder
-			code := execute(t.Context(), tc.args, strings.NewReader(""), &out, &errOut)
+			code := runCommand(t.Context(), tc.args, strings.NewReader(""), &out, &errOut)
 			if code != tc.code {
 				t.Errorf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tc.code, out.String(), errOut.String())
 			}

@@ -126,7 +126,7 @@ func (inf *Informers) usage() (*usage, error) {
 	}
 	for _, p := range pods {
 		if i, ok := u.index[p.Spec.NodeName]; ok && active(p) {
-			u.free[i] = u.free[i].Sub(policy.PodRequests(&p.Spec))
+			u.free[i] = u.free[i].Sub(podRequests(&p.Spec))
 		}
 	}
 	inf.last.Store(u)
@@ -150,7 +150,7 @@ func (inf *Informers) room(u *usage, members []*appsv1.Deployment) (policy.Room,
 				continue
 			}
 			if i, ok := u.index[p.Spec.NodeName]; ok {
-				r.Free[i] = r.Free[i].Add(policy.PodRequests(&p.Spec))
+				r.Free[i] = r.Free[i].Add(podRequests(&p.Spec))
 			}
 			if unschedulable(p) {
 				pending++
@@ -178,18 +178,18 @@ func (inf *Informers) room(u *usage, members []*appsv1.Deployment) (policy.Room,
 // overhead of its RuntimeClass, which admission adds to the pod.
 func (inf *Informers) admitted(spec *corev1.PodSpec) (policy.Resources, error) {
 	if spec.RuntimeClassName == nil || *spec.RuntimeClassName == "" || spec.Overhead != nil {
-		return policy.PodRequests(spec), nil
+		return podRequests(spec), nil
 	}
 	rc, err := inf.RuntimeClasses.Get(*spec.RuntimeClassName)
 	if err != nil {
 		return policy.Resources{}, fmt.Errorf("RuntimeClass %q: %w", *spec.RuntimeClassName, err)
 	}
 	if rc.Overhead == nil {
-		return policy.PodRequests(spec), nil
+		return podRequests(spec), nil
 	}
 	s := *spec
 	s.Overhead = rc.Overhead.PodFixed
-	return policy.PodRequests(&s), nil
+	return podRequests(&s), nil
 }
 
 // selector compiles a Deployment's selector once per resourceVersion.

@@ -26,6 +26,13 @@ import (
 	"github.com/microscaling/microscaling/annotations"
 )
 
+// Event reasons, on the Deployment whose images are read.
+const (
+	ReasonLabelSyncFailed   = "LabelSyncFailed"
+	ReasonInvalidImageLabel = "InvalidImageLabel"
+	ReasonLabelsSynced      = "LabelsSynced"
+)
+
 // Syncer fills a Deployment's annotations from its images' labels.
 type Syncer struct {
 	Client   kubernetes.Interface
@@ -63,7 +70,7 @@ func Enabled(d *appsv1.Deployment) bool { return d.Annotations[annotations.SyncL
 func (s *Syncer) Sync(ctx context.Context, d *appsv1.Deployment) (bool, error) {
 	kc, err := s.keychain(ctx, d)
 	if err != nil {
-		s.Recorder.Eventf(d, corev1.EventTypeWarning, "LabelSyncFailed", "reading imagePullSecrets: %v", err)
+		s.Recorder.Eventf(d, corev1.EventTypeWarning, ReasonLabelSyncFailed, "reading imagePullSecrets: %v", err)
 		return false, err
 	}
 	var imgs []Image
@@ -72,14 +79,14 @@ func (s *Syncer) Sync(ctx context.Context, d *appsv1.Deployment) (bool, error) {
 		if err != nil {
 			// The registry's own words go to the log only: a registry is
 			// anyone's, and its answer is not echoed to the tenant.
-			s.Recorder.Eventf(d, corev1.EventTypeWarning, "LabelSyncFailed", "container %s: %s", c.Name, failure(c.Image, err))
+			s.Recorder.Eventf(d, corev1.EventTypeWarning, ReasonLabelSyncFailed, "container %s: %s", c.Name, failure(c.Image, err))
 			return false, fmt.Errorf("deployment %s/%s: %w", d.Namespace, d.Name, err)
 		}
 		imgs = append(imgs, Image{Container: c.Name, Digest: digest, Labels: l})
 	}
 	set, remove, problems := Derive(d.Annotations, imgs, s.Prefixes, s.Keys)
 	for _, p := range problems {
-		s.Recorder.Event(d, corev1.EventTypeWarning, "InvalidImageLabel", p.String())
+		s.Recorder.Event(d, corev1.EventTypeWarning, ReasonInvalidImageLabel, p.String())
 	}
 	if len(set)+len(remove) == 0 {
 		return false, nil
@@ -107,7 +114,7 @@ func (s *Syncer) Sync(ctx context.Context, d *appsv1.Deployment) (bool, error) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	s.Recorder.Eventf(d, corev1.EventTypeNormal, "LabelsSynced", "set from image labels: %v", keys)
+	s.Recorder.Eventf(d, corev1.EventTypeNormal, ReasonLabelsSynced, "set from image labels: %v", keys)
 	return true, nil
 }
 

@@ -13,9 +13,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -23,35 +21,11 @@ import (
 	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/scaler/condition"
 	"github.com/microscaling/microscaling/scaler/dashboard"
+	"github.com/microscaling/microscaling/scaler/execute"
 	"github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/policy"
 	"github.com/microscaling/microscaling/scaler/queue"
 )
-
-// Event reasons, on the Deployment.
-const (
-	ReasonScaled              = "Scaled"
-	ReasonScaledDryRun        = "ScaledDryRun"
-	ReasonScaleFailed         = "ScaleFailed"
-	ReasonExternalScale       = "ExternalScale"
-	ReasonInvalidAnnotation   = "InvalidAnnotation"
-	ReasonQueueUnreadable     = "QueueUnreadable"
-	ReasonQueueReadable       = "QueueReadable"
-	ReasonGroupBudgetConflict = "GroupBudgetConflict"
-	ReasonConflictingScaler   = "ConflictingAutoscaler"
-	ReasonAutoscalerGone      = "AutoscalerGone"
-	ReasonReleased            = "Released"
-	ReasonRemainderPriority   = "RemainderPriority"
-	ReasonEstimateCorrected   = "EstimateCorrected"
-	ReasonFallbackActive      = "FallbackActive"
-	ReasonFallbackEnded       = "FallbackEnded"
-	ReasonSaturated           = "ThroughputSaturated"
-	ReasonSaturationEnded     = "ThroughputRecovered"
-	ReasonIdleFirstFailed     = "IdleFirstFailed"
-)
-
-// HeldConflict is the Held word of a member another autoscaler scales.
-const HeldConflict = "conflict"
 
 // Cluster is what the loop reads of the cluster; package informer
 // implements it from shared informer caches.
@@ -74,7 +48,6 @@ type Cluster interface {
 type Config struct {
 	Interval time.Duration
 	Workers  int
-	DryRun   bool
 	// History, when set, keeps recent decisions for the dashboard.
 	History *dashboard.History
 	// QueueSameNamespace reads only queues of the Deployment's own namespace
@@ -88,8 +61,6 @@ type Config struct {
 	// one namespace may name (0: no bound); the queues of hosts past it (in
 	// sorted order) are not read, and their members are held.
 	QueueHostsPerNamespace int
-	// Conditions, when set, keeps each member's condition on its Deployment.
-	Conditions Conditions
 	// IdleFirst, when set, marks before each scale-down of a queue member
 	// which of its pods hold the fewest messages, for the ReplicaSet
 	// controller to delete first.
@@ -106,13 +77,12 @@ type Marker interface {
 // calls policy.DecideGroup and acts on the answer (a /scale write, an
 // Event, the gauges and the dashboard's history).
 type Controller struct {
-	cfg      Config
-	cluster  Cluster
-	queues   queue.Source
-	writer   Writer
-	recorder record.EventRecorder
-	metrics  *metrics.Metrics
-	clock    clock.Clock
+	cfg     Config
+	cluster Cluster
+	queues  queue.Source
+	exec    *execute.Executor
+	metrics *metrics.Metrics
+	clock   clock.Clock
 	// lastTick is the unix nanoseconds at which the last tick finished.
 	lastTick atomic.Int64
 
@@ -140,28 +110,16 @@ type memberState struct {
 	seen uint64            // the last tick that listed it
 
 	// mu guards the rest, which the member's group decision and Collect use.
-	mu         sync.Mutex
-	policy     policy.MemberState
-	unreadable bool
-	fallback   bool // at fallback-replicas, its queues unreadable
-	saturated  bool // more replicas stopped adding throughput: told
-	// written is the replica count this controller last wrote; a different
-	// spec.replicas later means someone else scaled the Deployment.
-	written    int32
-	hasWritten bool
-	// staleRV is the resourceVersion the last write replaced: while the cache
-	// still shows it, the cache has not caught up with the write.
-	staleRV string
+	mu     sync.Mutex
+	policy policy.MemberState
 	// hpa: another autoscaler targeted it at the last look; owned by the
 	// tick that decides its group.
-	hpa bool
-	// said holds the last message of each condition Event (budget conflict,
-	// failed write, dry run): the same condition is told once.
-	said   map[string]string
+	hpa    bool
 	hist   *dashboard.MemberHistory
 	gauges metrics.Gauges
-	// lastScale tells this controller's last write: from, to, when, why.
-	lastScale string
+
+	// told is what the executor told and wrote of it (its own lock).
+	told execute.Memory
 }
 
 // groupState is what the controller remembers of one group.
@@ -190,12 +148,12 @@ type memberRef struct {
 }
 
 // New makes a controller.
-func New(cfg Config, cluster Cluster, queues queue.Source, writer Writer, recorder record.EventRecorder, m *metrics.Metrics, clk clock.Clock) *Controller {
+func New(cfg Config, cluster Cluster, queues queue.Source, exec *execute.Executor, m *metrics.Metrics, clk clock.Clock) *Controller {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
 	}
 	return &Controller{
-		cfg: cfg, cluster: cluster, queues: queues, writer: writer, recorder: recorder, metrics: m, clock: clk,
+		cfg: cfg, cluster: cluster, queues: queues, exec: exec, metrics: m, clock: clk,
 		members: map[memberKey]*memberState{}, groups: map[string]*groupState{},
 	}
 }
@@ -205,7 +163,7 @@ func New(cfg Config, cluster Cluster, queues queue.Source, writer Writer, record
 func (c *Controller) Run(ctx context.Context) {
 	defer utilruntime.HandleCrash()
 	logger := klog.FromContext(ctx)
-	logger.Info("controller started", "interval", c.cfg.Interval, "workers", c.cfg.Workers, "dryRun", c.cfg.DryRun)
+	logger.Info("controller started", "interval", c.cfg.Interval, "workers", c.cfg.Workers, "dryRun", c.exec.DryRun())
 	next := c.clock.Now()
 	for ctx.Err() == nil {
 		start := c.clock.Now()
@@ -509,10 +467,11 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 		c.specs++
 		c.mu.Unlock()
 		st.mu.Lock()
-		st.gauges, st.hasWritten = metrics.Gauges{}, false
+		st.gauges = metrics.Gauges{}
 		st.mu.Unlock()
+		st.told.ForgetWrite()
 		c.cfg.History.Forget(d.Namespace, d.Name)
-		c.release(d, removed)
+		c.exec.Release(d, removed)
 		klog.FromContext(ctx).Info("released", "deployment", klog.KObj(d), "removed", removed)
 		return st
 	}
@@ -521,7 +480,7 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 		if st.spec != nil {
 			kept = "the last good settings stay in force"
 		} else {
-			c.setCondition(d, condition.Condition{Status: corev1.ConditionFalse, Reason: ReasonInvalidAnnotation,
+			c.exec.SetCondition(d, condition.Condition{Status: corev1.ConditionFalse, Reason: execute.ReasonInvalidAnnotation,
 				Message: "microscaling.com/ annotations invalid (this Deployment's Events say which): the Deployment is left alone"})
 		}
 		for _, fe := range annotations.FieldErrors(err) {
@@ -530,7 +489,7 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 				key = "unknown"
 			}
 			c.metrics.AnnotationErrors.WithLabelValues(d.Namespace, d.Name, key).Inc()
-			c.recorder.Eventf(d, corev1.EventTypeWarning, ReasonInvalidAnnotation, "%s; %s", fe.Error(), kept)
+			c.exec.Event(d, corev1.EventTypeWarning, execute.ReasonInvalidAnnotation, fe.Error()+"; "+kept)
 		}
 		klog.FromContext(ctx).V(2).Info("invalid annotations", "deployment", klog.KObj(d), "err", err)
 		st.mu.Lock()
@@ -578,9 +537,7 @@ func (c *Controller) forgetUnseen() {
 			delete(c.members, k)
 			c.metrics.Forget(k.namespace, k.name)
 			c.cfg.History.Forget(k.namespace, k.name)
-			if c.cfg.Conditions != nil {
-				c.cfg.Conditions.Forget(k.namespace, k.name)
-			}
+			c.exec.Forget(k.namespace, k.name)
 			released = append(released, gone{k, st.ann, st.spec != nil})
 			if st.spec != nil {
 				c.specs++
@@ -593,20 +550,11 @@ func (c *Controller) forgetUnseen() {
 		switch {
 		case !ok || annotations.Managed(d.Annotations):
 		case g.managed:
-			c.release(d, removedDefining(g.ann, d.Annotations))
-		case c.cfg.Conditions != nil:
-			c.cfg.Conditions.Clear(d) // it never had good settings: nothing to tell
+			c.exec.Release(d, removedDefining(g.ann, d.Annotations))
+		default:
+			c.exec.Clear(d) // it never had good settings: nothing to tell
 		}
 	}
-}
-
-// release tells that d is no longer scaled because the keys that made it
-// managed were removed; its replicas stay as they are.
-func (c *Controller) release(d *appsv1.Deployment, removed []string) {
-	if c.cfg.Conditions != nil {
-		c.cfg.Conditions.Clear(d)
-	}
-	c.recorder.Eventf(d, corev1.EventTypeNormal, ReasonReleased, "%s removed: microscaling no longer scales this Deployment; its replicas stay as they are", strings.Join(removed, ", "))
 }
 
 // member is one Deployment's part in a group decision.
@@ -688,66 +636,47 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		gs.budgetSaid = out.BudgetConflict
 	}
 	for i, m := range ms {
-		c.condition(m, corev1.EventTypeWarning, ReasonEstimateCorrected, correctedMessage(out.Decisions[i].Corrected))
+		c.exec.Tell(m.d, &m.st.told, corev1.EventTypeWarning, execute.ReasonEstimateCorrected, correctedMessage(out.Decisions[i].Corrected))
 		c.fallback(m, out.Decisions[i].Fallback)
 		c.saturation(m, out.Decisions[i].Saturated)
 		c.record(key, m, out.Decisions[i], t)
 	}
 	for _, i := range out.Writes {
-		if c.act(ctx, key, ms[i], out.Decisions[i]) {
-			ms[i].cur = out.Decisions[i].Replicas
+		m, d := ms[i], out.Decisions[i]
+		if d.Replicas < m.cur && !c.exec.DryRun() {
+			c.markIdle(ctx, m)
+		}
+		if c.exec.Scale(ctx, key, m.d, &m.st.told, m.cur, d.Replicas, d.Reason) {
+			ms[i].cur = d.Replicas
 		}
 	}
 	for i, m := range ms {
-		m.st.mu.Lock()
-		last := m.st.lastScale
-		m.st.mu.Unlock()
-		c.setCondition(m.d, conditionFor(out.Decisions[i].Held, m.spec, m.cur, out.Decisions[i].Replicas, last))
-	}
-}
-
-// setCondition keeps cond on d, when conditions are kept.
-func (c *Controller) setCondition(d *appsv1.Deployment, cond condition.Condition) {
-	if c.cfg.Conditions != nil {
-		c.cfg.Conditions.Set(d, cond)
+		c.exec.Decided(m.d, &m.st.told, out.Decisions[i].Held, m.spec, m.cur, out.Decisions[i].Replicas)
 	}
 }
 
 // fallback tells when a member starts and stops being at its
 // fallback-replicas.
 func (c *Controller) fallback(m member, on bool) {
-	switch was := m.st.swap(&m.st.fallback, on); {
-	case on && !was:
-		c.recorder.Eventf(m.d, corev1.EventTypeWarning, ReasonFallbackActive, "queues unreadable for %s: at fallback-replicas %d until they are read again",
+	c.exec.Turned(m.d, &m.st.told, "fallback", on, func() (string, string, string) {
+		return corev1.EventTypeWarning, execute.ReasonFallbackActive, fmt.Sprintf("queues unreadable for %s: at fallback-replicas %d until they are read again",
 			m.spec.FallbackAfter, m.spec.FallbackReplicas)
-	case was && !on:
-		c.recorder.Event(m.d, corev1.EventTypeNormal, ReasonFallbackEnded, "queues read again: the queue rule decides from here")
-	}
-}
-
-// swap sets the member's flag f (one of its fields) to on and returns
-// what it was, under the member's lock.
-func (st *memberState) swap(f *bool, on bool) bool {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	was := *f
-	*f = on
-	return was
+	}, func() (string, string, string) {
+		return corev1.EventTypeNormal, execute.ReasonFallbackEnded, "queues read again: the queue rule decides from here"
+	})
 }
 
 // saturation tells when a member's replicas start and stop being
 // saturated (more stopped adding throughput, confirmed by the knee's own
 // measure); a probe above the knee is part of it.
 func (c *Controller) saturation(m member, s policy.Saturation) {
-	on := s.Saturated
-	switch was := m.st.swap(&m.st.saturated, on); {
-	case on && !was:
-		c.recorder.Eventf(m.d, corev1.EventTypeWarning, ReasonSaturated,
+	c.exec.Turned(m.d, &m.st.told, "saturated", s.Saturated, func() (string, string, string) {
+		return corev1.EventTypeWarning, execute.ReasonSaturated, fmt.Sprintf(
 			"more replicas stopped adding throughput: %d replicas deliver %.1f messages/s together, more delivered no more (a shared downstream's limit?); held at most there (fewer while they deliver as much), the rest of the group's room left to others, and a step above probed every %s",
 			s.Knee, s.Ceiling, policy.SaturationHold)
-	case was && !on:
-		c.recorder.Event(m.d, corev1.EventTypeNormal, ReasonSaturationEnded, "more replicas deliver more again: the queue rule sizes from the load")
-	}
+	}, func() (string, string, string) {
+		return corev1.EventTypeNormal, execute.ReasonSaturationEnded, "more replicas deliver more again: the queue rule sizes from the load"
+	})
 }
 
 // correctedMessage tells a correction of the service rate; empty when none
@@ -779,7 +708,7 @@ func (c *Controller) lowPriority(m member) bool {
 		}
 		msg = fmt.Sprintf("not growing: its pods would run at priority %d (%s), and a remainder takes room from everything at or below its priority in the cluster; give it a PriorityClass with a value of at most %d", value, of, c.cfg.RemainderMaxPriority)
 	}
-	c.condition(m, corev1.EventTypeWarning, ReasonRemainderPriority, msg)
+	c.exec.Tell(m.d, &m.st.told, corev1.EventTypeWarning, execute.ReasonRemainderPriority, msg)
 	return msg == ""
 }
 
@@ -799,24 +728,12 @@ func (c *Controller) gather(key string, t *tick, ms []member) []member {
 		if c.conflicting(d, st) {
 			// Another autoscaler scales it: left alone, shown as held by it.
 			st.mu.Lock()
-			c.recordLocked(key, member{d: d, st: st, spec: spec, cur: cur}, t, dashboard.Status{Replicas: cur, Desired: cur, Held: HeldConflict})
-			last := st.lastScale
+			c.recordLocked(key, member{d: d, st: st, spec: spec, cur: cur}, t, dashboard.Status{Replicas: cur, Desired: cur, Held: execute.HeldConflict})
 			st.mu.Unlock()
-			c.setCondition(d, conditionFor(HeldConflict, spec, cur, cur, last))
+			c.exec.Decided(d, &st.told, execute.HeldConflict, spec, cur, cur)
 			continue
 		}
-		st.mu.Lock()
-		if st.hasWritten && d.ResourceVersion == st.staleRV {
-			cur = st.written // the cache lags behind our own write
-		}
-		external, prev := st.hasWritten && st.written != cur, st.written
-		if external {
-			st.written = cur // report each outside change once
-		}
-		st.mu.Unlock()
-		if external {
-			c.noticeExternalScale(d, spec, prev, cur)
-		}
+		cur = c.exec.Observe(d, &st.told, spec.Paused, cur)
 		ms = append(ms, member{d: d, st: st, spec: spec, cur: cur})
 	}
 	return ms
@@ -833,25 +750,25 @@ func (c *Controller) conflicting(d *appsv1.Deployment, st *memberState) bool {
 		return false // the common case: nothing to tell
 	}
 	st.hpa = len(hpas) > 0
+	dry := c.exec.DryRun()
 	st.mu.Lock()
-	st.gauges.Conflicting = st.hpa && !c.cfg.DryRun
-	if st.gauges.Conflicting {
-		st.hasWritten = false // its replicas are the other's now: no ExternalScale when it goes
-	}
+	st.gauges.Conflicting = st.hpa && !dry
 	st.mu.Unlock()
-	m := member{d: d, st: st}
+	if st.hpa && !dry {
+		st.told.ForgetWrite() // its replicas are the other's now: no ExternalScale when it goes
+	}
 	switch {
-	case st.hpa && c.cfg.DryRun:
-		c.condition(m, corev1.EventTypeNormal, ReasonConflictingScaler, fmt.Sprintf(
+	case st.hpa && dry:
+		c.exec.Tell(d, &st.told, corev1.EventTypeNormal, execute.ReasonConflictingScaler, fmt.Sprintf(
 			"dry run: deciding beside HorizontalPodAutoscaler %s, which scales this Deployment; ScaledDryRun Events say what microscaling would do", strings.Join(hpas, ", ")))
 		return false
 	case st.hpa:
-		c.condition(m, corev1.EventTypeWarning, ReasonConflictingScaler, fmt.Sprintf(
+		c.exec.Tell(d, &st.told, corev1.EventTypeWarning, execute.ReasonConflictingScaler, fmt.Sprintf(
 			"left alone: HorizontalPodAutoscaler %s also scales this Deployment; delete it (or remove the microscaling.com/ annotations) so that one autoscaler decides", strings.Join(hpas, ", ")))
 		return true
 	}
-	c.condition(m, corev1.EventTypeWarning, ReasonConflictingScaler, "")
-	c.recorder.Event(d, corev1.EventTypeNormal, ReasonAutoscalerGone, "no other autoscaler targets this Deployment any more: microscaling scales it again")
+	c.exec.Tell(d, &st.told, corev1.EventTypeWarning, execute.ReasonConflictingScaler, "")
+	c.exec.Event(d, corev1.EventTypeNormal, execute.ReasonAutoscalerGone, "no other autoscaler targets this Deployment any more: microscaling scales it again")
 	return false
 }
 
@@ -872,20 +789,18 @@ func (c *Controller) readQueues(m member, t *tick) (policy.QueueReading, bool) {
 		}
 		sum = sum.Plus(r)
 	}
+	c.exec.Turned(m.d, &m.st.told, "unreadable", err != nil, func() (string, string, string) {
+		return corev1.EventTypeWarning, execute.ReasonQueueUnreadable, fmt.Sprintf("holding at %d replicas: %v", m.cur, err)
+	}, func() (string, string, string) {
+		return corev1.EventTypeNormal, execute.ReasonQueueReadable, fmt.Sprintf("queue read again: backlog %d", sum.Backlog)
+	})
 	st := m.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	st.gauges.Unreadable = err != nil
 	if err != nil {
-		if !st.unreadable {
-			c.recorder.Eventf(m.d, corev1.EventTypeWarning, ReasonQueueUnreadable, "holding at %d replicas: %v", m.cur, err)
-		}
-		st.unreadable, st.gauges.Unreadable = true, true
 		return sum, false
 	}
-	if st.unreadable {
-		c.recorder.Eventf(m.d, corev1.EventTypeNormal, ReasonQueueReadable, "queue read again: backlog %d", sum.Backlog)
-	}
-	st.unreadable, st.gauges.Unreadable = false, false
 	st.gauges.Backlog, st.gauges.HasBacklog = sum.Backlog, true
 	return sum, true
 }
@@ -898,28 +813,7 @@ func (c *Controller) budgetConflict(key string, ms []member, out policy.GroupOut
 		if b := m.spec.GroupMaxReplicas; out.BudgetConflict && b > 0 && b != out.Budget {
 			msg = fmt.Sprintf("%s=%d disagrees with another member of group %s; using the smallest, %d", annotations.GroupMaxReplicas, b, key, out.Budget)
 		}
-		c.condition(m, corev1.EventTypeWarning, ReasonGroupBudgetConflict, msg)
-	}
-}
-
-// condition records a condition Event on m when its message differs from
-// the last one told; an empty message clears the condition.
-func (c *Controller) condition(m member, typ, reason, msg string) {
-	m.st.mu.Lock()
-	same := m.st.said[reason] == msg
-	if !same {
-		if m.st.said == nil {
-			m.st.said = map[string]string{}
-		}
-		if msg == "" {
-			delete(m.st.said, reason)
-		} else {
-			m.st.said[reason] = msg
-		}
-	}
-	m.st.mu.Unlock()
-	if !same && msg != "" {
-		c.recorder.Event(m.d, typ, reason, msg)
+		c.exec.Tell(m.d, &m.st.told, corev1.EventTypeWarning, execute.ReasonGroupBudgetConflict, msg)
 	}
 }
 
@@ -965,64 +859,6 @@ func (c *Controller) recordLocked(group string, m member, t *tick, s dashboard.S
 	}
 	c.cfg.History.Record(m.st.hist, group, string(m.spec.Rule), m.spec.Priority, dashboard.Point{
 		T: t.at.UnixMilli(), Backlog: float64(m.st.gauges.Backlog), Target: float64(m.spec.TargetQueueLength), Desired: s.Desired, Current: s.Replicas}, s)
-}
-
-// noticeExternalScale tells that someone else set the replicas of a managed
-// Deployment from prev, which microscaling wrote, to cur; the decision then
-// starts from their count and corrects it if the rules say otherwise.
-func (c *Controller) noticeExternalScale(d *appsv1.Deployment, spec *annotations.Spec, prev, cur int32) {
-	if spec.Paused {
-		c.recorder.Eventf(d, corev1.EventTypeNormal, ReasonExternalScale, "replicas set to %d by someone else; paused, so left as they are", cur)
-		return
-	}
-	c.recorder.Eventf(d, corev1.EventTypeNormal, ReasonExternalScale,
-		"replicas set to %d by someone else (microscaling last set %d); microscaling manages this Deployment and decides again from %d on this tick: annotate %s=true to scale it by hand",
-		cur, prev, cur, annotations.Paused)
-}
-
-// act writes one member's decision (or, in a dry run, tells it) and is the
-// one place its outcome goes: a counter, an Event, the history and a log
-// line. A failed write is told once while it fails the same way; the next
-// tick decides afresh, never retrying a stale decision. It reports whether
-// the replicas were written.
-func (c *Controller) act(ctx context.Context, group string, m member, d policy.MemberDecision) bool {
-	logger := klog.FromContext(ctx).WithValues("group", group, "deployment", klog.KObj(m.d))
-	dir := "up"
-	if d.Replicas < m.cur {
-		dir = "down"
-	}
-	msg := fmt.Sprintf("%s %d -> %d: %s", m.d.Name, m.cur, d.Replicas, d.Reason)
-	if c.cfg.DryRun {
-		c.metrics.ScaleOps.WithLabelValues(m.d.Namespace, m.d.Name, dir, "dry-run").Inc()
-		c.condition(m, corev1.EventTypeNormal, ReasonScaledDryRun, "dry run, not written: "+msg)
-		c.cfg.History.Event(group, "dry run: "+msg, c.clock.Now())
-		logger.V(2).Info("would scale", "from", m.cur, "to", d.Replicas, "reason", d.Reason)
-		return false
-	}
-	if dir == "down" {
-		c.markIdle(ctx, m)
-	}
-	err := c.writer.Scale(ctx, m.d, d.Replicas)
-	if apierrors.IsNotFound(err) {
-		logger.V(2).Info("deployment deleted while deciding")
-		return false
-	}
-	if err != nil {
-		c.metrics.ScaleOps.WithLabelValues(m.d.Namespace, m.d.Name, dir, "error").Inc()
-		c.condition(m, corev1.EventTypeWarning, ReasonScaleFailed, fmt.Sprintf("%s: %v", msg, err))
-		logger.V(2).Info("scale failed", "err", err)
-		return false
-	}
-	m.st.mu.Lock()
-	m.st.written, m.st.hasWritten, m.st.staleRV = d.Replicas, true, m.d.ResourceVersion
-	m.st.lastScale = fmt.Sprintf("%d -> %d at %s: %s", m.cur, d.Replicas, c.clock.Now().UTC().Format(time.RFC3339), d.Reason)
-	m.st.mu.Unlock()
-	c.condition(m, corev1.EventTypeWarning, ReasonScaleFailed, "")
-	c.metrics.ScaleOps.WithLabelValues(m.d.Namespace, m.d.Name, dir, "ok").Inc()
-	c.recorder.Event(m.d, corev1.EventTypeNormal, ReasonScaled, msg)
-	c.cfg.History.Event(group, msg, c.clock.Now())
-	logger.Info("scaled", "from", m.cur, "to", d.Replicas, "reason", d.Reason)
-	return true
 }
 
 // markTimeout bounds the pod writes of one scale-down's marks.
@@ -1071,7 +907,7 @@ func (c *Controller) markIdle(ctx context.Context, m member) {
 	if len(errs) > 0 {
 		msg = "scale-down not steered to idle consumers: " + strings.Join(errs, "; ")
 	}
-	c.condition(m, corev1.EventTypeWarning, ReasonIdleFirstFailed, msg)
+	c.exec.Tell(m.d, &m.st.told, corev1.EventTypeWarning, execute.ReasonIdleFirstFailed, msg)
 }
 
 // EachMember gives every member's gauges as its last decision left them;

@@ -20,6 +20,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/scaler/execute"
 	"github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/policy"
 	"github.com/microscaling/microscaling/scaler/queue"
@@ -102,6 +103,11 @@ func (f *fakeWriter) take() []string {
 	return w
 }
 
+// testExec is an executor writing through w and recording on rec.
+func testExec(w execute.Writer, rec record.EventRecorder, clk *clocktesting.FakeClock, dryRun bool) *execute.Executor {
+	return execute.New(execute.Config{Writer: w, Recorder: rec, Metrics: metrics.NewMetrics(prometheus.NewRegistry()), DryRun: dryRun}, clk)
+}
+
 // consumerFixture is a controller deciding one queue consumer (min 1, max 5,
 // target 10, no scale-down delay) at 1 replica, on a fake clock.
 type consumerFixture struct {
@@ -126,7 +132,7 @@ func newConsumerFixture(t *testing.T) consumerFixture {
 		clk: clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)),
 	}
 	f.cluster = &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/consumer": {f.consumer}}}
-	f.c = New(Config{Interval: time.Second, Workers: 2}, f.cluster, f.queues, f.writer, f.rec, metrics.NewMetrics(prometheus.NewRegistry()), f.clk)
+	f.c = New(Config{Interval: time.Second, Workers: 2}, f.cluster, f.queues, testExec(f.writer, f.rec, f.clk, false), metrics.NewMetrics(prometheus.NewRegistry()), f.clk)
 	f.ctx = t.Context()
 	return f
 }
@@ -278,7 +284,7 @@ func TestControllerReadsNewQueuesOnTheirFirstTick(t *testing.T) {
 	queues := &readsQueues{}
 	writer := &fakeWriter{}
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	c := New(Config{Interval: time.Second, Workers: 2}, cluster, queues, writer, record.NewFakeRecorder(100), metrics.NewMetrics(prometheus.NewRegistry()), clk)
+	c := New(Config{Interval: time.Second, Workers: 2}, cluster, queues, testExec(writer, record.NewFakeRecorder(100), clk, false), metrics.NewMetrics(prometheus.NewRegistry()), clk)
 	ctx := t.Context()
 	steps := []struct {
 		name         string
@@ -407,7 +413,7 @@ func TestControllerLeavesAnotherAutoscalersDeploymentAlone(t *testing.T) {
 	for _, dryRun := range []bool{false, true} {
 		t.Run(fmt.Sprintf("dry run %v", dryRun), func(t *testing.T) {
 			f := newConsumerFixture(t)
-			f.c.cfg.DryRun = dryRun
+			f.c = New(Config{Interval: time.Second, Workers: 2}, f.cluster, f.queues, testExec(f.writer, f.rec, f.clk, dryRun), metrics.NewMetrics(prometheus.NewRegistry()), f.clk)
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(metrics.Collector(f.c))
 			f.queues.mu.Lock()
@@ -537,7 +543,7 @@ func TestQueueHostsPerNamespace(t *testing.T) {
 	writer := &fakeWriter{}
 	rec := record.NewFakeRecorder(100)
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	c := New(Config{Interval: time.Second, Workers: 2, QueueHostsPerNamespace: 2}, cluster, queues, writer, rec, metrics.NewMetrics(prometheus.NewRegistry()), clk)
+	c := New(Config{Interval: time.Second, Workers: 2, QueueHostsPerNamespace: 2}, cluster, queues, testExec(writer, rec, clk, false), metrics.NewMetrics(prometheus.NewRegistry()), clk)
 	for range 2 {
 		clk.Step(time.Second)
 		c.runTick(t.Context(), clk.Now())
@@ -571,7 +577,7 @@ func TestLookupTopicsCountTowardTheCap(t *testing.T) {
 	}
 	rec := record.NewFakeRecorder(100)
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	c := New(Config{Interval: time.Second, Workers: 2, QueueHostsPerNamespace: 2}, cluster, &readsQueues{}, &fakeWriter{}, rec, metrics.NewMetrics(prometheus.NewRegistry()), clk)
+	c := New(Config{Interval: time.Second, Workers: 2, QueueHostsPerNamespace: 2}, cluster, &readsQueues{}, testExec(&fakeWriter{}, rec, clk, false), metrics.NewMetrics(prometheus.NewRegistry()), clk)
 	clk.Step(time.Second)
 	c.runTick(t.Context(), clk.Now())
 	held := drained(rec, "QueueUnreadable")
@@ -651,7 +657,7 @@ func TestRemovingTheQueueReleases(t *testing.T) {
 func TestQueueSameNamespace(t *testing.T) {
 	f := newConsumerFixture(t)
 	f.consumer.Annotations[annotations.Queue] = "nsq://nsqd.other.svc:4151/t/c"
-	f.c = New(Config{Interval: time.Second, Workers: 2, QueueSameNamespace: true}, f.cluster, f.queues, f.writer, f.rec, metrics.NewMetrics(prometheus.NewRegistry()), f.clk)
+	f.c = New(Config{Interval: time.Second, Workers: 2, QueueSameNamespace: true}, f.cluster, f.queues, testExec(f.writer, f.rec, f.clk, false), metrics.NewMetrics(prometheus.NewRegistry()), f.clk)
 	f.queues.mu.Lock()
 	f.queues.backlog = 1000
 	f.queues.mu.Unlock()
@@ -708,7 +714,7 @@ func TestGroupsWithAnswersAreDecidedFirst(t *testing.T) {
 	}
 	writer := &fakeWriter{}
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	c := New(Config{Interval: time.Second, Workers: 1}, cluster, queues, writer, record.NewFakeRecorder(1000), metrics.NewMetrics(prometheus.NewRegistry()), clk)
+	c := New(Config{Interval: time.Second, Workers: 1}, cluster, queues, testExec(writer, record.NewFakeRecorder(1000), clk, false), metrics.NewMetrics(prometheus.NewRegistry()), clk)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -759,7 +765,7 @@ func TestIdleFirstMarksBeforeEachScaleDown(t *testing.T) {
 	held.Add([]queue.Consumer{{Hostname: "consumer-a", Held: 3}, {Hostname: "consumer-b"}})
 	q := &holdingQueues{fakeQueues: f.queues, held: held}
 	m := &marks{w: f.writer}
-	c := New(Config{Interval: time.Second, Workers: 2, IdleFirst: m}, f.cluster, q, f.writer, f.rec, metrics.NewMetrics(prometheus.NewRegistry()), f.clk)
+	c := New(Config{Interval: time.Second, Workers: 2, IdleFirst: m}, f.cluster, q, testExec(f.writer, f.rec, f.clk, false), metrics.NewMetrics(prometheus.NewRegistry()), f.clk)
 	tick := func(backlog int64) string {
 		f.queues.mu.Lock()
 		f.queues.backlog = backlog
@@ -800,7 +806,7 @@ func TestIdleFirstMarksBeforeEachScaleDown(t *testing.T) {
 	}
 	tick(40)
 	tick(0)
-	if evs := events(ReasonIdleFirstFailed); len(evs) != 1 || !strings.Contains(evs[0], "nsq://h:1: nsqd: connection refused") {
+	if evs := events(execute.ReasonIdleFirstFailed); len(evs) != 1 || !strings.Contains(evs[0], "nsq://h:1: nsqd: connection refused") {
 		t.Errorf("IdleFirstFailed events %q, want one naming the queue and the error", evs)
 	}
 	q.err, m.err = nil, errors.New("pods is forbidden")
@@ -808,7 +814,7 @@ func TestIdleFirstMarksBeforeEachScaleDown(t *testing.T) {
 	if got := tick(0); got != "mark consumer map[consumer-a:3 consumer-b:0],consumer=1" {
 		t.Errorf("mark failing: %q, want the mark tried, then the write", got)
 	}
-	if evs := events(ReasonIdleFirstFailed); len(evs) != 1 || !strings.Contains(evs[0], "pods is forbidden") {
+	if evs := events(execute.ReasonIdleFirstFailed); len(evs) != 1 || !strings.Contains(evs[0], "pods is forbidden") {
 		t.Errorf("IdleFirstFailed events %q, want one with the mark's error", evs)
 	}
 
@@ -818,7 +824,7 @@ func TestIdleFirstMarksBeforeEachScaleDown(t *testing.T) {
 	if got := tick(0); got != "consumer=1" {
 		t.Errorf("no holdings: %q, want the write alone", got)
 	}
-	if evs := events(ReasonIdleFirstFailed); len(evs) != 0 {
+	if evs := events(execute.ReasonIdleFirstFailed); len(evs) != 0 {
 		t.Errorf("no holdings told as a failure: %q", evs)
 	}
 }

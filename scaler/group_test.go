@@ -22,6 +22,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/scaler/execute"
 	"github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/policy"
 )
@@ -194,8 +195,8 @@ func TestControllerActsOnGroupDecisions(t *testing.T) {
 			rec := record.NewFakeRecorder(100)
 			clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 			m := metrics.NewMetrics(prometheus.NewRegistry())
-			c := New(Config{Interval: time.Second, Workers: 2, DryRun: tc.dryRun}, &roomCluster{members: tc.members}, queues,
-				ScaleWriter{Client: server.client}, rec, m, clk)
+			exec := execute.New(execute.Config{Writer: execute.ScaleWriter{Client: server.client}, Recorder: rec, Metrics: m, DryRun: tc.dryRun}, clk)
+			c := New(Config{Interval: time.Second, Workers: 2}, &roomCluster{members: tc.members}, queues, exec, m, clk)
 			for _, st := range tc.steps {
 				queues.mu.Lock()
 				queues.backlog = st.backlog

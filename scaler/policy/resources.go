@@ -1,10 +1,5 @@
 package policy
 
-import (
-	corev1 "k8s.io/api/core/v1"
-	resourcehelper "k8s.io/component-helpers/resource"
-)
-
 // Resources are the requests of one pod (all containers summed) or the free
 // allocatable of a node.
 type Resources struct {
@@ -21,14 +16,6 @@ func (r *Resources) take(pod Resources) {
 	r.MilliCPU -= pod.MilliCPU
 	r.Memory -= pod.Memory
 	r.Pods -= pod.Pods
-}
-
-// PodRequests is what one pod of spec requests as the scheduler counts it:
-// regular and sidecar containers, the largest init container, pod overhead
-// and pod-level resources.
-func PodRequests(spec *corev1.PodSpec) Resources {
-	req := resourcehelper.PodRequests(&corev1.Pod{Spec: *spec}, resourcehelper.PodResourcesOptions{})
-	return Resources{Pods: 1, MilliCPU: req.Cpu().MilliValue(), Memory: req.Memory().Value()}
 }
 
 // Add returns a + b.

@@ -1,10 +1,12 @@
-package policy
+package informer
 
 import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/microscaling/microscaling/scaler/policy"
 )
 
 func TestPodRequests(t *testing.T) {
@@ -40,9 +42,9 @@ func TestPodRequests(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := PodRequests(&tc.spec)
-			if got != (Resources{Pods: 1, MilliCPU: tc.milli, Memory: tc.bytes}) {
-				t.Errorf("PodRequests = %+v, want %d millicpu, %d bytes", got, tc.milli, tc.bytes)
+			got := podRequests(&tc.spec)
+			if got != (policy.Resources{Pods: 1, MilliCPU: tc.milli, Memory: tc.bytes}) {
+				t.Errorf("podRequests = %+v, want %d millicpu, %d bytes", got, tc.milli, tc.bytes)
 			}
 		})
 	}

@@ -1,4 +1,4 @@
-package scaler
+package execute
 
 import (
 	"fmt"
@@ -19,6 +19,9 @@ type Conditions interface {
 	Clear(d *appsv1.Deployment)
 	Forget(namespace, name string)
 }
+
+// HeldConflict is the Held word of a member another autoscaler scales.
+const HeldConflict = "conflict"
 
 // Reasons of the microscaling.com/Scaling condition: ReasonFollowingLoad
 // with status True, the others with False, one for each Held word.

@@ -1,4 +1,4 @@
-package scaler
+package execute
 
 import (
 	"context"
@@ -12,11 +12,6 @@ import (
 
 	"github.com/microscaling/microscaling/annotations"
 )
-
-// Writer sets a Deployment's replicas.
-type Writer interface {
-	Scale(ctx context.Context, d *appsv1.Deployment, replicas int32) error
-}
 
 // ScaleWriter writes through the /scale subresource.
 type ScaleWriter struct {

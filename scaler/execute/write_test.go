@@ -1,4 +1,4 @@
-package scaler
+package execute
 
 import (
 	"context"

@@ -26,6 +26,13 @@ const Prefix = "microscaling.com/"
 // writes with an image's other labels.
 const ImageLabelsPrefix = "image-labels.microscaling.com/"
 
+// Ours reports whether an annotation key is microscaling's: a key of the
+// contract or one label sync writes. Nothing else of a Deployment's
+// annotations is kept, read or written.
+func Ours(key string) bool {
+	return strings.HasPrefix(key, Prefix) || strings.HasPrefix(key, ImageLabelsPrefix)
+}
+
 // The keys of the contract.
 const (
 	Group             = Prefix + "group"

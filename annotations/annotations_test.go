@@ -343,3 +343,17 @@ func TestReplicasAndSameManaged(t *testing.T) {
 		}
 	}
 }
+
+func TestOurs(t *testing.T) {
+	for key, want := range map[string]bool{
+		"microscaling.com/queue":               true,
+		"image-labels.microscaling.com/worker": true,
+		"kubectl.kubernetes.io/last-applied":   false,
+		"xmicroscaling.com/queue":              false,
+		"microscaling.com":                     false,
+	} {
+		if got := Ours(key); got != want {
+			t.Errorf("Ours(%q) = %v, want %v", key, got, want)
+		}
+	}
+}

@@ -337,7 +337,7 @@ func slim(obj any) (any, error) {
 func slimDeployment(d *appsv1.Deployment) *appsv1.Deployment {
 	var ann map[string]string
 	for k, v := range d.Annotations {
-		if strings.HasPrefix(k, annotations.Prefix) || strings.HasPrefix(k, annotations.ImageLabelsPrefix) {
+		if annotations.Ours(k) {
 			if ann == nil {
 				ann = map[string]string{}
 			}

@@ -229,7 +229,7 @@ func Derive(existing map[string]string, imgs []Image, prefixes []string, keys ma
 	}
 	// Belt and braces: nothing outside the two prefixes, ever.
 	maps.DeleteFunc(out, func(k, _ string) bool {
-		return !strings.HasPrefix(k, annotations.Prefix) && !strings.HasPrefix(k, ImageLabelsPrefix)
+		return !annotations.Ours(k)
 	})
 	return out, remove, problems
 }

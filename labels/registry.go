@@ -17,6 +17,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sync/singleflight"
+	"k8s.io/utils/clock"
 	"k8s.io/utils/lru"
 
 	"github.com/microscaling/microscaling/scaler/egress"
@@ -38,6 +39,8 @@ type Resolver struct {
 	// server's); link-local and cloud metadata addresses are refused too
 	// (egress.Refused), checked on the address dialed.
 	Deny *egress.Denied
+	// Clock tells the caches' ages; nil: the real one.
+	Clock clock.PassiveClock
 
 	flight singleflight.Group // one resolution per image and credentials at a time
 
@@ -49,6 +52,13 @@ type Resolver struct {
 	tags    *lru.Cache // cacheKey of a tag reference -> tagSeen
 	pullers *lru.Cache // credentials hash -> *remote.Puller
 	mu      sync.Mutex // serializes making a puller
+}
+
+func (r *Resolver) now() time.Time {
+	if r.Clock == nil {
+		return time.Now()
+	}
+	return r.Clock.Now()
 }
 
 // cacheKey is a digest or tag reference, read with the credentials cred.
@@ -191,7 +201,7 @@ func (r *Resolver) resolve(ctx context.Context, image string, kc *Keychain) (str
 			return d.DigestStr(), l, nil
 		}
 	} else if last, seen := r.lastDigest(key); seen {
-		if time.Since(last.at) < r.TagTTL {
+		if r.now().Sub(last.at) < r.TagTTL {
 			if l, ok := r.cached(cred, last.digest); ok {
 				return last.digest, l, nil
 			}
@@ -203,7 +213,7 @@ func (r *Resolver) resolve(ctx context.Context, image string, kc *Keychain) (str
 		}
 		if desc.Digest.String() == last.digest {
 			if l, ok := r.cached(cred, last.digest); ok {
-				r.tags.Add(key, tagSeen{last.digest, time.Now()})
+				r.tags.Add(key, tagSeen{last.digest, r.now()})
 				return last.digest, l, nil
 			}
 		}
@@ -233,7 +243,7 @@ func (r *Resolver) resolve(ctx context.Context, image string, kc *Keychain) (str
 	top := desc.Digest.String()
 	r.byDig.Add(cacheKey{cred, top}, cf.Config.Labels)
 	if _, ok := ref.(name.Tag); ok {
-		r.tags.Add(key, tagSeen{top, time.Now()})
+		r.tags.Add(key, tagSeen{top, r.now()})
 	}
 	return top, cf.Config.Labels, nil
 }

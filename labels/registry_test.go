@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/microscaling/microscaling/scaler/egress"
 )
@@ -216,5 +218,58 @@ func TestRealmOnADeniedAddressIsNotFetched(t *testing.T) {
 	}
 	if msg := failure("app:1", err); !strings.Contains(msg, "address not allowed") || strings.Contains(msg, "internal-secret") || strings.Contains(msg, "localhost") {
 		t.Errorf("the tenant's Event would read %q", msg)
+	}
+}
+
+// A tag's digest is trusted for TagTTL by the Resolver's clock: within it
+// the registry is not asked; past it, one HEAD asks whether the tag moved.
+func TestTagTTLFollowsTheClock(t *testing.T) {
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	var heads, gets atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/manifests/") {
+			switch r.Method {
+			case http.MethodHead:
+				heads.Add(1)
+			case http.MethodGet:
+				gets.Add(1)
+			}
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	img, err := random.Image(64, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(host + "/app:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	clk := clocktesting.NewFakePassiveClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	r := NewResolver(v1.Platform{OS: "linux", Architecture: "amd64"}, 5*time.Second, time.Minute)
+	r.Clock = clk
+	look := func() {
+		t.Helper()
+		if _, _, err := r.Labels(context.Background(), ref.String(), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	look()
+	heads.Store(0)
+	gets.Store(0)
+	clk.SetTime(clk.Now().Add(59 * time.Second))
+	look()
+	if h, g := heads.Load(), gets.Load(); h != 0 || g != 0 {
+		t.Errorf("within TagTTL: %d HEAD and %d GET of the manifest, want none", h, g)
+	}
+	clk.SetTime(clk.Now().Add(2 * time.Second))
+	look()
+	if h, g := heads.Load(), gets.Load(); h != 1 || g != 0 {
+		t.Errorf("past TagTTL: %d HEAD and %d GET of the manifest, want one HEAD", h, g)
 	}
 }

@@ -129,7 +129,7 @@ func (s *Syncer) keychain(ctx context.Context, d *appsv1.Deployment) (*Keychain,
 	s.mu.Lock()
 	seen, ok := s.keychains[key]
 	s.mu.Unlock()
-	if ok && time.Since(seen.at) < s.Resolver.TagTTL {
+	if ok && s.Resolver.now().Sub(seen.at) < s.Resolver.TagTTL {
 		return seen.kc, nil
 	}
 	kc, err := s.readKeychain(ctx, d)
@@ -142,13 +142,13 @@ func (s *Syncer) keychain(ctx context.Context, d *appsv1.Deployment) (*Keychain,
 	}
 	if len(s.keychains) >= maxKeychains {
 		for k, seen := range s.keychains {
-			if time.Since(seen.at) >= s.Resolver.TagTTL {
+			if s.Resolver.now().Sub(seen.at) >= s.Resolver.TagTTL {
 				delete(s.keychains, k)
 			}
 		}
 	}
 	if len(s.keychains) < maxKeychains {
-		s.keychains[key] = keychainSeen{kc, time.Now()}
+		s.keychains[key] = keychainSeen{kc, s.Resolver.now()}
 	}
 	s.mu.Unlock()
 	return kc, nil

@@ -136,13 +136,13 @@ func (f *Fetcher) Do(ctx context.Context, namespaces []string, host string, read
 		ctx, cancel = context.WithTimeout(ctx, f.Timeout)
 		defer cancel()
 	}
-	t0 := time.Now()
+	t0 := f.Now()
 	err = read(ctx)
 	if err != nil && ctx.Err() != nil {
 		err = fmt.Errorf("%w (%v)", ctx.Err(), err) // the timeout, whatever the read said
 	}
 	f.noteResult(host, err == nil)
-	f.observe(host, time.Since(t0), err)
+	f.observe(host, f.Now().Sub(t0), err)
 	return err
 }
 

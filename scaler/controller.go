@@ -593,8 +593,11 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 	specs := sc.specs
 	for i, m := range ms {
 		specs[i] = m.spec
+		m.st.mu.Lock()
+		state := m.st.policy
+		m.st.mu.Unlock()
 		in.Members[i] = policy.MemberInput{Name: m.d.Name, Version: m.d.ResourceVersion, Spec: m.spec,
-			Current: m.cur, Ready: m.d.Status.ReadyReplicas, State: &m.st.policy}
+			Current: m.cur, Ready: m.d.Status.ReadyReplicas, State: state}
 		if m.spec.Rule == annotations.RuleQueue && !m.spec.Paused {
 			in.Members[i].Queue, in.Members[i].QueueKnown = c.readQueues(m, t)
 		}
@@ -624,12 +627,12 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 			}
 		}
 	}
-	for i := range ms {
-		ms[i].st.mu.Lock()
-	}
-	out := policy.DecideGroup(in, &gs.decision)
-	for i := range ms {
-		ms[i].st.mu.Unlock()
+	next, out := policy.DecideGroup(in, gs.decision)
+	gs.decision = next
+	for i, m := range ms {
+		m.st.mu.Lock()
+		m.st.policy = out.States[i]
+		m.st.mu.Unlock()
 	}
 	if out.BudgetConflict || gs.budgetSaid {
 		c.budgetConflict(key, ms, out)

@@ -191,8 +191,9 @@ type MemberInput struct {
 	// Queue is the read of its queues when QueueKnown (queue members only).
 	Queue      QueueReading
 	QueueKnown bool
-	// State is the member's memory; the decision updates it.
-	State *MemberState
+	// State is the member's memory, as the last decision returned it
+	// (GroupOutput.States); the zero value for a new member.
+	State MemberState
 	// NoGrowth keeps the member at or below Current (a remainder whose pods
 	// would run at too high a priority).
 	NoGrowth bool
@@ -215,6 +216,7 @@ type GroupInput struct {
 // Scratch is memory a group decision reuses; see GroupInput.Scratch.
 type Scratch struct {
 	decisions []MemberDecision
+	states    []MemberState
 	members   []Member
 	specs     []*annotations.Spec
 	said      []said
@@ -264,6 +266,9 @@ type MemberDecision struct {
 type GroupOutput struct {
 	// Decisions are in the order of GroupInput.Members.
 	Decisions []MemberDecision
+	// States are each member's next memory, in the same order: the caller
+	// keeps them and hands them back on the next decision.
+	States []MemberState
 	// Writes are the indexes of the members whose replicas change, in the
 	// order to write them: decreases first, so room is given back before it
 	// is taken. Paused members are never among them.
@@ -280,7 +285,8 @@ type GroupOutput struct {
 	Unchanged bool
 }
 
-// GroupState is what the decision remembers of one group.
+// GroupState is what the decision remembers of one group; the zero value
+// for a new group.
 type GroupState struct {
 	// quiet: the last decision changed nothing. While the members, the room
 	// and what each queue rule wants stay as they were, the allocation would
@@ -292,11 +298,11 @@ type GroupState struct {
 
 // Quiet reports whether the last decision changed nothing, so that the
 // next may skip the allocation while its inputs stay the same.
-func (gs *GroupState) Quiet() bool { return gs.quiet }
+func (gs GroupState) Quiet() bool { return gs.quiet }
 
 // allocInput is what one member brought to an allocation.
 type allocInput struct {
-	state   *MemberState
+	name    string
 	version string
 	want    int32
 	held    string // what the allocation held it by then, and holds it by while nothing changes
@@ -311,14 +317,18 @@ func NeedsRoom(specs ...*annotations.Spec) bool {
 
 // DecideGroup decides one group: the queue rule of every queue member, then
 // the allocation of the group's room by priority. Paused members keep their
-// replicas and are never written.
-func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
+// replicas and are never written. It takes the group's state and each
+// member's (in.Members[i].State) as values and returns the next ones; the
+// caller keeps those and drops what it handed in, whose memory the next
+// states may reuse (a member's window of throughputs is not copied each
+// tick). Given the same states and input it returns the same answer.
+func DecideGroup(in GroupInput, gs GroupState) (GroupState, GroupOutput) {
 	ms := in.Members
 	sc := in.Scratch
 	if sc == nil {
 		sc = &Scratch{}
 	}
-	out := GroupOutput{Decisions: lend(&sc.decisions, len(ms))}
+	out := GroupOutput{Decisions: lend(&sc.decisions, len(ms)), States: lend(&sc.states, len(ms))}
 	g := Group{Members: lend(&sc.members, len(ms))}
 	specs := lend(&sc.specs, len(ms))
 	rule := lend(&sc.said, len(ms)) // what each member's queue rule said
@@ -327,6 +337,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 		specs[i] = s
 		a := Member{Name: m.Name, Priority: s.Priority, Remainder: s.Rule == annotations.RuleRemainder,
 			Current: m.Current, Min: s.MinReplicas, Max: s.MaxReplicas, Want: m.Current}
+		out.States[i] = m.State
 		switch {
 		case s.Paused:
 			a.Min, a.Max = m.Current, m.Current
@@ -335,7 +346,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 			a.Max = min(a.Max, m.Current)
 			rule[i].held = HeldPriority
 		case s.Rule == annotations.RuleQueue:
-			d := m.State.Step(PolicyOf(s), in.Now, m.Current, m.Ready, m.Queue, m.QueueKnown)
+			d := out.States[i].Step(PolicyOf(s), in.Now, m.Current, m.Ready, m.Queue, m.QueueKnown)
 			a.Want, rule[i] = d.Replicas, said{d.Reason, d.Held, d.Corrected, d.Fallback, d.Saturated}
 		}
 		if b := s.GroupMaxReplicas; b > 0 {
@@ -349,7 +360,7 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 		g.Members[i] = a
 	}
 	if len(ms) == 0 {
-		return out
+		return gs, out
 	}
 	g.Budget = out.Budget
 	needed := NeedsRoom(specs...)
@@ -362,9 +373,8 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 			out.Decisions[i] = MemberDecision{Replicas: m.Current, Held: heldBy(rule[i].held, gs.inputs[i].held), Corrected: rule[i].fix, Fallback: rule[i].fallback, Saturated: rule[i].sat}
 		}
 		out.Unchanged = true
-		return out
+		return gs, out
 	}
-	gs.quiet = false
 	switch {
 	case !needed:
 		g.RoomKnown = true
@@ -400,13 +410,13 @@ func DecideGroup(in GroupInput, gs *GroupState) GroupOutput {
 		return int(alloc[a].Replicas-ms[a].Current) - int(alloc[b].Replicas-ms[b].Current)
 	})
 	if out.RoomUnknown || len(out.Writes) > 0 {
-		return out // decide in full again next time
+		return GroupState{}, out // decide in full again next time
 	}
-	gs.quiet, gs.roomVersion, gs.inputs = true, roomVersion, gs.inputs[:0]
+	next := GroupState{quiet: true, roomVersion: roomVersion, inputs: make([]allocInput, len(ms))}
 	for i, m := range ms {
-		gs.inputs = append(gs.inputs, allocInput{state: m.State, version: m.Version, want: g.Members[i].Want, held: alloc[i].Held})
+		next.inputs[i] = allocInput{name: m.Name, version: m.Version, want: g.Members[i].Want, held: alloc[i].Held}
 	}
-	return out
+	return next, out
 }
 
 // heldBy is what holds a member: paused first, then the allocation (room,
@@ -420,12 +430,12 @@ func heldBy(rule, alloc string) string {
 
 // unchanged reports whether a quiet group's members bring what they brought
 // to its last allocation, into the same room.
-func (gs *GroupState) unchanged(ms []MemberInput, alloc []Member, roomVersion uint64) bool {
+func (gs GroupState) unchanged(ms []MemberInput, alloc []Member, roomVersion uint64) bool {
 	if !gs.quiet || len(ms) != len(gs.inputs) || roomVersion != gs.roomVersion {
 		return false
 	}
 	for i := range ms {
-		if in := gs.inputs[i]; ms[i].State != in.state || ms[i].Version != in.version || alloc[i].Want != in.want {
+		if in := gs.inputs[i]; ms[i].Name != in.name || ms[i].Version != in.version || alloc[i].Want != in.want {
 			return false
 		}
 	}

@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"math"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -77,12 +78,12 @@ func describe(in GroupInput, out GroupOutput) string {
 
 func TestDecideGroup(t *testing.T) {
 	consumer := func(cur int32, backlog int64, ann ...string) MemberInput {
-		return MemberInput{Name: "consumer", Version: "1", Current: cur, Ready: cur, State: &MemberState{},
+		return MemberInput{Name: "consumer", Version: "1", Current: cur, Ready: cur,
 			Spec:  spec(t, append([]string{"queue", "nsq://h:4151/t/c", "target-queue-length", "50", "max-replicas", "20"}, ann...)...),
 			Queue: QueueReading{Backlog: backlog, Waiting: backlog, Consumers: int64(cur)}, QueueKnown: true}
 	}
 	remainder := func(name string, cur int32, ann ...string) MemberInput {
-		return MemberInput{Name: name, Version: "1", Current: cur, Ready: cur, State: &MemberState{},
+		return MemberInput{Name: name, Version: "1", Current: cur, Ready: cur,
 			Spec: spec(t, append([]string{"rule", "remainder", "priority", "2", "max-replicas", "40"}, ann...)...)}
 	}
 	tests := []struct {
@@ -157,7 +158,7 @@ func TestDecideGroup(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.in.Now, tc.in.Scratch = t0, shared
-			out := DecideGroup(tc.in, &GroupState{})
+			_, out := DecideGroup(tc.in, GroupState{})
 			if got := describe(tc.in, out); got != tc.want {
 				t.Errorf("got  %s\nwant %s", got, tc.want)
 			}
@@ -169,12 +170,12 @@ func TestDecideGroup(t *testing.T) {
 // Unchanged only while every member's version, what its rule wants and the
 // room's version are the same.
 func TestDecideGroupUnchanged(t *testing.T) {
-	c := MemberInput{Name: "consumer", Version: "1", Current: 1, Ready: 1, State: &MemberState{},
+	c := MemberInput{Name: "consumer", Version: "1", Current: 1, Ready: 1,
 		Spec:  spec(t, "queue", "nsq://h:4151/t/c", "target-queue-length", "50", "max-replicas", "20"),
 		Queue: QueueReading{Consumers: 1}, QueueKnown: true}
-	r := MemberInput{Name: "remainder", Version: "1", Current: 9, Ready: 9, State: &MemberState{},
+	r := MemberInput{Name: "remainder", Version: "1", Current: 9, Ready: 9,
 		Spec: spec(t, "rule", "remainder", "priority", "2", "max-replicas", "40")}
-	gs := &GroupState{}
+	var gs GroupState
 	members := []MemberInput{c, r}
 	rm := room(1, 2, nil, node(1000, 110))
 	steps := []struct {
@@ -205,13 +206,50 @@ func TestDecideGroupUnchanged(t *testing.T) {
 		in := GroupInput{Now: t0.Add(time.Duration(i) * time.Second), Members: members, Room: rm}
 		st.change(&in)
 		rm = in.Room
-		out := DecideGroup(in, gs)
+		var out GroupOutput
+		gs, out = DecideGroup(in, gs)
+		for j := range members {
+			members[j].State = out.States[j]
+		}
 		if out.Unchanged != st.unchanged || len(out.Writes) != st.writes {
 			t.Errorf("%s: unchanged %v, writes %d (%s); want %v, %d", st.name, out.Unchanged, len(out.Writes), describe(in, out), st.unchanged, st.writes)
 		}
 		if got := strings.Split(describe(in, out), " writes")[0]; st.held != "" && got != st.held {
 			t.Errorf("%s: %s, want %s", st.name, got, st.held)
 		}
+	}
+}
+
+// DecideGroup is a function of its input and the states handed in: the
+// same states and input give the same decisions and the same next states.
+func TestDecideGroupIsPure(t *testing.T) {
+	m := MemberInput{Name: "consumer", Version: "1", Current: 2, Ready: 2,
+		Spec: spec(t, "queue", "nsq://h:4151/t/c", "target-queue-length", "50", "max-replicas", "20"), QueueKnown: true}
+	var gs GroupState
+	var out GroupOutput
+	decide := func(i int, st MemberState, gs GroupState) (GroupState, GroupOutput) {
+		in := m
+		in.State = st
+		// Busy consumers with a growing backlog: the rates, the throughput
+		// window and the start-up all learn.
+		in.Queue = QueueReading{Backlog: int64(100 + 40*i), Waiting: int64(90 + 40*i), Arrived: int64(100 * i), Consumers: 2}
+		return DecideGroup(GroupInput{Now: t0.Add(time.Duration(i) * time.Second), Members: []MemberInput{in}}, gs)
+	}
+	for i := range 12 {
+		gs, out = decide(i, m.State, gs)
+		if len(out.States) != 1 {
+			t.Fatalf("%d next states for one member", len(out.States))
+		}
+		m.State = out.States[0]
+	}
+	gs1, out1 := decide(12, m.State, gs)
+	d1, s1 := slices.Clone(out1.Decisions), slices.Clone(out1.States)
+	gs2, out2 := decide(12, m.State, gs)
+	if !reflect.DeepEqual(d1, out2.Decisions) || !reflect.DeepEqual(s1, out2.States) || !reflect.DeepEqual(gs1, gs2) {
+		t.Errorf("the same input and states decided twice differ:\n%+v\n%+v", d1, out2.Decisions)
+	}
+	if !s1[0].Rates.ArrivalKnown {
+		t.Error("the next state learned no arrival rate: the test decides nothing")
 	}
 }
 

@@ -129,6 +129,8 @@ type options struct {
 	force           bool
 	leaseName       string
 	leaseNamespace  string
+	shardFlag       string
+	shard           informer.Shard
 	identity        string
 	metricsAddr     string
 	metricsAuth     string
@@ -278,6 +280,7 @@ func controllerFlags(fs *pflag.FlagSet) *options {
 	fs.StringVar(&o.leaseName, "leader-elect-lease-name", "microscaling", "name of the Lease")
 	fs.StringVar(&o.leaseNamespace, "leader-elect-lease-namespace", "microscaling-system", "namespace of the Lease")
 	fs.StringVar(&o.identity, "leader-elect-identity", "", "identity in the Lease; hostname_pid when empty")
+	fs.StringVar(&o.shardFlag, "shard", "", "INDEX/COUNT (as 0/3): manage only the namespaces whose name hashes to INDEX of COUNT, beside COUNT-1 other controllers that manage the rest; each shard holds a Lease of its own, the lease name followed by -INDEX-of-COUNT; empty: every namespace")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8080", "address of /metrics, /healthz, /readyz and the dashboard (/); empty: none")
 	fs.StringVar(&o.audiences, "metrics-audiences", "", "comma-separated audiences every TokenReview asks for (with --metrics-auth=kubernetes): only tokens issued for one of them are accepted (kubectl create token NAME --audience=microscaling), so callers need not send a token the API server accepts; empty: the API server's own audiences")
 	fs.StringVar(&o.metricsAuth, "metrics-auth", "kubernetes", "who may read /metrics, /api/state and pprof: kubernetes (a bearer token checked with TokenReview, access with SubjectAccessReview: get on /metrics, and /api/state shows the namespaces where the user may get Deployments) or none (anyone who reaches the port)")
@@ -289,7 +292,8 @@ func controllerFlags(fs *pflag.FlagSet) *options {
 	return o
 }
 
-// check reports the first flag whose value is wrong.
+// check reports the first flag whose value is wrong, and derives what
+// follows from the flags: the shard, and its Lease name.
 func (o *options) check() error {
 	switch {
 	case o.queueMaxBytes < 1024:
@@ -302,6 +306,14 @@ func (o *options) check() error {
 		return errors.New("--queue-hosts-per-namespace: must be 0 (no bound) or more")
 	case o.metricsAuth != "kubernetes" && o.metricsAuth != "none":
 		return errors.New("--metrics-auth: must be kubernetes or none")
+	}
+	shard, err := informer.ParseShard(o.shardFlag)
+	if err != nil {
+		return fmt.Errorf("--shard: %w", err)
+	}
+	o.shard = shard
+	if shard.Sharded() {
+		o.leaseName = fmt.Sprintf("%s-%d-of-%d", o.leaseName, shard.Index, shard.Count)
 	}
 	if _, err := queue.ParsePolicy(o.queueAllow, nil); err != nil {
 		return fmt.Errorf("--queue-allow: %w", err)
@@ -731,7 +743,7 @@ func run(ctx context.Context, o options) error {
 
 	hc := &health{interval: o.interval}
 	var labelRun func(context.Context) // label sync, when on: only the leader runs it
-	inf, err := informer.New(client, o.kube.overrides.Context.Namespace)
+	inf, err := informer.New(client, o.kube.overrides.Context.Namespace, o.shard)
 	if err != nil {
 		return err
 	}
@@ -828,7 +840,7 @@ func run(ctx context.Context, o options) error {
 	if !inf.Run(infCtx) {
 		return ctx.Err()
 	}
-	logger.Info("caches synced")
+	logger.Info("caches synced", "shard", o.shard)
 	work := func(ctx context.Context) {
 		metrics.Leader.Set(1)
 		hc.lead(true, ctrl.LastTick)

@@ -270,6 +270,7 @@ func TestCommandLine(t *testing.T) {
 		{name: "--queue-concurrency", args: []string{"controller", "--queue-concurrency=0"}, code: 2, line: "--queue-concurrency"},
 		{name: "--queue-hosts-per-namespace", args: []string{"controller", "--queue-hosts-per-namespace=-1"}, code: 2, line: "--queue-hosts-per-namespace"},
 		{name: "--image-label-keys", args: []string{"controller", "--image-label-keys=paused"}, code: 2, line: "--image-label-keys"},
+		{name: "--shard", args: []string{"controller", "--shard=3/3"}, code: 2, line: "--shard: \"3/3\": the index must be 0 to 2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errOut strings.Builder
@@ -297,11 +298,14 @@ func TestCommandLine(t *testing.T) {
 func TestControllerFlagsAreChecked(t *testing.T) {
 	fs := pflag.NewFlagSet("controller", pflag.ContinueOnError)
 	o := controllerFlags(fs)
-	if err := fs.Parse([]string{"--queue-allow=10.0.0.0/8,.svc.cluster.local", "--image-label-keys=queue,group"}); err != nil {
+	if err := fs.Parse([]string{"--queue-allow=10.0.0.0/8,.svc.cluster.local", "--image-label-keys=queue,group", "--shard=1/3"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := o.check(); err != nil {
 		t.Errorf("good flags: %v", err)
+	}
+	if o.shard.String() != "1/3" || o.leaseName != "microscaling-1-of-3" {
+		t.Errorf("--shard=1/3: shard %s, Lease %s; want 1/3 and microscaling-1-of-3", o.shard, o.leaseName)
 	}
 }
 

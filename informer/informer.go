@@ -118,14 +118,18 @@ type Informers struct {
 	dirty  map[string]bool
 }
 
-// New makes the informers; namespace "" watches all.
-func New(client kubernetes.Interface, namespace string) (*Informers, error) {
+// New makes the informers; namespace "" watches all. Of the namespaces
+// watched, only shard's are managed: the Deployments and autoscalers of
+// the others are cached as their names alone, and never grouped. Pods are
+// cached in every namespace, as node room counts them all.
+func New(client kubernetes.Interface, namespace string, shard Shard) (*Informers, error) {
+	transform := func(obj any) (any, error) { return slim(obj, shard) }
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0,
-		informers.WithNamespace(namespace), informers.WithTransform(slim))
+		informers.WithNamespace(namespace), informers.WithTransform(transform))
 	// Nodes are cluster scoped; a namespaced factory still lists them all.
 	nf := f
 	if namespace != "" {
-		nf = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slim))
+		nf = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(transform))
 	}
 	inf := &Informers{dirty: map[string]bool{}, roomCache: roomCache{rooms: map[types.UID]roomEntry{}}}
 	inf.deployments = f.Apps().V1().Deployments().Informer()
@@ -300,13 +304,23 @@ func (inf *Informers) Groups() map[string][]*appsv1.Deployment {
 // managedFields everywhere; all of a Deployment but its identity, our
 // annotations, replicas, selector and what placement and label sync need of
 // its pod template; all of a Pod but its placement, requests, phase and
-// scheduling condition.
-func slim(obj any) (any, error) {
+// scheduling condition. Deployments and autoscalers of namespaces another
+// shard manages keep their identity only.
+func slim(obj any, shard Shard) (any, error) {
 	if a, ok := obj.(metav1.ObjectMetaAccessor); ok {
 		a.GetObjectMeta().SetManagedFields(nil)
 	}
-	if d, ok := obj.(*appsv1.Deployment); ok {
-		return slimDeployment(d), nil
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		if !shard.Owns(o.Namespace) {
+			return &appsv1.Deployment{ObjectMeta: identity(o.ObjectMeta)}, nil
+		}
+		return slimDeployment(o), nil
+	case *autoscalingv2.HorizontalPodAutoscaler:
+		if !shard.Owns(o.Namespace) {
+			return &autoscalingv2.HorizontalPodAutoscaler{ObjectMeta: identity(o.ObjectMeta)}, nil
+		}
+		return o, nil
 	}
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -332,6 +346,12 @@ func slim(obj any) (any, error) {
 		}
 	}
 	return out, nil
+}
+
+// identity is what is kept of an object another shard manages: enough for
+// the cache to track it, nothing it could be managed by.
+func identity(m metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion}
 }
 
 func slimDeployment(d *appsv1.Deployment) *appsv1.Deployment {

@@ -40,9 +40,9 @@ func describe(groups map[string][]*appsv1.Deployment) string {
 }
 
 // startInformers runs the informers on client until the test ends.
-func startInformers(t *testing.T, client *fake.Clientset) *Informers {
+func startInformers(t *testing.T, client *fake.Clientset, shard Shard) *Informers {
 	t.Helper()
-	inf, err := New(client, "")
+	inf, err := New(client, "", shard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func startInformers(t *testing.T, client *fake.Clientset) *Informers {
 func TestGroupsFollowTheCache(t *testing.T) {
 	client := fake.NewClientset(managed("a", "c2", "g"), managed("a", "c1", "g"), managed("b", "c1", "g"),
 		managed("a", "solo", ""), &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "unmanaged"}})
-	inf := startInformers(t, client)
+	inf := startInformers(t, client, Shard{})
 	ctx := t.Context()
 	want := func(step, groups string) {
 		t.Helper()

@@ -103,7 +103,7 @@ func TestRoom(t *testing.T) {
 		podOf("r1", "remainder", "batch-1", remainderSpec, cpu("50m")),
 		podOf("r2", "remainder", "", remainderSpec, cpu("50m")),
 		podOf("other", "other", "batch-1", consumerSpec, nil))
-	inf := startInformers(t, client)
+	inf := startInformers(t, client, Shard{})
 	ctx := t.Context()
 	members := []*appsv1.Deployment{consumer, remainder}
 	r, err := inf.Room(members)

@@ -201,7 +201,7 @@ func TestQueuesKeptInTheirNamespace(t *testing.T) {
 // none of its own: the test writes the slice as a control plane would.)
 func TestAPIServerEndpointsFollowed(t *testing.T) {
 	s := harness.StartT(t, harness.Options{})
-	inf, err := informer.New(s.Client, "")
+	inf, err := informer.New(s.Client, "", informer.Shard{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -130,6 +130,7 @@ type options struct {
 	leaseName       string
 	leaseNamespace  string
 	shardFlag       string
+	conditionQPS    float64
 	shard           informer.Shard
 	identity        string
 	metricsAddr     string
@@ -280,6 +281,7 @@ func controllerFlags(fs *pflag.FlagSet) *options {
 	fs.StringVar(&o.leaseName, "leader-elect-lease-name", "microscaling", "name of the Lease")
 	fs.StringVar(&o.leaseNamespace, "leader-elect-lease-namespace", "microscaling-system", "namespace of the Lease")
 	fs.StringVar(&o.identity, "leader-elect-identity", "", "identity in the Lease; hostname_pid when empty")
+	fs.Float64Var(&o.conditionQPS, "condition-qps", 20, "writes a second of the microscaling.com/Scaling conditions on Deployments (their own client, never the /scale writes' rate); a new controller writes one for each managed Deployment, so 30,000 take 25 minutes at 20")
 	fs.StringVar(&o.shardFlag, "shard", "", "INDEX/COUNT (as 0/3): manage only the namespaces whose name hashes to INDEX of COUNT, beside COUNT-1 other controllers that manage the rest; each shard holds a Lease of its own, the lease name followed by -INDEX-of-COUNT; empty: every namespace")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8080", "address of /metrics, /healthz, /readyz and the dashboard (/); empty: none")
 	fs.StringVar(&o.audiences, "metrics-audiences", "", "comma-separated audiences every TokenReview asks for (with --metrics-auth=kubernetes): only tokens issued for one of them are accepted (kubectl create token NAME --audience=microscaling), so callers need not send a token the API server accepts; empty: the API server's own audiences")
@@ -306,6 +308,8 @@ func (o *options) check() error {
 		return errors.New("--queue-hosts-per-namespace: must be 0 (no bound) or more")
 	case o.metricsAuth != "kubernetes" && o.metricsAuth != "none":
 		return errors.New("--metrics-auth: must be kubernetes or none")
+	case !(o.conditionQPS >= 1 && o.conditionQPS <= 1000):
+		return errors.New("--condition-qps: must be 1 to 1000")
 	}
 	shard, err := informer.ParseShard(o.shardFlag)
 	if err != nil {
@@ -767,9 +771,9 @@ func run(ctx context.Context, o options) error {
 	var kept execute.Conditions // nil unless conditions are kept (an interface holding a nil pointer is not nil)
 	if !o.dryRun {
 		// Each member's condition on its Deployment, on a client of its
-		// own: at most 20 writes a second whatever the members do, never
-		// taking the /scale writes' rate.
-		condClient, err := newClient(kubeCfg, 20, 40, metrics.CountRequests)
+		// own: at most --condition-qps writes a second whatever the members
+		// do, never taking the /scale writes' rate.
+		condClient, err := newClient(kubeCfg, float32(o.conditionQPS), int(2*o.conditionQPS), metrics.CountRequests)
 		if err != nil {
 			return err
 		}
@@ -850,7 +854,9 @@ func run(ctx context.Context, o options) error {
 			wg.Go(func() { labelRun(ctx) })
 		}
 		if conditions != nil {
-			wg.Go(func() { conditions.Run(ctx, 2) })
+			// Enough workers that the API server's latency does not set the
+			// pace below the rate: one for each 10 writes a second.
+			wg.Go(func() { conditions.Run(ctx, min(max(2, int(o.conditionQPS/10)), 32)) })
 		}
 		ctrl.Run(ctx)
 		wg.Wait()

@@ -76,6 +76,7 @@ func TestHelmTemplate(t *testing.T) {
 		{name: "default"},
 		{name: "queue-secrets", set: []string{"queueSecrets.enabled=true"}},
 		{name: "idle-first", set: []string{"idleFirst.enabled=true"}},
+		{name: "shards", set: []string{"shards=3"}},
 		{name: "label-sync", set: []string{"labelSync.enabled=true", "labelSync.platform=linux/arm64", "labelSync.keys=priority\\,rule\\,group"}},
 		{name: "single-dry-run", set: []string{"replicaCount=1", "controller.leaderElect=false", "controller.dryRun=true", "controller.watchNamespace=team-a", "controller.interval=500ms", "controller.queueAllow=10.0.0.0/8\\,.svc.cluster.local",
 			"metrics.auth=none", "statusAccess.groups=null"}},
@@ -162,6 +163,9 @@ func TestHelmRefusesBadValues(t *testing.T) {
 		{"image.digest=latest", "/image/digest"},
 		{"metrics.port=70000", "/metrics/port"},
 		{"replicaCount=2,controller.leaderElect=false", "replicaCount > 1 needs controller.leaderElect=true"},
+		{"shards=0", "/shards"},
+		{"shards=65", "/shards"},
+		{"shards=2,replicaCount=1,controller.leaderElect=false", "shards > 1 needs controller.leaderElect=true"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.set, func(t *testing.T) {

@@ -383,6 +383,13 @@ func slimDeployment(d *appsv1.Deployment) *appsv1.Deployment {
 		},
 		Status: appsv1.DeploymentStatus{ReadyReplicas: d.Status.ReadyReplicas},
 	}
+	// microscaling's own condition, so that the condition writer sees it
+	// written (without it, every condition was written again each 10 s).
+	for _, c := range d.Status.Conditions {
+		if annotations.Ours(string(c.Type)) {
+			out.Status.Conditions = append(out.Status.Conditions, c)
+		}
+	}
 	for _, c := range t.Containers {
 		out.Spec.Template.Spec.Containers = append(out.Spec.Template.Spec.Containers, corev1.Container{
 			Name: c.Name, Image: c.Image, Resources: corev1.ResourceRequirements{Requests: c.Resources.Requests}})

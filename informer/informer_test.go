@@ -92,3 +92,21 @@ func TestGroupsFollowTheCache(t *testing.T) {
 	}
 	want("deleted: empty groups are gone", "a/h=c0,c2 b/g=c1")
 }
+
+// The slim cache keeps microscaling's own condition (the condition writer
+// checks against it that what it wrote is still there) and no other.
+func TestSlimKeepsOurCondition(t *testing.T) {
+	d := managed("a", "c", "")
+	d.Status.Conditions = []appsv1.DeploymentCondition{
+		{Type: appsv1.DeploymentAvailable, Status: "True", Message: "minimum replicas available"},
+		{Type: "microscaling.com/Scaling", Status: "True", Reason: "FollowingLoad", Message: "replicas: wants 1, has 1"},
+	}
+	got, err := slim(d, Shard{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := got.(*appsv1.Deployment).Status.Conditions
+	if len(cs) != 1 || cs[0].Type != "microscaling.com/Scaling" || cs[0].Message != "replicas: wants 1, has 1" {
+		t.Errorf("conditions kept %+v, want microscaling.com/Scaling alone", cs)
+	}
+}

@@ -294,8 +294,8 @@ func controllerFlags(fs *pflag.FlagSet) *options {
 	return o
 }
 
-// check reports the first flag whose value is wrong, and derives what
-// follows from the flags: the shard, and its Lease name.
+// check reports the first flag whose value is wrong, and keeps the shard
+// it parsed.
 func (o *options) check() error {
 	switch {
 	case o.queueMaxBytes < 1024:
@@ -316,9 +316,6 @@ func (o *options) check() error {
 		return fmt.Errorf("--shard: %w", err)
 	}
 	o.shard = shard
-	if shard.Sharded() {
-		o.leaseName = fmt.Sprintf("%s-%d-of-%d", o.leaseName, shard.Index, shard.Count)
-	}
 	if _, err := queue.ParsePolicy(o.queueAllow, nil); err != nil {
 		return fmt.Errorf("--queue-allow: %w", err)
 	}
@@ -326,6 +323,14 @@ func (o *options) check() error {
 		return fmt.Errorf("--image-label-keys: %w", err)
 	}
 	return nil
+}
+
+// lease is the name of the Lease: a shard's has -INDEX-of-COUNT after it.
+func (o *options) lease() string {
+	if o.shard.Sharded() {
+		return fmt.Sprintf("%s-%d-of-%d", o.leaseName, o.shard.Index, o.shard.Count)
+	}
+	return o.leaseName
 }
 
 // labelOptions are the flags of label sync.
@@ -866,11 +871,11 @@ func run(ctx context.Context, o options) error {
 		return nil
 	}
 	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Name: o.leaseName, Namespace: o.leaseNamespace},
+		LeaseMeta:  metav1.ObjectMeta{Name: o.lease(), Namespace: o.leaseNamespace},
 		Client:     client.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: identity, EventRecorder: recorder},
 	}
-	return lead(ctx, lock, o.leaseName, identity, work, hc.newLeader)
+	return lead(ctx, lock, o.lease(), identity, work, hc.newLeader)
 }
 
 // noOtherLeader refuses to run a controller without leader election while
@@ -878,7 +883,7 @@ func run(ctx context.Context, o options) error {
 // fight over every Deployment. --force-without-election overrides; a
 // Lease that cannot be read (absent, or not ours to read) does not stop it.
 func noOtherLeader(ctx context.Context, client kubernetes.Interface, o options) error {
-	l, err := client.CoordinationV1().Leases(o.leaseNamespace).Get(ctx, o.leaseName, metav1.GetOptions{})
+	l, err := client.CoordinationV1().Leases(o.leaseNamespace).Get(ctx, o.lease(), metav1.GetOptions{})
 	if err != nil || l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" || l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
 		return nil
 	}

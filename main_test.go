@@ -305,8 +305,8 @@ func TestControllerFlagsAreChecked(t *testing.T) {
 	if err := o.check(); err != nil {
 		t.Errorf("good flags: %v", err)
 	}
-	if o.shard.String() != "1/3" || o.leaseName != "microscaling-1-of-3" {
-		t.Errorf("--shard=1/3: shard %s, Lease %s; want 1/3 and microscaling-1-of-3", o.shard, o.leaseName)
+	if o.shard.String() != "1/3" || o.lease() != "microscaling-1-of-3" {
+		t.Errorf("--shard=1/3: shard %s, Lease %s; want 1/3 and microscaling-1-of-3", o.shard, o.lease())
 	}
 }
 

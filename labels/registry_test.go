@@ -41,22 +41,8 @@ func TestCachesAreKeyedByCredentials(t *testing.T) {
 	}))
 	defer srv.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")
-	img, err := random.Image(64, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err = mutate.Config(img, v1.Config{Labels: map[string]string{"com.microscaling.priority": "1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := name.ParseReference(host + "/private/app:1")
-	if err != nil {
-		t.Fatal(err)
-	}
 	creds := &Keychain{auths: map[string]authn.AuthConfig{host: {Username: "team-a", Password: "s3cret"}}}
-	if err := remote.Write(ref, img, remote.WithAuthFromKeychain(creds)); err != nil {
-		t.Fatal(err)
-	}
+	ref := pushImage(t, host+"/private/app:1", map[string]string{"com.microscaling.priority": "1"}, remote.WithAuthFromKeychain(creds))
 	r := NewResolver(v1.Platform{OS: "linux", Architecture: "amd64"}, 5*time.Second, time.Minute)
 	digest, l, err := r.Labels(context.Background(), ref.String(), creds)
 	if err != nil || l["com.microscaling.priority"] != "1" {
@@ -79,21 +65,7 @@ func TestLargeConfigRefused(t *testing.T) {
 	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer reg.Close()
 	host := strings.TrimPrefix(reg.URL, "http://")
-	img, err := random.Image(64, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err = mutate.Config(img, v1.Config{Labels: map[string]string{"com.microscaling.priority": "1", "padding": strings.Repeat("x", MaxConfigBytes)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := name.ParseReference(host + "/big/app:1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
+	ref := pushImage(t, host+"/big/app:1", map[string]string{"com.microscaling.priority": "1", "padding": strings.Repeat("x", MaxConfigBytes)})
 	r := NewResolver(v1.Platform{OS: "linux", Architecture: "amd64"}, 5*time.Second, time.Minute)
 	if _, l, err := r.Labels(context.Background(), ref.String(), nil); err == nil || !strings.Contains(err.Error(), "more than the") || len(l) > 0 {
 		t.Errorf("labels %d, err %v; want the config refused for its size", len(l), err)
@@ -239,17 +211,7 @@ func TestTagTTLFollowsTheClock(t *testing.T) {
 	}))
 	defer srv.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")
-	img, err := random.Image(64, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := name.ParseReference(host + "/app:1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
+	ref := pushImage(t, host+"/app:1", nil)
 	clk := clocktesting.NewFakePassiveClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	r := NewResolver(v1.Platform{OS: "linux", Architecture: "amd64"}, 5*time.Second, time.Minute)
 	r.Clock = clk
@@ -272,4 +234,27 @@ func TestTagTTLFollowsTheClock(t *testing.T) {
 	if h, g := heads.Load(), gets.Load(); h != 1 || g != 0 {
 		t.Errorf("past TagTTL: %d HEAD and %d GET of the manifest, want one HEAD", h, g)
 	}
+}
+
+// pushImage writes a random image with labels (none: as made) to image
+// and returns its reference.
+func pushImage(t *testing.T, image string, labels map[string]string, opts ...remote.Option) name.Reference {
+	t.Helper()
+	img, err := random.Image(64, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if labels != nil {
+		if img, err = mutate.Config(img, v1.Config{Labels: labels}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ref, err := name.ParseReference(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, opts...); err != nil {
+		t.Fatal(err)
+	}
+	return ref
 }

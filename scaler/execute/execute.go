@@ -138,8 +138,7 @@ func (e *Executor) Tell(d *appsv1.Deployment, m *Memory, typ, reason, msg string
 }
 
 // Turned records on (or off) when the member's state named topic turns on
-// (or off; nil: nothing is told then). The events are built only when they
-// are told.
+// (or off). The events are built only when they are told.
 func (e *Executor) Turned(d *appsv1.Deployment, m *Memory, topic string, now bool, on, off func() (typ, reason, msg string)) {
 	v := ""
 	if now {
@@ -150,7 +149,7 @@ func (e *Executor) Turned(d *appsv1.Deployment, m *Memory, topic string, now boo
 	case now && was == "":
 		typ, reason, msg := on()
 		e.Event(d, typ, reason, msg)
-	case !now && was != "" && off != nil:
+	case !now && was != "":
 		typ, reason, msg := off()
 		e.Event(d, typ, reason, msg)
 	}

@@ -756,6 +756,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	inf.QueuesInNamespace = o.sameNamespace
 	deny, err := apiServerAddrs(ctx, kubeCfg.Host)
 	if err != nil {
 		return err
@@ -771,7 +772,7 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("--queue-allow: %w", err)
 	}
 	history := dashboard.NewHistory(600, 100)
-	cfg := scaler.Config{Interval: o.interval, Workers: o.workers, History: history, QueueHostsPerNamespace: o.hostsPerNS, QueueSameNamespace: o.sameNamespace, RemainderMaxPriority: int32(o.remainderPrio)}
+	cfg := scaler.Config{Interval: o.interval, Workers: o.workers, History: history, QueueHostsPerNamespace: o.hostsPerNS, RemainderMaxPriority: int32(o.remainderPrio)}
 	var conditions *condition.Writer
 	var kept execute.Conditions // nil unless conditions are kept (an interface holding a nil pointer is not nil)
 	if !o.dryRun {
@@ -792,7 +793,7 @@ func run(ctx context.Context, o options) error {
 			if err != nil {
 				return err
 			}
-			cfg.IdleFirst = &podcost.Marker{Client: podClient, Pods: inf.Pods}
+			cfg.IdleFirst = &podcost.Marker{Client: podClient, Pods: inf.Pods, Deployments: inf.Deployments}
 		}
 	}
 	exec := execute.New(execute.Config{Writer: execute.ScaleWriter{Client: client}, Recorder: recorder, Metrics: metrics,

@@ -1,16 +1,17 @@
 // Package informer is the controller's cluster adapter: it watches
-// Deployments, Nodes, Pods and RuntimeClasses with shared informers, keeps
-// the managed Deployments indexed by group (annotations.GroupKey), and turns
-// nodes and pods into the plain policy.Room a group decision takes. It
-// imports nothing of the scaler but the policy's types.
+// Deployments, Nodes, Pods, RuntimeClasses, PriorityClasses and
+// HorizontalPodAutoscalers with shared informers, keeps the managed
+// Deployments indexed by group (annotations.GroupKey), and hands the loop
+// each tick a plain snapshot.Snapshot: every group's members with their
+// annotations parsed, pod priority and other autoscalers, and the node room
+// they share (policy.Room), computed when asked. It imports nothing of the
+// scaler but the policy's types.
 package informer
 
 import (
 	"context"
 	"fmt"
-	"maps"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -18,7 +19,6 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	k8slabels "k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
@@ -30,6 +30,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/informer/snapshot"
 )
 
 // groupIndex is the name of the Deployment index by namespace/group.
@@ -111,11 +112,19 @@ type Informers struct {
 	last       atomic.Pointer[usage] // the last usage read, at some generation
 	roomCache
 
-	groupsMu sync.Mutex // guards groups and dirty
-	// groups is the last answer of Groups, shared read-only; dirty are the
-	// group keys whose members changed since.
-	groups map[string][]*appsv1.Deployment
-	dirty  map[string]bool
+	// QueuesInNamespace, set before Run, makes a member's annotations valid
+	// only when they name queues of its own namespace among in-cluster
+	// Service names (annotations.QueuesInNamespace).
+	QueuesInNamespace bool
+
+	groupsMu sync.Mutex // guards snap, dirty and allDirty
+	// snap is the last answer of Snapshot, shared read-only; dirty are the
+	// group keys whose members changed since, allDirty says every group did
+	// (a PriorityClass changed).
+	snap     snapshot.Snapshot
+	dirty    map[string]bool
+	allDirty bool
+	parses   atomic.Uint64 // counts parses: each member's Parsed
 }
 
 // New makes the informers; namespace "" watches all. Of the namespaces
@@ -161,13 +170,21 @@ func New(client kubernetes.Interface, namespace string, shard Shard) (*Informers
 	}
 	pcs := nf.Scheduling().V1().PriorityClasses()
 	inf.PriorityClasses = pcs.Lister()
+	if _, err := pcs.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { inf.markAll() },
+		UpdateFunc: func(any, any) { inf.markAll() },
+		DeleteFunc: func(any) { inf.markAll() },
+	}); err != nil {
+		return nil, fmt.Errorf("adding priority class handler: %w", err)
+	}
 	inf.hpas = f.Autoscaling().V2().HorizontalPodAutoscalers().Informer()
 	if err := inf.hpas.AddIndexers(cache.Indexers{targetIndex: hpaTarget}); err != nil {
 		return nil, fmt.Errorf("adding autoscaler index: %w", err)
 	}
 	if _, err := inf.hpas.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { inf.hpaCount.Add(1) },
-		DeleteFunc: func(any) { inf.hpaCount.Add(-1) },
+		AddFunc:    func(obj any) { inf.hpaCount.Add(1); inf.markTarget(obj) },
+		UpdateFunc: func(old, cur any) { inf.markTarget(old); inf.markTarget(cur) },
+		DeleteFunc: func(obj any) { inf.hpaCount.Add(-1); inf.markTarget(obj) },
 	}); err != nil {
 		return nil, fmt.Errorf("adding autoscaler handler: %w", err)
 	}
@@ -224,6 +241,14 @@ func counter(n *atomic.Uint64) cache.ResourceEventHandler {
 	}
 }
 
+// markAll marks every group as changed: a remainder's pod priority is
+// looked up again.
+func (inf *Informers) markAll() {
+	inf.groupsMu.Lock()
+	inf.allDirty = true
+	inf.groupsMu.Unlock()
+}
+
 func (inf *Informers) markDirty(obj any) {
 	if d, ok := obj.(*appsv1.Deployment); ok {
 		if k, ok := groupKey(d); ok {
@@ -232,72 +257,6 @@ func (inf *Informers) markDirty(obj any) {
 			inf.groupsMu.Unlock()
 		}
 	}
-}
-
-// PodPriority is the priority the pods of d run at, as the Priority
-// admission plugin sets it: its template's PriorityClass, else the
-// cluster's global default, else 0; class names the PriorityClass ("" for
-// none). A PriorityClass named but not found is an error.
-func (inf *Informers) PodPriority(d *appsv1.Deployment) (value int32, class string, err error) {
-	if name := d.Spec.Template.Spec.PriorityClassName; name != "" {
-		pc, err := inf.PriorityClasses.Get(name)
-		if err != nil {
-			return 0, name, fmt.Errorf("PriorityClass %s: %w", name, err)
-		}
-		return pc.Value, name, nil
-	}
-	pcs, err := inf.PriorityClasses.List(k8slabels.Everything())
-	if err != nil {
-		return 0, "", err
-	}
-	for _, pc := range pcs {
-		if pc.GlobalDefault {
-			return pc.Value, pc.Name, nil
-		}
-	}
-	return 0, "", nil
-}
-
-// Deployment returns a Deployment from the cache, managed or not; callers
-// must not change it.
-func (inf *Informers) Deployment(namespace, name string) (*appsv1.Deployment, bool) {
-	d, err := inf.Deployments.Deployments(namespace).Get(name)
-	return d, err == nil
-}
-
-// Groups returns the managed Deployments of every group by namespace/group,
-// each sorted by name. They come from the cache, and the map is shared until
-// a Deployment changes: callers must not change either. Only the groups whose
-// members changed since the last call are listed again.
-func (inf *Informers) Groups() map[string][]*appsv1.Deployment {
-	inf.groupsMu.Lock()
-	defer inf.groupsMu.Unlock()
-	if inf.groups != nil && len(inf.dirty) == 0 {
-		return inf.groups
-	}
-	next := maps.Clone(inf.groups)
-	dirty := inf.dirty
-	if next == nil {
-		next = map[string][]*appsv1.Deployment{}
-		for _, k := range inf.deployments.GetIndexer().ListIndexFuncValues(groupIndex) {
-			dirty[k] = true
-		}
-	}
-	for k := range dirty {
-		objs, err := inf.deployments.GetIndexer().ByIndex(groupIndex, k)
-		if err != nil || len(objs) == 0 { // err: no such index, which New adds
-			delete(next, k)
-			continue
-		}
-		ds := make([]*appsv1.Deployment, len(objs))
-		for i, o := range objs {
-			ds[i] = o.(*appsv1.Deployment)
-		}
-		slices.SortFunc(ds, func(a, b *appsv1.Deployment) int { return strings.Compare(a.Name, b.Name) })
-		next[k] = ds
-	}
-	inf.groups, inf.dirty = next, map[string]bool{}
-	return next
 }
 
 // slim drops what the controller never reads, to keep the caches small:

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/informer/snapshot"
 )
 
 func managed(ns, name, group string) *appsv1.Deployment {
@@ -26,12 +27,12 @@ func managed(ns, name, group string) *appsv1.Deployment {
 }
 
 // describe renders groups as "key=a,b key2=c", keys sorted.
-func describe(groups map[string][]*appsv1.Deployment) string {
+func describe(groups snapshot.Snapshot) string {
 	var out []string
-	for k, ds := range groups {
+	for k, g := range groups {
 		var names []string
-		for _, d := range ds {
-			names = append(names, d.Name)
+		for _, m := range g.Members {
+			names = append(names, m.Name)
 		}
 		out = append(out, k+"="+strings.Join(names, ","))
 	}
@@ -54,7 +55,7 @@ func startInformers(t *testing.T, client *fake.Clientset, shard Shard) *Informer
 	return inf
 }
 
-// Groups follows the cache: members join, move and leave; an unchanged
+// The snapshot follows the cache: members join, move and leave; an unchanged
 // cache gives the same map without listing again.
 func TestGroupsFollowTheCache(t *testing.T) {
 	client := fake.NewClientset(managed("a", "c2", "g"), managed("a", "c1", "g"), managed("b", "c1", "g"),
@@ -65,7 +66,7 @@ func TestGroupsFollowTheCache(t *testing.T) {
 		t.Helper()
 		var got string
 		err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
-			got = describe(inf.Groups())
+			got = describe(inf.Snapshot())
 			return got == groups, nil
 		})
 		if err != nil {
@@ -73,8 +74,8 @@ func TestGroupsFollowTheCache(t *testing.T) {
 		}
 	}
 	want("initial", "a/g=c1,c2 a/solo=solo b/g=c1")
-	if a, b := inf.Groups(), inf.Groups(); reflect.ValueOf(a).Pointer() != reflect.ValueOf(b).Pointer() {
-		t.Error("unchanged cache: Groups built a new map")
+	if a, b := inf.Snapshot(), inf.Snapshot(); reflect.ValueOf(a).Pointer() != reflect.ValueOf(b).Pointer() {
+		t.Error("unchanged cache: Snapshot built a new map")
 	}
 	apps := client.AppsV1()
 	if _, err := apps.Deployments("a").Update(ctx, managed("a", "c2", "h"), metav1.UpdateOptions{}); err != nil {

@@ -88,11 +88,11 @@ func TestOtherShardsDeploymentsAreNotManaged(t *testing.T) {
 		&autoscalingv2.HorizontalPodAutoscaler{ObjectMeta: metav1.ObjectMeta{Namespace: theirs, Name: "h"},
 			Spec: autoscalingv2.HorizontalPodAutoscalerSpec{ScaleTargetRef: autoscalingv2.CrossVersionObjectReference{Kind: "Deployment", Name: "c", APIVersion: "apps/v1"}}})
 	inf := startInformers(t, client, Shard{Index: 0, Count: 2})
-	if got, want := describe(inf.Groups()), mine+"/c=c"; got != want {
+	if got, want := describe(inf.Snapshot()), mine+"/c=c"; got != want {
 		t.Errorf("groups %q, want %q: only this shard's namespace", got, want)
 	}
-	d, ok := inf.Deployment(theirs, "c")
-	if !ok || len(d.Annotations) != 0 || d.Spec.Replicas != nil {
+	d, err := inf.Deployments.Deployments(theirs).Get("c")
+	if ok := err == nil; !ok || len(d.Annotations) != 0 || d.Spec.Replicas != nil {
 		t.Errorf("another shard's Deployment cached as %+v (found %v), want its name alone", d, ok)
 	}
 	if got := inf.Autoscalers(theirs, "c"); len(got) != 0 {

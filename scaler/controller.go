@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/util/workqueue"
@@ -19,6 +18,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/informer/snapshot"
 	"github.com/microscaling/microscaling/scaler/condition"
 	"github.com/microscaling/microscaling/scaler/dashboard"
 	"github.com/microscaling/microscaling/scaler/execute"
@@ -30,18 +30,12 @@ import (
 // Cluster is what the loop reads of the cluster; package informer
 // implements it from shared informer caches.
 type Cluster interface {
-	// Groups returns each group's managed Deployments by group key, from
-	// the cache; callers must not change them.
-	Groups() map[string][]*appsv1.Deployment
-	// Room returns the node room the members of one group share.
-	Room(members []*appsv1.Deployment) (policy.Room, error)
-	// Deployment returns a Deployment from the cache, managed or not.
-	Deployment(namespace, name string) (*appsv1.Deployment, bool)
-	// PodPriority is the priority d's pods run at, and its PriorityClass.
-	PodPriority(d *appsv1.Deployment) (int32, string, error)
-	// Autoscalers names the other autoscalers (HorizontalPodAutoscalers,
-	// KEDA's among them) that target the Deployment namespace/name.
-	Autoscalers(namespace, name string) []string
+	// Snapshot returns every group's members as plain values, taken once
+	// a tick; callers must not change it.
+	Snapshot() snapshot.Snapshot
+	// Object returns a Deployment, managed or not: the loop looks up one
+	// that left the snapshot, to tell it is released.
+	Object(namespace, name string) (snapshot.Object, bool)
 }
 
 // Config tunes the loop.
@@ -50,9 +44,6 @@ type Config struct {
 	Workers  int
 	// History, when set, keeps recent decisions for the dashboard.
 	History *dashboard.History
-	// QueueSameNamespace reads only queues of the Deployment's own namespace
-	// among in-cluster Service names (annotations.QueuesInNamespace).
-	QueueSameNamespace bool
 	// RemainderMaxPriority is the highest pod priority a remainder may grow
 	// at: a remainder takes room from everything at or below its priority
 	// in the cluster, so it must run below them.
@@ -70,7 +61,7 @@ type Config struct {
 // Marker marks d's pods cheapest to delete where their consumers hold the
 // fewest messages of h (podcost.Marker); it reports the pods it wrote.
 type Marker interface {
-	Mark(ctx context.Context, d *appsv1.Deployment, h queue.Holdings) (int, error)
+	Mark(ctx context.Context, d *snapshot.Object, h queue.Holdings) (int, error)
 }
 
 // Controller runs one decision per group per tick: it gathers the inputs,
@@ -104,10 +95,10 @@ type memberKey struct{ namespace, name string }
 type memberState struct {
 	// Listing fields, guarded by Controller.mu: set while the tick lists
 	// the members.
-	rv   string            // resourceVersion last looked at: unchanged, nothing to parse
-	ann  map[string]string // the annotations last parsed (of the cached object: no copy)
-	spec *annotations.Spec // the last good spec, never changed in place; nil while there was none
-	seen uint64            // the last tick that listed it
+	parsed uint64            // the snapshot's Parsed last looked at: unchanged, nothing new to tell
+	ann    map[string]string // the annotations last parsed (the snapshot's: no copy)
+	spec   *annotations.Spec // the last good spec, never changed in place; nil while there was none
+	seen   uint64            // the last tick that listed it
 
 	// mu guards the rest, which the member's group decision and Collect use.
 	mu     sync.Mutex
@@ -139,11 +130,13 @@ type tick struct {
 	allowedHosts map[string]map[string]bool
 	// members of each group, listed once for the whole tick; read-only.
 	members map[string][]memberRef
+	// snap is the tick's snapshot (each group's Room); read-only.
+	snap snapshot.Snapshot
 }
 
 // memberRef is a listed member of a group with its state.
 type memberRef struct {
-	d  *appsv1.Deployment
+	d  *snapshot.Member
 	st *memberState
 }
 
@@ -201,11 +194,12 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 		early = make(chan policy.Readings, 1)
 		go func() { early <- c.queues.Read(ctx, prev.list) }()
 	}
-	groups := c.cluster.Groups()
-	members := make(map[string][]memberRef, len(groups))
-	for k, ds := range groups {
-		ms := make([]memberRef, len(ds))
-		for i, d := range ds {
+	snap := c.cluster.Snapshot()
+	members := make(map[string][]memberRef, len(snap))
+	for k, g := range snap {
+		ms := make([]memberRef, len(g.Members))
+		for i := range g.Members {
+			d := &g.Members[i] // into the snapshot's own array: read only
 			ms[i] = memberRef{d, c.state(ctx, d)}
 		}
 		members[k] = ms
@@ -233,7 +227,7 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 		readings = c.queues.Read(ctx, q.list)
 	}
 	c.lastQueues = q
-	t := &tick{at: now, readings: readings, members: members, allowedHosts: q.allowed}
+	t := &tick{at: now, readings: readings, members: members, allowedHosts: q.allowed, snap: snap}
 	keys := make([]string, 0, len(members))
 	for k := range members {
 		if annotations.ValidGroupKey(k) { // members of an invalid group are told of, never decided
@@ -431,10 +425,10 @@ func covers(read, need tickRefs) bool {
 }
 
 // state returns the remembered state of d, marked seen on this tick,
-// parsing its annotations again when they changed. A bad value is reported
-// once per change with a Warning Event per key; the last good spec stays in
-// force.
-func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberState {
+// taking in its spec when its annotations were parsed again. A bad value
+// is reported once per change with a Warning Event per key; the last good
+// spec stays in force.
+func (c *Controller) state(ctx context.Context, d *snapshot.Member) *memberState {
 	key := memberKey{d.Namespace, d.Name}
 	c.mu.Lock()
 	st, ok := c.members[key]
@@ -443,22 +437,14 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 		c.members[key] = st
 	}
 	st.seen = c.ticks
-	if ok && st.rv == d.ResourceVersion {
+	if ok && st.parsed == d.Parsed {
 		c.mu.Unlock()
 		return st
 	}
-	changed := !ok || !annotations.SameManaged(st.ann, d.Annotations)
 	before := st.ann
-	st.rv, st.ann = d.ResourceVersion, d.Annotations
+	st.parsed, st.ann = d.Parsed, d.Annotations
 	c.mu.Unlock()
-	if !changed {
-		return st
-	}
-	spec, err := annotations.Parse(d.Name, d.Annotations)
-	spec.QualifySecret(d.Namespace) // read with this namespace's Secret, never another's
-	if err == nil && c.cfg.QueueSameNamespace {
-		err = annotations.QueuesInNamespace(spec, d.Namespace)
-	}
+	err := d.Problem
 	if removed := removedDefining(before, d.Annotations); err != nil && st.spec != nil && len(removed) > 0 {
 		// Taking away what made it managed is a release, not a mistake to
 		// keep the last settings through.
@@ -471,8 +457,8 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 		st.mu.Unlock()
 		st.told.ForgetWrite()
 		c.cfg.History.Forget(d.Namespace, d.Name)
-		c.exec.Release(d, removed)
-		klog.FromContext(ctx).Info("released", "deployment", klog.KObj(d), "removed", removed)
+		c.exec.Release(&d.Object, removed)
+		klog.FromContext(ctx).Info("released", "deployment", klog.KRef(d.Namespace, d.Name), "removed", removed)
 		return st
 	}
 	if err != nil {
@@ -480,7 +466,7 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 		if st.spec != nil {
 			kept = "the last good settings stay in force"
 		} else {
-			c.exec.SetCondition(d, condition.Condition{Status: corev1.ConditionFalse, Reason: execute.ReasonInvalidAnnotation,
+			c.exec.SetCondition(&d.Object, condition.Condition{Status: corev1.ConditionFalse, Reason: execute.ReasonInvalidAnnotation,
 				Message: "microscaling.com/ annotations invalid (this Deployment's Events say which): the Deployment is left alone"})
 		}
 		for _, fe := range annotations.FieldErrors(err) {
@@ -489,16 +475,16 @@ func (c *Controller) state(ctx context.Context, d *appsv1.Deployment) *memberSta
 				key = "unknown"
 			}
 			c.metrics.AnnotationErrors.WithLabelValues(d.Namespace, d.Name, key).Inc()
-			c.exec.Event(d, corev1.EventTypeWarning, execute.ReasonInvalidAnnotation, fe.Error()+"; "+kept)
+			c.exec.Event(&d.Object, corev1.EventTypeWarning, execute.ReasonInvalidAnnotation, fe.Error()+"; "+kept)
 		}
-		klog.FromContext(ctx).V(2).Info("invalid annotations", "deployment", klog.KObj(d), "err", err)
+		klog.FromContext(ctx).V(2).Info("invalid annotations", "deployment", klog.KRef(d.Namespace, d.Name), "err", err)
 		st.mu.Lock()
 		st.gauges.Invalid = true
 		st.mu.Unlock()
 		return st
 	}
 	c.mu.Lock()
-	st.spec = &spec
+	st.spec = d.Spec
 	c.specs++
 	c.mu.Unlock()
 	st.mu.Lock()
@@ -546,20 +532,20 @@ func (c *Controller) forgetUnseen() {
 	}
 	c.mu.Unlock()
 	for _, g := range released {
-		d, ok := c.cluster.Deployment(g.key.namespace, g.key.name)
+		d, ok := c.cluster.Object(g.key.namespace, g.key.name)
 		switch {
 		case !ok || annotations.Managed(d.Annotations):
 		case g.managed:
-			c.exec.Release(d, removedDefining(g.ann, d.Annotations))
+			c.exec.Release(&d, removedDefining(g.ann, d.Annotations))
 		default:
-			c.exec.Clear(d) // it never had good settings: nothing to tell
+			c.exec.Clear(&d) // it never had good settings: nothing to tell
 		}
 	}
 }
 
 // member is one Deployment's part in a group decision.
 type member struct {
-	d    *appsv1.Deployment
+	d    *snapshot.Member
 	st   *memberState
 	spec *annotations.Spec
 	cur  int32
@@ -572,7 +558,6 @@ type scratch struct {
 	ms     []member
 	inputs []policy.MemberInput
 	specs  []*annotations.Spec
-	ds     []*appsv1.Deployment
 	policy policy.Scratch
 }
 
@@ -596,8 +581,8 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		m.st.mu.Lock()
 		state := m.st.policy
 		m.st.mu.Unlock()
-		in.Members[i] = policy.MemberInput{Name: m.d.Name, Version: m.d.ResourceVersion, Spec: m.spec,
-			Current: m.cur, Ready: m.d.Status.ReadyReplicas, State: state}
+		in.Members[i] = policy.MemberInput{Name: m.d.Name, Version: m.d.Version, Spec: m.spec,
+			Current: m.cur, Ready: m.d.Ready, State: state}
 		if m.spec.Rule == annotations.RuleQueue && !m.spec.Paused {
 			in.Members[i].Queue, in.Members[i].QueueKnown = c.readQueues(m, t)
 		}
@@ -606,12 +591,7 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		}
 	}
 	if policy.NeedsRoom(specs...) {
-		sc.ds = slices.Grow(sc.ds[:0], n)[:n]
-		ds := sc.ds
-		for i, m := range ms {
-			ds[i] = m.d
-		}
-		room, err := c.cluster.Room(ds)
+		room, err := t.snap[key].Room()
 		why := ""
 		if err == nil {
 			in.Room = &room
@@ -639,7 +619,7 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		gs.budgetSaid = out.BudgetConflict
 	}
 	for i, m := range ms {
-		c.exec.Tell(m.d, &m.st.told, corev1.EventTypeWarning, execute.ReasonEstimateCorrected, correctedMessage(out.Decisions[i].Corrected))
+		c.exec.Tell(&m.d.Object, &m.st.told, corev1.EventTypeWarning, execute.ReasonEstimateCorrected, correctedMessage(out.Decisions[i].Corrected))
 		c.fallback(m, out.Decisions[i].Fallback)
 		c.saturation(m, out.Decisions[i].Saturated)
 		c.record(key, m, out.Decisions[i], t)
@@ -649,19 +629,19 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		if d.Replicas < m.cur && !c.exec.DryRun() {
 			c.markIdle(ctx, m)
 		}
-		if c.exec.Scale(ctx, key, m.d, &m.st.told, m.cur, d.Replicas, d.Reason) {
+		if c.exec.Scale(ctx, key, &m.d.Object, &m.st.told, m.cur, d.Replicas, d.Reason) {
 			ms[i].cur = d.Replicas
 		}
 	}
 	for i, m := range ms {
-		c.exec.Decided(m.d, &m.st.told, out.Decisions[i].Held, m.spec, m.cur, out.Decisions[i].Replicas)
+		c.exec.Decided(&m.d.Object, &m.st.told, out.Decisions[i].Held, m.spec, m.cur, out.Decisions[i].Replicas)
 	}
 }
 
 // fallback tells when a member starts and stops being at its
 // fallback-replicas.
 func (c *Controller) fallback(m member, on bool) {
-	c.exec.Turned(m.d, &m.st.told, "fallback", on, func() (string, string, string) {
+	c.exec.Turned(&m.d.Object, &m.st.told, "fallback", on, func() (string, string, string) {
 		return corev1.EventTypeWarning, execute.ReasonFallbackActive, fmt.Sprintf("queues unreadable for %s: at fallback-replicas %d until they are read again",
 			m.spec.FallbackAfter, m.spec.FallbackReplicas)
 	}, func() (string, string, string) {
@@ -673,7 +653,7 @@ func (c *Controller) fallback(m member, on bool) {
 // saturated (more stopped adding throughput, confirmed by the knee's own
 // measure); a probe above the knee is part of it.
 func (c *Controller) saturation(m member, s policy.Saturation) {
-	c.exec.Turned(m.d, &m.st.told, "saturated", s.Saturated, func() (string, string, string) {
+	c.exec.Turned(&m.d.Object, &m.st.told, "saturated", s.Saturated, func() (string, string, string) {
 		return corev1.EventTypeWarning, execute.ReasonSaturated, fmt.Sprintf(
 			"more replicas stopped adding throughput: %d replicas deliver %.1f messages/s together, more delivered no more (a shared downstream's limit?); held at most there (fewer while they deliver as much), the rest of the group's room left to others, and a step above probed every %s",
 			s.Knee, s.Ceiling, policy.SaturationHold)
@@ -699,7 +679,7 @@ func correctedMessage(c policy.Correction) string {
 // RemainderMaxPriority, and tells with a Warning (once while it lasts) when
 // they do not: it is then not grown.
 func (c *Controller) lowPriority(m member) bool {
-	value, class, err := c.cluster.PodPriority(m.d)
+	value, class, err := m.d.Priority, m.d.PriorityClass, m.d.PriorityErr
 	msg := ""
 	switch {
 	case err != nil:
@@ -711,7 +691,7 @@ func (c *Controller) lowPriority(m member) bool {
 		}
 		msg = fmt.Sprintf("not growing: its pods would run at priority %d (%s), and a remainder takes room from everything at or below its priority in the cluster; give it a PriorityClass with a value of at most %d", value, of, c.cfg.RemainderMaxPriority)
 	}
-	c.exec.Tell(m.d, &m.st.told, corev1.EventTypeWarning, execute.ReasonRemainderPriority, msg)
+	c.exec.Tell(&m.d.Object, &m.st.told, corev1.EventTypeWarning, execute.ReasonRemainderPriority, msg)
 	return msg == ""
 }
 
@@ -727,16 +707,16 @@ func (c *Controller) gather(key string, t *tick, ms []member) []member {
 		if spec == nil {
 			continue // never had valid annotations: left alone
 		}
-		cur := annotations.Replicas(d.Spec.Replicas)
+		cur := d.Replicas
 		if c.conflicting(d, st) {
 			// Another autoscaler scales it: left alone, shown as held by it.
 			st.mu.Lock()
 			c.recordLocked(key, member{d: d, st: st, spec: spec, cur: cur}, t, dashboard.Status{Replicas: cur, Desired: cur, Held: execute.HeldConflict})
 			st.mu.Unlock()
-			c.exec.Decided(d, &st.told, execute.HeldConflict, spec, cur, cur)
+			c.exec.Decided(&d.Object, &st.told, execute.HeldConflict, spec, cur, cur)
 			continue
 		}
-		cur = c.exec.Observe(d, &st.told, spec.Paused, cur)
+		cur = c.exec.Observe(&d.Object, &st.told, spec.Paused, cur)
 		ms = append(ms, member{d: d, st: st, spec: spec, cur: cur})
 	}
 	return ms
@@ -747,8 +727,8 @@ func (c *Controller) gather(key string, t *tick, ms []member) []member {
 // told once with a Warning and a gauge, and taken back with a Normal Event
 // when the other goes. In a dry run d is decided anyway, as a shadow of the
 // other autoscaler, and nothing is written.
-func (c *Controller) conflicting(d *appsv1.Deployment, st *memberState) bool {
-	hpas := c.cluster.Autoscalers(d.Namespace, d.Name)
+func (c *Controller) conflicting(d *snapshot.Member, st *memberState) bool {
+	hpas := d.Autoscalers
 	if len(hpas) == 0 && !st.hpa {
 		return false // the common case: nothing to tell
 	}
@@ -762,16 +742,16 @@ func (c *Controller) conflicting(d *appsv1.Deployment, st *memberState) bool {
 	}
 	switch {
 	case st.hpa && dry:
-		c.exec.Tell(d, &st.told, corev1.EventTypeNormal, execute.ReasonConflictingScaler, fmt.Sprintf(
+		c.exec.Tell(&d.Object, &st.told, corev1.EventTypeNormal, execute.ReasonConflictingScaler, fmt.Sprintf(
 			"dry run: deciding beside HorizontalPodAutoscaler %s, which scales this Deployment; ScaledDryRun Events say what microscaling would do", strings.Join(hpas, ", ")))
 		return false
 	case st.hpa:
-		c.exec.Tell(d, &st.told, corev1.EventTypeWarning, execute.ReasonConflictingScaler, fmt.Sprintf(
+		c.exec.Tell(&d.Object, &st.told, corev1.EventTypeWarning, execute.ReasonConflictingScaler, fmt.Sprintf(
 			"left alone: HorizontalPodAutoscaler %s also scales this Deployment; delete it (or remove the microscaling.com/ annotations) so that one autoscaler decides", strings.Join(hpas, ", ")))
 		return true
 	}
-	c.exec.Tell(d, &st.told, corev1.EventTypeWarning, execute.ReasonConflictingScaler, "")
-	c.exec.Event(d, corev1.EventTypeNormal, execute.ReasonAutoscalerGone, "no other autoscaler targets this Deployment any more: microscaling scales it again")
+	c.exec.Tell(&d.Object, &st.told, corev1.EventTypeWarning, execute.ReasonConflictingScaler, "")
+	c.exec.Event(&d.Object, corev1.EventTypeNormal, execute.ReasonAutoscalerGone, "no other autoscaler targets this Deployment any more: microscaling scales it again")
 	return false
 }
 
@@ -792,7 +772,7 @@ func (c *Controller) readQueues(m member, t *tick) (policy.QueueReading, bool) {
 		}
 		sum = sum.Plus(r)
 	}
-	c.exec.Turned(m.d, &m.st.told, "unreadable", err != nil, func() (string, string, string) {
+	c.exec.Turned(&m.d.Object, &m.st.told, "unreadable", err != nil, func() (string, string, string) {
 		return corev1.EventTypeWarning, execute.ReasonQueueUnreadable, fmt.Sprintf("holding at %d replicas: %v", m.cur, err)
 	}, func() (string, string, string) {
 		return corev1.EventTypeNormal, execute.ReasonQueueReadable, fmt.Sprintf("queue read again: backlog %d", sum.Backlog)
@@ -816,7 +796,7 @@ func (c *Controller) budgetConflict(key string, ms []member, out policy.GroupOut
 		if b := m.spec.GroupMaxReplicas; out.BudgetConflict && b > 0 && b != out.Budget {
 			msg = fmt.Sprintf("%s=%d disagrees with another member of group %s; using the smallest, %d", annotations.GroupMaxReplicas, b, key, out.Budget)
 		}
-		c.exec.Tell(m.d, &m.st.told, corev1.EventTypeWarning, execute.ReasonGroupBudgetConflict, msg)
+		c.exec.Tell(&m.d.Object, &m.st.told, corev1.EventTypeWarning, execute.ReasonGroupBudgetConflict, msg)
 	}
 }
 
@@ -899,18 +879,18 @@ func (c *Controller) markIdle(ctx context.Context, m member) {
 		// Bounded: a member of many pods does not hold its group's worker
 		// (the marks written by then still steer).
 		mctx, cancel := context.WithTimeout(ctx, markTimeout)
-		n, err := c.cfg.IdleFirst.Mark(mctx, m.d, all)
+		n, err := c.cfg.IdleFirst.Mark(mctx, &m.d.Object, all)
 		cancel()
 		if err != nil {
 			errs = append(errs, err.Error())
 		}
-		klog.FromContext(ctx).V(2).Info("marked idle consumers first", "deployment", klog.KObj(m.d), "pods", n, "consumers", len(all.ByHostname))
+		klog.FromContext(ctx).V(2).Info("marked idle consumers first", "deployment", klog.KRef(m.d.Namespace, m.d.Name), "pods", n, "consumers", len(all.ByHostname))
 	}
 	msg := ""
 	if len(errs) > 0 {
 		msg = "scale-down not steered to idle consumers: " + strings.Join(errs, "; ")
 	}
-	c.exec.Tell(m.d, &m.st.told, corev1.EventTypeWarning, execute.ReasonIdleFirstFailed, msg)
+	c.exec.Tell(&m.d.Object, &m.st.told, corev1.EventTypeWarning, execute.ReasonIdleFirstFailed, msg)
 }
 
 // EachMember gives every member's gauges as its last decision left them;

@@ -20,28 +20,96 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/informer/snapshot"
 	"github.com/microscaling/microscaling/scaler/execute"
 	"github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/policy"
 	"github.com/microscaling/microscaling/scaler/queue"
 )
 
+// fakeCluster hands out its Deployments as the informer's snapshot does:
+// grouped, sorted by name, parsed again only when their annotations
+// changed, with their autoscalers and (remainders') pod priority.
 type fakeCluster struct {
 	groups map[string][]*appsv1.Deployment
 	// unmanaged are Deployments the cache holds that no group lists.
 	unmanaged []*appsv1.Deployment
-	mu        sync.Mutex          // guards hpas
-	hpas      map[string][]string // namespace/name -> HPAs that target it
+	// room is each group's room; nil: unknown.
+	room func(ds []*appsv1.Deployment) (policy.Room, error)
+	// priority is a remainder's pod priority; nil: -10 for PriorityClass
+	// low, else 0.
+	priority func(d *appsv1.Deployment) (int32, string, error)
+
+	mu     sync.Mutex          // guards hpas, parsed and parses
+	hpas   map[string][]string // namespace/name -> HPAs that target it
+	parsed map[memberKey]parse
+	parses uint64
 }
 
-func (f *fakeCluster) Groups() map[string][]*appsv1.Deployment { return f.groups }
-func (f *fakeCluster) PodPriority(d *appsv1.Deployment) (int32, string, error) {
-	if d.Spec.Template.Spec.PriorityClassName == "low" {
-		return -10, "low", nil
-	}
-	return 0, "", nil
+type parse struct {
+	ann  map[string]string // a copy: the tests change annotations in place
+	spec *annotations.Spec
+	err  error
+	n    uint64
 }
-func (f *fakeCluster) Deployment(namespace, name string) (*appsv1.Deployment, bool) {
+
+func (f *fakeCluster) Snapshot() snapshot.Snapshot {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := snapshot.Snapshot{}
+	for k, ds := range f.groups {
+		ds = slices.SortedFunc(slices.Values(ds), func(a, b *appsv1.Deployment) int { return strings.Compare(a.Name, b.Name) })
+		g := snapshot.Group{Room: func() (policy.Room, error) {
+			if f.room == nil {
+				return policy.Room{}, errors.New("no nodes in this test")
+			}
+			return f.room(ds)
+		}}
+		for _, d := range ds {
+			g.Members = append(g.Members, f.member(d))
+		}
+		out[k] = g
+	}
+	return out
+}
+
+// member is d in a snapshot; f.mu is held.
+func (f *fakeCluster) member(d *appsv1.Deployment) snapshot.Member {
+	m := snapshot.Member{Object: fakeObject(d), Autoscalers: f.hpas[d.Namespace+"/"+d.Name]}
+	k := memberKey{d.Namespace, d.Name}
+	p, ok := f.parsed[k]
+	if !ok || !maps.Equal(p.ann, d.Annotations) {
+		spec, err := annotations.Parse(d.Name, d.Annotations)
+		spec.QualifySecret(d.Namespace)
+		f.parses++
+		p = parse{ann: maps.Clone(d.Annotations), err: err, n: f.parses}
+		if err == nil {
+			p.spec = &spec
+		}
+		if f.parsed == nil {
+			f.parsed = map[memberKey]parse{}
+		}
+		f.parsed[k] = p
+	}
+	m.Spec, m.Problem, m.Parsed = p.spec, p.err, p.n
+	if m.Spec != nil && m.Spec.Rule == annotations.RuleRemainder {
+		switch {
+		case f.priority != nil:
+			m.Priority, m.PriorityClass, m.PriorityErr = f.priority(d)
+		case d.Spec.Template.Spec.PriorityClassName == "low":
+			m.Priority, m.PriorityClass = -10, "low"
+		}
+	}
+	return m
+}
+
+func fakeObject(d *appsv1.Deployment) snapshot.Object {
+	return snapshot.Object{Namespace: d.Namespace, Name: d.Name, UID: d.UID, Version: d.ResourceVersion, Generation: d.Generation,
+		Replicas: annotations.Replicas(d.Spec.Replicas), Ready: d.Status.ReadyReplicas, Annotations: d.Annotations}
+}
+
+// find returns a Deployment of f, managed or not.
+func (f *fakeCluster) find(namespace, name string) (*appsv1.Deployment, bool) {
 	for _, ds := range f.groups {
 		for _, d := range ds {
 			if d.Namespace == namespace && d.Name == name {
@@ -56,13 +124,13 @@ func (f *fakeCluster) Deployment(namespace, name string) (*appsv1.Deployment, bo
 	}
 	return nil, false
 }
-func (f *fakeCluster) Autoscalers(namespace, name string) []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.hpas[namespace+"/"+name]
-}
-func (f *fakeCluster) Room([]*appsv1.Deployment) (policy.Room, error) {
-	return policy.Room{}, errors.New("no nodes in this test")
+
+func (f *fakeCluster) Object(namespace, name string) (snapshot.Object, bool) {
+	d, ok := f.find(namespace, name)
+	if !ok {
+		return snapshot.Object{}, false
+	}
+	return fakeObject(d), true
 }
 
 type fakeQueues struct {
@@ -80,15 +148,22 @@ func (f *fakeQueues) Reading(annotations.QueueRef) (policy.QueueReading, error) 
 	return policy.QueueReading{Backlog: f.backlog, Waiting: f.backlog, Arrived: f.arrived, Consumers: 1000}, f.err
 }
 
+// fakeWriter records the writes, and makes them in cluster's Deployments
+// at once.
 type fakeWriter struct {
-	mu     sync.Mutex // guards writes
-	writes []string
+	cluster *fakeCluster
+	mu      sync.Mutex // guards writes
+	writes  []string
 }
 
-func (f *fakeWriter) Scale(_ context.Context, d *appsv1.Deployment, n int32) error {
+func (f *fakeWriter) Scale(_ context.Context, o *snapshot.Object, n int32) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.writes = append(f.writes, fmt.Sprintf("%s=%d", d.Name, n))
+	f.writes = append(f.writes, fmt.Sprintf("%s=%d", o.Name, n))
+	d, ok := f.cluster.find(o.Namespace, o.Name)
+	if !ok {
+		return fmt.Errorf("%s/%s not found", o.Namespace, o.Name)
+	}
 	*d.Spec.Replicas = n // the cache catches up at once in this test, pods Ready
 	d.Status.ReadyReplicas = n
 	d.ResourceVersion += "+"
@@ -132,6 +207,7 @@ func newConsumerFixture(t *testing.T) consumerFixture {
 		clk: clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)),
 	}
 	f.cluster = &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/consumer": {f.consumer}}}
+	f.writer.cluster = f.cluster
 	f.c = New(Config{Interval: time.Second, Workers: 2}, f.cluster, f.queues, testExec(f.writer, f.rec, f.clk, false), metrics.NewMetrics(prometheus.NewRegistry()), f.clk)
 	f.ctx = t.Context()
 	return f
@@ -282,7 +358,7 @@ func nsqConsumer(name, host string) *appsv1.Deployment {
 func TestControllerReadsNewQueuesOnTheirFirstTick(t *testing.T) {
 	cluster := &fakeCluster{groups: map[string][]*appsv1.Deployment{"ns/a": {nsqConsumer("a", "h1:1")}}}
 	queues := &readsQueues{}
-	writer := &fakeWriter{}
+	writer := &fakeWriter{cluster: cluster}
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	c := New(Config{Interval: time.Second, Workers: 2}, cluster, queues, testExec(writer, record.NewFakeRecorder(100), clk, false), metrics.NewMetrics(prometheus.NewRegistry()), clk)
 	ctx := t.Context()
@@ -540,7 +616,7 @@ func TestQueueHostsPerNamespace(t *testing.T) {
 	}
 	cluster.groups["other/x"] = []*appsv1.Deployment{consumer("other", "x", "h3:1")}
 	queues := &readsQueues{}
-	writer := &fakeWriter{}
+	writer := &fakeWriter{cluster: cluster}
 	rec := record.NewFakeRecorder(100)
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	c := New(Config{Interval: time.Second, Workers: 2, QueueHostsPerNamespace: 2}, cluster, queues, testExec(writer, rec, clk, false), metrics.NewMetrics(prometheus.NewRegistry()), clk)
@@ -577,7 +653,7 @@ func TestLookupTopicsCountTowardTheCap(t *testing.T) {
 	}
 	rec := record.NewFakeRecorder(100)
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	c := New(Config{Interval: time.Second, Workers: 2, QueueHostsPerNamespace: 2}, cluster, &readsQueues{}, testExec(&fakeWriter{}, rec, clk, false), metrics.NewMetrics(prometheus.NewRegistry()), clk)
+	c := New(Config{Interval: time.Second, Workers: 2, QueueHostsPerNamespace: 2}, cluster, &readsQueues{}, testExec(&fakeWriter{cluster: cluster}, rec, clk, false), metrics.NewMetrics(prometheus.NewRegistry()), clk)
 	clk.Step(time.Second)
 	c.runTick(t.Context(), clk.Now())
 	held := drained(rec, "QueueUnreadable")
@@ -652,26 +728,6 @@ func TestRemovingTheQueueReleases(t *testing.T) {
 	}
 }
 
-// With QueueSameNamespace, a consumer naming another namespace's nsqd gets
-// a Warning naming the key and is left alone: no read, no write.
-func TestQueueSameNamespace(t *testing.T) {
-	f := newConsumerFixture(t)
-	f.consumer.Annotations[annotations.Queue] = "nsq://nsqd.other.svc:4151/t/c"
-	f.c = New(Config{Interval: time.Second, Workers: 2, QueueSameNamespace: true}, f.cluster, f.queues, testExec(f.writer, f.rec, f.clk, false), metrics.NewMetrics(prometheus.NewRegistry()), f.clk)
-	f.queues.mu.Lock()
-	f.queues.backlog = 1000
-	f.queues.mu.Unlock()
-	f.clk.Step(time.Second)
-	f.c.runTick(f.ctx, f.clk.Now())
-	if w := f.writer.take(); len(w) > 0 {
-		t.Errorf("writes %q, want none", w)
-	}
-	warned := drained(f.rec, "InvalidAnnotation")
-	if len(warned) != 1 || !strings.Contains(warned[0], annotations.Queue) || !strings.Contains(warned[0], "this Deployment's namespace") {
-		t.Errorf("Events %q, want one InvalidAnnotation naming %s and the namespace rule", warned, annotations.Queue)
-	}
-}
-
 // drained closes rec and returns the Events it recorded that carry reason.
 func drained(rec *record.FakeRecorder, reason string) []string {
 	close(rec.Events)
@@ -712,7 +768,7 @@ func TestGroupsWithAnswersAreDecidedFirst(t *testing.T) {
 		queues.hung[host] = true
 		cluster.groups[fmt.Sprintf("ns/hung-%d", i)] = []*appsv1.Deployment{nsqConsumer(fmt.Sprintf("hung-%d", i), host)}
 	}
-	writer := &fakeWriter{}
+	writer := &fakeWriter{cluster: cluster}
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	c := New(Config{Interval: time.Second, Workers: 1}, cluster, queues, testExec(writer, record.NewFakeRecorder(1000), clk, false), metrics.NewMetrics(prometheus.NewRegistry()), clk)
 	done := make(chan struct{})
@@ -752,7 +808,7 @@ type marks struct {
 	err error
 }
 
-func (m *marks) Mark(_ context.Context, d *appsv1.Deployment, h queue.Holdings) (int, error) {
+func (m *marks) Mark(_ context.Context, d *snapshot.Object, h queue.Holdings) (int, error) {
 	m.w.mu.Lock()
 	defer m.w.mu.Unlock()
 	m.w.writes = append(m.w.writes, fmt.Sprintf("mark %s %v", d.Name, h.ByHostname))

@@ -27,31 +27,22 @@ import (
 	"github.com/microscaling/microscaling/scaler/policy"
 )
 
-// roomCluster is one group, consumer + remainder, on one node with room for
-// ten pods of 100m.
-type roomCluster struct {
-	members []*appsv1.Deployment
-}
-
-func (c *roomCluster) Groups() map[string][]*appsv1.Deployment {
-	return map[string][]*appsv1.Deployment{"ns/g": c.members}
-}
-
-func (c *roomCluster) Autoscalers(string, string) []string { return nil }
-
-func (c *roomCluster) Deployment(string, string) (*appsv1.Deployment, bool) { return nil, false }
-
-// PodPriority: every pod of this test runs low enough for a remainder.
-func (c *roomCluster) PodPriority(*appsv1.Deployment) (int32, string, error) { return -1, "low", nil }
-
-func (c *roomCluster) Room(ms []*appsv1.Deployment) (policy.Room, error) {
-	r := policy.Room{Version: 1, Free: []policy.Resources{{MilliCPU: 1000, Memory: 1 << 40, Pods: 110}}}
-	for range ms {
-		r.Eligible = append(r.Eligible, []int{0})
-		r.Pending = append(r.Pending, 0)
-		r.Pods = append(r.Pods, policy.Resources{MilliCPU: 100, Memory: 1 << 20, Pods: 1})
+// roomCluster is one group, consumer + remainder, on one node with room
+// for ten pods of 100m; every pod runs low enough for a remainder.
+func roomCluster(members []*appsv1.Deployment) *fakeCluster {
+	return &fakeCluster{
+		groups:   map[string][]*appsv1.Deployment{"ns/g": members},
+		priority: func(*appsv1.Deployment) (int32, string, error) { return -1, "low", nil },
+		room: func(ms []*appsv1.Deployment) (policy.Room, error) {
+			r := policy.Room{Version: 1, Free: []policy.Resources{{MilliCPU: 1000, Memory: 1 << 40, Pods: 110}}}
+			for range ms {
+				r.Eligible = append(r.Eligible, []int{0})
+				r.Pending = append(r.Pending, 0)
+				r.Pods = append(r.Pods, policy.Resources{MilliCPU: 100, Memory: 1 << 20, Pods: 1})
+			}
+			return r, nil
+		},
 	}
-	return r, nil
 }
 
 // scaleServer is a fake clientset whose /scale updates are recorded, and
@@ -196,7 +187,7 @@ func TestControllerActsOnGroupDecisions(t *testing.T) {
 			clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 			m := metrics.NewMetrics(prometheus.NewRegistry())
 			exec := execute.New(execute.Config{Writer: execute.ScaleWriter{Client: server.client}, Recorder: rec, Metrics: m, DryRun: tc.dryRun}, clk)
-			c := New(Config{Interval: time.Second, Workers: 2}, &roomCluster{members: tc.members}, queues, exec, m, clk)
+			c := New(Config{Interval: time.Second, Workers: 2}, roomCluster(tc.members), queues, exec, m, clk)
 			for _, st := range tc.steps {
 				queues.mu.Lock()
 				queues.backlog = st.backlog

@@ -25,6 +25,8 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
+
+	"github.com/microscaling/microscaling/informer/snapshot"
 )
 
 // Type is the condition's type in a Deployment's status.conditions.
@@ -88,7 +90,7 @@ func NewWriter(client kubernetes.Interface, clk clock.WithTicker, every time.Dur
 }
 
 // Set asks for d to carry c. The message is cut to MaxMessage.
-func (w *Writer) Set(d *appsv1.Deployment, c Condition) {
+func (w *Writer) Set(d *snapshot.Object, c Condition) {
 	c.Message = truncate(c.Message, MaxMessage)
 	k := key{d.Namespace, d.Name}
 	w.mu.Lock()
@@ -124,11 +126,11 @@ func (w *Writer) Set(d *appsv1.Deployment, c Condition) {
 
 // Clear takes the condition away from d (microscaling no longer scales
 // it), if it carries one.
-func (w *Writer) Clear(d *appsv1.Deployment) {
+func (w *Writer) Clear(d *snapshot.Object) {
 	k := key{d.Namespace, d.Name}
 	w.mu.Lock()
 	e, ok := w.entries[k]
-	if !ok && Find(d) == nil {
+	if !ok && d.Condition == nil {
 		w.mu.Unlock()
 		return
 	}
@@ -146,20 +148,20 @@ func (w *Writer) Forget(namespace, name string) {
 }
 
 // carries reports whether d's cached status shows c.
-func carries(d *appsv1.Deployment, c Condition) bool {
-	cur := Find(d)
-	return cur != nil && cur.Status == c.Status && cur.Reason == c.Reason && cur.Message == c.Message
+func carries(d *snapshot.Object, c Condition) bool {
+	cur := d.Condition
+	return cur != nil && cur.Status == string(c.Status) && cur.Reason == c.Reason && cur.Message == c.Message
 }
 
 // entry returns k's entry, made from what d carries when new; w.mu is held.
-func (w *Writer) entry(k key, d *appsv1.Deployment) *entry {
+func (w *Writer) entry(k key, d *snapshot.Object) *entry {
 	if e, ok := w.entries[k]; ok {
 		return e
 	}
 	e := &entry{}
-	if cur := Find(d); cur != nil {
-		e.written, e.has = Condition{cur.Status, cur.Reason, cur.Message}, true
-		e.since, e.at = cur.LastTransitionTime, cur.LastUpdateTime.Time
+	if cur := d.Condition; cur != nil {
+		e.written, e.has = Condition{corev1.ConditionStatus(cur.Status), cur.Reason, cur.Message}, true
+		e.since, e.at = metav1.NewTime(cur.Since), cur.Updated
 		e.want = e.written
 	}
 	w.entries[k] = e

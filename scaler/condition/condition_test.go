@@ -15,11 +15,23 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/microscaling/microscaling/informer/snapshot"
 )
 
 func deployment(conds ...appsv1.DeploymentCondition) *appsv1.Deployment {
 	return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "d"},
 		Status: appsv1.DeploymentStatus{Conditions: conds}}
+}
+
+// obj is d as a snapshot keeps it.
+func obj(d *appsv1.Deployment) *snapshot.Object {
+	o := &snapshot.Object{Namespace: d.Namespace, Name: d.Name}
+	if c := Find(d); c != nil {
+		o.Condition = &snapshot.Condition{Status: string(c.Status), Reason: c.Reason, Message: c.Message,
+			Since: c.LastTransitionTime.Time, Updated: c.LastUpdateTime.Time}
+	}
+	return o
 }
 
 // patches counts the status patches client received.
@@ -64,7 +76,7 @@ func TestConditionWrittenOnChangeOnly(t *testing.T) {
 	run(t, w, 2)
 
 	held := Condition{Status: corev1.ConditionFalse, Reason: "QueueUnreadable", Message: "queue unreadable"}
-	w.Set(deployment(available), held)
+	w.Set(obj(deployment(available)), held)
 	d := waitFor(t, client, "the held condition", func(d *appsv1.Deployment) bool {
 		c := Find(d)
 		return c != nil && c.Reason == "QueueUnreadable"
@@ -82,7 +94,7 @@ func TestConditionWrittenOnChangeOnly(t *testing.T) {
 
 	// The same again, as every tick sets it: no write.
 	for range 5 {
-		w.Set(d, held)
+		w.Set(obj(d), held)
 	}
 	if n := patches(client); n != 1 {
 		t.Errorf("%d patches after the same condition six times, want 1", n)
@@ -92,9 +104,9 @@ func TestConditionWrittenOnChangeOnly(t *testing.T) {
 	// the transition time stays.
 	clk.Step(2 * time.Second)
 	held.Message = "queue unreadable; wants 3"
-	w.Set(d, held)
+	w.Set(obj(d), held)
 	held.Message = "queue unreadable; wants 4"
-	w.Set(d, held)
+	w.Set(obj(d), held)
 	if n := patches(client); n != 1 {
 		t.Errorf("%d patches within the interval, want 1", n)
 	}
@@ -112,14 +124,14 @@ func TestConditionWrittenOnChangeOnly(t *testing.T) {
 
 	// A new reason: a new transition time.
 	clk.Step(20 * time.Second)
-	w.Set(d, Condition{Status: corev1.ConditionTrue, Reason: "FollowingLoad", Message: "wants 4"})
+	w.Set(obj(d), Condition{Status: corev1.ConditionTrue, Reason: "FollowingLoad", Message: "wants 4"})
 	d = waitFor(t, client, "following", func(d *appsv1.Deployment) bool { return Find(d).Reason == "FollowingLoad" })
 	if c := Find(d); !c.LastTransitionTime.Time.Equal(clk.Now()) || c.Status != corev1.ConditionTrue {
 		t.Errorf("condition %+v", c)
 	}
 
 	// Released: the condition goes, Available stays.
-	w.Clear(d)
+	w.Clear(obj(d))
 	d = waitFor(t, client, "no condition", func(d *appsv1.Deployment) bool { return Find(d) == nil })
 	if len(d.Status.Conditions) != 1 || d.Status.Conditions[0].Type != appsv1.DeploymentAvailable {
 		t.Errorf("conditions %+v", d.Status.Conditions)
@@ -136,10 +148,10 @@ func TestConditionAlreadyThere(t *testing.T) {
 	w := NewWriter(client, clk, 10*time.Second)
 	run(t, w, 1)
 	c := Condition{Status: corev1.ConditionTrue, Reason: "FollowingLoad", Message: "wants 2"}
-	w.Set(deployment(there), c)
-	w.Set(deployment(there), c)
+	w.Set(obj(deployment(there)), c)
+	w.Set(obj(deployment(there)), c)
 	// Taken away (the cache shows none, long after it was written).
-	w.Set(deployment(), c)
+	w.Set(obj(deployment()), c)
 	d := waitFor(t, client, "written again", func(d *appsv1.Deployment) bool {
 		return Find(d) != nil && Find(d).LastUpdateTime.Time.Equal(clk.Now())
 	})
@@ -165,7 +177,7 @@ func TestConditionRetried(t *testing.T) {
 	clk := clocktesting.NewFakeClock(time.Now())
 	w := NewWriter(client, clk, time.Second)
 	run(t, w, 1)
-	w.Set(deployment(), Condition{Status: corev1.ConditionFalse, Reason: "Paused", Message: strings.Repeat("é", 600)})
+	w.Set(obj(deployment()), Condition{Status: corev1.ConditionFalse, Reason: "Paused", Message: strings.Repeat("é", 600)})
 	d := waitFor(t, client, "written after two failures", func(d *appsv1.Deployment) bool {
 		clk.Step(time.Second) // the retries' back-off
 		return Find(d) != nil

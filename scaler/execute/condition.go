@@ -4,10 +4,10 @@ import (
 	"fmt"
 	"strings"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/informer/snapshot"
 	"github.com/microscaling/microscaling/scaler/condition"
 	"github.com/microscaling/microscaling/scaler/policy"
 )
@@ -15,8 +15,8 @@ import (
 // Conditions keeps each member's durable condition on its Deployment
 // (condition.Writer); nil in Config: none is kept.
 type Conditions interface {
-	Set(d *appsv1.Deployment, c condition.Condition)
-	Clear(d *appsv1.Deployment)
+	Set(d *snapshot.Object, c condition.Condition)
+	Clear(d *snapshot.Object)
 	Forget(namespace, name string)
 }
 

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/tools/record"
@@ -20,6 +19,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/informer/snapshot"
 	"github.com/microscaling/microscaling/scaler/condition"
 	"github.com/microscaling/microscaling/scaler/dashboard"
 	"github.com/microscaling/microscaling/scaler/metrics"
@@ -49,7 +49,7 @@ const (
 
 // Writer sets a Deployment's replicas.
 type Writer interface {
-	Scale(ctx context.Context, d *appsv1.Deployment, replicas int32) error
+	Scale(ctx context.Context, d *snapshot.Object, replicas int32) error
 }
 
 // Config is what an Executor writes through.
@@ -125,13 +125,18 @@ func (m *Memory) LastScale() string {
 }
 
 // Event records an Event on d.
-func (e *Executor) Event(d *appsv1.Deployment, typ, reason, msg string) {
-	e.cfg.Recorder.Event(d, typ, reason, msg)
+func (e *Executor) Event(d *snapshot.Object, typ, reason, msg string) {
+	e.cfg.Recorder.Event(ref(d), typ, reason, msg)
+}
+
+// ref is d as the object an Event is about.
+func ref(d *snapshot.Object) *corev1.ObjectReference {
+	return &corev1.ObjectReference{Kind: "Deployment", APIVersion: "apps/v1", Namespace: d.Namespace, Name: d.Name, UID: d.UID, ResourceVersion: d.Version}
 }
 
 // Tell records msg on d under reason when it differs from what was last
 // told under reason; an empty msg clears it, so the next one is told again.
-func (e *Executor) Tell(d *appsv1.Deployment, m *Memory, typ, reason, msg string) {
+func (e *Executor) Tell(d *snapshot.Object, m *Memory, typ, reason, msg string) {
 	if m.swap(reason, msg) != msg && msg != "" {
 		e.Event(d, typ, reason, msg)
 	}
@@ -139,7 +144,7 @@ func (e *Executor) Tell(d *appsv1.Deployment, m *Memory, typ, reason, msg string
 
 // Turned records on (or off) when the member's state named topic turns on
 // (or off). The events are built only when they are told.
-func (e *Executor) Turned(d *appsv1.Deployment, m *Memory, topic string, now bool, on, off func() (typ, reason, msg string)) {
+func (e *Executor) Turned(d *snapshot.Object, m *Memory, topic string, now bool, on, off func() (typ, reason, msg string)) {
 	v := ""
 	if now {
 		v = "on"
@@ -156,7 +161,7 @@ func (e *Executor) Turned(d *appsv1.Deployment, m *Memory, topic string, now boo
 }
 
 // SetCondition keeps cond on d, when conditions are kept.
-func (e *Executor) SetCondition(d *appsv1.Deployment, cond condition.Condition) {
+func (e *Executor) SetCondition(d *snapshot.Object, cond condition.Condition) {
 	if e.cfg.Conditions != nil {
 		e.cfg.Conditions.Set(d, cond)
 	}
@@ -164,7 +169,7 @@ func (e *Executor) SetCondition(d *appsv1.Deployment, cond condition.Condition) 
 
 // Decided keeps on d the condition of a decision that wants desired
 // replicas, held by the Held word h (empty: nothing holds it).
-func (e *Executor) Decided(d *appsv1.Deployment, m *Memory, h string, spec *annotations.Spec, cur, desired int32) {
+func (e *Executor) Decided(d *snapshot.Object, m *Memory, h string, spec *annotations.Spec, cur, desired int32) {
 	if e.cfg.Conditions != nil {
 		e.cfg.Conditions.Set(d, conditionFor(h, spec, cur, desired, m.LastScale()))
 	}
@@ -172,13 +177,13 @@ func (e *Executor) Decided(d *appsv1.Deployment, m *Memory, h string, spec *anno
 
 // Release tells that d is no longer scaled because the keys that made it
 // managed were removed; its replicas stay as they are.
-func (e *Executor) Release(d *appsv1.Deployment, removed []string) {
+func (e *Executor) Release(d *snapshot.Object, removed []string) {
 	e.Clear(d)
-	e.cfg.Recorder.Eventf(d, corev1.EventTypeNormal, ReasonReleased, "%s removed: microscaling no longer scales this Deployment; its replicas stay as they are", strings.Join(removed, ", "))
+	e.cfg.Recorder.Eventf(ref(d), corev1.EventTypeNormal, ReasonReleased, "%s removed: microscaling no longer scales this Deployment; its replicas stay as they are", strings.Join(removed, ", "))
 }
 
 // Clear removes d's condition, when conditions are kept.
-func (e *Executor) Clear(d *appsv1.Deployment) {
+func (e *Executor) Clear(d *snapshot.Object) {
 	if e.cfg.Conditions != nil {
 		e.cfg.Conditions.Clear(d)
 	}
@@ -203,9 +208,9 @@ func (m *Memory) ForgetWrite() {
 // count last written while the cache still shows the object the write
 // replaced. A count someone else set since the last write is told once
 // (ExternalScale); the decision then starts from it.
-func (e *Executor) Observe(d *appsv1.Deployment, m *Memory, paused bool, cur int32) int32 {
+func (e *Executor) Observe(d *snapshot.Object, m *Memory, paused bool, cur int32) int32 {
 	m.mu.Lock()
-	if m.hasWritten && d.ResourceVersion == m.staleRV {
+	if m.hasWritten && d.Version == m.staleRV {
 		cur = m.written // the cache lags behind our own write
 	}
 	external, prev := m.hasWritten && m.written != cur, m.written
@@ -216,9 +221,9 @@ func (e *Executor) Observe(d *appsv1.Deployment, m *Memory, paused bool, cur int
 	switch {
 	case !external:
 	case paused:
-		e.cfg.Recorder.Eventf(d, corev1.EventTypeNormal, ReasonExternalScale, "replicas set to %d by someone else; paused, so left as they are", cur)
+		e.cfg.Recorder.Eventf(ref(d), corev1.EventTypeNormal, ReasonExternalScale, "replicas set to %d by someone else; paused, so left as they are", cur)
 	default:
-		e.cfg.Recorder.Eventf(d, corev1.EventTypeNormal, ReasonExternalScale,
+		e.cfg.Recorder.Eventf(ref(d), corev1.EventTypeNormal, ReasonExternalScale,
 			"replicas set to %d by someone else (microscaling last set %d); microscaling manages this Deployment and decides again from %d on this tick: annotate %s=true to scale it by hand",
 			cur, prev, cur, annotations.Paused)
 	}
@@ -230,8 +235,8 @@ func (e *Executor) Observe(d *appsv1.Deployment, m *Memory, paused bool, cur int
 // Event, the history and a log line. A failed write is told once while it
 // fails the same way; the next tick decides afresh, never retrying a stale
 // decision. It reports whether the replicas were written.
-func (e *Executor) Scale(ctx context.Context, group string, d *appsv1.Deployment, m *Memory, cur, replicas int32, reason string) bool {
-	logger := klog.FromContext(ctx).WithValues("group", group, "deployment", klog.KObj(d))
+func (e *Executor) Scale(ctx context.Context, group string, d *snapshot.Object, m *Memory, cur, replicas int32, reason string) bool {
+	logger := klog.FromContext(ctx).WithValues("group", group, "deployment", klog.KRef(d.Namespace, d.Name))
 	dir := "up"
 	if replicas < cur {
 		dir = "down"
@@ -257,7 +262,7 @@ func (e *Executor) Scale(ctx context.Context, group string, d *appsv1.Deployment
 	}
 	now := e.clock.Now()
 	m.mu.Lock()
-	m.written, m.hasWritten, m.staleRV = replicas, true, d.ResourceVersion
+	m.written, m.hasWritten, m.staleRV = replicas, true, d.Version
 	m.last = fmt.Sprintf("%d -> %d at %s: %s", cur, replicas, now.UTC().Format(time.RFC3339), reason)
 	m.mu.Unlock()
 	e.Tell(d, m, corev1.EventTypeWarning, ReasonScaleFailed, "")

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/microscaling/microscaling/informer/snapshot"
 	"github.com/microscaling/microscaling/scaler/metrics"
 )
 
@@ -70,8 +71,8 @@ func scaleReactor(fail *error) k8stesting.ReactionFunc {
 // after a success; a dry run calls nothing and tells each decision once.
 func TestScale(t *testing.T) {
 	three := int32(3)
-	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "c", Namespace: "ns", ResourceVersion: "1"}, Spec: appsv1.DeploymentSpec{Replicas: &three}}
-	client := fake.NewClientset(d.DeepCopy())
+	client := fake.NewClientset(&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "c", Namespace: "ns", ResourceVersion: "1"}, Spec: appsv1.DeploymentSpec{Replicas: &three}})
+	d := &snapshot.Object{Name: "c", Namespace: "ns", Version: "1", Replicas: three}
 	var fail error
 	client.PrependReactor("update", "deployments", scaleReactor(&fail))
 	rec := record.NewFakeRecorder(100)
@@ -148,8 +149,7 @@ func TestObserve(t *testing.T) {
 	client.PrependReactor("update", "deployments", scaleReactor(&fail))
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	e := New(Config{Writer: ScaleWriter{Client: client}, Recorder: rec, Metrics: metrics.NewMetrics(prometheus.NewRegistry())}, clk)
-	two := int32(2)
-	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "c", Namespace: "ns", ResourceVersion: "7"}, Spec: appsv1.DeploymentSpec{Replicas: &two}}
+	d := &snapshot.Object{Name: "c", Namespace: "ns", Version: "7", Replicas: 2}
 	var mem Memory
 	if e.Observe(d, &mem, false, 2) != 2 {
 		t.Fatal("before any write the cache's count stands")
@@ -161,10 +161,10 @@ func TestObserve(t *testing.T) {
 	if got := e.Observe(d, &mem, false, 2); got != 4 {
 		t.Errorf("cache behind the write: Observe = %d, want 4", got)
 	}
-	moved := d.DeepCopy()
-	moved.ResourceVersion = "9"
+	moved := *d
+	moved.Version, moved.Replicas = "9", 9
 	for i := range 2 {
-		if got := e.Observe(moved, &mem, false, 9); got != 9 {
+		if got := e.Observe(&moved, &mem, false, 9); got != 9 {
 			t.Errorf("scaled by someone else: Observe = %d, want 9", got)
 		}
 		evs := drain(rec)
@@ -176,7 +176,7 @@ func TestObserve(t *testing.T) {
 		}
 	}
 	mem.ForgetWrite()
-	if got := e.Observe(moved, &mem, false, 1); got != 1 || len(drain(rec)) != 0 {
+	if got := e.Observe(&moved, &mem, false, 1); got != 1 || len(drain(rec)) != 0 {
 		t.Errorf("after ForgetWrite: Observe = %d, or an Event told", got)
 	}
 }
@@ -186,7 +186,7 @@ func TestObserve(t *testing.T) {
 func TestTold(t *testing.T) {
 	rec := record.NewFakeRecorder(100)
 	e := New(Config{Recorder: rec}, clocktesting.NewFakeClock(time.Time{}))
-	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "c", Namespace: "ns"}}
+	d := &snapshot.Object{Name: "c", Namespace: "ns"}
 	var mem Memory
 	for _, msg := range []string{"a", "a", "b", "", "", "b"} {
 		e.Tell(d, &mem, corev1.EventTypeWarning, ReasonGroupBudgetConflict, msg)

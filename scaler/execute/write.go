@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/informer/snapshot"
 )
 
 // ScaleWriter writes through the /scale subresource.
@@ -25,9 +26,9 @@ type ScaleWriter struct {
 // does it try again, up to three times. Anything else is a newer intent (a
 // `kubectl scale`, an edited template, `paused` or a lowered max): the write
 // ends with the conflict, and the next tick decides from fresh state.
-func (w ScaleWriter) Scale(ctx context.Context, d *appsv1.Deployment, replicas int32) error {
+func (w ScaleWriter) Scale(ctx context.Context, d *snapshot.Object, replicas int32) error {
 	s := &autoscalingv1.Scale{
-		ObjectMeta: metav1.ObjectMeta{Name: d.Name, Namespace: d.Namespace, ResourceVersion: d.ResourceVersion},
+		ObjectMeta: metav1.ObjectMeta{Name: d.Name, Namespace: d.Namespace, ResourceVersion: d.Version},
 		Spec:       autoscalingv1.ScaleSpec{Replicas: replicas},
 	}
 	api := w.Client.AppsV1().Deployments(d.Namespace)
@@ -54,8 +55,8 @@ func (w ScaleWriter) Scale(ctx context.Context, d *appsv1.Deployment, replicas i
 
 // changed says what of a Deployment's intent moved from decided to cur;
 // empty when only its status did.
-func changed(decided, cur *appsv1.Deployment) string {
-	from, now := annotations.Replicas(decided.Spec.Replicas), annotations.Replicas(cur.Spec.Replicas)
+func changed(decided *snapshot.Object, cur *appsv1.Deployment) string {
+	from, now := decided.Replicas, annotations.Replicas(cur.Spec.Replicas)
 	switch {
 	case now != from:
 		return fmt.Sprintf("replicas changed to %d", now)

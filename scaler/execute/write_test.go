@@ -13,6 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/microscaling/microscaling/informer/snapshot"
 )
 
 // TestScaleConflict: a conflict because only the status moved on is
@@ -55,7 +57,7 @@ func TestScaleConflict(t *testing.T) {
 				tc.server(d)
 				return true, d, nil
 			})
-			err := ScaleWriter{Client: client}.Scale(context.Background(), decided.DeepCopy(), 5)
+			err := ScaleWriter{Client: client}.Scale(context.Background(), &snapshot.Object{Namespace: decided.Namespace, Name: decided.Name, Version: decided.ResourceVersion, Generation: decided.Generation, Replicas: three, Annotations: decided.Annotations}, 5)
 			switch {
 			case tc.wantErr == "" && err != nil:
 				t.Fatalf("err = %v", err)

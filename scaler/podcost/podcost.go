@@ -13,13 +13,14 @@ import (
 	"math"
 	"strconv"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	appslisters "k8s.io/client-go/listers/apps/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 
+	"github.com/microscaling/microscaling/informer/snapshot"
 	"github.com/microscaling/microscaling/scaler/queue"
 )
 
@@ -34,8 +35,9 @@ const MaxPods = 500
 type Marker struct {
 	// Client writes the pods (its own rate limit: a scale-down of many
 	// replicas is as many writes).
-	Client kubernetes.Interface
-	Pods   corelisters.PodLister
+	Client      kubernetes.Interface
+	Pods        corelisters.PodLister
+	Deployments appslisters.DeploymentLister
 }
 
 // Mark sets the deletion cost of each of d's pods (those its selector
@@ -44,7 +46,11 @@ type Marker struct {
 // whose consumer the queue does not see costs 0, as does one without the
 // annotation. Only pods whose cost changes are written. It returns how
 // many were, and the first error (the other pods are still written).
-func (m *Marker) Mark(ctx context.Context, d *appsv1.Deployment, h queue.Holdings) (int, error) {
+func (m *Marker) Mark(ctx context.Context, o *snapshot.Object, h queue.Holdings) (int, error) {
+	d, err := m.Deployments.Deployments(o.Namespace).Get(o.Name)
+	if err != nil {
+		return 0, fmt.Errorf("finding %s/%s: %w", o.Namespace, o.Name, err)
+	}
 	if d.Spec.Selector == nil {
 		return 0, fmt.Errorf("%s/%s has no selector", d.Namespace, d.Name)
 	}

@@ -8,9 +8,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	appslisters "k8s.io/client-go/listers/apps/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/microscaling/microscaling/informer/snapshot"
 	"github.com/microscaling/microscaling/scaler/queue"
 )
 
@@ -56,10 +58,14 @@ func TestMark(t *testing.T) {
 		{Hostname: "consumer-same", Remote: "10.0.0.6:1", Held: 2},
 		{Hostname: "consumer-gone", Remote: "10.0.0.4:1", Held: 1},
 	})
-	m := &Marker{Client: client, Pods: corelisters.NewPodLister(idx)}
 	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "consumer"},
 		Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "consumer"}}}}
-	n, err := m.Mark(context.Background(), d, h)
+	ds := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	if err := ds.Add(d); err != nil {
+		t.Fatal(err)
+	}
+	m := &Marker{Client: client, Pods: corelisters.NewPodLister(idx), Deployments: appslisters.NewDeploymentLister(ds)}
+	n, err := m.Mark(context.Background(), &snapshot.Object{Namespace: "team-a", Name: "consumer"}, h)
 	if err != nil {
 		t.Fatal(err)
 	}

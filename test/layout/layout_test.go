@@ -76,6 +76,14 @@ func TestOwnImports(t *testing.T) {
 			t.Errorf("scaler/policy imports %s: the policy imports annotations and the standard library only", d)
 		}
 	}
+	if len(imports["/scaler"]) == 0 {
+		t.Fatalf("go list did not list scaler: %v", imports)
+	}
+	for _, d := range imports["/scaler"] {
+		if d == "k8s.io/api/apps/v1" {
+			t.Errorf("scaler imports %s: the loop takes the informer's plain snapshot, never a Deployment", d)
+		}
+	}
 	for pkg, deps := range imports {
 		if !strings.HasPrefix(pkg, "/scaler") || pkg == "/scaler/execute" {
 			continue

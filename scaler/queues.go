@@ -1,0 +1,231 @@
+package scaler
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/microscaling/microscaling/annotations"
+	"github.com/microscaling/microscaling/scaler/execute"
+	"github.com/microscaling/microscaling/scaler/policy"
+	"github.com/microscaling/microscaling/scaler/queue"
+)
+
+// readyFirst looks again at the groups whose readings are not complete
+// after minReadyPoll, twice as long each time it finds none ready (most
+// reads end together, when their one host answers), at most maxReadyPoll.
+const minReadyPoll, maxReadyPoll = time.Millisecond, 16 * time.Millisecond
+
+// readyFirst yields keys in the order their members' queue readings
+// complete, so that a group whose hosts hang waits on its own readings and
+// never holds a worker that a group with answers could use. Readings that
+// cannot tell (no queue.Readiness) yield keys as they are. The channel
+// holds every key, so the look-out never blocks and ends by itself.
+func readyFirst(ctx context.Context, keys []string, members map[string][]memberRef, r policy.Readings) <-chan string {
+	out := make(chan string, len(keys))
+	rd, ok := r.(queue.Readiness)
+	ready := func(k string) bool {
+		for _, m := range members[k] {
+			if m.st.spec == nil {
+				continue
+			}
+			for _, q := range m.st.spec.Queues {
+				if !rd.Ready(q) {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	if !ok {
+		for _, k := range keys {
+			out <- k
+		}
+		return out
+	}
+	pending := slices.Clone(keys)
+	// look yields the pending groups now ready; it tells whether any was.
+	look := func() bool {
+		rest := pending[:0]
+		for _, k := range pending {
+			if ready(k) {
+				out <- k
+			} else {
+				rest = append(rest, k)
+			}
+		}
+		found := len(rest) < len(pending)
+		pending = rest
+		return found
+	}
+	look()
+	if len(pending) == 0 {
+		return out
+	}
+	go func() {
+		wait := minReadyPoll
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		for len(pending) > 0 {
+			select {
+			case <-ctx.Done():
+				for _, k := range pending {
+					out <- k
+				}
+				return
+			case <-t.C:
+			}
+			if look() {
+				wait = minReadyPoll
+			} else {
+				wait = min(2*wait, maxReadyPoll)
+			}
+			t.Reset(wait)
+		}
+	}()
+	return out
+}
+
+// capHosts keeps, for each namespace naming more queue hosts than
+// QueueHostsPerNamespace, the first ones in sorted order (the same every
+// tick), and returns the hosts kept for those namespaces.
+func (c *Controller) capHosts(hosts map[string]map[string]bool) map[string]map[string]bool {
+	limit := c.cfg.QueueHostsPerNamespace
+	if limit <= 0 {
+		return nil
+	}
+	var allowed map[string]map[string]bool
+	for ns, hs := range hosts {
+		if len(hs) <= limit {
+			continue
+		}
+		keep := slices.Sorted(maps.Keys(hs))[:limit]
+		if allowed == nil {
+			allowed = map[string]map[string]bool{}
+		}
+		allowed[ns] = map[string]bool{}
+		for _, h := range keep {
+			allowed[ns][h] = true
+		}
+	}
+	return allowed
+}
+
+// queueSet is what a tick reads, built from the members' specs.
+type queueSet struct {
+	specs   uint64   // Controller.specs it was built at
+	refs    tickRefs // the queues to read, by reference
+	list    []queue.Ref
+	allowed map[string]map[string]bool // see tick.allowedHosts
+}
+
+// queueSet lists the queues the members name, each with the namespaces
+// naming it, past the per-namespace host cap (capHosts).
+func (c *Controller) queueSet(members map[string][]memberRef) *queueSet {
+	hosts := map[string]map[string]bool{} // by namespace
+	for _, ms := range members {
+		for _, m := range ms {
+			if m.st.spec == nil {
+				continue
+			}
+			for _, q := range m.st.spec.Queues {
+				if hosts[m.d.Namespace] == nil {
+					hosts[m.d.Namespace] = map[string]bool{}
+				}
+				hosts[m.d.Namespace][queue.Target(q)] = true
+			}
+		}
+	}
+	s := &queueSet{specs: c.specs, refs: tickRefs{}, allowed: c.capHosts(hosts)}
+	for _, ms := range members {
+		for _, m := range ms {
+			if m.st.spec == nil {
+				continue
+			}
+			for _, q := range m.st.spec.Queues {
+				// Rare: some namespace names too many hosts. Its queues on
+				// hosts past the bound are not read, unless a namespace
+				// within it names them.
+				if a := s.allowed[m.d.Namespace]; a == nil || a[queue.Target(q)] {
+					s.refs.add(q, m.d.Namespace, m.st.spec.ScaleDownDelay)
+				}
+			}
+		}
+	}
+	s.list = s.refs.list()
+	return s
+}
+
+// tickRefs are the queues a tick reads, each with the namespaces that
+// name it (its reads are charged to their shares) and the shortest
+// scale-down delay of the members naming it.
+type tickRefs map[annotations.QueueRef]*tickRef
+
+type tickRef struct {
+	namespaces map[string]bool
+	hold       time.Duration
+}
+
+func (r tickRefs) add(q annotations.QueueRef, namespace string, hold time.Duration) {
+	t := r[q]
+	if t == nil {
+		t = &tickRef{namespaces: map[string]bool{}, hold: hold}
+		r[q] = t
+	}
+	t.namespaces[namespace] = true
+	t.hold = min(t.hold, hold)
+}
+
+func (r tickRefs) list() []queue.Ref {
+	out := make([]queue.Ref, 0, len(r))
+	for q, t := range r {
+		out = append(out, queue.Ref{QueueRef: q, Namespaces: slices.Sorted(maps.Keys(t.namespaces)), Hold: t.hold})
+	}
+	return out
+}
+
+func covers(read, need tickRefs) bool {
+	for q := range need {
+		if _, ok := read[q]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// readQueues sums a member's queues from the tick's readings, sets its
+// backlog gauge, and tells when its queues become unreadable or readable
+// again. An unreadable queue holds the member.
+func (c *Controller) readQueues(m member, t *tick) (policy.QueueReading, bool) {
+	var sum policy.QueueReading
+	var err error
+	for _, q := range m.spec.Queues {
+		if a := t.allowedHosts[m.d.Namespace]; a != nil && !a[queue.Target(q)] {
+			err = fmt.Errorf("queue host %s not read: namespace %s names more than %d queue hosts (each nsqlookupd topic counts as one)", q.Host, m.d.Namespace, c.cfg.QueueHostsPerNamespace)
+			break
+		}
+		var r policy.QueueReading
+		if r, err = t.readings.Reading(q); err != nil {
+			break
+		}
+		sum = sum.Plus(r)
+	}
+	c.exec.Turned(&m.d.Object, &m.st.told, "unreadable", err != nil, func() (string, string, string) {
+		return corev1.EventTypeWarning, execute.ReasonQueueUnreadable, fmt.Sprintf("holding at %d replicas: %v", m.cur, err)
+	}, func() (string, string, string) {
+		return corev1.EventTypeNormal, execute.ReasonQueueReadable, fmt.Sprintf("queue read again: backlog %d", sum.Backlog)
+	})
+	st := m.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.gauges.Unreadable = err != nil
+	if err != nil {
+		return sum, false
+	}
+	st.gauges.Backlog, st.gauges.HasBacklog = sum.Backlog, true
+	return sum, true
+}

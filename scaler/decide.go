@@ -33,6 +33,7 @@ type member struct {
 // a tick) would set how often the collector runs.
 type scratch struct {
 	ms     []member
+	held   []member // left out: another autoscaler scales them
 	inputs []policy.MemberInput
 	specs  []*annotations.Spec
 	policy policy.Scratch
@@ -44,8 +45,15 @@ var scratches = sync.Pool{New: func() any { return new(scratch) }}
 func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *tick) {
 	sc := scratches.Get().(*scratch)
 	defer scratches.Put(sc)
-	ms := c.gather(key, t, sc.ms[:0])
-	sc.ms = ms
+	ms, held := c.gather(key, t, sc.ms[:0], sc.held[:0])
+	sc.ms, sc.held = ms, held
+	for _, m := range held {
+		// Another autoscaler scales it: left alone, shown as held by it.
+		m.st.mu.Lock()
+		c.recordLocked(key, m, t, dashboard.Status{Replicas: m.cur, Desired: m.cur, Held: execute.HeldConflict})
+		m.st.mu.Unlock()
+		c.exec.Decided(&m.d.Object, &m.st.told, execute.HeldConflict, m.spec, m.cur, m.cur)
+	}
 	if len(ms) == 0 {
 		return
 	}
@@ -173,8 +181,9 @@ func (c *Controller) lowPriority(m member) bool {
 }
 
 // gather lists a group's members that have a valid spec, with the replicas
-// they ask for now, and tells of replicas someone else set.
-func (c *Controller) gather(key string, t *tick, ms []member) []member {
+// they ask for now, and tells of replicas someone else set; those another
+// autoscaler scales come back apart (held), left out of the decision.
+func (c *Controller) gather(key string, t *tick, ms, held []member) ([]member, []member) {
 	refs := t.members[key]
 	for _, ref := range refs {
 		d, st := ref.d, ref.st
@@ -186,17 +195,13 @@ func (c *Controller) gather(key string, t *tick, ms []member) []member {
 		}
 		cur := d.Replicas
 		if c.conflicting(d, st) {
-			// Another autoscaler scales it: left alone, shown as held by it.
-			st.mu.Lock()
-			c.recordLocked(key, member{d: d, st: st, spec: spec, cur: cur}, t, dashboard.Status{Replicas: cur, Desired: cur, Held: execute.HeldConflict})
-			st.mu.Unlock()
-			c.exec.Decided(&d.Object, &st.told, execute.HeldConflict, spec, cur, cur)
+			held = append(held, member{d: d, st: st, spec: spec, cur: cur})
 			continue
 		}
 		cur = c.exec.Observe(&d.Object, &st.told, spec.Paused, cur)
 		ms = append(ms, member{d: d, st: st, spec: spec, cur: cur})
 	}
-	return ms
+	return ms, held
 }
 
 // budgetConflict tells each member whose group-max-replicas is not the one

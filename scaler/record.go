@@ -11,7 +11,7 @@ import (
 
 // record sets a member's gauges to the group's decision and adds it, with
 // the member's status, to the dashboard's history.
-func (c *Controller) record(group string, m member, d policy.MemberDecision, t *tick) {
+func (c *Controller) record(group string, m member, d policy.Decision, t *tick) {
 	m.st.mu.Lock()
 	defer m.st.mu.Unlock()
 	g := &m.st.gauges

@@ -215,7 +215,7 @@ type GroupInput struct {
 
 // Scratch is memory a group decision reuses; see GroupInput.Scratch.
 type Scratch struct {
-	decisions []MemberDecision
+	decisions []Decision
 	states    []MemberState
 	members   []Member
 	specs     []*annotations.Spec
@@ -242,30 +242,10 @@ func lend[T any](buf *[]T, n int) []T {
 	return s
 }
 
-// MemberDecision is the outcome for one member.
-type MemberDecision struct {
-	Replicas int32
-	// Reason says why, for a change: the queue rule's words, then the
-	// allocation's.
-	Reason string
-	// Held names what keeps the member from what its load asks for (a
-	// Held* word; the allocation's, else the queue rule's); empty when
-	// nothing does.
-	Held string
-	// Corrected is the queue rule's Decision.Corrected.
-	Corrected Correction
-	// Fallback is the queue rule's Decision.Fallback.
-	Fallback bool
-	// Saturated is the queue rule's Decision.Saturated: more replicas
-	// stopped adding throughput, Knee replicas deliver Ceiling messages
-	// per second.
-	Saturated Saturation
-}
-
 // GroupOutput is a group decision.
 type GroupOutput struct {
 	// Decisions are in the order of GroupInput.Members.
-	Decisions []MemberDecision
+	Decisions []Decision
 	// States are each member's next memory, in the same order: the caller
 	// keeps them and hands them back on the next decision.
 	States []MemberState
@@ -370,7 +350,7 @@ func DecideGroup(in GroupInput, gs GroupState) (GroupState, GroupOutput) {
 	}
 	if !(needed && in.Room == nil) && gs.unchanged(ms, g.Members, roomVersion) {
 		for i, m := range ms {
-			out.Decisions[i] = MemberDecision{Replicas: m.Current, Held: heldBy(rule[i].held, gs.inputs[i].held), Corrected: rule[i].fix, Fallback: rule[i].fallback, Saturated: rule[i].sat}
+			out.Decisions[i] = Decision{Replicas: m.Current, Held: heldBy(rule[i].held, gs.inputs[i].held), Corrected: rule[i].fix, Fallback: rule[i].fallback, Saturated: rule[i].sat}
 		}
 		out.Unchanged = true
 		return gs, out
@@ -401,7 +381,7 @@ func DecideGroup(in GroupInput, gs GroupState) (GroupState, GroupOutput) {
 		if g.Members[i].Remainder && why == "" {
 			why = "spare room in the group"
 		}
-		out.Decisions[i] = MemberDecision{Replicas: d.Replicas, Reason: why, Held: heldBy(rule[i].held, d.Held), Corrected: rule[i].fix, Fallback: rule[i].fallback, Saturated: rule[i].sat}
+		out.Decisions[i] = Decision{Replicas: d.Replicas, Reason: why, Held: heldBy(rule[i].held, d.Held), Corrected: rule[i].fix, Fallback: rule[i].fallback, Saturated: rule[i].sat}
 		if d.Replicas != ms[i].Current && !ms[i].Spec.Paused {
 			out.Writes = append(out.Writes, i)
 		}

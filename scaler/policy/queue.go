@@ -92,7 +92,10 @@ type QueueState struct {
 	}
 }
 
-// Decision is the outcome for one member.
+// Decision is the outcome for one member: of the queue rule, and of a
+// group decision (GroupOutput.Decisions), where Reason is the queue rule's
+// words then the allocation's, and Held the allocation's word, else the
+// queue rule's.
 type Decision struct {
 	Replicas int32
 	Reason   string
@@ -110,7 +113,7 @@ type Decision struct {
 	Saturated Saturation
 }
 
-// What holds a member, in Decision.Held and MemberDecision.Held.
+// What holds a member, in Decision.Held.
 const (
 	HeldMax        = "max"        // max-replicas
 	HeldMin        = "min"        // min-replicas

@@ -52,7 +52,6 @@ func scaleRun(t *testing.T, n int) {
 	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "64", Memory: "256Gi", Pods: 1000}}})
 	groups := n / 5
 	ensureRemainderClass(t, s)
-	t0 := time.Now()
 	for _, ns := range []string{"bench-a", "bench-b"} {
 		if _, err := s.Kubectl(t.Context(), "create", "namespace", ns); err != nil {
 			t.Fatal(err)
@@ -70,70 +69,7 @@ func scaleRun(t *testing.T, n int) {
 			ensureChannel(t, s, "t"+strconv.Itoa(g), "c")
 		}
 	}
-	var wg sync.WaitGroup
-	work := make(chan *appsv1.Deployment)
-	var mu sync.Mutex
-	var createErr error
-	for range 16 {
-		wg.Go(func() {
-			for d := range work {
-				if _, err := s.Client.AppsV1().Deployments(d.Namespace).Create(context.Background(), d, metav1.CreateOptions{}); err != nil {
-					mu.Lock()
-					createErr = err
-					mu.Unlock()
-				}
-			}
-		})
-	}
-	for g := range groups {
-		ns := []string{"bench-a", "bench-b"}[g%2]
-		group := "g" + strconv.Itoa(g)
-		for p := 1; p <= 4; p++ {
-			d := deployment(ns, fmt.Sprintf("%s-q%d", group, p), 0, map[string]string{
-				"microscaling.com/group": group, "microscaling.com/priority": strconv.Itoa(p),
-				"microscaling.com/queue":               queueOf(g),
-				"microscaling.com/target-queue-length": "50", "microscaling.com/max-replicas": "5"})
-			if strings.HasPrefix(queueOf(g), "rabbitmq:") {
-				d.Annotations["microscaling.com/queue-secret"] = "rabbit"
-			}
-			work <- d
-		}
-		rem := deployment(ns, group+"-rem", 0, map[string]string{"microscaling.com/group": group, "microscaling.com/priority": "9",
-			"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "5"})
-		rem.Spec.Template.Spec.NodeSelector = map[string]string{"pool": "none"} // fits no node: no pods, full capacity path
-		rem.Spec.Template.Spec.PriorityClassName = remainderClass
-		work <- rem
-	}
-	close(work)
-	wg.Wait()
-	if createErr != nil {
-		t.Fatal(createErr)
-	}
-	t.Logf("%d Deployments created in %s", n, time.Since(t0).Round(time.Second))
-	// Steady state: the deployment controller has caught up (a ReplicaSet
-	// and a status for each), so the window measures the controller, not the
-	// control plane working through 10,000 new Deployments on the same cores.
-	t1 := time.Now()
-	eventually(t, 15*time.Minute, func(ctx context.Context) error {
-		behind := 0
-		for _, ns := range []string{"bench-a", "bench-b"} {
-			list, err := s.Client.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{ResourceVersion: "0"})
-			if err != nil {
-				return err
-			}
-			for _, d := range list.Items {
-				if d.Status.ObservedGeneration < d.Generation {
-					behind++
-				}
-			}
-		}
-		if behind > 0 {
-			time.Sleep(2 * time.Second) // a list of 10,000 is not free: poll gently
-			return fmt.Errorf("%d Deployments not yet observed by the deployment controller", behind)
-		}
-		return nil
-	})
-	t.Logf("deployment controller caught up in %s", time.Since(t1).Round(time.Second))
+	benchDeployments(t, s, n, []string{"bench-a", "bench-b"}, queueOf)
 
 	start := time.Now()
 	c := startController(t, s.Kubeconfig, append(append([]string{"--profiling"}, args...), strings.Fields(os.Getenv("MICROSCALING_CONTROLLER_ARGS"))...)...)
@@ -156,18 +92,7 @@ func scaleRun(t *testing.T, n int) {
 	// minutes. (At 500 a second on this machine's two cores, members were
 	// seen flipping to QueueUnreadable and back for minutes, each flip a
 	// condition again: the window never began.)
-	settled := time.Now()
-	eventually(t, 5*time.Minute+time.Duration(n)*time.Second/15, func(ctx context.Context) error {
-		before := eventsSent(scrape(t, c))
-		time.Sleep(3 * time.Second) // the sending pace is what is measured
-		if after := eventsSent(scrape(t, c)); after != before {
-			return fmt.Errorf("%.0f Events and conditions sent in 3 s", after-before)
-		}
-		return nil
-	})
-	if wait := time.Since(settled); wait > 4*time.Second {
-		t.Logf("Events and conditions of the first ticks sent in %s: %.0f in all", wait.Round(time.Second), eventsSent(scrape(t, c)))
-	}
+	settle(t, n, c)
 	if path := os.Getenv("MICROSCALING_PROFILE"); path != "" {
 		// A heap profile before and after the CPU profile: pprof
 		// -diff_base gives the allocations of those 15 steady seconds.
@@ -209,7 +134,7 @@ func scaleRun(t *testing.T, n int) {
 		}
 		window = w
 	}
-	samples := sampleRSS(t, c.cmd.Process.Pid, window)
+	samples := sampleRSS(t, window, c.cmd.Process.Pid)[0]
 	cpu1 := procCPU(t, c.cmd.Process.Pid)
 	m1 := scrape(t, c)
 	ticks := m1["microscaling_tick_duration_seconds_count"] - m0["microscaling_tick_duration_seconds_count"]
@@ -256,6 +181,103 @@ func scaleRun(t *testing.T, n int) {
 	fmt.Println(line)
 	fmt.Println("LAG-BUCKETS", lagBuckets(m0, m1, "microscaling_tick_lag_seconds"))
 	fmt.Println("EVENTS", eventReasons(t, s, "bench-a", "bench-b"))
+}
+
+// benchDeployments makes the benchmark's Deployments: for each of the n/5
+// groups (group g in namespaces[g%len(namespaces)]), four queue members
+// reading queueOf(g) and a remainder that fits no node; then it waits
+// until the deployment controller has observed every one.
+func benchDeployments(t *testing.T, s *harness.Stack, n int, namespaces []string, queueOf func(g int) string) {
+	t.Helper()
+	t0 := time.Now()
+	groups := n / 5
+	var wg sync.WaitGroup
+	work := make(chan *appsv1.Deployment)
+	var mu sync.Mutex
+	var createErr error
+	for range 16 {
+		wg.Go(func() {
+			for d := range work {
+				if _, err := s.Client.AppsV1().Deployments(d.Namespace).Create(context.Background(), d, metav1.CreateOptions{}); err != nil {
+					mu.Lock()
+					createErr = err
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for g := range groups {
+		ns := namespaces[g%len(namespaces)]
+		group := "g" + strconv.Itoa(g)
+		for p := 1; p <= 4; p++ {
+			d := deployment(ns, fmt.Sprintf("%s-q%d", group, p), 0, map[string]string{
+				"microscaling.com/group": group, "microscaling.com/priority": strconv.Itoa(p),
+				"microscaling.com/queue":               queueOf(g),
+				"microscaling.com/target-queue-length": "50", "microscaling.com/max-replicas": "5"})
+			if strings.HasPrefix(queueOf(g), "rabbitmq:") {
+				d.Annotations["microscaling.com/queue-secret"] = "rabbit"
+			}
+			work <- d
+		}
+		rem := deployment(ns, group+"-rem", 0, map[string]string{"microscaling.com/group": group, "microscaling.com/priority": "9",
+			"microscaling.com/rule": "remainder", "microscaling.com/max-replicas": "5"})
+		rem.Spec.Template.Spec.NodeSelector = map[string]string{"pool": "none"} // fits no node: no pods, full capacity path
+		rem.Spec.Template.Spec.PriorityClassName = remainderClass
+		work <- rem
+	}
+	close(work)
+	wg.Wait()
+	if createErr != nil {
+		t.Fatal(createErr)
+	}
+	t.Logf("%d Deployments created in %s", n, time.Since(t0).Round(time.Second))
+	// Steady state: the deployment controller has caught up (a ReplicaSet
+	// and a status for each), so the window measures the controller, not the
+	// control plane working through 10,000 new Deployments on the same cores.
+	t1 := time.Now()
+	eventually(t, 5*time.Minute+time.Duration(n)*30*time.Millisecond, func(ctx context.Context) error {
+		behind := 0
+		for _, ns := range namespaces {
+			list, err := s.Client.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{ResourceVersion: "0"})
+			if err != nil {
+				return err
+			}
+			for _, d := range list.Items {
+				if d.Status.ObservedGeneration < d.Generation {
+					behind++
+				}
+			}
+		}
+		if behind > 0 {
+			time.Sleep(2 * time.Second) // a list of 10,000 is not free: poll gently
+			return fmt.Errorf("%d Deployments not yet observed by the deployment controller", behind)
+		}
+		return nil
+	})
+	t.Logf("deployment controller caught up in %s", time.Since(t1).Round(time.Second))
+}
+
+// settle waits until each of cs has sent the Events and conditions its
+// first ticks raised (n members between them), and logs how long that took.
+func settle(t *testing.T, n int, cs ...*controller) {
+	t.Helper()
+	settled := time.Now()
+	eventually(t, 5*time.Minute+time.Duration(n)*time.Second/15, func(ctx context.Context) error {
+		before := make([]float64, len(cs))
+		for i, c := range cs {
+			before[i] = eventsSent(scrape(t, c))
+		}
+		time.Sleep(3 * time.Second) // the sending pace is what is measured
+		for i, c := range cs {
+			if after := eventsSent(scrape(t, c)); after != before[i] {
+				return fmt.Errorf("%.0f Events and conditions sent in 3 s by controller %d", after-before[i], i)
+			}
+		}
+		return nil
+	})
+	if wait := time.Since(settled); wait > 4*time.Second {
+		t.Logf("Events and conditions of the first ticks sent in %s", wait.Round(time.Second))
+	}
 }
 
 // eventsSent is the Events and conditions the controller has sent, from
@@ -418,24 +440,31 @@ func procCPU(t *testing.T, pid int) float64 {
 	return (utime + stime) / 100 // clock ticks; USER_HZ is 100 on Linux
 }
 
-func sampleRSS(t *testing.T, pid int, d time.Duration) rssStats {
-	var vs []float64
+// sampleRSS samples the resident set of each of pids once a second for d.
+func sampleRSS(t *testing.T, d time.Duration, pids ...int) []rssStats {
+	vs := make([][]float64, len(pids))
 	end := time.Now().Add(d)
 	for time.Now().Before(end) {
-		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(string(status), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-				kb, _ := strconv.ParseFloat(f[1], 64)
-				vs = append(vs, kb*1024)
+		for i, pid := range pids {
+			status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(string(status), "\n") {
+				if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+					kb, _ := strconv.ParseFloat(f[1], 64)
+					vs[i] = append(vs[i], kb*1024)
+				}
 			}
 		}
 		time.Sleep(time.Second) // one sample a second
 	}
-	slices.Sort(vs)
-	return rssStats{median: vs[len(vs)/2], max: vs[len(vs)-1]}
+	out := make([]rssStats, len(pids))
+	for i, v := range vs {
+		slices.Sort(v)
+		out[i] = rssStats{median: v[len(v)/2], max: v[len(v)-1]}
+	}
+	return out
 }
 
 // histQuantile estimates a quantile of a histogram's observations between

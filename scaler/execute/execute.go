@@ -96,6 +96,18 @@ type Memory struct {
 	staleRV string
 	// last tells the last write: from, to, when, why.
 	last string
+	// cond is the condition last decided, built from condOf: built again
+	// only when they change (a decision a tick, the same most ticks).
+	cond   condition.Condition
+	condOf condInputs
+}
+
+// condInputs is what a member's condition is built from.
+type condInputs struct {
+	held         string
+	spec         *annotations.Spec // never changed in place: a new spec is a new pointer
+	cur, desired int32
+	last         string
 }
 
 // swap sets topic to value and returns what it was: the one memory behind
@@ -170,9 +182,17 @@ func (e *Executor) SetCondition(d *snapshot.Object, cond condition.Condition) {
 // Decided keeps on d the condition of a decision that wants desired
 // replicas, held by the Held word h (empty: nothing holds it).
 func (e *Executor) Decided(d *snapshot.Object, m *Memory, h string, spec *annotations.Spec, cur, desired int32) {
-	if e.cfg.Conditions != nil {
-		e.cfg.Conditions.Set(d, conditionFor(h, spec, cur, desired, m.LastScale()))
+	if e.cfg.Conditions == nil {
+		return
 	}
+	m.mu.Lock()
+	in := condInputs{held: h, spec: spec, cur: cur, desired: desired, last: m.last}
+	if in != m.condOf || m.cond == (condition.Condition{}) {
+		m.cond, m.condOf = conditionFor(h, spec, cur, desired, m.last), in
+	}
+	c := m.cond
+	m.mu.Unlock()
+	e.cfg.Conditions.Set(d, c)
 }
 
 // Release tells that d is no longer scaled because the keys that made it

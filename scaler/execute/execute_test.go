@@ -21,8 +21,11 @@ import (
 	"k8s.io/client-go/tools/record"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/informer/snapshot"
+	"github.com/microscaling/microscaling/scaler/condition"
 	"github.com/microscaling/microscaling/scaler/metrics"
+	"github.com/microscaling/microscaling/scaler/policy"
 )
 
 // drain returns the Events recorded so far.
@@ -208,5 +211,46 @@ func TestTold(t *testing.T) {
 	}
 	if got, want := drain(rec), []string{"Warning FallbackActive on", "Normal FallbackEnded off", "Warning FallbackActive on"}; !slices.Equal(got, want) || built != 3 {
 		t.Errorf("Turned: %q (built %d), want %q (built 3)", got, built, want)
+	}
+}
+
+// conds records the conditions set.
+type conds struct{ set []string }
+
+func (c *conds) Set(d *snapshot.Object, cond condition.Condition) {
+	c.set = append(c.set, d.Name+": "+string(cond.Status)+" "+cond.Reason+" "+cond.Message)
+}
+func (c *conds) Clear(*snapshot.Object) {}
+func (c *conds) Forget(string, string)  {}
+
+// TestDecided: each decision keeps its condition on the member, built
+// again when what it says changes: the Held word, the replicas, the spec,
+// the last write.
+func TestDecided(t *testing.T) {
+	c := &conds{}
+	three := int32(3)
+	client := fake.NewClientset(&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "c", Namespace: "ns", ResourceVersion: "1"}, Spec: appsv1.DeploymentSpec{Replicas: &three}})
+	var fail error
+	client.PrependReactor("update", "deployments", scaleReactor(&fail))
+	e := New(Config{Writer: ScaleWriter{Client: client}, Recorder: record.NewFakeRecorder(100), Metrics: metrics.NewMetrics(prometheus.NewRegistry()), Conditions: c},
+		clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)))
+	d := &snapshot.Object{Name: "c", Namespace: "ns", Version: "1", Replicas: 3}
+	spec := &annotations.Spec{MinReplicas: 1, MaxReplicas: 5}
+	var mem Memory
+	e.Decided(d, &mem, "", spec, 3, 3)
+	e.Decided(d, &mem, "", spec, 3, 3)
+	e.Decided(d, &mem, policy.HeldMax, spec, 3, 5)
+	if !e.Scale(t.Context(), "g", d, &mem, 3, 5, "load") {
+		t.Fatal("not written")
+	}
+	e.Decided(d, &mem, "", spec, 5, 5)
+	want := []string{
+		"c: True FollowingLoad replicas: wants 3, has 3 (min 1, max 5)",
+		"c: True FollowingLoad replicas: wants 3, has 3 (min 1, max 5)",
+		"c: False AtMaxReplicas held at max-replicas; replicas: wants 5, has 3 (min 1, max 5)",
+		"c: True FollowingLoad replicas: wants 5, has 5 (min 1, max 5); last scaled 3 -> 5 at 2026-01-01T00:00:00Z: load",
+	}
+	if !slices.Equal(c.set, want) {
+		t.Errorf("conditions\n%s\nwant\n%s", strings.Join(c.set, "\n"), strings.Join(want, "\n"))
 	}
 }

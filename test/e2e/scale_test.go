@@ -27,7 +27,7 @@ import (
 // pass/fail check: MICROSCALING_BENCH=1, sizes in MICROSCALING_SCALE_SIZES
 // (default 100,1000,10000). Per size: a fresh stack, N Deployments in N/5
 // groups (4 queue members and a remainder that fits no node) over 2
-// namespaces, one nsqd with a topic per group. MICROSCALING_SCALE_SOURCES=1
+// namespaces (past 10,000, one per thousand: benchNamespaces), one nsqd with a topic per group. MICROSCALING_SCALE_SOURCES=1
 // spreads the groups over the five sources instead, a fifth each: NSQ,
 // RabbitMQ (a queue per group, one vhost), a Redis list, a NATS JetStream
 // consumer and a Prometheus query, each server on this machine.
@@ -52,7 +52,8 @@ func scaleRun(t *testing.T, n int) {
 	s := harness.StartT(t, harness.Options{NSQ: true, Nodes: []harness.Node{{Name: "n1", CPU: "64", Memory: "256Gi", Pods: 1000}}})
 	groups := n / 5
 	ensureRemainderClass(t, s)
-	for _, ns := range []string{"bench-a", "bench-b"} {
+	namespaces := benchNamespaces(n)
+	for _, ns := range namespaces {
 		if _, err := s.Kubectl(t.Context(), "create", "namespace", ns); err != nil {
 			t.Fatal(err)
 		}
@@ -62,14 +63,14 @@ func scaleRun(t *testing.T, n int) {
 	var args []string
 	mixed := os.Getenv("MICROSCALING_SCALE_SOURCES") != ""
 	if mixed {
-		queueOf, args = scaleSources(t, s, groups)
+		queueOf, args = scaleSources(t, s, groups, namespaces)
 	}
 	for g := range groups {
 		if !mixed || g%5 == 0 {
 			ensureChannel(t, s, "t"+strconv.Itoa(g), "c")
 		}
 	}
-	benchDeployments(t, s, n, []string{"bench-a", "bench-b"}, queueOf)
+	benchDeployments(t, s, n, namespaces, queueOf)
 
 	start := time.Now()
 	c := startController(t, s.Kubeconfig, append(append([]string{"--profiling"}, args...), strings.Fields(os.Getenv("MICROSCALING_CONTROLLER_ARGS"))...)...)
@@ -156,7 +157,7 @@ func scaleRun(t *testing.T, n int) {
 	var reactions []time.Duration
 	for i := range 5 {
 		g := i * (groups / 5)
-		reactions = append(reactions, reaction(t, s, []string{"bench-a", "bench-b"}[g%2], fmt.Sprintf("g%d-q1", g), 0, "t"+strconv.Itoa(g), 100))
+		reactions = append(reactions, reaction(t, s, namespaces[g%len(namespaces)], fmt.Sprintf("g%d-q1", g), 0, "t"+strconv.Itoa(g), 100))
 	}
 	slices.Sort(reactions)
 	stats := `microscaling_queue_read_duration_seconds_bucket{host="` + s.NSQ.HTTPAddr + `",`
@@ -180,7 +181,23 @@ func scaleRun(t *testing.T, n int) {
 	t.Log(line)
 	fmt.Println(line)
 	fmt.Println("LAG-BUCKETS", lagBuckets(m0, m1, "microscaling_tick_lag_seconds"))
-	fmt.Println("EVENTS", eventReasons(t, s, "bench-a", "bench-b"))
+	fmt.Println("EVENTS", eventReasons(t, s, namespaces...))
+}
+
+// benchNamespaces are the namespaces of the benchmark at n Deployments:
+// two up to 10,000, then one per thousand. (The deployment controller
+// looks through a namespace's ReplicaSets for each Deployment it syncs: at
+// 15,000 a namespace, it had not caught up with 30,000 new Deployments
+// after 15 minutes.)
+func benchNamespaces(n int) []string {
+	if n <= 10000 {
+		return []string{"bench-a", "bench-b"}
+	}
+	out := make([]string, n/1000)
+	for i := range out {
+		out[i] = fmt.Sprintf("bench-%d", i)
+	}
+	return out
 }
 
 // benchDeployments makes the benchmark's Deployments: for each of the n/5
@@ -322,7 +339,7 @@ func eventReasons(t *testing.T, s *harness.Stack, namespaces ...string) string {
 // groups, and returns each group's queue annotation and the controller's
 // extra flags. RabbitMQ is read with a Secret named rabbit in each
 // namespace.
-func scaleSources(t *testing.T, s *harness.Stack, groups int) (func(g int) string, []string) {
+func scaleSources(t *testing.T, s *harness.Stack, groups int, namespaces []string) (func(g int) string, []string) {
 	mq := harness.StartRabbitMQ(t)
 	rd := harness.StartRedis(t)
 	nt := harness.StartNATS(t)
@@ -343,7 +360,7 @@ func scaleSources(t *testing.T, s *harness.Stack, groups int) (func(g int) strin
 			t.Fatal(err)
 		}
 	}
-	for _, ns := range []string{"bench-a", "bench-b"} {
+	for _, ns := range namespaces {
 		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "rabbit"}, StringData: map[string]string{"username": "guest", "password": "guest"}}
 		if _, err := s.Client.CoreV1().Secrets(ns).Create(t.Context(), secret, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)

@@ -193,13 +193,11 @@ func (c *Controller) gather(key string, t *tick, ms, held []member) ([]member, [
 		if spec == nil {
 			continue // never had valid annotations: left alone
 		}
-		cur := d.Replicas
 		if c.conflicting(d, st) {
-			held = append(held, member{d: d, st: st, spec: spec, cur: cur})
+			held = append(held, member{d: d, st: st, spec: spec, cur: d.Replicas})
 			continue
 		}
-		cur = c.exec.Observe(&d.Object, &st.told, spec.Paused, cur)
-		ms = append(ms, member{d: d, st: st, spec: spec, cur: cur})
+		ms = append(ms, member{d: d, st: st, spec: spec, cur: c.exec.Observe(&d.Object, &st.told, spec.Paused)})
 	}
 	return ms, held
 }

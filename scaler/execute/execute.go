@@ -129,13 +129,6 @@ func (m *Memory) swap(topic, value string) string {
 	return was
 }
 
-// LastScale tells this executor's last write of the member; empty before one.
-func (m *Memory) LastScale() string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.last
-}
-
 // Event records an Event on d.
 func (e *Executor) Event(d *snapshot.Object, typ, reason, msg string) {
 	e.cfg.Recorder.Event(ref(d), typ, reason, msg)
@@ -224,11 +217,12 @@ func (m *Memory) ForgetWrite() {
 	m.mu.Unlock()
 }
 
-// Observe returns the replicas a member has, given cur in the cache: the
-// count last written while the cache still shows the object the write
+// Observe returns the replicas a member has, given d.Replicas in the
+// cache: the count last written while the cache still shows the object the write
 // replaced. A count someone else set since the last write is told once
 // (ExternalScale); the decision then starts from it.
-func (e *Executor) Observe(d *snapshot.Object, m *Memory, paused bool, cur int32) int32 {
+func (e *Executor) Observe(d *snapshot.Object, m *Memory, paused bool) int32 {
+	cur := d.Replicas
 	m.mu.Lock()
 	if m.hasWritten && d.Version == m.staleRV {
 		cur = m.written // the cache lags behind our own write

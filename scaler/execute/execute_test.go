@@ -123,8 +123,8 @@ func TestScale(t *testing.T) {
 	if n := testutil.ToFloat64(m.ScaleOps.WithLabelValues("ns", "c", "up", "ok")); n != 2 {
 		t.Errorf("writes counted %v, want 2", n)
 	}
-	if got, want := mem.LastScale(), "3 -> 6 at 2026-01-01T00:00:00Z: load"; got != want {
-		t.Errorf("LastScale = %q, want %q", got, want)
+	if got, want := mem.last, "3 -> 6 at 2026-01-01T00:00:00Z: load"; got != want {
+		t.Errorf("last write %q, want %q", got, want)
 	}
 
 	dry := New(Config{Writer: ScaleWriter{Client: client}, Recorder: rec, Metrics: m, DryRun: true}, clk)
@@ -154,20 +154,20 @@ func TestObserve(t *testing.T) {
 	e := New(Config{Writer: ScaleWriter{Client: client}, Recorder: rec, Metrics: metrics.NewMetrics(prometheus.NewRegistry())}, clk)
 	d := &snapshot.Object{Name: "c", Namespace: "ns", Version: "7", Replicas: 2}
 	var mem Memory
-	if e.Observe(d, &mem, false, 2) != 2 {
+	if e.Observe(d, &mem, false) != 2 {
 		t.Fatal("before any write the cache's count stands")
 	}
 	if !e.Scale(context.Background(), "g", d, &mem, 2, 4, "load") {
 		t.Fatal("not written")
 	}
 	drain(rec)
-	if got := e.Observe(d, &mem, false, 2); got != 4 {
+	if got := e.Observe(d, &mem, false); got != 4 {
 		t.Errorf("cache behind the write: Observe = %d, want 4", got)
 	}
 	moved := *d
 	moved.Version, moved.Replicas = "9", 9
 	for i := range 2 {
-		if got := e.Observe(&moved, &mem, false, 9); got != 9 {
+		if got := e.Observe(&moved, &mem, false); got != 9 {
 			t.Errorf("scaled by someone else: Observe = %d, want 9", got)
 		}
 		evs := drain(rec)
@@ -179,7 +179,8 @@ func TestObserve(t *testing.T) {
 		}
 	}
 	mem.ForgetWrite()
-	if got := e.Observe(&moved, &mem, false, 1); got != 1 || len(drain(rec)) != 0 {
+	moved.Replicas = 1
+	if got := e.Observe(&moved, &mem, false); got != 1 || len(drain(rec)) != 0 {
 		t.Errorf("after ForgetWrite: Observe = %d, or an Event told", got)
 	}
 }

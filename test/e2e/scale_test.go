@@ -127,14 +127,7 @@ func scaleRun(t *testing.T, n int) {
 	// controller a /metrics rendering a second.
 	m0 := scrape(t, c)
 	cpu0 := procCPU(t, c.cmd.Process.Pid)
-	window := 30 * time.Second
-	if v := os.Getenv("MICROSCALING_SCALE_WINDOW"); v != "" {
-		w, err := time.ParseDuration(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		window = w
-	}
+	window := benchWindow(t, 30*time.Second)
 	samples := sampleRSS(t, window, c.cmd.Process.Pid)[0]
 	cpu1 := procCPU(t, c.cmd.Process.Pid)
 	m1 := scrape(t, c)
@@ -272,6 +265,20 @@ func benchDeployments(t *testing.T, s *harness.Stack, n int, namespaces []string
 		return nil
 	})
 	t.Logf("deployment controller caught up in %s", time.Since(t1).Round(time.Second))
+}
+
+// benchWindow is the measured window: MICROSCALING_SCALE_WINDOW, else def.
+func benchWindow(t *testing.T, def time.Duration) time.Duration {
+	t.Helper()
+	v := os.Getenv("MICROSCALING_SCALE_WINDOW")
+	if v == "" {
+		return def
+	}
+	w, err := time.ParseDuration(v)
+	if err != nil {
+		t.Fatalf("MICROSCALING_SCALE_WINDOW=%q: %v", v, err)
+	}
+	return w
 }
 
 // settle waits until each of cs has sent the Events and conditions its

@@ -95,15 +95,7 @@ func TestShardedScaleBenchmark(t *testing.T) {
 		pids[sh] = c.cmd.Process.Pid
 		m0[sh], cpu0[sh] = scrape(t, c), procCPU(t, pids[sh])
 	}
-	window := 60 * time.Second
-	if v := os.Getenv("MICROSCALING_SCALE_WINDOW"); v != "" {
-		w, err := time.ParseDuration(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		window = w
-	}
-	rss := sampleRSS(t, window, pids...)
+	rss := sampleRSS(t, benchWindow(t, 60*time.Second), pids...)
 	for sh, c := range shards {
 		cpu1, m1 := procCPU(t, pids[sh]), scrape(t, c)
 		ticks := m1["microscaling_tick_duration_seconds_count"] - m0[sh]["microscaling_tick_duration_seconds_count"]

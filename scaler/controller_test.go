@@ -21,6 +21,7 @@ import (
 
 	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/informer/snapshot"
+	"github.com/microscaling/microscaling/scaler/condition"
 	"github.com/microscaling/microscaling/scaler/execute"
 	"github.com/microscaling/microscaling/scaler/metrics"
 	"github.com/microscaling/microscaling/scaler/policy"
@@ -230,7 +231,10 @@ func TestControllerTicks(t *testing.T) {
 	}{
 		{name: "steady state writes nothing", backlog: 5},
 		{name: "backlog above target scales up", backlog: 30, want: "consumer=3", event: "consumer 1 -> 3: backlog 30 > target 10"},
-		{name: "unreadable queue holds", err: errors.New("nsqd down"), event: "QueueUnreadable"},
+		{name: "one failed read holds, not told", err: errors.New("nsqd down")},
+		{name: "read again: nothing to tell", backlog: 30},
+		{name: "one failed read again: not told", err: errors.New("nsqd down")},
+		{name: "the second in a row is told, held", err: errors.New("nsqd down"), event: "QueueUnreadable"},
 		{name: "still unreadable: no second warning, no write", err: errors.New("nsqd down")},
 		{name: "readable and empty again: down to min", backlog: 0, want: "consumer=1", event: "QueueReadable"},
 		{name: "steady again", backlog: 0},
@@ -432,6 +436,7 @@ func TestQuietGroupsWakeOnAnyChange(t *testing.T) {
 		{name: "drained: one down", arrived: 70, write: "consumer=2", event: "Scaled consumer 3 -> 2"},
 		{name: "drained: down to min", arrived: 70, write: "consumer=1", event: "Scaled consumer 2 -> 1"},
 		{name: "idle at min", arrived: 70, quiet: true},
+		{name: "one failed read: held, not told", arrived: 70, err: errors.New("nsqd down"), quiet: true},
 		{name: "an unreadable quiet group is told of and held", arrived: 70, err: errors.New("nsqd down"), event: "QueueUnreadable", quiet: true},
 		{name: "readable again: told of", arrived: 70, event: "QueueReadable", quiet: true},
 		{name: "a changed Deployment is decided", arrived: 70, touch: true, quiet: true},
@@ -577,6 +582,10 @@ func TestStateGauges(t *testing.T) {
 	f.queues.err = errors.New("nsqd down")
 	f.queues.mu.Unlock()
 	tick()
+	if g := gauge("microscaling_queue_unreadable"); g != 0 {
+		t.Errorf("one failed read: gauge %v, want 0 (not told yet)", g)
+	}
+	tick()
 	if g := gauge("microscaling_queue_unreadable"); g != 1 {
 		t.Errorf("queue unreadable: gauge %v, want 1", g)
 	}
@@ -654,8 +663,10 @@ func TestLookupTopicsCountTowardTheCap(t *testing.T) {
 	rec := record.NewFakeRecorder(100)
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	c := New(Config{Interval: time.Second, Workers: 2, QueueHostsPerNamespace: 2}, cluster, &readsQueues{}, testExec(&fakeWriter{cluster: cluster}, rec, clk, false), metrics.NewMetrics(prometheus.NewRegistry()), clk)
-	clk.Step(time.Second)
-	c.runTick(t.Context(), clk.Now())
+	for range unreadableAfter {
+		clk.Step(time.Second)
+		c.runTick(t.Context(), clk.Now())
+	}
 	held := drained(rec, "QueueUnreadable")
 	if len(held) != 1 || !strings.Contains(held[0], "namespace greedy names more than 2 queue hosts") {
 		t.Errorf("QueueUnreadable Events %q, want one (the third topic) naming the bound", held)
@@ -882,5 +893,70 @@ func TestIdleFirstMarksBeforeEachScaleDown(t *testing.T) {
 	}
 	if evs := events(execute.ReasonIdleFirstFailed); len(evs) != 0 {
 		t.Errorf("no holdings told as a failure: %q", evs)
+	}
+}
+
+// lastConds keeps the last condition set on each member.
+type lastConds struct {
+	mu   sync.Mutex
+	last map[string]string
+}
+
+func (c *lastConds) Set(d *snapshot.Object, cond condition.Condition) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.last[d.Name] = cond.Reason
+}
+func (c *lastConds) Clear(*snapshot.Object) {}
+func (c *lastConds) Forget(string, string)  {}
+
+func (c *lastConds) of(name string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last[name]
+}
+
+// A lone failed read holds the member and tells nothing: its condition,
+// gauges and Events stay as the last read left them. One slow answer of a
+// busy queue server fails every member on it at once; telling each would
+// be an Event and a status write per member, twice.
+func TestLoneFailedReadNotTold(t *testing.T) {
+	f := newConsumerFixture(t)
+	conds := &lastConds{last: map[string]string{}}
+	f.c = New(Config{Interval: time.Second, Workers: 2}, f.cluster, f.queues,
+		execute.New(execute.Config{Writer: f.writer, Recorder: f.rec, Metrics: metrics.NewMetrics(prometheus.NewRegistry()), Conditions: conds}, f.clk),
+		metrics.NewMetrics(prometheus.NewRegistry()), f.clk)
+	steps := []struct {
+		name   string
+		err    error
+		reason string // the member's condition after the tick
+		event  string
+	}{
+		{name: "read", reason: "FollowingLoad"},
+		{name: "one failed read", err: errors.New("nsqd slow"), reason: "FollowingLoad"},
+		{name: "read again", reason: "FollowingLoad"},
+		{name: "failed", err: errors.New("nsqd down"), reason: "FollowingLoad"},
+		{name: "failed again: told", err: errors.New("nsqd down"), reason: execute.ReasonQueueUnreadable, event: "Warning QueueUnreadable holding at 1 replicas: nsqd down"},
+		{name: "read: told", reason: "FollowingLoad", event: "Normal QueueReadable queue read again: backlog 5"},
+	}
+	for _, st := range steps {
+		f.queues.mu.Lock()
+		f.queues.backlog, f.queues.err = 5, st.err
+		f.queues.mu.Unlock()
+		f.clk.Step(time.Second)
+		f.c.runTick(f.ctx, f.clk.Now())
+		if w := f.writer.take(); len(w) > 0 {
+			t.Errorf("%s: writes %q, want none (held at 1)", st.name, w)
+		}
+		if got := conds.of("consumer"); got != st.reason {
+			t.Errorf("%s: condition reason %q, want %q", st.name, got, st.reason)
+		}
+		var evs []string
+		for len(f.rec.Events) > 0 {
+			evs = append(evs, <-f.rec.Events)
+		}
+		if want := slices.DeleteFunc([]string{st.event}, func(s string) bool { return s == "" }); !slices.Equal(evs, want) {
+			t.Errorf("%s: events %q, want %q", st.name, evs, want)
+		}
 	}
 }

@@ -26,6 +26,8 @@ type member struct {
 	st   *memberState
 	spec *annotations.Spec
 	cur  int32
+	// blip: its queues failed one read, not told (readQueues).
+	blip bool
 }
 
 // scratch is the memory one group decision reuses: a tick decides every
@@ -69,7 +71,7 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		in.Members[i] = policy.MemberInput{Name: m.d.Name, Version: m.d.Version, Spec: m.spec,
 			Current: m.cur, Ready: m.d.Ready, State: state}
 		if m.spec.Rule == annotations.RuleQueue && !m.spec.Paused {
-			in.Members[i].Queue, in.Members[i].QueueKnown = c.readQueues(m, t)
+			in.Members[i].Queue, in.Members[i].QueueKnown, ms[i].blip = c.readQueues(m, t)
 		}
 		if m.spec.Rule == annotations.RuleRemainder && !m.spec.Paused {
 			in.Members[i].NoGrowth = !c.lowPriority(m)
@@ -104,6 +106,11 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		gs.budgetSaid = out.BudgetConflict
 	}
 	for i, m := range ms {
+		if m.blip && out.Decisions[i].Held == policy.HeldUnreadable {
+			// Held on one failed read, which is not told: its gauges,
+			// history and condition stay as the last read left them.
+			continue
+		}
 		c.exec.Tell(&m.d.Object, &m.st.told, corev1.EventTypeWarning, execute.ReasonEstimateCorrected, correctedMessage(out.Decisions[i].Corrected))
 		c.fallback(m, out.Decisions[i].Fallback)
 		c.saturation(m, out.Decisions[i].Saturated)
@@ -119,6 +126,9 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		}
 	}
 	for i, m := range ms {
+		if m.blip && out.Decisions[i].Held == policy.HeldUnreadable {
+			continue
+		}
 		c.exec.Decided(&m.d.Object, &m.st.told, out.Decisions[i].Held, m.spec, m.cur, out.Decisions[i].Replicas)
 	}
 }

@@ -38,6 +38,9 @@ type memberState struct {
 	hpa    bool
 	hist   *dashboard.MemberHistory
 	gauges metrics.Gauges
+	// failedReads counts the reads of its queues that failed in a row, up
+	// to unreadableAfter.
+	failedReads int
 
 	// told is what the executor told and wrote of it (its own lock).
 	told execute.Memory

@@ -197,10 +197,19 @@ func covers(read, need tickRefs) bool {
 	return true
 }
 
+// unreadableAfter is how many reads of a member's queues must fail in a
+// row before it is told unreadable (Event, condition, gauge). The member
+// holds from the first; a lone failure (one slow answer of a busy queue
+// server, which fails every member on it at once) is not worth an Event
+// and a status write per member, and the two again when the next read
+// succeeds.
+const unreadableAfter = 2
+
 // readQueues sums a member's queues from the tick's readings, sets its
 // backlog gauge, and tells when its queues become unreadable or readable
-// again. An unreadable queue holds the member.
-func (c *Controller) readQueues(m member, t *tick) (policy.QueueReading, bool) {
+// again. An unreadable queue holds the member (known false); blip says
+// the failure is not told yet (fewer than unreadableAfter in a row).
+func (c *Controller) readQueues(m member, t *tick) (r policy.QueueReading, known, blip bool) {
 	var sum policy.QueueReading
 	var err error
 	for _, q := range m.spec.Queues {
@@ -214,18 +223,29 @@ func (c *Controller) readQueues(m member, t *tick) (policy.QueueReading, bool) {
 		}
 		sum = sum.Plus(r)
 	}
+	st := m.st
+	st.mu.Lock()
+	if err == nil {
+		st.failedReads = 0
+	} else {
+		st.failedReads = min(st.failedReads+1, unreadableAfter)
+	}
+	blip = err != nil && st.failedReads < unreadableAfter
+	st.mu.Unlock()
+	if blip {
+		return sum, false, true
+	}
 	c.exec.Turned(&m.d.Object, &m.st.told, "unreadable", err != nil, func() (string, string, string) {
 		return corev1.EventTypeWarning, execute.ReasonQueueUnreadable, fmt.Sprintf("holding at %d replicas: %v", m.cur, err)
 	}, func() (string, string, string) {
 		return corev1.EventTypeNormal, execute.ReasonQueueReadable, fmt.Sprintf("queue read again: backlog %d", sum.Backlog)
 	})
-	st := m.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.gauges.Unreadable = err != nil
 	if err != nil {
-		return sum, false
+		return sum, false, false
 	}
 	st.gauges.Backlog, st.gauges.HasBacklog = sum.Backlog, true
-	return sum, true
+	return sum, true, false
 }

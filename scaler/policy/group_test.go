@@ -361,3 +361,36 @@ func TestPlusKeepsWhatTheSumCannotGive(t *testing.T) {
 		t.Errorf("two counted queues = %+v, want arrivals 1000 counted, 3 consumers", got)
 	}
 }
+
+// A member's state holds what its rule uses: a remainder, never decided by
+// the queue rule, keeps no demand window; a queue member without a wait
+// goal keeps no arrival ring (30,000 members: tens of megabytes).
+func TestStateSizedByUse(t *testing.T) {
+	in := GroupInput{Members: []MemberInput{
+		{Name: "consumer", Current: 1, Ready: 1, Spec: spec(t, "queue", "nsq://h:4151/t/c", "target-queue-length", "50", "max-replicas", "20"), QueueKnown: true},
+		{Name: "waits", Current: 1, Ready: 1, Spec: spec(t, "queue", "nsq://h:4151/u/c", "target-wait", "5s", "max-replicas", "20"), QueueKnown: true},
+		{Name: "remainder", Current: 1, Spec: spec(t, "rule", "remainder", "priority", "9", "max-replicas", "5")},
+	}}
+	var gs GroupState
+	var out GroupOutput
+	for i := range 3 {
+		in.Now = t0.Add(time.Duration(i) * time.Second)
+		for j := range in.Members {
+			in.Members[j].Queue = QueueReading{Backlog: 10, Arrived: int64(10 * i)}
+		}
+		gs, out = DecideGroup(in, gs)
+		for j := range in.Members {
+			in.Members[j].State = out.States[j]
+		}
+	}
+	consumer, waits, rem := out.States[0].Queue, out.States[1].Queue, out.States[2].Queue
+	if consumer.window.b == nil || waits.wait.h == nil {
+		t.Fatal("the queue members kept no window or ring: the test decides nothing")
+	}
+	if consumer.wait.h != nil {
+		t.Error("a member without target-wait keeps an arrival ring")
+	}
+	if rem.window.b != nil || rem.wait.h != nil {
+		t.Error("a remainder keeps a demand window or an arrival ring")
+	}
+}

@@ -434,8 +434,12 @@ type demandWindow struct {
 	// epoch is the time the buckets' offsets count from: set when the
 	// window starts empty, so a bucket keeps 8 bytes of time instead of a
 	// time.Time's 24 (48 buckets for each of thousands of members).
-	epoch      time.Time
-	b          [windowBuckets]bucket
+	epoch time.Time
+	// b is allocated at the first sample, so a member the queue rule never
+	// decides (a remainder) keeps none. Copies of a state share the
+	// buckets: the caller of DecideGroup keeps the next state and drops
+	// the one it handed in.
+	b          *[windowBuckets]bucket
 	head, size int
 }
 
@@ -476,6 +480,9 @@ func (w *demandWindow) add(now time.Time, floor, cur int32, arrived int64, delay
 	}
 	if w.size == 0 {
 		w.epoch = now
+	}
+	if w.b == nil {
+		w.b = new([windowBuckets]bucket)
 	}
 	w.b[(w.head+w.size)%windowBuckets] = bucket{at: now.Sub(w.epoch), replicas: floor, arrived: arrived}
 	w.size++

@@ -96,8 +96,10 @@ func waitBudget(wait time.Duration, held, service float64) time.Duration {
 // the waiting messages' ages, and how many messages a consumer holds.
 type waitState struct {
 	// h is a ring of cumulative arrival counts, oldest at head, spaced at
-	// least a sixteenth of the goal apart and covering it.
-	h          [arrivalSamples]arrivalSample
+	// least a sixteenth of the goal apart and covering it; allocated at the
+	// first read, so a member without a wait goal keeps none (shared by a
+	// state's copies as the demand window's buckets are).
+	h          *[arrivalSamples]arrivalSample
 	head, size int
 	// held is how many messages one consuming replica holds at once, as
 	// last seen while messages waited (0: not yet seen).
@@ -131,6 +133,9 @@ func (w *waitState) observe(now time.Time, arrived, backlog, waiting int64, cons
 	}
 	if w.size == arrivalSamples {
 		w.head, w.size = (w.head+1)%arrivalSamples, w.size-1
+	}
+	if w.h == nil {
+		w.h = new([arrivalSamples]arrivalSample)
 	}
 	w.h[(w.head+w.size)%arrivalSamples] = arrivalSample{now, arrived}
 	w.size++

@@ -131,6 +131,8 @@ type options struct {
 	leaseNamespace  string
 	shardFlag       string
 	conditionQPS    float64
+	memberMetrics   string
+	metricsDetail   scalermetrics.Detail
 	shard           informer.Shard
 	identity        string
 	metricsAddr     string
@@ -282,6 +284,7 @@ func controllerFlags(fs *pflag.FlagSet) *options {
 	fs.StringVar(&o.leaseNamespace, "leader-elect-lease-namespace", "microscaling-system", "namespace of the Lease")
 	fs.StringVar(&o.identity, "leader-elect-identity", "", "identity in the Lease; hostname_pid when empty")
 	fs.Float64Var(&o.conditionQPS, "condition-qps", 20, "writes a second of the microscaling.com/Scaling conditions on Deployments (their own client, never the /scale writes' rate); a new controller writes one for each managed Deployment, so 30,000 take 25 minutes at 20")
+	fs.StringVar(&o.memberMetrics, "member-metrics", "full", "series each managed Deployment has on /metrics: full (every gauge, states at 0 or 1: up to 15) or compact (desired and current replicas, backlog, and a state or held reason only while set: 3 while nothing holds it), for fleets where 15 a Deployment cost too much at each scrape")
 	fs.StringVar(&o.shardFlag, "shard", "", "INDEX/COUNT (as 0/3): manage only the namespaces whose name hashes to INDEX of COUNT, beside COUNT-1 other controllers that manage the rest; each shard holds a Lease of its own, the lease name followed by -INDEX-of-COUNT; empty: every namespace")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8080", "address of /metrics, /healthz, /readyz and the dashboard (/); empty: none")
 	fs.StringVar(&o.audiences, "metrics-audiences", "", "comma-separated audiences every TokenReview asks for (with --metrics-auth=kubernetes): only tokens issued for one of them are accepted (kubectl create token NAME --audience=microscaling), so callers need not send a token the API server accepts; empty: the API server's own audiences")
@@ -311,6 +314,11 @@ func (o *options) check() error {
 	case !(o.conditionQPS >= 1 && o.conditionQPS <= 1000):
 		return errors.New("--condition-qps: must be 1 to 1000")
 	}
+	detail, err := scalermetrics.ParseDetail(o.memberMetrics)
+	if err != nil {
+		return fmt.Errorf("--member-metrics: %w", err)
+	}
+	o.metricsDetail = detail
 	shard, err := informer.ParseShard(o.shardFlag)
 	if err != nil {
 		return fmt.Errorf("--shard: %w", err)
@@ -799,7 +807,7 @@ func run(ctx context.Context, o options) error {
 	exec := execute.New(execute.Config{Writer: execute.ScaleWriter{Client: client}, Recorder: recorder, Metrics: metrics,
 		Conditions: kept, History: history, DryRun: o.dryRun}, clock.RealClock{})
 	ctrl := scaler.New(cfg, inf, sources(queuePolicy, &o, metrics, client), exec, metrics, clock.RealClock{})
-	reg.MustRegister(scalermetrics.Collector(ctrl)) // the per-Deployment gauges
+	reg.MustRegister(scalermetrics.Collector(ctrl, o.metricsDetail)) // the per-Deployment gauges
 
 	if o.syncLabels {
 		// Label sync reads Secrets and ServiceAccounts, patches Deployments

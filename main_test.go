@@ -271,6 +271,7 @@ func TestCommandLine(t *testing.T) {
 		{name: "--queue-hosts-per-namespace", args: []string{"controller", "--queue-hosts-per-namespace=-1"}, code: 2, line: "--queue-hosts-per-namespace"},
 		{name: "--image-label-keys", args: []string{"controller", "--image-label-keys=paused"}, code: 2, line: "--image-label-keys"},
 		{name: "--condition-qps", args: []string{"controller", "--condition-qps=0"}, code: 2, line: "--condition-qps: must be 1 to 1000"},
+		{name: "--member-metrics", args: []string{"controller", "--member-metrics=some"}, code: 2, line: "--member-metrics: must be full or compact"},
 		{name: "--shard", args: []string{"controller", "--shard=3/3"}, code: 2, line: "--shard: \"3/3\": the index must be 0 to 2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

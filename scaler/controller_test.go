@@ -262,7 +262,7 @@ func TestControllerTicks(t *testing.T) {
 	// The per-Deployment gauges are collected from the decisions, and gone
 	// with the Deployment.
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(metrics.Collector(c))
+	reg.MustRegister(metrics.Collector(c, metrics.Full))
 	want := `
 # HELP microscaling_current_replicas spec.replicas of the Deployment when the decision was made.
 # TYPE microscaling_current_replicas gauge
@@ -299,6 +299,28 @@ microscaling_member_held{deployment="consumer",namespace="ns",reason="min"} 1
 		"microscaling_queue_backlog", "microscaling_queue_target", "microscaling_queue_unreadable", "microscaling_fallback_active",
 		"microscaling_min_replicas", "microscaling_max_replicas", "microscaling_member_held"); err != nil {
 		t.Error(err)
+	}
+	// Compact: replicas, the backlog, and only the states that are set.
+	compact := prometheus.NewRegistry()
+	compact.MustRegister(metrics.Collector(c, metrics.Compact))
+	want = `
+# HELP microscaling_current_replicas spec.replicas of the Deployment when the decision was made.
+# TYPE microscaling_current_replicas gauge
+microscaling_current_replicas{deployment="consumer",namespace="ns"} 1
+# HELP microscaling_desired_replicas Replicas the last decision asked for.
+# TYPE microscaling_desired_replicas gauge
+microscaling_desired_replicas{deployment="consumer",namespace="ns"} 1
+# HELP microscaling_queue_backlog Messages waiting, in flight or deferred on the Deployment's queues.
+# TYPE microscaling_queue_backlog gauge
+microscaling_queue_backlog{deployment="consumer",namespace="ns"} 0
+# HELP microscaling_member_held Always 1 for a decided member; reason says what keeps it from what its load asks for (max, min, max-delta, rate-limit, delay, unreadable, fallback, paused, budget, room, priority, saturated, conflict), none when nothing does.
+# TYPE microscaling_member_held gauge
+microscaling_member_held{deployment="consumer",namespace="ns",reason="min"} 1
+`
+	if err := testutil.GatherAndCompare(compact, strings.NewReader(want), "microscaling_current_replicas", "microscaling_desired_replicas", "microscaling_member_info",
+		"microscaling_queue_backlog", "microscaling_queue_target", "microscaling_queue_unreadable", "microscaling_fallback_active", "microscaling_member_paused",
+		"microscaling_min_replicas", "microscaling_max_replicas", "microscaling_member_held", "microscaling_arrival_rate", "microscaling_service_rate"); err != nil {
+		t.Errorf("compact: %v", err)
 	}
 	cluster.groups = nil
 	tick()
@@ -496,7 +518,7 @@ func TestControllerLeavesAnotherAutoscalersDeploymentAlone(t *testing.T) {
 			f := newConsumerFixture(t)
 			f.c = New(Config{Interval: time.Second, Workers: 2}, f.cluster, f.queues, testExec(f.writer, f.rec, f.clk, dryRun), metrics.NewMetrics(prometheus.NewRegistry()), f.clk)
 			reg := prometheus.NewRegistry()
-			reg.MustRegister(metrics.Collector(f.c))
+			reg.MustRegister(metrics.Collector(f.c, metrics.Full))
 			f.queues.mu.Lock()
 			f.queues.backlog = 400
 			f.queues.mu.Unlock()
@@ -560,7 +582,7 @@ func TestControllerLeavesAnotherAutoscalersDeploymentAlone(t *testing.T) {
 func TestStateGauges(t *testing.T) {
 	f := newConsumerFixture(t)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(metrics.Collector(f.c))
+	reg.MustRegister(metrics.Collector(f.c, metrics.Full))
 	gauge := func(name string) float64 {
 		t.Helper()
 		mfs, err := reg.Gather()
@@ -589,6 +611,20 @@ func TestStateGauges(t *testing.T) {
 	if g := gauge("microscaling_queue_unreadable"); g != 1 {
 		t.Errorf("queue unreadable: gauge %v, want 1", g)
 	}
+	// In compact detail a state has a series only while it is set.
+	compact := prometheus.NewRegistry()
+	compact.MustRegister(metrics.Collector(f.c, metrics.Compact))
+	series := func(name string) int {
+		t.Helper()
+		n, err := testutil.GatherAndCount(compact, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if u, i := series("microscaling_queue_unreadable"), series("microscaling_annotations_invalid"); u != 1 || i != 0 {
+		t.Errorf("compact, unreadable: %d unreadable and %d invalid series, want 1 and 0", u, i)
+	}
 	f.queues.mu.Lock()
 	f.queues.err = nil
 	f.queues.mu.Unlock()
@@ -598,6 +634,9 @@ func TestStateGauges(t *testing.T) {
 	tick()
 	if g, u := gauge("microscaling_annotations_invalid"), gauge("microscaling_queue_unreadable"); g != 1 || u != 0 {
 		t.Errorf("invalid annotations, queue readable: invalid %v, unreadable %v; want 1, 0", g, u)
+	}
+	if u, i := series("microscaling_queue_unreadable"), series("microscaling_annotations_invalid"); u != 0 || i != 1 {
+		t.Errorf("compact, invalid and readable: %d unreadable and %d invalid series, want 0 and 1", u, i)
 	}
 	f.consumer.Annotations = maps.Clone(f.consumer.Annotations)
 	f.consumer.Annotations[annotations.Paused] = "true"
@@ -723,7 +762,7 @@ func TestRemovingTheQueueReleases(t *testing.T) {
 				t.Errorf("events %q, want one Normal Released and no InvalidAnnotation", evs)
 			}
 			reg := prometheus.NewRegistry()
-			reg.MustRegister(metrics.Collector(f.c))
+			reg.MustRegister(metrics.Collector(f.c, metrics.Full))
 			if n, err := testutil.GatherAndCount(reg); err != nil || n != 0 {
 				t.Errorf("a released Deployment has %d series (%v), want none", n, err)
 			}

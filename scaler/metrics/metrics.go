@@ -5,6 +5,7 @@
 package metrics
 
 import (
+	"errors"
 	"maps"
 	"net/http"
 	"slices"
@@ -153,11 +154,40 @@ type Source interface {
 	EachMember(f func(namespace, name string, g Gauges))
 }
 
-// Collector is a prometheus.Collector of the per-Deployment gauges, read
-// from src at each scrape.
-func Collector(src Source) prometheus.Collector { return collector{src} }
+// Detail is how many series each member has.
+type Detail int
 
-type collector struct{ src Source }
+const (
+	// Full: every gauge of every decided member, the state gauges at 0 or
+	// 1 (up to 15 series a member).
+	Full Detail = iota
+	// Compact: what a fleet of tens of thousands can afford (each series
+	// costs the controller memory at every scrape, and Prometheus its
+	// storage): desired and current replicas, the backlog, and a state
+	// gauge or microscaling_member_held only while it is set (at most 8, 3
+	// while nothing holds a member).
+	Compact
+)
+
+// ParseDetail reads a --member-metrics value: full or compact.
+func ParseDetail(s string) (Detail, error) {
+	switch s {
+	case "full":
+		return Full, nil
+	case "compact":
+		return Compact, nil
+	}
+	return Full, errors.New("must be full or compact")
+}
+
+// Collector is a prometheus.Collector of the per-Deployment gauges, read
+// from src at each scrape, as many a member as detail says.
+func Collector(src Source, detail Detail) prometheus.Collector { return collector{src, detail} }
+
+type collector struct {
+	src    Source
+	detail Detail
+}
 
 // Describe is part of prometheus.Collector.
 func (collector) Describe(ch chan<- *prometheus.Desc) {
@@ -167,9 +197,10 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-// Collect is part of prometheus.Collector. The state gauges are there for
-// every member, 0 or 1, so that alerts and graphs see both.
+// Collect is part of prometheus.Collector. In full detail the state gauges
+// are there for every member, 0 or 1, so that alerts and graphs see both.
 func (c collector) Collect(ch chan<- prometheus.Metric) {
+	full := c.detail == Full
 	c.src.EachMember(func(ns, name string, g Gauges) {
 		gauge := func(d *prometheus.Desc, v float64) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, ns, name)
@@ -177,7 +208,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		if g.HasBacklog {
 			gauge(backlogDesc, float64(g.Backlog))
 		}
-		if g.HasTarget {
+		if g.HasTarget && full {
 			gauge(targetDesc, float64(g.Target))
 		}
 		state := map[*prometheus.Desc]bool{conflictDesc: g.Conflicting, pausedDesc: g.Paused, unreadableDesc: g.Unreadable, invalidDesc: g.Invalid, fallbackDesc: g.Fallback}
@@ -185,13 +216,25 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			return // released, or not decided yet: no series
 		}
 		for d, on := range state {
-			gauge(d, bit(on))
+			if on || full {
+				gauge(d, bit(on))
+			}
 		}
 		if !g.Decided {
 			return
 		}
 		gauge(desiredDesc, float64(g.Desired))
 		gauge(currentDesc, float64(g.Current))
+		reason := "none"
+		if slices.Contains(heldReasons, g.Held) {
+			reason = g.Held
+		}
+		if full || reason != "none" {
+			ch <- prometheus.MustNewConstMetric(heldDesc, prometheus.GaugeValue, 1, ns, name, reason)
+		}
+		if !full {
+			return
+		}
 		gauge(minDesc, float64(g.Min))
 		gauge(maxDesc, float64(g.Max))
 		if g.HasArrival {
@@ -200,11 +243,6 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		if g.HasService {
 			gauge(serviceDesc, g.Service)
 		}
-		reason := "none"
-		if slices.Contains(heldReasons, g.Held) {
-			reason = g.Held
-		}
-		ch <- prometheus.MustNewConstMetric(heldDesc, prometheus.GaugeValue, 1, ns, name, reason)
 		ch <- prometheus.MustNewConstMetric(infoDesc, prometheus.GaugeValue, 1, ns, name, g.Group, g.Rule, strconv.Itoa(int(g.Priority)))
 	})
 }

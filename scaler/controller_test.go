@@ -832,7 +832,18 @@ func TestGroupsWithAnswersAreDecidedFirst(t *testing.T) {
 		return slices.Contains(writer.writes, "fast=5"), nil
 	})
 	close(queues.gate)
-	<-done
+	// The hung groups are looked at again on the controller's clock.
+	if perr := wait.PollUntilContextTimeout(t.Context(), time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		select {
+		case <-done:
+			return true, nil
+		default:
+			clk.Step(maxReadyPoll)
+			return false, nil
+		}
+	}); perr != nil {
+		t.Fatalf("the tick did not end once the hung hosts answered: %v", perr)
+	}
 	if err != nil {
 		t.Errorf("fast was not scaled while the hung groups waited: %v (writes %v)", err, writer.take())
 	}

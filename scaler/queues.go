@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/clock"
 
 	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/scaler/execute"
@@ -24,8 +25,9 @@ const minReadyPoll, maxReadyPoll = time.Millisecond, 16 * time.Millisecond
 // complete, so that a group whose hosts hang waits on its own readings and
 // never holds a worker that a group with answers could use. Readings that
 // cannot tell (no queue.Readiness) yield keys as they are. The channel
-// holds every key, so the look-out never blocks and ends by itself.
-func readyFirst(ctx context.Context, keys []string, members map[string][]memberRef, r policy.Readings) <-chan string {
+// holds every key, so the look-out never blocks and ends by itself; it
+// looks again on clk's timers.
+func readyFirst(ctx context.Context, clk clock.Clock, keys []string, members map[string][]memberRef, r policy.Readings) <-chan string {
 	out := make(chan string, len(keys))
 	rd, ok := r.(queue.Readiness)
 	ready := func(k string) bool {
@@ -68,7 +70,7 @@ func readyFirst(ctx context.Context, keys []string, members map[string][]memberR
 	}
 	go func() {
 		wait := minReadyPoll
-		t := time.NewTimer(wait)
+		t := clk.NewTimer(wait)
 		defer t.Stop()
 		for len(pending) > 0 {
 			select {
@@ -77,7 +79,7 @@ func readyFirst(ctx context.Context, keys []string, members map[string][]memberR
 					out <- k
 				}
 				return
-			case <-t.C:
+			case <-t.C():
 			}
 			if look() {
 				wait = minReadyPoll

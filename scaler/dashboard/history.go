@@ -117,11 +117,20 @@ func (h *History) Record(m *MemberHistory, group, rule string, priority int32, p
 		s.Reason, s.ReasonAt = m.Status.Reason, m.Status.ReasonAt
 	}
 	m.Status = s
-	limit := max(10, min(h.Points, h.TotalPoints/max(1, len(h.members))))
+	limit := max(2, min(h.Points, h.TotalPoints/max(1, len(h.members))))
 	if len(m.Points) >= limit {
-		// Shift in place: the slice never grows past limit.
-		n := copy(m.Points, m.Points[len(m.Points)-limit+1:])
-		m.Points = m.Points[:n]
+		keep := m.Points[len(m.Points)-limit+1:]
+		if cap(m.Points) > 2*limit {
+			// Kept from when there were fewer members: sized again.
+			m.Points = append(make([]Point, 0, limit), keep...)
+		} else {
+			// Shift in place: the slice never grows past limit.
+			m.Points = m.Points[:copy(m.Points, keep)]
+		}
+	}
+	if len(m.Points) == cap(m.Points) {
+		// Doubling as append would, never past limit.
+		m.Points = slices.Grow(m.Points, min(limit, max(4, 2*cap(m.Points)))-len(m.Points))
 	}
 	m.Points = append(m.Points, p)
 }

@@ -55,6 +55,18 @@ func TestHistory(t *testing.T) {
 	if n := len(h.State().Members); n != 3 {
 		t.Errorf("after Forget: %d members, want 3", n)
 	}
+	// Members that join later shrink what each keeps, including the
+	// memory of those recorded while there were few.
+	for i := range 26 {
+		h.Member("ns", fmt.Sprintf("late%d", i))
+	}
+	m1 := h.Member("ns", "m1")
+	for p := range 3 {
+		h.Record(m1, "ns/g2", "queue", 1, Point{T: int64(100 + p)}, Status{})
+	}
+	if len(m1.Points) != 2 || cap(m1.Points) > 4 {
+		t.Errorf("with 29 members and 60 points in all: %d points in a slice of %d, want 2 in at most 4", len(m1.Points), cap(m1.Points))
+	}
 	var nilHistory *History
 	nilHistory.Record(nilHistory.Member("ns", "x"), "g", "queue", 1, Point{}, Status{}) // a controller without a dashboard
 }

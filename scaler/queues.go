@@ -211,8 +211,7 @@ const unreadableAfter = 2
 // backlog gauge, and tells when its queues become unreadable or readable
 // again. An unreadable queue holds the member (known false); blip says
 // the failure is not told yet (fewer than unreadableAfter in a row).
-func (c *Controller) readQueues(m member, t *tick) (r policy.QueueReading, known, blip bool) {
-	var sum policy.QueueReading
+func (c *Controller) readQueues(m member, t *tick) (sum policy.QueueReading, known, blip bool) {
 	var err error
 	for _, q := range m.spec.Queues {
 		if a := t.allowedHosts[m.d.Namespace]; a != nil && !a[queue.Target(q)] {

@@ -106,9 +106,10 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		gs.budgetSaid = out.BudgetConflict
 	}
 	for i, m := range ms {
-		if m.blip && out.Decisions[i].Held == policy.HeldUnreadable {
-			// Held on one failed read, which is not told: its gauges,
-			// history and condition stay as the last read left them.
+		// Held on one failed read, which is not told: its gauges, history
+		// and condition stay as the last read left them.
+		ms[i].blip = m.blip && out.Decisions[i].Held == policy.HeldUnreadable
+		if ms[i].blip {
 			continue
 		}
 		c.exec.Tell(&m.d.Object, &m.st.told, corev1.EventTypeWarning, execute.ReasonEstimateCorrected, correctedMessage(out.Decisions[i].Corrected))
@@ -126,7 +127,7 @@ func (c *Controller) decide(ctx context.Context, key string, gs *groupState, t *
 		}
 	}
 	for i, m := range ms {
-		if m.blip && out.Decisions[i].Held == policy.HeldUnreadable {
+		if m.blip {
 			continue
 		}
 		c.exec.Decided(&m.d.Object, &m.st.told, out.Decisions[i].Held, m.spec, m.cur, out.Decisions[i].Replicas)

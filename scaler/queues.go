@@ -232,6 +232,12 @@ func (c *Controller) readQueues(m member, t *tick) (sum policy.QueueReading, kno
 		st.failedReads = min(st.failedReads+1, unreadableAfter)
 	}
 	blip = err != nil && st.failedReads < unreadableAfter
+	if !blip {
+		st.gauges.Unreadable = err != nil
+	}
+	if err == nil {
+		st.gauges.Backlog, st.gauges.HasBacklog = sum.Backlog, true
+	}
 	st.mu.Unlock()
 	if blip {
 		return sum, false, true
@@ -241,12 +247,5 @@ func (c *Controller) readQueues(m member, t *tick) (sum policy.QueueReading, kno
 	}, func() (string, string, string) {
 		return corev1.EventTypeNormal, execute.ReasonQueueReadable, fmt.Sprintf("queue read again: backlog %d", sum.Backlog)
 	})
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	st.gauges.Unreadable = err != nil
-	if err != nil {
-		return sum, false, false
-	}
-	st.gauges.Backlog, st.gauges.HasBacklog = sum.Backlog, true
-	return sum, true, false
+	return sum, err == nil, false
 }

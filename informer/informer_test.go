@@ -102,7 +102,7 @@ func TestSlimKeepsOurCondition(t *testing.T) {
 		{Type: appsv1.DeploymentAvailable, Status: "True", Message: "minimum replicas available"},
 		{Type: "microscaling.com/Scaling", Status: "True", Reason: "FollowingLoad", Message: "replicas: wants 1, has 1"},
 	}
-	got, err := slim(d, Shard{})
+	got, err := slim(d, Shard{}, newInterner())
 	if err != nil {
 		t.Fatal(err)
 	}

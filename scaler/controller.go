@@ -203,7 +203,7 @@ func (c *Controller) runTick(ctx context.Context, now time.Time) {
 			keys = append(keys, k)
 		}
 	}
-	order := readyFirst(ctx, c.clock, keys, members, readings)
+	order := readyFirst(ctx, keys, members, readings)
 	workqueue.ParallelizeUntil(ctx, c.cfg.Workers, len(keys), func(int) {
 		k := <-order
 		c.decide(ctx, k, c.groups[k], t)

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/utils/clock"
 
 	"github.com/microscaling/microscaling/annotations"
 	"github.com/microscaling/microscaling/scaler/execute"
@@ -16,79 +15,63 @@ import (
 	"github.com/microscaling/microscaling/scaler/queue"
 )
 
-// readyFirst looks again at the groups whose readings are not complete
-// after minReadyPoll, twice as long each time it finds none ready (most
-// reads end together, when their one host answers), at most maxReadyPoll.
-const minReadyPoll, maxReadyPoll = time.Millisecond, 16 * time.Millisecond
-
 // readyFirst yields keys in the order their members' queue readings
 // complete, so that a group whose hosts hang waits on its own readings and
 // never holds a worker that a group with answers could use. Readings that
-// cannot tell (no queue.Readiness) yield keys as they are. The channel
-// holds every key, so the look-out never blocks and ends by itself; it
-// looks again on clk's timers.
-func readyFirst(ctx context.Context, clk clock.Clock, keys []string, members map[string][]memberRef, r policy.Readings) <-chan string {
+// cannot tell (no queue.Readiness) yield keys as they are. It waits on the
+// reads themselves, one goroutine for each read that groups wait on (most
+// groups of a tick wait on the few hosts they share), never polling. The
+// channel holds every key, so no sender blocks; all end with ctx at the
+// latest, yielding what they held.
+func readyFirst(ctx context.Context, keys []string, members map[string][]memberRef, r policy.Readings) <-chan string {
 	out := make(chan string, len(keys))
 	rd, ok := r.(queue.Readiness)
-	ready := func(k string) bool {
-		for _, m := range members[k] {
-			if m.st.spec == nil {
-				continue
-			}
-			for _, q := range m.st.spec.Queues {
-				if !rd.Ready(q) {
-					return false
-				}
-			}
-		}
-		return true
-	}
 	if !ok {
 		for _, k := range keys {
 			out <- k
 		}
 		return out
 	}
-	pending := slices.Clone(keys)
-	// look yields the pending groups now ready; it tells whether any was.
-	look := func() bool {
-		rest := pending[:0]
-		for _, k := range pending {
-			if ready(k) {
+	// pending is a read group k still waits on; nil when it waits on none.
+	pending := func(k string) <-chan struct{} {
+		for _, m := range members[k] {
+			if m.st.spec == nil {
+				continue
+			}
+			for _, q := range m.st.spec.Queues {
+				if ch := rd.Pending(q); ch != nil {
+					return ch
+				}
+			}
+		}
+		return nil
+	}
+	// sort yields the keys ready now and waits on each read the others
+	// wait on, sorting its keys again when it ends.
+	var sort func(keys []string)
+	sort = func(keys []string) {
+		waiting := map[<-chan struct{}][]string{}
+		for _, k := range keys {
+			if ch := pending(k); ch == nil {
 				out <- k
 			} else {
-				rest = append(rest, k)
+				waiting[ch] = append(waiting[ch], k)
 			}
 		}
-		found := len(rest) < len(pending)
-		pending = rest
-		return found
-	}
-	look()
-	if len(pending) == 0 {
-		return out
-	}
-	go func() {
-		wait := minReadyPoll
-		t := clk.NewTimer(wait)
-		defer t.Stop()
-		for len(pending) > 0 {
-			select {
-			case <-ctx.Done():
-				for _, k := range pending {
-					out <- k
+		for ch, ks := range waiting {
+			go func() {
+				select {
+				case <-ch:
+					sort(ks)
+				case <-ctx.Done():
+					for _, k := range ks {
+						out <- k
+					}
 				}
-				return
-			case <-t.C():
-			}
-			if look() {
-				wait = minReadyPoll
-			} else {
-				wait = min(2*wait, maxReadyPoll)
-			}
-			t.Reset(wait)
+			}()
 		}
-	}()
+	}
+	sort(keys)
 	return out
 }
 

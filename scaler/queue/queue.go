@@ -161,7 +161,17 @@ func Target(q annotations.QueueRef) string {
 // whose readings are complete first, so that a group whose hosts hang
 // waits on its own and never holds a worker another group needs.
 type Readiness interface {
-	Ready(q annotations.QueueRef) bool
+	// Pending is nil when Reading(q) would return at once, else a channel
+	// closed when that may have changed (a read q waits on ended).
+	Pending(q annotations.QueueRef) <-chan struct{}
+}
+
+// Open is ch while it is open, nil once it is closed.
+func Open(ch <-chan struct{}) <-chan struct{} {
+	if Closed(ch) {
+		return nil
+	}
+	return ch
 }
 
 // Closed tells, without waiting, whether ch is closed.
@@ -176,10 +186,12 @@ func Closed(ch <-chan struct{}) bool {
 
 type readings map[string]policy.Readings
 
-// Ready is the Readiness of the queue's scheme; true when it cannot tell.
-func (r readings) Ready(q annotations.QueueRef) bool {
-	rd, ok := r[q.Scheme].(Readiness)
-	return !ok || rd.Ready(q)
+// Pending is the Readiness of the queue's scheme; nil when it cannot tell.
+func (r readings) Pending(q annotations.QueueRef) <-chan struct{} {
+	if rd, ok := r[q.Scheme].(Readiness); ok {
+		return rd.Pending(q)
+	}
+	return nil
 }
 
 func (r readings) Reading(q annotations.QueueRef) (policy.QueueReading, error) {

@@ -117,10 +117,13 @@ func decode(dec *json.Decoder, want map[streamConsumer]bool) (map[streamConsumer
 
 const errNoConsumer = queue.Class("no such JetStream stream and consumer on the server")
 
-// Ready tells whether q's server has answered (or was never asked).
-func (s snapshot) Ready(q annotations.QueueRef) bool {
-	h, ok := s[queue.EndpointOf(q)]
-	return !ok || queue.Closed(h.done)
+// Pending is nil when q's server has answered (or was never asked), else
+// the channel closed when it does.
+func (s snapshot) Pending(q annotations.QueueRef) <-chan struct{} {
+	if h, ok := s[queue.EndpointOf(q)]; ok {
+		return queue.Open(h.done)
+	}
+	return nil
 }
 
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {

@@ -200,6 +200,53 @@ func TestSlowHostDelaysOnlyItsQueues(t *testing.T) {
 	}
 }
 
+// Pending tells which reads a queue still waits on, and its channel closes
+// when the read ends: the loop waits on it instead of looking again.
+func TestPendingClosesWhenTheReadEnds(t *testing.T) {
+	release := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		_, _ = w.Write([]byte(stats1x))
+	}))
+	defer slow.Close()
+	fast := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(stats1x)) }))
+	defer fast.Close()
+	q := func(u string) annotations.QueueRef {
+		return annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(u, "http://"), Name: "jobs", Sub: "work"}
+	}
+	r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: time.Minute}}
+	snap := r.Read(t.Context(), asRefs(q(slow.URL), q(fast.URL)))
+	rd, ok := snap.(queue.Readiness)
+	if !ok {
+		t.Fatalf("%T does not tell readiness", snap)
+	}
+	if _, err := snap.Reading(q(fast.URL)); err != nil {
+		t.Fatal(err)
+	}
+	if ch := rd.Pending(q(fast.URL)); ch != nil {
+		t.Error("the fast nsqd answered: its queue still pending")
+	}
+	ch := rd.Pending(q(slow.URL))
+	if ch == nil {
+		t.Fatal("the slow nsqd has not answered: its queue not pending")
+	}
+	close(release)
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the slow nsqd answered: the pending channel never closed")
+	}
+	if ch := rd.Pending(q(slow.URL)); ch != nil {
+		t.Error("after the answer: still pending")
+	}
+	if _, err := snap.Reading(q(slow.URL)); err != nil {
+		t.Error(err)
+	}
+}
+
 // TestSlowNeighboursKeepToTheirShare: a namespace naming 64 nsqds that
 // answer, each a little under the timeout, takes its share of the slots
 // for proven hosts, never all of them: another namespace's nsqd is read in

@@ -398,28 +398,31 @@ func topicBacklog(t *nsqTopic) int64 {
 
 func (r *NSQReader) now() time.Time { return r.Fetcher.Now() }
 
-// Ready tells whether Reading(q) would return at once: its lookup and the
-// reads of its nsqds are done (or were never started).
-func (s *Snapshot) Ready(q annotations.QueueRef) bool {
+// Pending is nil when Reading(q) would return at once: its lookup and the
+// reads of its nsqds are done (or were never started); else the done
+// channel of the first still running.
+func (s *Snapshot) Pending(q annotations.QueueRef) <-chan struct{} {
 	hosts := []string{q.Host}
 	if q.Scheme == annotations.SchemeNSQLookupd {
 		lf, ok := s.lookups[lookupKey{q.Host, q.Name}]
 		if !ok {
-			return true
+			return nil
 		}
-		if !queue.Closed(lf.done) {
-			return false
+		if ch := queue.Open(lf.done); ch != nil {
+			return ch
 		}
 		hosts = lf.producers
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, h := range hosts {
-		if f, ok := s.stats[h]; ok && !queue.Closed(f.done) {
-			return false
+		if f, ok := s.stats[h]; ok {
+			if ch := queue.Open(f.done); ch != nil {
+				return ch
+			}
 		}
 	}
-	return true
+	return nil
 }
 
 // Reading sums a queue over its nsqds, waiting for their reads. Any nsqd

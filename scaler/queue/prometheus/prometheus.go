@@ -321,15 +321,17 @@ func countOf(f float64) (int64, error) {
 	return int64(math.Round(f)), nil
 }
 
-// Ready tells whether the batches of q's queries have been answered (or
-// were never asked).
-func (s snapshot) Ready(q annotations.QueueRef) bool {
+// Pending is nil when the batches of q's queries have been answered (or
+// were never asked), else the done channel of one still asking.
+func (s snapshot) Pending(q annotations.QueueRef) <-chan struct{} {
 	for _, expr := range []string{q.Name, q.Sub} {
-		if i, ok := s.plan.at[queryKey{q.Host, expr, q.Secret}]; ok && !queue.Closed(s.done[s.batchOf[i]]) {
-			return false
+		if i, ok := s.plan.at[queryKey{q.Host, expr, q.Secret}]; ok {
+			if ch := queue.Open(s.done[s.batchOf[i]]); ch != nil {
+				return ch
+			}
 		}
 	}
-	return true
+	return nil
 }
 
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {

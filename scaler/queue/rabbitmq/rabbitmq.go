@@ -164,10 +164,13 @@ func (r *Reader) read(ctx context.Context, k vhostKey, rs []queue.Ref, rd *vhost
 	})
 }
 
-// Ready tells whether q's virtual host has been read (or was never asked).
-func (s snapshot) Ready(q annotations.QueueRef) bool {
-	rd, ok := s.reads[vhostKey{queue.EndpointOf(q), q.Sub}]
-	return !ok || queue.Closed(rd.done)
+// Pending is nil when q's virtual host has been read (or was never
+// asked), else the channel closed when it is.
+func (s snapshot) Pending(q annotations.QueueRef) <-chan struct{} {
+	if rd, ok := s.reads[vhostKey{queue.EndpointOf(q), q.Sub}]; ok {
+		return queue.Open(rd.done)
+	}
+	return nil
 }
 
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {

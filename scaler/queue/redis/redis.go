@@ -70,10 +70,13 @@ type hostRead struct {
 	bad map[annotations.QueueRef]error
 }
 
-// Ready tells whether q's server has answered (or was never asked).
-func (s snapshot) Ready(q annotations.QueueRef) bool {
-	h, ok := s[queue.EndpointOf(q)]
-	return !ok || queue.Closed(h.done)
+// Pending is nil when q's server has answered (or was never asked), else
+// the channel closed when it does.
+func (s snapshot) Pending(q annotations.QueueRef) <-chan struct{} {
+	if h, ok := s[queue.EndpointOf(q)]; ok {
+		return queue.Open(h.done)
+	}
+	return nil
 }
 
 func (s snapshot) Reading(q annotations.QueueRef) (policy.QueueReading, error) {

@@ -38,12 +38,16 @@ func decodeStatsIn(dec *json.Decoder, want func(topic string) bool, wrapped bool
 			return true, err
 		case "topics":
 			return true, queue.WalkArray(dec, func() error {
-				var t nsqTopic
-				if err := dec.Decode(&t); err != nil {
+				// Into the slice's next place: a topic of its own would
+				// escape, one allocation for each of thousands a tick.
+				st.Topics = append(st.Topics, nsqTopic{})
+				last := len(st.Topics) - 1
+				if err := dec.Decode(&st.Topics[last]); err != nil {
 					return err
 				}
-				if want(t.Name) {
-					st.Topics = append(st.Topics, t)
+				if !want(st.Topics[last].Name) {
+					st.Topics[last] = nsqTopic{}
+					st.Topics = st.Topics[:last]
 				}
 				return nil
 			})

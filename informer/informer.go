@@ -346,15 +346,14 @@ func slimDeployment(d *appsv1.Deployment, in *interner) *appsv1.Deployment {
 	}
 	// microscaling's own condition, so that the condition writer sees it
 	// written (without it, every condition was written again each 10 s).
-	d.Status = appsv1.DeploymentStatus{
-		ReadyReplicas: d.Status.ReadyReplicas,
-		Conditions: slices.DeleteFunc(d.Status.Conditions, func(c appsv1.DeploymentCondition) bool {
-			return !annotations.Ours(string(c.Type))
-		}),
+	// A slice of its own: the decoded one holds every condition.
+	var ours []appsv1.DeploymentCondition
+	for _, c := range d.Status.Conditions {
+		if annotations.Ours(string(c.Type)) {
+			ours = append(ours, c)
+		}
 	}
-	if len(d.Status.Conditions) == 0 {
-		d.Status.Conditions = nil
-	}
+	d.Status = appsv1.DeploymentStatus{ReadyReplicas: d.Status.ReadyReplicas, Conditions: ours}
 	return d
 }
 

@@ -62,6 +62,9 @@ func TestSlimSharesWhatIsEqual(t *testing.T) {
 	if len(da.Status.Conditions) != 1 || da.Status.ReadyReplicas != 2 {
 		t.Errorf("status kept %+v, want ready 2 and our condition alone", da.Status)
 	}
+	if n := cap(da.Status.Conditions); n != 1 {
+		t.Errorf("the conditions' array holds %d, want our condition's 1 (the decoded array holds them all)", n)
+	}
 	if reflect.ValueOf(ca.Resources.Requests).Pointer() != reflect.ValueOf(cb.Resources.Requests).Pointer() {
 		t.Error("equal requests: each Deployment keeps its own map")
 	}

@@ -25,13 +25,28 @@ const internLen = 256
 // everything in an informer's cache is.
 type interner struct {
 	mu   sync.Mutex
-	strs map[string]string
-	reqs map[string]corev1.ResourceList
+	strs table[string]
+	reqs table[corev1.ResourceList]
 	key  strings.Builder
 }
 
 func newInterner() *interner {
-	return &interner{strs: map[string]string{}, reqs: map[string]corev1.ResourceList{}}
+	return &interner{strs: table[string]{}, reqs: table[corev1.ResourceList]{}}
+}
+
+// table is one of the interner's bounded tables, by a value's key.
+type table[V any] map[string]V
+
+// share is the value kept under k, or v, kept from now on.
+func (t table[V]) share(k string, v V) V {
+	if c, ok := t[k]; ok {
+		return c
+	}
+	if len(t) >= internMax {
+		clear(t)
+	}
+	t[k] = v
+	return v
 }
 
 // string is s, or an equal string handed out before.
@@ -41,14 +56,7 @@ func (in *interner) string(s string) string {
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if c, ok := in.strs[s]; ok {
-		return c
-	}
-	if len(in.strs) >= internMax {
-		clear(in.strs)
-	}
-	in.strs[s] = s
-	return s
+	return in.strs.share(s, s)
 }
 
 // requests is rl, or an equal list handed out before.
@@ -71,15 +79,7 @@ func (in *interner) requests(rl corev1.ResourceList) corev1.ResourceList {
 		in.key.WriteString(q.String())
 		in.key.WriteByte(';')
 	}
-	k := in.key.String()
-	if c, ok := in.reqs[k]; ok {
-		return c
-	}
-	if len(in.reqs) >= internMax {
-		clear(in.reqs)
-	}
-	in.reqs[k] = rl
-	return rl
+	return in.reqs.share(in.key.String(), rl)
 }
 
 // annotations keeps of m the keys keep accepts, shared; m itself when it

@@ -165,29 +165,37 @@ func TestReadsAreBounded(t *testing.T) {
 	}
 }
 
-// A slow nsqd delays only the queues read from it: a queue on another nsqd
-// is answered as soon as its own nsqd has answered.
-func TestSlowHostDelaysOnlyItsQueues(t *testing.T) {
-	release := make(chan struct{})
-	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// slowAndFast serves two nsqds' /stats until the test ends: slow answers
+// once release is closed, fast at once. It returns a queue on each.
+func slowAndFast(t *testing.T) (slow, fast annotations.QueueRef, release chan struct{}) {
+	t.Helper()
+	release = make(chan struct{})
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-release:
 		case <-r.Context().Done():
 		}
 		_, _ = w.Write([]byte(stats1x))
 	}))
-	defer slow.Close()
-	defer close(release)
-	fast := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(stats1x)) }))
-	defer fast.Close()
+	t.Cleanup(s.Close)
+	f := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(stats1x)) }))
+	t.Cleanup(f.Close)
 	q := func(u string) annotations.QueueRef {
 		return annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(u, "http://"), Name: "jobs", Sub: "work"}
 	}
+	return q(s.URL), q(f.URL), release
+}
+
+// A slow nsqd delays only the queues read from it: a queue on another nsqd
+// is answered as soon as its own nsqd has answered.
+func TestSlowHostDelaysOnlyItsQueues(t *testing.T) {
+	slow, fast, release := slowAndFast(t)
+	defer close(release)
 	r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: time.Minute}}
 	got := make(chan error, 1)
 	go func() {
-		snap := r.Read(context.Background(), asRefs(q(slow.URL), q(fast.URL)))
-		_, err := snap.Reading(q(fast.URL))
+		snap := r.Read(context.Background(), asRefs(slow, fast))
+		_, err := snap.Reading(fast)
 		got <- err
 	}()
 	select {
@@ -203,33 +211,20 @@ func TestSlowHostDelaysOnlyItsQueues(t *testing.T) {
 // Pending tells which reads a queue still waits on, and its channel closes
 // when the read ends: the loop waits on it instead of looking again.
 func TestPendingClosesWhenTheReadEnds(t *testing.T) {
-	release := make(chan struct{})
-	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-		_, _ = w.Write([]byte(stats1x))
-	}))
-	defer slow.Close()
-	fast := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(stats1x)) }))
-	defer fast.Close()
-	q := func(u string) annotations.QueueRef {
-		return annotations.QueueRef{Scheme: "nsq", Host: strings.TrimPrefix(u, "http://"), Name: "jobs", Sub: "work"}
-	}
+	slow, fast, release := slowAndFast(t)
 	r := &NSQReader{Fetcher: &queue.Fetcher{Timeout: time.Minute}}
-	snap := r.Read(t.Context(), asRefs(q(slow.URL), q(fast.URL)))
+	snap := r.Read(t.Context(), asRefs(slow, fast))
 	rd, ok := snap.(queue.Readiness)
 	if !ok {
 		t.Fatalf("%T does not tell readiness", snap)
 	}
-	if _, err := snap.Reading(q(fast.URL)); err != nil {
+	if _, err := snap.Reading(fast); err != nil {
 		t.Fatal(err)
 	}
-	if ch := rd.Pending(q(fast.URL)); ch != nil {
+	if ch := rd.Pending(fast); ch != nil {
 		t.Error("the fast nsqd answered: its queue still pending")
 	}
-	ch := rd.Pending(q(slow.URL))
+	ch := rd.Pending(slow)
 	if ch == nil {
 		t.Fatal("the slow nsqd has not answered: its queue not pending")
 	}
@@ -239,10 +234,10 @@ func TestPendingClosesWhenTheReadEnds(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the slow nsqd answered: the pending channel never closed")
 	}
-	if ch := rd.Pending(q(slow.URL)); ch != nil {
+	if ch := rd.Pending(slow); ch != nil {
 		t.Error("after the answer: still pending")
 	}
-	if _, err := snap.Reading(q(slow.URL)); err != nil {
+	if _, err := snap.Reading(slow); err != nil {
 		t.Error(err)
 	}
 }

@@ -46,10 +46,10 @@ func readyFirst(ctx context.Context, keys []string, members map[string][]memberR
 		}
 		return nil
 	}
-	// sort yields the keys ready now and waits on each read the others
-	// wait on, sorting its keys again when it ends.
-	var sort func(keys []string)
-	sort = func(keys []string) {
+	// yield sends the keys ready now and waits on each read the others
+	// wait on, trying its keys again when it ends.
+	var yield func(keys []string)
+	yield = func(keys []string) {
 		waiting := map[<-chan struct{}][]string{}
 		for _, k := range keys {
 			if ch := pending(k); ch == nil {
@@ -62,7 +62,7 @@ func readyFirst(ctx context.Context, keys []string, members map[string][]memberR
 			go func() {
 				select {
 				case <-ch:
-					sort(ks)
+					yield(ks)
 				case <-ctx.Done():
 					for _, k := range ks {
 						out <- k
@@ -71,7 +71,7 @@ func readyFirst(ctx context.Context, keys []string, members map[string][]memberR
 			}()
 		}
 	}
-	sort(keys)
+	yield(keys)
 	return out
 }
 

@@ -166,21 +166,13 @@ type Readiness interface {
 	Pending(q annotations.QueueRef) <-chan struct{}
 }
 
-// Open is ch while it is open, nil once it is closed.
+// Open is ch while it is open, nil once it is closed; it never waits.
 func Open(ch <-chan struct{}) <-chan struct{} {
-	if Closed(ch) {
-		return nil
-	}
-	return ch
-}
-
-// Closed tells, without waiting, whether ch is closed.
-func Closed(ch <-chan struct{}) bool {
 	select {
 	case <-ch:
-		return true
+		return nil
 	default:
-		return false
+		return ch
 	}
 }
 
